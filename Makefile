@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (classify an example clip with the shipped model) and `make test`.
+# Each creates its own virtual environment in .venv; torch is pinned through constraints.txt and installed first.
+PY ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/pip
+STAMP = $(VENV)/.emovox-installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[all,test,bench]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/emovox classify examples/ravdess_03-01-05-02-01-01-12.flac --format json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,280 @@
+"""Audio input: decode, mix to mono, resample, validate.
+
+Every path into emovox (training, evaluation, CLI, HTTP, streaming) goes through
+:func:`load_audio`, so a clip is decoded the same way everywhere: 16 kHz mono float32 in [-1, 1].
+
+Decoding is done by libsndfile (through ``soundfile``), which sniffs the container from the
+bytes, not from the file name: AIFF data behind a ``.wav`` name decodes as AIFF. Supported:
+WAV (8/16/24/32-bit int, 32/64-bit float), FLAC, Ogg/Vorbis, Ogg/Opus, MP3, AIFF.
+Resampling uses ``soxr`` (high quality).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE_HZ = 16000
+#: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.
+DEFAULT_MAX_DURATION_S = 3600.0
+#: Peak level (dBFS) under which a clip counts as silent.
+SILENCE_THRESHOLD_DBFS = -60.0
+
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
+
+AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray, "object"]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: the message names the problem (and the source when known)."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the container says about a clip, before decoding it."""
+
+    sample_rate_hz: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate_hz if self.sample_rate_hz else 0.0
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.fspath(source)}'"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        return f"'{name}'"
+    return f"<{type(source).__name__}>"
+
+
+def _read_bytes(source) -> bytes:
+    """Return the raw bytes of a path, bytes-like or binary file object."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{_describe(source)}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{_describe(source)}: is a directory, not an audio file")
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise AudioError(f"{_describe(source)}: cannot read file ({e.strerror or e})") from e
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        data = source.read()
+        if isinstance(data, str):
+            raise AudioError(f"{_describe(source)}: file object is in text mode; open it with 'rb'")
+        return bytes(data)
+    raise AudioError(
+        f"unsupported audio source of type {type(source).__name__}: "
+        "pass a path, bytes, a binary file object, or a NumPy/torch array with its sample rate"
+    )
+
+
+def _wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
+    """For a RIFF/WAVE file: (declared size of the 'data' chunk, bytes actually present after it)."""
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk_id == b"data":
+            if data[:4] == b"RF64" or size == 0xFFFFFFFF:
+                return None  # size lives in the ds64 chunk; let libsndfile judge
+            return size, len(data) - (pos + 8)
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _aiff_declared_frames(data: bytes) -> tuple[int, int, int, int] | None:
+    """For AIFF/AIFC: (declared frames, channels, bytes per sample, sound bytes present)."""
+    if len(data) < 12 or data[:4] != b"FORM" or data[8:12] not in (b"AIFF", b"AIFC"):
+        return None
+    pos, frames, channels, width, present = 12, None, None, None, None
+    while pos + 8 <= len(data):
+        cid = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "big")
+        body = data[pos + 8 : pos + 8 + size]
+        if cid == b"COMM" and len(body) >= 8:
+            channels = int.from_bytes(body[0:2], "big")
+            frames = int.from_bytes(body[2:6], "big")
+            width = (int.from_bytes(body[6:8], "big") + 7) // 8
+        elif cid == b"SSND":
+            present = max(0, len(data) - (pos + 8) - 8)  # 8 bytes of offset/blockSize
+        pos += 8 + size + (size & 1)
+    if None in (frames, channels, width, present):
+        return None
+    return frames, channels, width, present
+
+
+def audio_info(source) -> AudioInfo:
+    """Read a clip's header only (no decoding). Raises :class:`AudioError` for unreadable input."""
+    data = _read_bytes(source)
+    return _info_from_bytes(data, _describe(source))
+
+
+def _info_from_bytes(data: bytes, desc: str) -> AudioInfo:
+    if len(data) == 0:
+        raise AudioError(f"{desc}: empty file (0 bytes)")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(
+            f"{desc}: not a recognised audio file (supported: WAV, FLAC, Ogg/Vorbis, Opus, MP3, AIFF); "
+            f"decoder said: {e}"
+        ) from e
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def _check_truncation(data: bytes, info: AudioInfo, desc: str) -> None:
+    wav = _wav_declared_data_bytes(data)
+    if wav is not None:
+        declared, present = wav
+        if present < declared:
+            raise AudioError(
+                f"{desc}: truncated WAV file: header declares {declared} bytes of audio data, "
+                f"only {present} are present"
+            )
+    aiff = _aiff_declared_frames(data)
+    if aiff is not None:
+        frames, channels, width, present = aiff
+        if present < frames * channels * width:
+            raise AudioError(
+                f"{desc}: truncated AIFF file: header declares {frames} frames, "
+                f"only {present // max(1, channels * width)} are present"
+            )
+
+
+def _to_mono_float(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 2:
+        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _array_input(source, source_sample_rate_hz, desc) -> tuple[np.ndarray, int]:
+    if isinstance(source, tuple) and len(source) == 2:
+        source, source_sample_rate_hz = source
+    if type(source).__module__.startswith("torch"):
+        source = source.detach().cpu().numpy()
+    x = np.asarray(source)
+    if source_sample_rate_hz is None:
+        raise AudioError(
+            f"{desc}: an array needs its sample rate: pass source_sample_rate_hz=... or (array, rate)"
+        )
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise AudioError(f"{desc}: array of dtype {x.dtype} is not real-valued audio")
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        scale = float(max(abs(info.min), info.max + 1))
+        offset = (info.max + 1) / 2 if info.min == 0 else 0.0  # unsigned 8-bit style
+        x = (x.astype(np.float64) - offset) / (scale / 2 if info.min == 0 else scale)
+    if x.ndim == 2:
+        # Accept (samples, channels) or (channels, samples): channels is the short axis.
+        if x.shape[0] < x.shape[1] and x.shape[0] <= 8:
+            x = x.T
+    elif x.ndim != 1:
+        raise AudioError(f"{desc}: expected a 1-D (samples) or 2-D (samples, channels) array, got shape {x.shape}")
+    return _to_mono_float(x), int(source_sample_rate_hz)
+
+
+def load_audio(
+    source,
+    *,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
+    source_sample_rate_hz: int | None = None,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> np.ndarray:
+    """Decode ``source`` to mono float32 at ``sample_rate_hz``.
+
+    ``source`` is a path, bytes, a binary file object, or an array (NumPy or torch, 1-D or
+    ``(samples, channels)``) with ``source_sample_rate_hz`` (or a ``(array, rate)`` tuple).
+
+    Raises :class:`AudioError` (a ``ValueError``) naming the problem: empty, truncated or
+    non-audio file, zero samples, NaN/inf samples, longer than ``max_duration_s``.
+    Silence is valid: use :func:`is_silent` to ask.
+    """
+    desc = _describe(source)
+    if sample_rate_hz <= 0:
+        raise AudioError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
+    is_array = isinstance(source, np.ndarray) or type(source).__module__.startswith("torch") or (
+        isinstance(source, tuple) and len(source) == 2
+    )
+    if is_array:
+        x, sr = _array_input(source, source_sample_rate_hz, desc)
+        if sr <= 0:
+            raise AudioError(f"{desc}: source sample rate must be positive, got {sr}")
+    else:
+        data = _read_bytes(source)
+        info = _info_from_bytes(data, desc)
+        if info.sample_rate_hz <= 0:
+            raise AudioError(f"{desc}: header declares an invalid sample rate ({info.sample_rate_hz})")
+        if max_duration_s is not None and info.duration_s > max_duration_s:
+            raise AudioError(
+                f"{desc}: too long: {info.duration_s:.1f} s exceeds the maximum of {max_duration_s:g} s"
+            )
+        _check_truncation(data, info, desc)
+        try:
+            x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {e}") from e
+        if info.frames > 0 and x.shape[0] < info.frames:
+            raise AudioError(
+                f"{desc}: truncated {info.format} file: header declares {info.frames} frames, "
+                f"only {x.shape[0]} could be decoded"
+            )
+        x = _to_mono_float(x)
+    if x.size == 0:
+        raise AudioError(f"{desc}: contains zero audio samples")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise AudioError(f"{desc}: contains {bad} NaN or infinite sample(s)")
+    if max_duration_s is not None and x.shape[0] / sr > max_duration_s:
+        raise AudioError(f"{desc}: too long: {x.shape[0] / sr:.1f} s exceeds the maximum of {max_duration_s:g} s")
+    if sr != sample_rate_hz:
+        x = soxr.resample(x, sr, sample_rate_hz, quality="HQ").astype(np.float32, copy=False)
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > 1.0:
+        # Float input beyond full scale (or resampling overshoot): clip into [-1, 1].
+        np.clip(x, -1.0, 1.0, out=x)
+    return x
+
+
+def peak_dbfs(x: np.ndarray) -> float:
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return -math.inf if peak == 0.0 else 20.0 * math.log10(peak)
+
+
+def is_silent(x: np.ndarray, *, threshold_dbfs: float = SILENCE_THRESHOLD_DBFS) -> bool:
+    """True when the clip's peak level is below ``threshold_dbfs`` (digital silence included)."""
+    return peak_dbfs(np.asarray(x)) < threshold_dbfs
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Raw little-endian 16-bit PCM bytes to float32 in [-1, 1) (an odd trailing byte is an error)."""
+    if len(data) % 2:
+        raise AudioError(f"raw 16-bit PCM must have an even number of bytes, got {len(data)}")
+    return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).copy()
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """All audio files under ``root`` (recursively), sorted."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)

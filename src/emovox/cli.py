@@ -1,0 +1,68 @@
+"""The ``emovox`` command: one subcommand per module in :mod:`emovox.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules import their heavy dependencies inside ``run`` so ``emovox --help`` stays fast.
+Logging is configured here, never in library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+#: (subcommand, module under emovox.commands). Order is the order shown in --help.
+COMMANDS: list[tuple[str, str]] = [
+    ("manifest", "manifest"),
+    ("datasets", "datasets"),
+    ("synth", "synth"),
+]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emovox",
+        description="Emotion recognition in speech (and text): classify, train, evaluate, stream, serve, export.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"emovox {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS:
+        module = importlib.import_module(f"emovox.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=_Formatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        # Boundary errors (AudioError, LabelError, CorpusError, ... are ValueErrors): one line, non-zero exit.
+        print(f"emovox {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``emovox`` CLI (see :mod:`emovox.cli`)."""

@@ -1,0 +1,211 @@
+"""Emotion taxonomies, mappings between them, and music moods.
+
+Canonical emotion names are lower-case English words (``neutral``, ``calm``, ``happy``, ``sad``,
+``angry``, ``fearful``, ``disgust``, ``surprised``). Corpus codes (``ANG``, ``ps``, ``W``...) are
+turned into these names by :mod:`emovox.corpora`; this module maps canonical names between
+taxonomies and folds probability vectors accordingly (mass is summed, never lost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+RAVDESS8 = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+EKMAN7 = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+CREMA6 = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
+BASIC5 = ("happy", "sad", "angry", "surprised", "neutral")  # seed 000, in that order
+APP6 = ("happy", "sad", "angry", "neutral", "fearful", "surprised")  # seed 003's front-end, class ids 0..5
+CORE4 = ("neutral", "happy", "sad", "angry")
+
+GOEMOTIONS28 = (
+    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity",
+    "desire", "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear",
+    "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride", "realization", "relief",
+    "remorse", "sadness", "surprise", "neutral",
+)
+#: GoEmotions' own Ekman grouping (Demszky et al. 2020, ekman_mapping.json) plus neutral.
+GOEMOTIONS_EKMAN = {
+    "anger": ("anger", "annoyance", "disapproval"),
+    "disgust": ("disgust",),
+    "fear": ("fear", "nervousness"),
+    "joy": ("joy", "amusement", "approval", "excitement", "gratitude", "love", "optimism", "relief",
+            "pride", "admiration", "desire", "caring"),
+    "sadness": ("sadness", "disappointment", "embarrassment", "grief", "remorse"),
+    "surprise": ("surprise", "realization", "confusion", "curiosity"),
+    "neutral": ("neutral",),
+}
+#: GoEmotions' Ekman names → the speech models' canonical names (so text and audio share 7 labels).
+TEXT_EKMAN_TO_AUDIO = {"anger": "angry", "disgust": "disgust", "fear": "fearful", "joy": "happy",
+                       "sadness": "sad", "surprise": "surprised", "neutral": "neutral"}
+
+TAXONOMIES: dict[str, tuple[str, ...]] = {
+    "ravdess8": RAVDESS8,
+    "ekman7": EKMAN7,
+    "crema6": CREMA6,
+    "basic5": BASIC5,
+    "app6": APP6,
+    "core4": CORE4,
+    "goemotions28": GOEMOTIONS28,
+    "goemotions_ekman": tuple(GOEMOTIONS_EKMAN),
+}
+
+#: Spelling variants seen in corpora and user CSVs → canonical name.
+SYNONYMS = {
+    "neutral": "neutral", "neu": "neutral", "n": "neutral",
+    "calm": "calm",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "hap": "happy",
+    "sad": "sad", "sadness": "sad",
+    "angry": "angry", "anger": "angry", "ang": "angry",
+    "fearful": "fearful", "fear": "fearful", "fea": "fearful", "afraid": "fearful",
+    "disgust": "disgust", "disgusted": "disgust", "dis": "disgust",
+    "surprised": "surprised", "surprise": "surprised", "ps": "surprised", "pleasant_surprise": "surprised",
+    "pleasant surprise": "surprised", "sur": "surprised",
+    "boredom": "boredom", "bored": "boredom",
+}
+
+#: Music mood per emotion (seed 002: neutral chill, calm relaxing, happy upbeat; the rest completed).
+MUSIC_MOODS = {
+    "neutral": "chill",
+    "calm": "relaxing",
+    "happy": "upbeat",
+    "sad": "melancholic",
+    "angry": "intense",
+    "fearful": "suspenseful",
+    "disgust": "dark",
+    "surprised": "energetic",
+    "boredom": "ambient",
+}
+
+#: Merges that make any canonical label expressible in a smaller taxonomy.
+DEFAULT_MERGES = {"calm": "neutral", "boredom": "neutral"}
+
+
+class LabelError(ValueError):
+    """An unknown label or taxonomy; the message lists what is accepted."""
+
+
+def taxonomy(name: str) -> tuple[str, ...]:
+    try:
+        return TAXONOMIES[name]
+    except KeyError:
+        raise LabelError(f"unknown label taxonomy {name!r}; available: {', '.join(TAXONOMIES)}") from None
+
+
+def canonical(label: str) -> str:
+    """Normalise a label's spelling (``'ANG'``, ``'Anger'``, ``'ps'``) to its canonical name."""
+    key = str(label).strip().lower()
+    if key in SYNONYMS:
+        return SYNONYMS[key]
+    raise LabelError(
+        f"unknown emotion label {label!r}; accepted: {', '.join(sorted(set(SYNONYMS.values())))} "
+        f"(and spellings such as {', '.join(sorted(k for k in SYNONYMS if len(k) > 3)[:6])}, ...)"
+    )
+
+
+def music_mood(label: str) -> str:
+    return MUSIC_MOODS.get(label, MUSIC_MOODS.get(DEFAULT_MERGES.get(label, ""), "neutral"))
+
+
+class LabelMap:
+    """Maps source labels to a target label set; folds probability vectors by summing mass.
+
+    Build one with :meth:`LabelMap.build`, from a taxonomy name, a list of labels, a dict
+    ``{source: target}`` of merges, or a path to a JSON file holding either.
+    """
+
+    def __init__(self, source: Sequence[str], target: Sequence[str], mapping: Mapping[str, str | None]):
+        self.source = tuple(source)
+        self.target = tuple(target)
+        self.mapping = {s: mapping.get(s) for s in self.source}
+        for s, t in self.mapping.items():
+            if t is not None and t not in self.target:
+                raise LabelError(f"label map sends {s!r} to {t!r}, which is not in the target labels {self.target}")
+        self._matrix = np.zeros((len(self.source), len(self.target)), dtype=np.float64)
+        for i, s in enumerate(self.source):
+            t = self.mapping[s]
+            if t is not None:
+                self._matrix[i, self.target.index(t)] = 1.0
+
+    @property
+    def unmapped(self) -> tuple[str, ...]:
+        """Source labels with no target (dropped for training/evaluation)."""
+        return tuple(s for s, t in self.mapping.items() if t is None)
+
+    @property
+    def lossless(self) -> bool:
+        return not self.unmapped
+
+    def __call__(self, label: str) -> str | None:
+        return self.mapping.get(label)
+
+    def fold(self, probs: np.ndarray) -> np.ndarray:
+        """Fold ``(..., len(source))`` probabilities into ``(..., len(target))`` by summing mass.
+
+        Raises when some source label has no target (mass would be lost).
+        """
+        if not self.lossless:
+            raise LabelError(
+                f"cannot fold probabilities: {', '.join(self.unmapped)} have no target in {list(self.target)}; "
+                "give a mapping for them"
+            )
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape[-1] != len(self.source):
+            raise LabelError(f"expected {len(self.source)} probabilities, got {probs.shape[-1]}")
+        return probs @ self._matrix
+
+    def to_dict(self) -> dict:
+        return {"source": list(self.source), "target": list(self.target), "mapping": self.mapping}
+
+    @classmethod
+    def build(cls, source: Sequence[str], spec: str | Sequence[str] | Mapping[str, str] | os.PathLike | None
+              ) -> LabelMap:
+        """A map from ``source`` labels to the labels named by ``spec``.
+
+        - ``None``: identity.
+        - a taxonomy name (``'ekman7'``) or a label list: each source label maps to itself when
+          present, else through :data:`DEFAULT_MERGES` (calm→neutral), else it is unmapped.
+        - a dict ``{source: target}`` (or ``'disgust=angry,calm=neutral'``, or a JSON file path):
+          user merges applied first; target labels are the images of the sources, in source order.
+        """
+        source = tuple(source)
+        if spec is None:
+            return cls(source, source, {s: s for s in source})
+        if isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".json") and Path(spec).exists():
+            spec = json.loads(Path(spec).read_text())
+        if isinstance(spec, str) and "=" in spec:
+            pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+            spec = {a.strip(): b.strip() for a, b in pairs}
+        if isinstance(spec, str):
+            target = taxonomy(spec)
+        elif isinstance(spec, Mapping):
+            merges = {canonical(k) if k.lower() in SYNONYMS else k: v for k, v in spec.items()}
+            target, mapping = [], {}
+            for s in source:
+                t = merges.get(s, s)
+                mapping[s] = t
+                if t not in target:
+                    target.append(t)
+            return cls(source, target, mapping)
+        else:
+            target = tuple(spec)
+        mapping: dict[str, str | None] = {}
+        for s in source:
+            if s in target:
+                mapping[s] = s
+            elif DEFAULT_MERGES.get(s) in target:
+                mapping[s] = DEFAULT_MERGES[s]
+            else:
+                mapping[s] = None
+        return cls(source, target, mapping)
+
+
+def fold_scores(scores: Mapping[str, float], target: str | Sequence[str] | Mapping[str, str]) -> dict[str, float]:
+    """Fold a ``{label: probability}`` dict into another label set (mass summed)."""
+    lm = LabelMap.build(list(scores), target)
+    folded = lm.fold(np.array([scores[s] for s in lm.source]))
+    return {t: float(p) for t, p in zip(lm.target, folded)}

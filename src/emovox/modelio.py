@@ -1,0 +1,249 @@
+"""A model on disk, and the waveform-to-logits pipeline every consumer shares.
+
+A model folder (written by ``emovox train``) holds:
+
+- ``best_model.pth``: ``{"format", "format_version", "config", "state_dict"}``, only tensors and
+  plain Python values, so it loads with ``torch.load(weights_only=True)`` (no unpickling of
+  arbitrary objects);
+- ``model_config.json``: the same ``config`` for people and tools;
+- ``labels.json``: the labels in output order;
+- evaluation artifacts (metrics, confusion matrices, plots) beside them.
+
+``config`` holds everything needed to rebuild the model exactly: ``model`` (registry name and
+kwargs), ``features`` (a :class:`~emovox.features.FeatureConfig`), ``normalization`` (feature
+statistics fitted on the training data), ``labels``, ``temperature`` (calibration) and ``io``
+(tensor names used by exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .features import FeatureConfig, FeatureStats, Normalize, build_frontend, fix_frames, nonzero_frame_mask
+from .models import build_model
+
+FORMAT = "emovox-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "best_model.pth"
+CONFIG_FILE = "model_config.json"
+LABELS_FILE = "labels.json"
+FULL_MODEL_FILE = "model_full.pth"
+
+
+class ModelLoadError(ValueError):
+    """A model folder or file that cannot be used; the message names the file and the problem."""
+
+
+def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: FeatureConfig,
+                labels: list[str], stats: FeatureStats | None, temperature: float = 1.0,
+                io: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "emovox_version": __version__,
+        "model": {"name": model_name, "kwargs": dict(model_kwargs)},
+        "features": features.to_dict(),
+        "normalization": stats.to_dict() if stats is not None else None,
+        "labels": list(labels),
+        "temperature": float(temperature),
+        "io": dict(io or default_io(features)),
+    }
+    if extra:
+        cfg.update(extra)
+    return cfg
+
+
+def default_io(features: FeatureConfig) -> dict[str, str]:
+    """Tensor names used by exports (seed 000's Core ML names for log-mel models)."""
+    feat_name = "log_mel_spectrogram" if features.kind == "logmel" else "mfcc"
+    return {"features_input": feat_name, "waveform_input": "waveform", "output": "emotion_logits"}
+
+
+class EmotionPipeline(nn.Module):
+    """Waveforms ``(batch, samples)`` at the model's rate → logits ``(batch, n_labels)``.
+
+    ``features`` → (crop/pad to ``num_frames`` when the config fixes it) → normalise → model.
+    ``stft_mode="conv"`` swaps in the convolutional STFT for export (same numbers).
+    """
+
+    def __init__(self, model: nn.Module, config: dict[str, Any], *, stft_mode: str = "torch"):
+        super().__init__()
+        self.config = config
+        self.feature_config = FeatureConfig.from_dict(config["features"])
+        stats = FeatureStats.from_dict(config["normalization"]) if config.get("normalization") else None
+        self.frontend = build_frontend(self.feature_config, stft_mode=stft_mode)
+        self.normalize = Normalize(stats, self.feature_config.n_features)
+        self.model = model
+        self.labels: list[str] = list(config["labels"])
+        self.register_buffer("temperature", torch.tensor(float(config.get("temperature", 1.0))), persistent=False)
+
+    @property
+    def streaming(self) -> bool:
+        return bool(getattr(self.model, "streaming", False))
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.feature_config.sample_rate_hz
+
+    def raw_features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Un-normalised features ``(batch, F, T)`` and lengths (None when all equal)."""
+        cfg = self.feature_config
+        feats = self.frontend(wave)
+        lengths = None
+        if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+            mask = nonzero_frame_mask(wave, cfg)
+            if not bool(mask.all()):
+                kept = [f[:, m] if bool(m.any()) else f[:, :1] for f, m in zip(feats, mask)]
+                lengths = torch.tensor([k.shape[-1] for k in kept])
+                feats = torch.nn.utils.rnn.pad_sequence([k.T for k in kept], batch_first=True).transpose(1, 2)
+        if cfg.num_frames is not None:
+            feats = fix_frames(feats, cfg.num_frames, cfg=cfg)
+            lengths = None if lengths is None else lengths.clamp(max=cfg.num_frames)
+        return feats, lengths
+
+    def features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats, lengths = self.raw_features(wave)
+        return self.normalize(feats), lengths
+
+    def forward_features(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised features ``(batch, F, T)`` → logits."""
+        if self.streaming:
+            logits, _ = self.model(feats.transpose(1, 2), None, lengths)
+            return logits
+        return self.model(feats, lengths)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        feats, lengths = self.features(wave)
+        return self.forward_features(feats, lengths)
+
+    @torch.no_grad()
+    def probabilities(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(wave) / self.temperature, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write(Path(path), lambda t: Path(t).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_model(out_dir: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> Path:
+    """Write ``best_model.pth``, ``model_config.json`` and ``labels.json`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    _atomic_write(out / WEIGHTS_FILE, lambda t: torch.save(payload, t))
+    write_json(out / CONFIG_FILE, config)
+    write_json(out / LABELS_FILE, list(config["labels"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_checkpoint(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    if not zipfile.is_zipfile(path) and not allow_pickle:
+        raise ModelLoadError(f"{path}: not a PyTorch checkpoint (corrupt or truncated file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or hostile files
+        msg = str(e).splitlines()[0][:300]
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ModelLoadError(
+                f"{path}: refuses to unpickle arbitrary Python objects (safe loading); this file is not an "
+                f"emovox state-dict checkpoint. Only if you trust its source, load it with allow_pickle=True. ({msg})"
+            ) from e
+        raise ModelLoadError(f"{path}: cannot read checkpoint (corrupt or truncated?): {msg}") from e
+    if isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{path}: holds a whole pickled model; emovox loads its state-dict checkpoints only")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ModelLoadError(f"{path}: not an emovox model checkpoint (no '{FORMAT}' format marker)")
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: checkpoint format version {obj.get('format_version')} is newer than this emovox "
+            f"({__version__}) understands ({FORMAT_VERSION}); upgrade emovox"
+        )
+    for key in ("config", "state_dict"):
+        if key not in obj:
+            raise ModelLoadError(f"{path}: checkpoint lacks '{key}'")
+    return obj
+
+
+def build_from_config(config: dict[str, Any]) -> nn.Module:
+    feats = FeatureConfig.from_dict(config["features"])
+    labels = config.get("labels") or []
+    if not labels:
+        raise ModelLoadError("model config has no labels")
+    return build_model(config["model"]["name"], n_features=feats.n_features, n_classes=len(labels),
+                       **config["model"].get("kwargs", {}))
+
+
+@dataclass
+class LoadedModel:
+    pipeline: EmotionPipeline
+    config: dict[str, Any]
+    path: Path
+
+
+def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_pickle: bool = False) -> LoadedModel:
+    """Load a model folder (or its ``best_model.pth``) into an eval-mode :class:`EmotionPipeline`."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {p}")
+    weights = p / WEIGHTS_FILE if p.is_dir() else p
+    if p.is_dir() and not weights.exists():
+        raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE})")
+    ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
+    config = ckpt["config"]
+    try:
+        model = build_from_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{weights}: invalid model config: {e}") from e
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ModelLoadError(f"{weights}: weights do not match the model config: {str(e).splitlines()[0]}") from e
+    pipeline = EmotionPipeline(model, config, stft_mode=stft_mode).eval()
+    with torch.no_grad():
+        probe = pipeline.forward(torch.zeros(1, pipeline.feature_config.samples_for(8)))
+    if probe.shape[-1] != len(pipeline.labels):
+        raise ModelLoadError(
+            f"{weights}: model has {probe.shape[-1]} outputs but {len(pipeline.labels)} labels {pipeline.labels}"
+        )
+    return LoadedModel(pipeline=pipeline, config=config, path=weights.parent)
