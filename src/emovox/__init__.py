@@ -1,24 +1,49 @@
 """emovox: emotion recognition in speech (and text).
 
-Public API only; nothing heavy is loaded at import time.
+Public API only. Attributes are imported lazily (PEP 562), so ``import emovox`` is cheap and
+nothing is loaded at import time:
+
+>>> import emovox
+>>> model = emovox.load_model()            # the shipped default speech model
+>>> model.predict("clip.wav").label
 """
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .audio import AudioError, is_silent, load_audio  # noqa: E402
-from .features import MFCC, FeatureConfig, LogMel  # noqa: E402
-from .labels import LabelError, LabelMap  # noqa: E402
+_LAZY = {
+    "AudioError": "emovox.audio",
+    "load_audio": "emovox.audio",
+    "is_silent": "emovox.audio",
+    "FeatureConfig": "emovox.features",
+    "LogMel": "emovox.features",
+    "MFCC": "emovox.features",
+    "LabelError": "emovox.labels",
+    "LabelMap": "emovox.labels",
+    "load_model": "emovox.inference",
+    "available_models": "emovox.inference",
+    "Prediction": "emovox.inference",
+    "EmotionModel": "emovox.inference",
+    "StreamingSession": "emovox.inference",
+    "Timeline": "emovox.inference",
+    "ModelLoadError": "emovox.modelio",
+    "load_text_model": "emovox.text",
+}
 
-__all__ = [
-    "__version__",
-    "AudioError",
-    "FeatureConfig",
-    "LabelError",
-    "LabelMap",
-    "LogMel",
-    "MFCC",
-    "is_silent",
-    "load_audio",
-]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'emovox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

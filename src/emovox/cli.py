@@ -19,6 +19,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("manifest", "manifest"),
     ("datasets", "datasets"),
     ("synth", "synth"),
+    ("classify", "classify"),
+    ("stream", "stream"),
 ]
 
 

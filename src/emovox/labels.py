@@ -81,8 +81,15 @@ MUSIC_MOODS = {
     "boredom": "ambient",
 }
 
-#: Merges that make any canonical label expressible in a smaller taxonomy.
+#: Merges applied to training/evaluation labels: a clip whose label still has no target is dropped.
 DEFAULT_MERGES = {"calm": "neutral", "boredom": "neutral"}
+
+#: Merges applied when folding *probabilities* into a smaller label set, where mass may never be
+#: lost: each label without a target follows this chain until it lands in the target set
+#: (valence/arousal neighbours: disgust→angry, fearful→sad, surprised→happy). Override any of
+#: them with an explicit mapping, e.g. ``{"fearful": "surprised"}``.
+FOLD_FALLBACKS = {"calm": "neutral", "boredom": "neutral", "disgust": "angry", "fearful": "sad",
+                  "surprised": "happy"}
 
 
 class LabelError(ValueError):
@@ -162,13 +169,14 @@ class LabelMap:
         return {"source": list(self.source), "target": list(self.target), "mapping": self.mapping}
 
     @classmethod
-    def build(cls, source: Sequence[str], spec: str | Sequence[str] | Mapping[str, str] | os.PathLike | None
-              ) -> LabelMap:
+    def build(cls, source: Sequence[str], spec: str | Sequence[str] | Mapping[str, str] | os.PathLike | None,
+              *, fallbacks: Mapping[str, str] = DEFAULT_MERGES) -> LabelMap:
         """A map from ``source`` labels to the labels named by ``spec``.
 
         - ``None``: identity.
         - a taxonomy name (``'ekman7'``) or a label list: each source label maps to itself when
-          present, else through :data:`DEFAULT_MERGES` (calm→neutral), else it is unmapped.
+          present, else through ``fallbacks`` (default :data:`DEFAULT_MERGES`, calm→neutral; chains are
+          followed), else it is unmapped. Pass ``fallbacks=FOLD_FALLBACKS`` to fold probabilities.
         - a dict ``{source: target}`` (or ``'disgust=angry,calm=neutral'``, or a JSON file path):
           user merges applied first; target labels are the images of the sources, in source order.
         """
@@ -195,17 +203,16 @@ class LabelMap:
             target = tuple(spec)
         mapping: dict[str, str | None] = {}
         for s in source:
-            if s in target:
-                mapping[s] = s
-            elif DEFAULT_MERGES.get(s) in target:
-                mapping[s] = DEFAULT_MERGES[s]
-            else:
-                mapping[s] = None
+            t, seen = s, set()
+            while t is not None and t not in target and t not in seen:
+                seen.add(t)
+                t = fallbacks.get(t)
+            mapping[s] = t if t in target else None
         return cls(source, target, mapping)
 
 
 def fold_scores(scores: Mapping[str, float], target: str | Sequence[str] | Mapping[str, str]) -> dict[str, float]:
-    """Fold a ``{label: probability}`` dict into another label set (mass summed)."""
-    lm = LabelMap.build(list(scores), target)
+    """Fold a ``{label: probability}`` dict into another label set (mass summed, never lost)."""
+    lm = LabelMap.build(list(scores), target, fallbacks=FOLD_FALLBACKS)
     folded = lm.fold(np.array([scores[s] for s in lm.source]))
     return {t: float(p) for t, p in zip(lm.target, folded)}

@@ -95,11 +95,25 @@ class EmotionPipeline(nn.Module):
     def sample_rate_hz(self) -> int:
         return self.feature_config.sample_rate_hz
 
-    def raw_features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Un-normalised features ``(batch, F, T)`` and lengths (None when all equal)."""
+    def raw_features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Un-normalised features ``(batch, F, T)`` and frame lengths (None when all equal).
+
+        ``lengths_samples`` gives each clip's real length in a zero-padded batch; frames past it
+        are masked by the model's pooling (or skipped as all-zero frames by seed 003's MFCC).
+        """
         cfg = self.feature_config
         feats = self.frontend(wave)
         lengths = None
+        if lengths_samples is not None and not (cfg.kind == "mfcc" and cfg.skip_zero_frames):
+            n = torch.as_tensor(lengths_samples)
+            if cfg.center:
+                lengths = 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
+            else:
+                lengths = 1 + torch.div((n - cfg.n_fft).clamp_min(0), cfg.hop_length, rounding_mode="floor")
+            lengths = lengths.clamp(1, feats.shape[-1])
+            if bool((lengths == feats.shape[-1]).all()):
+                lengths = None
         if cfg.kind == "mfcc" and cfg.skip_zero_frames:
             mask = nonzero_frame_mask(wave, cfg)
             if not bool(mask.all()):
@@ -107,12 +121,16 @@ class EmotionPipeline(nn.Module):
                 lengths = torch.tensor([k.shape[-1] for k in kept])
                 feats = torch.nn.utils.rnn.pad_sequence([k.T for k in kept], batch_first=True).transpose(1, 2)
         if cfg.num_frames is not None:
-            feats = fix_frames(feats, cfg.num_frames, cfg=cfg)
-            lengths = None if lengths is None else lengths.clamp(max=cfg.num_frames)
+            if lengths is not None:  # crop/pad each clip's real frames, not the batch padding
+                feats = torch.stack([fix_frames(f[:, : int(n)], cfg.num_frames, cfg=cfg) for f, n in zip(feats, lengths)])
+                lengths = None
+            else:
+                feats = fix_frames(feats, cfg.num_frames, cfg=cfg)
         return feats, lengths
 
-    def features(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats, lengths = self.raw_features(wave)
+    def features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats, lengths = self.raw_features(wave, lengths_samples)
         return self.normalize(feats), lengths
 
     def forward_features(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,15 +140,15 @@ class EmotionPipeline(nn.Module):
             return logits
         return self.model(feats, lengths)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None) -> torch.Tensor:
         if wave.dim() == 1:
             wave = wave.unsqueeze(0)
-        feats, lengths = self.features(wave)
+        feats, lengths = self.features(wave, lengths_samples)
         return self.forward_features(feats, lengths)
 
     @torch.no_grad()
-    def probabilities(self, wave: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.forward(wave) / self.temperature, dim=-1)
+    def probabilities(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.softmax(self.forward(wave, lengths_samples) / self.temperature, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import register
-from .common import masked_mean, scale_lengths
+from .common import masked_mean, zero_padding
 
 
 @register("cnn")
@@ -20,14 +20,20 @@ class TinyCNN(nn.Module):
         self.kwargs = {"channels": list(channels), "hidden": hidden, "dropout": dropout}
         blocks, cin = [], n_features
         for cout in channels:
-            blocks += [nn.Conv1d(cin, cout, 3, padding=1), nn.BatchNorm1d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool1d(2, ceil_mode=True), nn.Dropout(dropout * 0.5)]
+            blocks.append(nn.Sequential(nn.Conv1d(cin, cout, 3, padding=1), nn.BatchNorm1d(cout), nn.ReLU()))
             cin = cout
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.MaxPool1d(2, ceil_mode=True)
+        self.drop = nn.Dropout(dropout * 0.5)
         self.head = nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, n_classes))
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        t_in = feats.shape[-1]
-        h = self.blocks(feats)
-        return self.head(masked_mean(h, scale_lengths(lengths, t_in, h.shape[-1])))
+        # Frames past ``lengths`` are zeroed at the input and after each block (post-ReLU, so the
+        # max-pool is unaffected): a clip gives the same logits alone or zero-padded in a batch.
+        h = zero_padding(feats, lengths)
+        for block in self.blocks:
+            h = zero_padding(block(h), lengths)
+            h = self.drop(self.pool(h))
+            lengths = None if lengths is None else torch.div(lengths + 1, 2, rounding_mode="floor")
+        return self.head(masked_mean(h, lengths))

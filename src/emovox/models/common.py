@@ -26,3 +26,10 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=-1)
     mask = length_mask(lengths, x.shape[-1], device=x.device).to(x.dtype)[:, None, :]
     return (x * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Zero the frames of ``(batch, channels, frames)`` past ``lengths`` (no-op when None)."""
+    if lengths is None:
+        return x
+    return x * length_mask(lengths, x.shape[-1], device=x.device).to(x.dtype)[:, None, :]

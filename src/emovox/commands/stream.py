@@ -1,0 +1,67 @@
+"""emovox stream: incremental classification of a file played as a stream, or raw PCM on stdin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+HELP = "classify audio incrementally: a file played as a stream, or raw 16-bit 16 kHz PCM on stdin ('-')"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", default="-", help="audio file, or '-' for raw s16le mono PCM on stdin")
+    p.add_argument("--model", default=None,
+                   help="model (default: the shipped streaming LSTM if present, else the default model)")
+    p.add_argument("--labels", default=None, help="fold scores into another label set (basic5, app6, ...)")
+    p.add_argument("--chunk-ms", type=float, default=250.0, help="chunk length fed per update (ms)")
+    p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="rate of the raw PCM on stdin (Hz)")
+    p.add_argument("--window-s", type=float, default=3.0, help="non-streaming models: window classified per update")
+
+
+def run(args) -> int:
+    from ..audio import load_audio, pcm16_to_float
+    from ..inference import available_models, load_model
+
+    name = args.model
+    if name is None:
+        name = "streaming" if any(m["name"] == "streaming" for m in available_models()) else None
+    model = load_model(name)
+    session = model.stream(labels=args.labels, window_s=args.window_s)
+    sr = model.sample_rate_hz
+    chunk = max(1, int(sr * args.chunk_ms / 1000))
+
+    def emit(update, final=False):
+        if update is not None:
+            sys.stdout.write(json.dumps({**update, "final": final}) + "\n")
+            sys.stdout.flush()
+
+    if args.source == "-":
+        import soxr
+
+        resampler = None if args.sample_rate == sr else soxr.ResampleStream(args.sample_rate, sr, 1, dtype="float32")
+        nbytes = 2 * max(1, int(args.sample_rate * args.chunk_ms / 1000))
+        stdin = sys.stdin.buffer
+        carry = b""
+        while True:
+            data = stdin.read(nbytes)
+            if not data:
+                break
+            data = carry + data
+            carry = data[len(data) - len(data) % 2 :]
+            x = pcm16_to_float(data[: len(data) - len(data) % 2])
+            if resampler is not None:
+                x = resampler.resample_chunk(x)
+            for u in session.push(x):
+                emit(u)
+    else:
+        wave = load_audio(args.source, sample_rate_hz=sr)
+        for start in range(0, len(wave), chunk):
+            for u in session.push(wave[start : start + chunk]):
+                emit(u)
+            if args.realtime:
+                time.sleep(chunk / sr)
+    emit(session.finish(), final=True)
+    return 0

@@ -1,0 +1,535 @@
+"""Inference: one clip, many clips, long-recording timelines, and streaming.
+
+>>> import emovox
+>>> model = emovox.load_model()                # the shipped default model
+>>> p = model.predict("clip.wav")              # path, bytes, file object, or (array, rate)
+>>> p.label, p.score, p.scores                 # top emotion, its probability, every label's
+
+Scores are calibrated probabilities (temperature scaling fitted on held-out validation data at
+training time). ``labels=`` folds them into another label set (``"basic5"`` for seed 000's app,
+``"app6"`` for seed 003's front-end, or a mapping), summing probability mass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
+from .labels import FOLD_FALLBACKS, LabelMap, music_mood
+
+#: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
+DEFAULT_THRESHOLD = 0.70
+DEFAULT_MODEL = "default"
+
+
+@dataclass
+class Prediction:
+    """One clip's result: the top label, its probability, and every label's probability in order."""
+
+    label: str
+    score: float
+    scores: dict[str, float]
+    threshold: float = DEFAULT_THRESHOLD
+    silent: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.scores)
+
+    @property
+    def music_mood(self) -> str:
+        return music_mood(self.label)
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.score < self.threshold
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self, *, top_k: int | None = None) -> dict[str, Any]:
+        """The one output schema (CLI JSON, HTTP): seed 001's ``{"emotion", "confidence"}`` plus more."""
+        scores = dict(self.top_k(top_k)) if top_k else dict(self.scores)
+        return {
+            "emotion": self.label,
+            "confidence": round(self.score, 6),
+            "scores": {k: round(v, 6) for k, v in scores.items()},
+            "music_mood": self.music_mood,
+            "low_confidence": self.low_confidence,
+            **({"silent": True} if self.silent else {}),
+        }
+
+
+class Backend(Protocol):
+    """What a model runtime provides: PyTorch (:class:`TorchBackend`) or onnxruntime."""
+
+    labels: list[str]
+    sample_rate_hz: int
+    temperature: float
+
+    def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray: ...
+
+
+class TorchBackend:
+    def __init__(self, loaded):
+        import torch
+
+        self._torch = torch
+        self.loaded = loaded
+        self.pipeline = loaded.pipeline
+        self.labels = list(self.pipeline.labels)
+        self.sample_rate_hz = self.pipeline.sample_rate_hz
+        self.temperature = float(self.pipeline.temperature)
+        self.config = loaded.config
+
+    def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32))
+            n = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+            return self.pipeline(x, n).numpy()
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timelines
+
+
+@dataclass
+class Segment:
+    start_s: float
+    end_s: float
+    emotion: str
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "emotion": self.emotion,
+                "confidence": round(self.confidence, 6)}
+
+
+@dataclass
+class Timeline:
+    """Per-window predictions of a long recording, and merged segments of the same emotion."""
+
+    duration_s: float
+    window_s: float
+    hop_s: float
+    windows: list[tuple[float, float, Prediction]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duration": round(self.duration_s, 3),
+            "window_s": self.window_s,
+            "hop_s": self.hop_s,
+            "segments": [s.to_dict() for s in self.segments],
+            "windows": [{"start": round(a, 3), "end": round(b, 3), **p.to_dict()} for a, b, p in self.windows],
+        }
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = self.windows[0][2].labels if self.windows else []
+        centers = [(a + b) / 2 for a, b, _ in self.windows]
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        for lab in labels:
+            ax1.plot(centers, [p.scores[lab] for _, _, p in self.windows], label=lab, lw=1.5)
+        ax1.set_ylabel("probability")
+        ax1.set_ylim(0, 1)
+        ax1.legend(loc="upper right", fontsize=8, ncol=4)
+        ax1.set_title("emotion over time")
+        cmap = plt.get_cmap("tab10")
+        for seg in self.segments:
+            i = labels.index(seg.emotion) if seg.emotion in labels else 0
+            ax2.axvspan(seg.start_s, seg.end_s, color=cmap(i % 10), alpha=0.8)
+            ax2.text((seg.start_s + seg.end_s) / 2, 0.5, seg.emotion, ha="center", va="center", fontsize=8)
+        ax2.set_yticks([])
+        ax2.set_xlabel("time (s)")
+        ax2.set_xlim(0, max(self.duration_s, 1e-3))
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
+
+
+def merge_segments(windows: Sequence[tuple[float, float, Prediction]], duration_s: float) -> list[Segment]:
+    """Merge consecutive windows with the same top emotion.
+
+    Each window owns the span around its centre up to the midpoints with its neighbours, so
+    segments tile ``[0, duration_s]`` without overlaps or gaps.
+    """
+    if not windows:
+        return []
+    centers = [(a + b) / 2 for a, b, _ in windows]
+    bounds = [0.0] + [(centers[i] + centers[i + 1]) / 2 for i in range(len(centers) - 1)] + [duration_s]
+    segments: list[Segment] = []
+    confs: list[float] = []
+    for i, (_, _, p) in enumerate(windows):
+        if segments and segments[-1].emotion == p.label:
+            segments[-1].end_s = bounds[i + 1]
+            confs.append(p.score)
+            segments[-1].confidence = float(np.mean(confs))
+        else:
+            confs = [p.score]
+            segments.append(Segment(bounds[i], bounds[i + 1], p.label, p.score))
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class EmotionModel:
+    """A loaded speech emotion model (PyTorch or ONNX backend) with a clip-level API."""
+
+    def __init__(self, backend: Backend, *, name: str = "", path: Path | None = None,
+                 threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S):
+        self.backend = backend
+        self.name = name
+        self.path = path
+        self.threshold = threshold
+        self.max_duration_s = max_duration_s
+        self._maps: dict[Any, LabelMap] = {}
+
+    # -- properties
+    @property
+    def labels(self) -> list[str]:
+        return list(self.backend.labels)
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.backend.sample_rate_hz
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return getattr(self.backend, "config", {})
+
+    @property
+    def streaming(self) -> bool:
+        pipe = getattr(self.backend, "pipeline", None)
+        return bool(pipe is not None and pipe.streaming)
+
+    def output_labels(self, labels=None) -> list[str]:
+        return list(self._label_map(labels).target) if labels is not None else self.labels
+
+    def __repr__(self) -> str:
+        return f"EmotionModel(name={self.name!r}, labels={self.labels})"
+
+    # -- label folding
+    def _label_map(self, labels) -> LabelMap:
+        key = labels if isinstance(labels, (str, tuple)) or labels is None else repr(labels)
+        if key not in self._maps:
+            lm = LabelMap.build(self.labels, labels, fallbacks=FOLD_FALLBACKS)
+            if not lm.lossless:
+                lm.fold(np.zeros(len(self.labels)))  # raises LabelError naming the unmapped labels
+            self._maps[key] = lm
+        return self._maps[key]
+
+    def _to_prediction(self, probs: np.ndarray, labels=None, *, silent: bool = False) -> Prediction:
+        if labels is not None:
+            lm = self._label_map(labels)
+            probs, names = lm.fold(probs), list(lm.target)
+        else:
+            names = self.labels
+        i = int(np.argmax(probs))
+        return Prediction(label=names[i], score=float(probs[i]),
+                          scores={n: float(p) for n, p in zip(names, probs)}, threshold=self.threshold,
+                          silent=silent)
+
+    # -- audio
+    def load(self, source, *, sample_rate_hz: int | None = None) -> np.ndarray:
+        return load_audio(source, sample_rate_hz=self.sample_rate_hz, source_sample_rate_hz=sample_rate_hz,
+                          max_duration_s=self.max_duration_s)
+
+    def probabilities(self, waves: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
+        """Calibrated probabilities ``(n, n_labels)`` for decoded clips; similar lengths are batched."""
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            lens = np.array([len(waves[i]) for i in idx])
+            batch = np.zeros((len(idx), int(lens.max())), dtype=np.float32)
+            for j, i in enumerate(idx):
+                batch[j, : lens[j]] = waves[i]
+            logits = self.backend.predict_logits(batch, None if (lens == lens[0]).all() else lens)
+            out[idx] = softmax(logits, self.backend.temperature)
+        return out
+
+    def predict(self, source, *, sample_rate_hz: int | None = None, labels=None) -> Prediction:
+        """Classify one clip: a path, bytes, a binary file object, or an array with ``sample_rate_hz``."""
+        wave = self.load(source, sample_rate_hz=sample_rate_hz)
+        probs = self.probabilities([wave])[0]
+        return self._to_prediction(probs, labels, silent=is_silent(wave))
+
+    def predict_batch(self, sources: Iterable, *, sample_rate_hz: int | None = None, labels=None,
+                      batch_size: int = 32, num_workers: int | None = None, errors: str = "raise",
+                      progress: bool = False) -> list[Prediction | AudioError]:
+        """Classify many clips: decoded and featurised in parallel, run in mini-batches.
+
+        ``errors="raise"`` stops at the first unreadable clip; ``errors="return"`` puts the
+        :class:`~emovox.audio.AudioError` in that clip's place and goes on.
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        sources = list(sources)
+        self._label_map(labels) if labels is not None else None
+        workers = num_workers or min(8, os.cpu_count() or 2)
+        results: list[Prediction | AudioError | None] = [None] * len(sources)
+        bar = None
+        if progress and len(sources) > batch_size:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sources), unit="clip", desc="classify")
+
+        def _load(s):
+            try:
+                return self.load(s, sample_rate_hz=sample_rate_hz)
+            except AudioError as e:
+                if errors == "raise":
+                    raise
+                return e
+
+        chunk = max(batch_size * 4, 64)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(sources), chunk):
+                waves = list(pool.map(_load, sources[start : start + chunk]))
+                ok = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
+                probs = self.probabilities([waves[i] for i in ok], batch_size=batch_size) if ok else []
+                for j, i in enumerate(ok):
+                    results[start + i] = self._to_prediction(probs[j], labels, silent=is_silent(waves[i]))
+                for i, w in enumerate(waves):
+                    if isinstance(w, AudioError):
+                        results[start + i] = w
+                if bar is not None:
+                    bar.update(len(waves))
+        if bar is not None:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+    def timeline(self, source, *, sample_rate_hz: int | None = None, window_s: float = 3.0, hop_s: float = 1.0,
+                 labels=None, batch_size: int = 32) -> Timeline:
+        """Sliding-window predictions over a long recording, merged into segments."""
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError(f"window_s and hop_s must be positive (got {window_s}, {hop_s})")
+        wave = self.load(source, sample_rate_hz=sample_rate_hz)
+        sr = self.sample_rate_hz
+        duration = len(wave) / sr
+        win, hop = int(round(window_s * sr)), int(round(hop_s * sr))
+        starts = [0] if len(wave) <= win else list(range(0, len(wave) - win + 1, hop))
+        if len(wave) > win and starts[-1] + win < len(wave):
+            starts.append(len(wave) - win)  # cover the tail
+        chunks = [wave[s : s + win] for s in starts]
+        probs = self.probabilities(chunks, batch_size=batch_size)
+        windows = [(s / sr, (s + len(c)) / sr, self._to_prediction(p, labels, silent=is_silent(c)))
+                   for s, c, p in zip(starts, chunks, probs)]
+        return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
+                        segments=merge_segments(windows, duration))
+
+    def stream(self, **kwargs) -> StreamingSession:
+        return StreamingSession(self, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+
+
+class StreamingSession:
+    """Feed audio incrementally with :meth:`push`; get an update per chunk.
+
+    - Streaming models (the LSTM on seed 003's MFCC, ``center=False``): every complete 25 ms frame
+      is featurised as soon as its samples arrive and stepped through the LSTM with its hidden
+      state carried over, so the final update equals classifying the whole clip.
+    - Other models: the session keeps the audio (up to ``max_buffer_s``) and classifies the last
+      ``window_s`` seconds on each push; :meth:`finish` classifies everything received.
+
+    Updates carry seed 003's ``{"class": int, "confidence": [...]}`` and the labelled result.
+    """
+
+    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = 600.0):
+        self.model = model
+        self.labels = labels
+        self.window_s = window_s
+        self.max_buffer_s = max_buffer_s
+        self.sample_rate_hz = model.sample_rate_hz
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = np.zeros(0, dtype=np.float32)  # un-featurised tail (streaming) or all audio
+        self._received = 0
+        self._hidden = None
+        self._frames = 0
+        self._last_logits: np.ndarray | None = None
+        self._pipe = getattr(self.model.backend, "pipeline", None)
+        self._frame_mode = bool(self._pipe is not None and self._pipe.streaming and not self._pipe.feature_config.center)
+
+    @property
+    def received_s(self) -> float:
+        return self._received / self.sample_rate_hz
+
+    def push(self, samples) -> list[dict[str, Any]]:
+        """Add float samples in [-1, 1] at the model's rate; returns zero or one update."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if x.size == 0:
+            return []
+        if not np.isfinite(x).all():
+            raise AudioError("streamed chunk contains NaN or infinite samples")
+        self._received += x.size
+        if self._frame_mode:
+            return self._push_frames(x)
+        self._buffer = np.concatenate([self._buffer, x])
+        limit = int(self.max_buffer_s * self.sample_rate_hz)
+        if self._buffer.size > limit:
+            self._buffer = self._buffer[-limit:]
+        tail = self._buffer[-int(self.window_s * self.sample_rate_hz) :]
+        probs = self.model.probabilities([tail])[0]
+        return [self._update(probs)]
+
+    def _push_frames(self, x: np.ndarray) -> list[dict[str, Any]]:
+        import torch
+
+        from .features import nonzero_frame_mask
+
+        pipe, cfg = self._pipe, self._pipe.feature_config
+        buf = np.concatenate([self._buffer, x])
+        n_frames = cfg.num_frames_for(buf.size)
+        if n_frames == 0:
+            self._buffer = buf
+            return []
+        consumed = n_frames * cfg.hop_length
+        with torch.inference_mode():
+            wave = torch.from_numpy(buf[: cfg.samples_for(n_frames)])[None]
+            feats = pipe.frontend(wave)
+            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+                feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
+            self._buffer = buf[consumed:]
+            if feats.shape[-1] == 0:
+                return []
+            feats = pipe.normalize(feats)
+            logits, self._hidden = pipe.model(feats.transpose(1, 2), self._hidden)
+        self._frames += feats.shape[-1]
+        self._last_logits = logits[0].numpy()
+        return [self._update(softmax(self._last_logits, self.model.backend.temperature))]
+
+    def _update(self, probs: np.ndarray) -> dict[str, Any]:
+        pred = self.model._to_prediction(probs, self.labels)
+        labelled = pred.to_dict()
+        # Seed 003's shape: "class" (argmax over the model's own labels) and "confidence" as the list
+        # of probabilities; the labelled result (possibly folded by labels=) has its top score as "score".
+        labelled["score"] = labelled.pop("confidence")
+        return {
+            "time_s": round(self.received_s, 3),
+            "frames": self._frames,
+            "class": int(np.argmax(probs)),
+            "confidence": [round(float(p), 6) for p in probs],
+            **labelled,
+        }
+
+    def finish(self) -> dict[str, Any] | None:
+        """The final result for everything pushed (equal to classifying the whole clip)."""
+        if self._frame_mode:
+            if self._last_logits is None:
+                return None
+            return self._update(softmax(self._last_logits, self.model.backend.temperature))
+        if self._buffer.size == 0:
+            return None
+        return self._update(self.model.probabilities([self._buffer])[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _assets_root():
+    return resources.files("emovox") / "assets" / "models"
+
+
+def available_models() -> list[dict[str, Any]]:
+    """The models shipped inside the package: name, labels, description."""
+    import json
+
+    out = []
+    root = _assets_root()
+    if not root.is_dir():
+        return out
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        cfg = entry / "model_config.json"
+        if entry.is_dir() and cfg.is_file():
+            c = json.loads(cfg.read_text())
+            out.append({"name": entry.name, "labels": c.get("labels", []), "model": c.get("model", {}).get("name"),
+                        "features": c.get("features", {}).get("kind"),
+                        "description": c.get("description", "")})
+    return out
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Path]:
+    """A shipped model's name (``None`` = default) or a path → (name, folder)."""
+    from .modelio import ModelLoadError
+
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    p = Path(name_or_path)
+    if p.exists():
+        return p.name, p
+    shipped = _assets_root() / str(name_or_path)
+    if shipped.is_dir():
+        with resources.as_file(shipped) as folder:
+            return str(name_or_path), Path(folder)
+    names = [m["name"] for m in available_models()]
+    raise ModelLoadError(
+        f"model {str(name_or_path)!r} is neither a folder nor a shipped model; shipped models: "
+        f"{', '.join(names) or '(none)'}"
+    )
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "torch",
+               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+               allow_pickle: bool = False) -> EmotionModel:
+    """Load the default shipped model (``None``), a shipped model by name, or a trained model folder.
+
+    ``backend="onnx"`` runs an exported ONNX model (a folder written by ``emovox export``)
+    through onnxruntime, without PyTorch.
+    """
+    if backend == "onnx":
+        from .onnx_backend import OnnxModel
+
+        p = Path(name_or_path) if name_or_path is not None else None
+        if p is None or not p.exists():
+            raise FileNotFoundError(f"--backend onnx needs an exported ONNX model folder or file, got {name_or_path!r}")
+        return EmotionModel(OnnxModel(p), name=p.name, path=p, threshold=threshold, max_duration_s=max_duration_s)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+    from .modelio import load_model_dir
+
+    name, folder = resolve_model_path(name_or_path)
+    loaded = load_model_dir(folder, allow_pickle=allow_pickle)
+    return EmotionModel(TorchBackend(loaded), name=name, path=folder, threshold=threshold,
+                        max_duration_s=max_duration_s)
+
+
+def fold_probabilities(probs: np.ndarray, source: Sequence[str], target: str | Sequence[str] | Mapping[str, str]
+                       ) -> tuple[np.ndarray, list[str]]:
+    lm = LabelMap.build(source, target, fallbacks=FOLD_FALLBACKS)
+    return lm.fold(probs), list(lm.target)
+
+
+__all__ = ["EmotionModel", "Prediction", "Segment", "StreamingSession", "Timeline", "available_models",
+           "load_model", "merge_segments", "softmax"]

@@ -1,0 +1,178 @@
+"""emovox.features equals librosa (test-only dependency) with the same parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emovox.features import (
+    MFCC,
+    PRESETS,
+    FeatureConfig,
+    FeatureStats,
+    LogMel,
+    Normalize,
+    build_frontend,
+    featurize,
+    fix_frames,
+    mel_filterbank,
+    nonzero_frame_mask,
+    preset,
+    silence_features,
+)
+
+librosa = pytest.importorskip("librosa")
+SR = 16000
+# Tolerances: log-mel and MFCC within 2e-3 dB / coefficient units of librosa (float32 vs float64 FFTs).
+DB_TOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def speechlike():
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.7 * SR)) / SR
+    f0 = 140 + 30 * np.sin(2 * np.pi * 2 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    x = x + 0.01 * rng.standard_normal(len(t))
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def librosa_kwargs(cfg: FeatureConfig):
+    return dict(sr=cfg.sample_rate_hz, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                n_mels=cfg.n_mels, center=cfg.center, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz, power=cfg.power)
+
+
+def test_filterbank_equals_librosa():
+    for n_fft, n_mels, fmax in [(512, 64, None), (2048, 64, None), (400, 40, 7600.0)]:
+        ours = mel_filterbank(SR, n_fft, n_mels, 0.0, fmax)
+        ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmax=fmax)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-8)
+    assert mel_filterbank(SR, 512, 64) is mel_filterbank(SR, 512, 64)  # cached
+
+
+@pytest.mark.parametrize("name", ["logmel64", "seed000"])
+@pytest.mark.parametrize("stft_mode", ["torch", "conv"])
+def test_logmel_equals_librosa(speechlike, name, stft_mode):
+    cfg = PRESETS[name]
+    ours = LogMel(cfg, stft_mode=stft_mode)(torch.from_numpy(speechlike)[None])[0].numpy()
+    power = librosa.feature.melspectrogram(y=speechlike, **librosa_kwargs(cfg))
+    ref = librosa.power_to_db(power, ref=1.0, amin=cfg.log_floor, top_db=None)
+    assert ours.shape == ref.shape
+    # everywhere within 0.2 dB (the conv STFT sums in float32: near the -100 dB floor that matters)
+    assert np.abs(ours - ref).max() < 0.2
+    # where the energy is not negligible, agreement is much tighter
+    loud = ref > ref.max() - 60
+    assert np.abs(ours - ref)[loud].max() < DB_TOL
+
+
+def test_mel_power_relative_error(speechlike):
+    cfg = PRESETS["logmel64"]
+    ours = LogMel(cfg).mel_power(torch.from_numpy(speechlike)[None])[0].numpy()
+    ref = librosa.feature.melspectrogram(y=speechlike, **librosa_kwargs(cfg))
+    big = ref > ref.max() * 1e-6
+    np.testing.assert_allclose(ours[big], ref[big], rtol=1e-3)
+
+
+def test_top_db_matches_librosa(speechlike):
+    cfg = PRESETS["logmel64"].replace(top_db=80.0)
+    ours = LogMel(cfg)(torch.from_numpy(speechlike)[None])[0].numpy()
+    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=speechlike, **librosa_kwargs(cfg)), top_db=80.0)
+    assert np.abs(ours - ref).max() < DB_TOL * 5
+
+
+@pytest.mark.parametrize("name", ["mfcc13", "seed003"])
+def test_mfcc_equals_librosa(speechlike, name):
+    cfg = PRESETS[name].replace(skip_zero_frames=False)
+    ours = MFCC(cfg)(torch.from_numpy(speechlike)[None])[0].numpy()
+    S = librosa.power_to_db(librosa.feature.melspectrogram(y=speechlike, **librosa_kwargs(cfg)), top_db=None)
+    ref = librosa.feature.mfcc(S=S, n_mfcc=cfg.n_mfcc)
+    assert ours.shape == ref.shape == (13, ref.shape[1])
+    assert np.abs(ours - ref).max() < 1e-2
+    assert np.abs(ours - ref)[:, 1:-1].mean() < 1e-3
+
+
+def test_batched_equals_single_and_conv_equals_stft(speechlike):
+    x = torch.from_numpy(np.stack([speechlike, speechlike[::-1].copy(), 0.5 * speechlike]))
+    for cfg in PRESETS.values():
+        fe, fc = build_frontend(cfg), build_frontend(cfg, stft_mode="conv")
+        batch = fe(x)
+        for i in range(3):
+            torch.testing.assert_close(batch[i], fe(x[i : i + 1])[0], rtol=1e-4, atol=1e-3)
+        loud = batch > batch.amax() - 60
+        assert (fc(x) - batch).abs()[loud].max() < 1e-2
+
+
+def test_seed000_preset_is_3_2_seconds():
+    cfg = preset("seed000")
+    assert (cfg.n_mels, cfg.n_fft, cfg.hop_length, cfg.num_frames) == (64, 2048, 512, 100)
+    assert cfg.samples_for(100) / SR == pytest.approx(3.2, abs=0.05)
+    assert cfg.num_frames_for(cfg.samples_for(100)) == 100
+    with pytest.raises(ValueError, match="unknown feature preset 'nope'; available: logmel64"):
+        preset("nope")
+
+
+def test_seed003_mfcc_skips_all_zero_frames_in_one_batched_transform(speechlike):
+    cfg = preset("seed003")
+    assert (cfg.n_mfcc, cfg.window_length, cfg.hop_length) == (13, 400, 160)  # 25 ms / 10 ms
+    padded = np.concatenate([np.zeros(3200, np.float32), speechlike, np.zeros(1600, np.float32)])
+    full = MFCC(cfg)(torch.from_numpy(padded)[None])[0]
+    mask = nonzero_frame_mask(torch.from_numpy(padded), cfg)[0]
+    kept = featurize(padded, cfg)[0]
+    assert kept.shape[1] == int(mask.sum()) < full.shape[1]
+    assert (full.shape[1] - kept.shape[1]) == 18 + 7  # frames entirely inside the zero runs
+    torch.testing.assert_close(kept, full[:, mask])
+
+
+def test_fix_frames_crops_and_pads_with_silence():
+    cfg = preset("logmel64")
+    f = torch.arange(64 * 10, dtype=torch.float32).view(64, 10)
+    assert fix_frames(f, 10) is f
+    torch.testing.assert_close(fix_frames(f, 4), f[:, 3:7])
+    torch.testing.assert_close(fix_frames(f, 4, offset=0), f[:, :4])
+    padded = fix_frames(f, 14, cfg=cfg)
+    assert padded.shape == (64, 14)
+    torch.testing.assert_close(padded[:, 2:12], f)
+    assert torch.all(padded[:, :2] == silence_features(cfg)[:, None])
+    assert float(silence_features(cfg)[0]) == pytest.approx(-100.0)  # 10*log10(1e-10)
+    batch = fix_frames(f.expand(3, 64, 10), 12, cfg=cfg)
+    assert batch.shape == (3, 64, 12)
+
+
+def test_feature_stats_fit_and_normalize_roundtrip():
+    rng = np.random.default_rng(1)
+    feats = [torch.from_numpy(rng.normal(5, 2, (13, n)).astype(np.float32)) for n in (50, 70, 90)]
+    stats = FeatureStats.fit(feats)
+    allf = torch.cat(feats, dim=1)
+    np.testing.assert_allclose(stats.mean, allf.mean(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(stats.std, allf.std(1, unbiased=False).numpy(), rtol=1e-4)
+    norm = Normalize(FeatureStats.from_dict(stats.to_dict()), 13)
+    out = norm(allf[None])[0]
+    assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1) < 1e-2
+    with pytest.raises(ValueError, match="13 values, features have 64"):
+        Normalize(stats, 64)
+    with pytest.raises(ValueError, match="zero frames"):
+        FeatureStats.fit([])
+
+
+def test_config_validation_and_roundtrip():
+    cfg = FeatureConfig(kind="mfcc", n_mfcc=20, n_mels=40)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="kind must be 'logmel' or 'mfcc'"):
+        FeatureConfig(kind="cqt")
+    with pytest.raises(ValueError, match="win_length"):
+        FeatureConfig(n_fft=256, win_length=400)
+    with pytest.raises(ValueError, match="unknown FeatureConfig fields"):
+        FeatureConfig.from_dict({"kind": "logmel", "bogus": 1})
+
+
+def test_file_and_array_input_give_the_same_features(tmp_path, speechlike):
+    import soundfile as sf
+
+    from emovox.audio import load_audio
+
+    sf.write(tmp_path / "x.wav", speechlike, SR, subtype="FLOAT")
+    a = featurize(load_audio(tmp_path / "x.wav"), preset("logmel64"))[0]
+    b = featurize(speechlike, preset("logmel64"))[0]
+    torch.testing.assert_close(a, b)
