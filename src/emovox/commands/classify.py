@@ -54,7 +54,8 @@ def expand_paths(paths: list[str]) -> list[str]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
-def _write(records: list[dict], fmt: str, labels: list[str], out=sys.stdout) -> None:
+def _write(records: list[dict], fmt: str, labels: list[str], out=None) -> None:
+    out = out or sys.stdout
     if fmt == "json":
         obj = records[0] if len(records) == 1 else records
         out.write(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,317 @@
+"""emovox.inference and the classify/stream commands, on tiny model folders built here."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from emovox.audio import AudioError
+from emovox.cli import main
+from emovox.features import FeatureStats, preset
+from emovox.inference import Prediction, load_model, merge_segments, softmax
+from emovox.labels import EKMAN7
+from emovox.modelio import ModelLoadError, make_config, save_model
+from emovox.models import build_model
+
+SR = 16000
+
+
+def make_model_dir(path, name="cnn", features="logmel64", labels=EKMAN7, temperature=1.0, seed=0):
+    torch.manual_seed(seed)
+    cfg = preset(features)
+    model = build_model(name, n_features=cfg.n_features, n_classes=len(labels))
+    # Random-but-trained-looking statistics: centre the log-mel around speech levels.
+    stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features) if cfg.kind == "logmel" else \
+        FeatureStats([0.0] * cfg.n_features, [30.0] * cfg.n_features)
+    config = make_config(model_name=name, model_kwargs=model.kwargs, features=cfg, labels=list(labels),
+                         stats=stats, temperature=temperature)
+    save_model(path, model.eval(), config)
+    return path
+
+
+def voice(seconds=1.5, f0=180.0, sr=SR, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 3 * t))) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    return (0.3 * x / np.abs(x).max() + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("cnn") / "model", temperature=1.5)
+
+
+@pytest.fixture(scope="module")
+def lstm_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("lstm") / "model", name="lstm", features="seed003")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    sf.write(d / "a.wav", voice(1.5, 150), SR)
+    sf.write(d / "b.flac", voice(2.5, 220, seed=1), SR)
+    stereo = np.stack([voice(1.0, 300, 44100), voice(1.0, 300, 44100, seed=2)], axis=1)
+    sf.write(d / "c_stereo_44k.ogg", stereo, 44100, format="OGG", subtype="VORBIS")
+    sf.write(d / "d.mp3", voice(1.2, 200, 22050), 22050, format="MP3")
+    sf.write(d / "e.opus", voice(1.2, 250, 48000), 48000, format="OGG", subtype="OPUS")
+    (d / "sub").mkdir()
+    sf.write(d / "sub" / "f.wav", voice(0.8, 120), SR, subtype="PCM_24")
+    return d
+
+
+def test_predict_returns_calibrated_scores_for_every_label(cnn_dir, clips):
+    model = load_model(cnn_dir)
+    assert model.labels == list(EKMAN7)
+    p = model.predict(clips / "a.wav")
+    assert isinstance(p, Prediction)
+    assert list(p.scores) == list(EKMAN7)
+    assert sum(p.scores.values()) == pytest.approx(1.0)
+    assert p.label == max(p.scores, key=p.scores.get) and p.score == p.scores[p.label]
+    d = p.to_dict()
+    assert {"emotion", "confidence", "scores", "music_mood", "low_confidence"} <= set(d)
+    assert d["low_confidence"] == (p.score < 0.70)
+
+
+def test_temperature_scaling_is_applied(cnn_dir, clips, tmp_path):
+    hot = load_model(cnn_dir)  # T = 1.5
+    cold = load_model(make_model_dir(tmp_path / "t1", temperature=1.0))
+    wave = hot.load(clips / "a.wav")
+    logits = hot.backend.predict_logits(wave[None])
+    np.testing.assert_allclose(hot.probabilities([wave])[0], softmax(logits, 1.5)[0], rtol=1e-6)
+    np.testing.assert_allclose(cold.probabilities([wave])[0], softmax(logits, 1.0)[0], rtol=1e-6)
+    # a higher temperature flattens the distribution
+    assert hot.predict(wave, sample_rate_hz=SR).score < cold.predict(wave, sample_rate_hz=SR).score
+
+
+def test_sources_agree_path_bytes_array(cnn_dir, clips):
+    model = load_model(cnn_dir)
+    path = clips / "a.wav"
+    a = model.predict(path).scores
+    b = model.predict(path.read_bytes()).scores
+    wave, sr = sf.read(path, dtype="float32")
+    c = model.predict(wave, sample_rate_hz=sr).scores
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6) and a[k] == pytest.approx(c[k], abs=1e-5)
+
+
+def test_predict_batch_equals_predict_and_reports_bad_clips(cnn_dir, clips, tmp_path):
+    model = load_model(cnn_dir)
+    files = sorted(p for p in clips.rglob("*") if p.is_file())
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    results = model.predict_batch([*files, bad], errors="return", batch_size=2)
+    assert isinstance(results[-1], AudioError) and "broken.wav" in str(results[-1])
+    for f, r in zip(files, results):
+        single = model.predict(f)
+        assert r.label == single.label
+        np.testing.assert_allclose(list(r.scores.values()), list(single.scores.values()), atol=1e-5)
+    with pytest.raises(AudioError, match="broken.wav"):
+        model.predict_batch([bad])
+
+
+@pytest.mark.parametrize("target", ["basic5", "app6", "core4"])
+def test_label_folding_sums_to_one(cnn_dir, clips, target):
+    model = load_model(cnn_dir)
+    full = model.predict(clips / "b.flac")
+    folded = model.predict(clips / "b.flac", labels=target)
+    assert sum(folded.scores.values()) == pytest.approx(1.0)
+    from emovox.labels import fold_scores, taxonomy
+
+    assert list(folded.scores) == list(taxonomy(target))
+    for k, v in fold_scores(full.scores, target).items():
+        assert folded.scores[k] == pytest.approx(v)
+
+
+def test_unknown_labels_and_models_fail_clearly(cnn_dir, tmp_path):
+    model = load_model(cnn_dir)
+    with pytest.raises(ValueError, match="unknown label taxonomy 'nope'"):
+        model.predict(np.zeros(SR, np.float32), sample_rate_hz=SR, labels="nope")
+    with pytest.raises(ModelLoadError, match="neither a folder nor a shipped model"):
+        load_model("no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="missing best_model.pth"):
+        load_model(tmp_path / "empty")
+
+
+def test_corrupt_and_hostile_model_files(cnn_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(cnn_dir, bad)
+    data = (bad / "best_model.pth").read_bytes()
+    (bad / "best_model.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        load_model(bad)
+    (bad / "best_model.pth").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        load_model(bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import os; os.environ['EMOVOX_PWNED'] = '1'",))
+
+    torch.save({"format": "emovox-model", "payload": Evil()}, bad / "best_model.pth")
+    with pytest.raises(ModelLoadError, match="refuses to unpickle"):
+        load_model(bad)
+    import os
+
+    assert "EMOVOX_PWNED" not in os.environ
+    torch.save({"format": "emovox-model", "format_version": 1, "config": {"features": {}, "labels": ["a"],
+                "model": {"name": "cnn", "kwargs": {}}}, "state_dict": {}}, bad / "best_model.pth")
+    with pytest.raises(ModelLoadError, match="invalid model config|do not match"):
+        load_model(bad)
+
+
+def test_silent_clip_is_classified_and_flagged(cnn_dir):
+    p = load_model(cnn_dir).predict(np.zeros(SR, np.float32), sample_rate_hz=SR)
+    assert p.silent and p.to_dict()["silent"] is True
+    assert sum(p.scores.values()) == pytest.approx(1.0)
+
+
+def test_timeline_segments_tile_the_recording(cnn_dir, tmp_path):
+    model = load_model(cnn_dir)
+    long = np.concatenate([voice(4, 120), np.zeros(3 * SR, np.float32), voice(4, 300, seed=3)])
+    tl = model.timeline(long, sample_rate_hz=SR, window_s=2.0, hop_s=0.5)
+    assert tl.duration_s == pytest.approx(11.0)
+    starts = [w[0] for w in tl.windows]
+    assert starts[0] == 0 and tl.windows[-1][1] == pytest.approx(11.0)
+    assert all(b - a == pytest.approx(2.0) for a, b, _ in tl.windows)
+    segs = tl.segments
+    assert segs[0].start_s == 0 and segs[-1].end_s == pytest.approx(11.0)
+    for s1, s2 in zip(segs, segs[1:]):
+        assert s1.end_s == pytest.approx(s2.start_s) and s1.emotion != s2.emotion
+    out = tl.plot(tmp_path / "tl.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    short = model.timeline(voice(1.0), sample_rate_hz=SR, window_s=3.0)
+    assert len(short.windows) == 1 and short.segments[0].end_s == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        model.timeline(long, sample_rate_hz=SR, hop_s=0)
+
+
+def test_merge_segments_by_hand():
+    def P(label):
+        return Prediction(label, 0.8, {label: 0.8})
+
+    wins = [(0, 2, P("sad")), (1, 3, P("sad")), (2, 4, P("happy")), (3, 5, P("sad"))]
+    segs = merge_segments(wins, 5.0)
+    assert [(s.start_s, s.end_s, s.emotion) for s in segs] == [(0, 2.5, "sad"), (2.5, 3.5, "happy"), (3.5, 5.0, "sad")]
+
+
+def test_streaming_lstm_equals_offline(lstm_dir, clips):
+    model = load_model(lstm_dir)
+    assert model.streaming
+    wave = model.load(clips / "b.flac")
+    offline = model.predict(wave, sample_rate_hz=SR)
+    session = model.stream()
+    updates = []
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < len(wave):  # irregular chunk sizes, some shorter than a frame
+        n = int(rng.integers(50, 3000))
+        updates += session.push(wave[pos : pos + n])
+        pos += n
+    final = session.finish()
+    assert len(updates) > 10
+    assert final["frames"] == updates[-1]["frames"] > 200
+    np.testing.assert_allclose(final["confidence"], list(offline.scores.values()), atol=1e-5)
+    assert final["class"] == EKMAN7.index(offline.label) and final["emotion"] == offline.label
+    assert isinstance(final["confidence"], list) and len(final["confidence"]) == 7  # seed 003 shape
+
+
+def test_streaming_window_model_final_equals_offline(cnn_dir, clips):
+    model = load_model(cnn_dir)
+    wave = model.load(clips / "b.flac")
+    session = model.stream(window_s=1.0)
+    ups = [u for i in range(0, len(wave), 4000) for u in session.push(wave[i : i + 4000])]
+    assert len(ups) == -(-len(wave) // 4000)
+    final = session.finish()
+    np.testing.assert_allclose(final["confidence"], list(model.predict(wave, sample_rate_hz=SR).scores.values()),
+                               atol=1e-5)
+    with pytest.raises(AudioError, match="NaN"):
+        session.push(np.array([np.nan], np.float32))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_classify_cli_json_for_one_file(cnn_dir, clips, capsys):
+    code, out, _ = run_cli(["classify", str(clips / "a.wav"), "--model", str(cnn_dir)], capsys)
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["path"].endswith("a.wav") and rec["emotion"] in EKMAN7
+    assert {"emotion", "confidence"} <= set(rec)  # seed 001's JSON is a subset
+    assert set(rec["scores"]) == set(EKMAN7) and "music_mood" in rec and "low_confidence" in rec
+
+
+def test_classify_cli_folders_globs_formats_and_failures(cnn_dir, clips, tmp_path, capsys):
+    code, out, err = run_cli(["classify", str(clips), "--model", str(cnn_dir), "--format", "jsonl"], capsys)
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(recs) == 6, err  # recursive, every format
+    code, out, _ = run_cli(["classify", str(clips / "*.wav"), str(clips / "sub" / "*.wav"), "--model", str(cnn_dir),
+                            "--format", "csv", "--labels", "basic5"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3
+    assert lines[0].split(",")[:5] == ["path", "emotion", "confidence", "music_mood", "low_confidence"]
+    assert lines[0].split(",")[5:10] == ["happy", "sad", "angry", "surprised", "neutral"]
+    (tmp_path / "bad.wav").write_bytes(b"")
+    code, out, err = run_cli(["classify", str(clips / "a.wav"), str(tmp_path / "bad.wav"), str(tmp_path / "none.flac"),
+                              "--model", str(cnn_dir), "--top-k", "2"], capsys)
+    recs = json.loads(out)
+    assert code == 1 and "2 of 3 file(s) could not be classified" in err
+    assert len(recs[0]["scores"]) == 2
+    assert "empty file" in recs[1]["error"] and "no such file" in recs[2]["error"]
+    code, out, _ = run_cli(["classify", str(clips / "a.wav"), "--model", str(cnn_dir), "--format", "table",
+                            "--threshold", "0.01"], capsys)
+    assert code == 0 and "a.wav" in out and "low confidence" not in out
+
+
+def test_classify_cli_timeline_and_plot(cnn_dir, tmp_path, capsys):
+    sf.write(tmp_path / "long.wav", np.concatenate([voice(3, 130), voice(3, 320, seed=5)]), SR)
+    code, out, _ = run_cli(["classify", str(tmp_path / "long.wav"), "--model", str(cnn_dir), "--timeline",
+                            "--window-s", "2", "--hop-s", "1", "--plot", str(tmp_path / "tl.png")], capsys)
+    rec = json.loads(out)
+    assert code == 0 and rec["duration"] == pytest.approx(6.0) and rec["segments"]
+    assert rec["segments"][0]["start"] == 0 and rec["segments"][-1]["end"] == pytest.approx(6.0)
+    assert (tmp_path / "tl.png").stat().st_size > 1000
+
+
+def test_classify_cli_bad_model_and_labels(cnn_dir, clips, capsys):
+    code, _, err = run_cli(["classify", str(clips / "a.wav"), "--model", "/nonexistent/model"], capsys)
+    assert code == 2 and "neither a folder nor a shipped model" in err
+    code, _, err = run_cli(["classify", str(clips / "a.wav"), "--model", str(cnn_dir), "--labels", "klingon"], capsys)
+    assert code == 2 and "unknown label taxonomy 'klingon'" in err
+
+
+def test_stream_cli_file_and_stdin(lstm_dir, clips, capsys):
+    code, out, _ = run_cli(["stream", str(clips / "a.wav"), "--model", str(lstm_dir), "--chunk-ms", "100"], capsys)
+    ups = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(ups) >= 10 and ups[-1]["final"] is True
+    assert isinstance(ups[-1]["class"], int) and len(ups[-1]["confidence"]) == 7
+    offline = load_model(lstm_dir).predict(clips / "a.wav")
+    np.testing.assert_allclose(ups[-1]["confidence"], list(offline.scores.values()), atol=1e-5)
+    # raw 16-bit PCM on stdin, in a real subprocess
+    pcm = (np.clip(voice(1.0), -1, 1) * 32767).astype("<i2").tobytes()
+    proc = subprocess.run([sys.executable, "-m", "emovox.cli", "stream", "-", "--model", str(lstm_dir)],
+                          input=pcm, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert lines[-1]["final"] and lines[-1]["time_s"] == pytest.approx(1.0)
+    buf = io.BytesIO()
+    sf.write(buf, (np.frombuffer(pcm, "<i2") / 32768).astype(np.float32), SR, format="WAV", subtype="PCM_16")
+    ref = load_model(lstm_dir).predict(buf.getvalue())
+    np.testing.assert_allclose(lines[-1]["confidence"], list(ref.scores.values()), atol=1e-5)
