@@ -275,6 +275,16 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def find_audio_files(root: str | os.PathLike) -> list[Path]:
-    """All audio files under ``root`` (recursively), sorted."""
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    """All audio files under ``root`` (recursively, following symbolic links; hidden entries skipped), sorted."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(folder) / f for f in files
+                if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(out)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_info
+from .audio import AUDIO_EXTENSIONS, AudioError, audio_info, find_audio_files
 from .labels import SYNONYMS, LabelError, canonical
 
 #: Order in which labels are listed in summaries.
@@ -78,13 +78,7 @@ def _ns(corpus: str, speaker: str | None) -> str | None:
 
 def _audio_files(root: Path) -> list[Path]:
     """Audio files under ``root``, sorted, skipping hidden files/folders (``._x.wav``, ``.git``)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS:
-                out.append(Path(dirpath) / f)
-    return sorted(out)
+    return find_audio_files(root)
 
 
 def _check_folder(root: Path) -> list[Path]:

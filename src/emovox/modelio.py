@@ -116,6 +116,11 @@ class EmotionPipeline(nn.Module):
                 lengths = None
         if cfg.kind == "mfcc" and cfg.skip_zero_frames:
             mask = nonzero_frame_mask(wave, cfg)
+            if lengths_samples is not None:
+                # in a zero-padded batch, a frame running past its clip's end does not exist for the
+                # clip alone: drop it (its clip-only frame count is cfg.num_frames_for(n))
+                n_real = torch.tensor([cfg.num_frames_for(int(n)) for n in torch.as_tensor(lengths_samples)])
+                mask = mask & (torch.arange(mask.shape[-1])[None, :] < n_real[:, None])
             if not bool(mask.all()):
                 kept = [f[:, m] if bool(m.any()) else f[:, :1] for f, m in zip(feats, mask)]
                 lengths = torch.tensor([k.shape[-1] for k in kept])

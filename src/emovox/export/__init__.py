@@ -1,0 +1,44 @@
+"""Export for devices: ONNX, Core ML and TorchScript, waveform-in and feature-in, checked against PyTorch.
+
+>>> from emovox.export import export_model
+>>> report = export_model("runs/cnn", "exports/cnn", formats=["onnx", "coreml"], quantize="int8")
+>>> report.checks["waveform"]["onnx"]["max_abs_diff"]     # vs the PyTorch pipeline
+
+An export folder holds, per input kind (``waveform``, ``features``):
+
+- ``emotion_<kind>.onnx`` (+ ``emotion_<kind>.int8.onnx`` with ``quantize="int8"``),
+- ``EmotionClassifierWaveform.mlmodel`` / ``.mlpackage`` and ``EmotionClassifier.mlmodel`` /
+  ``.mlpackage`` (the feature-in model, seed 000's name),
+- ``emotion_<kind>.pt`` (TorchScript),
+
+and ``preprocessing.json`` (how to compute the features exactly), ``export.json`` (files,
+tensor names and shapes, labels, temperature, check results, versions), ``model_config.json``
+and ``labels.json``. See ``docs/device-integration.md``.
+
+Modules: :mod:`.graphs` (trace-safe graphs), :mod:`.spec` (names and shapes), one writer per
+format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the whole run).
+"""
+
+from __future__ import annotations
+
+from .checks import DEFAULT_TOLERANCE, synthetic_clips
+from .coreml_export import FLAVOURS as COREML_FLAVOURS
+from .exporter import FORMATS, MANIFEST_FILE, PREPROCESSING_FILE, ExportError, ExportReport, export_model
+from .onnx_export import DEFAULT_OPSET
+from .preprocessing import preprocessing_spec
+from .spec import INPUT_KINDS
+
+__all__ = [
+    "COREML_FLAVOURS",
+    "DEFAULT_OPSET",
+    "DEFAULT_TOLERANCE",
+    "FORMATS",
+    "INPUT_KINDS",
+    "MANIFEST_FILE",
+    "PREPROCESSING_FILE",
+    "ExportError",
+    "ExportReport",
+    "export_model",
+    "preprocessing_spec",
+    "synthetic_clips",
+]

@@ -1,0 +1,195 @@
+"""The graphs that get exported: trace-safe wrappers around a loaded :class:`EmotionPipeline`.
+
+Three graphs, built from the pipeline's own modules (the front-end with ``stft_mode="conv"``, the
+normaliser and the model), so nothing about the features is re-implemented:
+
+- :class:`WaveformGraph`: 16 kHz samples ``(batch, samples)`` → logits ``(batch, n_labels)``;
+  the front-end, the crop/pad to ``num_frames``, seed 003's zero-frame skipping and the
+  normalisation are inside.
+- :class:`FeatureGraph`: raw (un-normalised) features ``(batch, n_features, frames)`` → logits,
+  for frame models; normalisation inside.
+- :class:`StreamingStepGraph`: raw features ``(batch, frames, n_features)`` (one frame:
+  ``(1, 1, n_features)``) plus the recurrent state → logits and the new state, for streaming
+  models; normalisation inside.
+
+:class:`EmotionPipeline` decides a few things with Python ``if``s on shapes and data (crop or
+pad, which frames are all-zero); a trace would freeze the branch taken by the example input.
+Here they are written as tensor arithmetic (gathers with computed indices, a stable sort by a
+computed key), so one traced graph serves every length and batch. ``tests/test_export.py``
+checks the graphs against the pipeline itself for several lengths and batch sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..features import FeatureConfig, silence_features
+from ..modelio import EmotionPipeline
+
+
+def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
+    spec = getattr(getattr(pipeline.frontend, "logmel", pipeline.frontend), "spectrogram", None)
+    if getattr(spec, "stft_mode", None) != "conv":
+        raise ValueError("export needs the pipeline loaded with stft_mode='conv' (a Conv1d STFT)")
+
+
+def nonzero_frames(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """``(batch, frames)`` bool: the frame's window samples are not all exactly zero.
+
+    Same framing as the features (and as :func:`emovox.features.nonzero_frame_mask`), written as
+    a max-pool over ``|x|`` so it exports with a dynamic length.
+    """
+    if cfg.center:
+        wave = F.pad(wave, (cfg.n_fft // 2, cfg.n_fft // 2))
+    wl = cfg.window_length
+    left = (cfg.n_fft - wl) // 2
+    right = cfg.n_fft - wl - left
+    x = wave[:, left:] if right == 0 else wave[:, left:-right]
+    peak = F.max_pool1d(x.abs().unsqueeze(1), kernel_size=wl, stride=cfg.hop_length).squeeze(1)
+    return peak > 0
+
+
+def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each item's kept frames to the front, in order; return them and their count (≥ 1).
+
+    An item with no kept frame keeps its first frame (as :func:`emovox.features.featurize`).
+    """
+    t = feats.shape[-1]
+    pos = torch.arange(t, device=feats.device).unsqueeze(0)
+    key = torch.where(keep, pos, pos + t)  # unique keys: kept frames first, each group in order
+    order = torch.argsort(key, dim=-1)
+    idx = order.unsqueeze(1).expand_as(feats)
+    counts = keep.to(torch.int64).sum(dim=-1)
+    counts = torch.maximum(counts, torch.ones_like(counts))
+    return torch.gather(feats, 2, idx), counts
+
+
+def fix_frames(feats: torch.Tensor, lengths: torch.Tensor | None, num_frames: int,
+               silence: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Centre-crop or centre-pad (with ``silence``) each item's first ``lengths`` frames to ``num_frames``.
+
+    Equal to :func:`emovox.features.fix_frames` per item: crop at ``(t - n) // 2``, pad
+    ``(n - t) // 2`` frames on the left and the rest on the right.
+    """
+    # Index arithmetic in float32 (exact below 2**24 frames), cast once for the gather: Core ML's
+    # converter turns integer division and clamping into float ops, which a gather index cannot be.
+    ones = torch.ones_like(feats[:, 0, 0])
+    n = ones * feats.shape[-1] if lengths is None else lengths.to(feats.dtype)
+    half = (n - num_frames) / 2.0
+    shift = torch.sign(half) * torch.floor(torch.abs(half))  # trunc: crop start, or minus the left pad
+    src = torch.arange(num_frames, device=feats.device).to(feats.dtype).unsqueeze(0) + shift.unsqueeze(1)
+    valid = torch.logical_and(src >= 0, src < n.unsqueeze(1))
+    src = torch.minimum(torch.maximum(src, torch.zeros_like(src)), (n - 1).unsqueeze(1)).to(torch.int64)
+    # n_features as a Python int: a traced shape here does not convert to Core ML
+    gathered = torch.gather(feats, 2, src.unsqueeze(1).expand(-1, n_features, -1))
+    return torch.where(valid.unsqueeze(1), gathered, silence.view(1, -1, 1))
+
+
+class WaveformGraph(nn.Module):
+    """Waveforms ``(batch, samples)`` → logits; equal to ``EmotionPipeline.forward(wave)``.
+
+    ``batch_one=True`` (Core ML) takes one clip and, for zero-frame skipping, cuts the sequence
+    to its real length instead of passing ``lengths`` to the model (packed sequences do not
+    convert to Core ML).
+    """
+
+    def __init__(self, pipeline: EmotionPipeline, *, batch_one: bool = False):
+        super().__init__()
+        _check_conv_frontend(pipeline)
+        self.cfg = pipeline.feature_config
+        self.frontend = pipeline.frontend
+        self.normalize = pipeline.normalize
+        self.model = pipeline.model
+        self.streaming = pipeline.streaming
+        self.batch_one = batch_one
+        self.skip_zero = self.cfg.kind == "mfcc" and self.cfg.skip_zero_frames
+        self.register_buffer("silence", silence_features(self.cfg).clone().float(), persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        feats = self.frontend(waveform)
+        lengths = None
+        if self.skip_zero:
+            keep = nonzero_frames(waveform, cfg)
+            if self.batch_one and cfg.num_frames is None:
+                # one clip: keep its non-zero frames (the first frame when there are none)
+                first = torch.cumsum(torch.ones_like(keep[0], dtype=torch.int32), 0) == 1
+                keep = torch.logical_or(keep[0], torch.logical_and(first, torch.logical_not(keep[0].any())))
+                feats = feats.index_select(2, torch.nonzero(keep).squeeze(1))
+            else:
+                feats, lengths = compact_frames(feats, keep)
+        if cfg.num_frames is not None:
+            feats, lengths = fix_frames(feats, lengths, cfg.num_frames, self.silence, cfg.n_features), None
+        feats = self.normalize(feats)
+        if self.streaming:
+            logits, _ = self.model(feats.transpose(1, 2), None, lengths)
+            return logits
+        return self.model(feats, lengths)
+
+
+class FeatureGraph(nn.Module):
+    """Raw features ``(batch, n_features, frames)`` (log-mel dB or MFCC) → logits; normalises inside."""
+
+    def __init__(self, pipeline: EmotionPipeline):
+        super().__init__()
+        if pipeline.streaming:
+            raise ValueError("streaming models export a StreamingStepGraph for feature input")
+        self.normalize = pipeline.normalize
+        self.model = pipeline.model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(features))
+
+
+class StreamingStepGraph(nn.Module):
+    """Raw features ``(batch, frames, n_features)`` + state → ``(logits, *new_state)``.
+
+    The state is the model's ``hidden`` flattened to tensors (``(h, c)`` for an LSTM); zeros are
+    the initial state. Feeding frames one by one with the returned state equals the whole sequence.
+    """
+
+    def __init__(self, pipeline: EmotionPipeline, state_is_tuple: bool):
+        super().__init__()
+        if not pipeline.streaming:
+            raise ValueError("StreamingStepGraph is for streaming models")
+        self.normalize = pipeline.normalize
+        self.model = pipeline.model
+        self.state_is_tuple = state_is_tuple
+
+    def forward(self, features: torch.Tensor, *state: torch.Tensor):
+        x = self.normalize(features.transpose(1, 2)).transpose(1, 2)
+        hidden = tuple(state) if self.state_is_tuple else state[0]
+        logits, new = self.model(x, hidden)
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
+        return (logits, *new)
+
+
+def streaming_state_layout(pipeline: EmotionPipeline) -> tuple[bool, list[tuple[int, ...]], list[int]]:
+    """How a streaming model's state looks: (is a tuple, shapes at batch 1, batch axis of each).
+
+    Found by running the model once at batch 1 and once at batch 2, so any streaming family works.
+    """
+    n = pipeline.feature_config.n_features
+    with torch.no_grad():
+        _, h1 = pipeline.model(torch.zeros(1, 1, n), None)
+        _, h2 = pipeline.model(torch.zeros(2, 1, n), None)
+    is_tuple = isinstance(h1, (tuple, list))
+    s1 = list(h1) if is_tuple else [h1]
+    s2 = list(h2) if is_tuple else [h2]
+    shapes, axes = [], []
+    for a, b in zip(s1, s2):
+        diff = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+        if len(diff) != 1:
+            raise ValueError(f"cannot find the batch axis of the streaming state (shapes {tuple(a.shape)}, "
+                             f"{tuple(b.shape)})")
+        shapes.append(tuple(a.shape))
+        axes.append(diff[0])
+    return is_tuple, shapes, axes
+
+
+def state_names(count: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the streaming state: ``h, c`` → ``h_out, c_out`` for an LSTM."""
+    base = ["h", "c"] if count == 2 else ["h"] if count == 1 else [f"state{i}" for i in range(count)]
+    return base, [f"{b}_out" for b in base]
