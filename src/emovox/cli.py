@@ -21,6 +21,13 @@ COMMANDS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("classify", "classify"),
     ("stream", "stream"),
+    ("text", "text"),
+    ("text-train", "text_train"),
+    ("text-evaluate", "text_evaluate"),
+    ("train", "train"),
+    ("evaluate", "evaluate"),
+    ("plot-confusion", "plot_confusion"),
+    ("export", "export"),
 ]
 
 

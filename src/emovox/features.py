@@ -9,6 +9,12 @@ that to a relative tolerance of 1e-4 on power and 1e-3 dB on the log scale.
 Two STFT implementations give the same numbers: ``torch.stft`` (fast, used for training and
 inference) and a fixed ``Conv1d`` holding the windowed DFT basis (``stft_mode="conv"``), which
 exports to ONNX, Core ML and TorchScript as plain convolutions.
+
+``kind="waveform"`` is the front-end of models that take raw samples (the pretrained-backbone
+``ssl`` family, whose backbone is its own front-end): 16 kHz samples pass through unchanged as
+``(batch, 1, samples)``. A "frame" is then one sample (``n_fft = win_length = hop_length = 1``,
+``center=False``, one "feature"), so frame counts, sample counts and padding lengths follow from
+the same formulas as for log-mel configs.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FeatureKind = Literal["logmel", "mfcc"]
+FeatureKind = Literal["logmel", "mfcc", "waveform"]
+
+#: What ``kind="waveform"`` fixes: a frame is one sample, one feature, no STFT.
+_WAVEFORM_FIELDS = {"n_fft": 1, "win_length": 1, "hop_length": 1, "center": False, "n_mels": 1}
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,10 @@ class FeatureConfig:
     num_frames: int | None = None
 
     def __post_init__(self):
-        if self.kind not in ("logmel", "mfcc"):
-            raise ValueError(f"FeatureConfig.kind must be 'logmel' or 'mfcc', got {self.kind!r}")
+        if self.kind not in ("logmel", "mfcc", "waveform"):
+            raise ValueError(f"FeatureConfig.kind must be 'logmel', 'mfcc' or 'waveform', got {self.kind!r}")
+        if self.kind == "waveform":
+            self._fix_waveform_fields()
         wl = self.win_length or self.n_fft
         if wl > self.n_fft:
             raise ValueError(f"win_length ({wl}) must not exceed n_fft ({self.n_fft})")
@@ -58,6 +69,18 @@ class FeatureConfig:
             raise ValueError("n_fft, hop_length and n_mels must be positive")
         if self.kind == "mfcc" and not (0 < self.n_mfcc <= self.n_mels):
             raise ValueError(f"n_mfcc must be in 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
+
+    def _fix_waveform_fields(self) -> None:
+        """Set the STFT fields to their waveform values; refuse values that ask for an STFT."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, value in _WAVEFORM_FIELDS.items():
+            got = getattr(self, name)
+            if got != value and got != defaults[name]:
+                raise ValueError(f"FeatureConfig(kind='waveform') passes samples through: {name} must be left at "
+                                 f"its default, got {got!r}")
+            object.__setattr__(self, name, value)
+        if self.num_frames is not None or self.skip_zero_frames or self.top_db is not None:
+            raise ValueError("FeatureConfig(kind='waveform') takes no num_frames, skip_zero_frames or top_db")
 
     @property
     def n_features(self) -> int:
@@ -111,6 +134,8 @@ PRESETS: dict[str, FeatureConfig] = {
     "seed003": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
                              n_mfcc=13, center=False, skip_zero_frames=True),
     "mfcc13": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40, n_mfcc=13),
+    # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
+    "waveform": FeatureConfig(kind="waveform"),
 }
 
 
@@ -258,7 +283,23 @@ class MFCC(nn.Module):
         return torch.matmul(self.dct, self.logmel(x))
 
 
+class Waveform(nn.Module):
+    """Waveforms ``(batch, samples)`` → ``(batch, 1, samples)`` unchanged (``kind="waveform"``)."""
+
+    def __init__(self, cfg: FeatureConfig | None = None, *, stft_mode: str = "torch"):
+        super().__init__()
+        self.cfg = cfg or PRESETS["waveform"]
+        self.stft_mode = stft_mode  # no STFT: accepted so every front-end is built the same way
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        return x.unsqueeze(1)
+
+
 def build_frontend(cfg: FeatureConfig, *, stft_mode: str = "torch") -> nn.Module:
+    if cfg.kind == "waveform":
+        return Waveform(cfg, stft_mode=stft_mode)
     return MFCC(cfg, stft_mode=stft_mode) if cfg.kind == "mfcc" else LogMel(cfg, stft_mode=stft_mode)
 
 

@@ -228,13 +228,14 @@ def _read_checkpoint(path: Path, *, allow_pickle: bool = False) -> dict[str, Any
     return obj
 
 
-def build_from_config(config: dict[str, Any]) -> nn.Module:
+def build_from_config(config: dict[str, Any], *, model_dir: str | os.PathLike | None = None) -> nn.Module:
+    """``model_dir``: the folder the config came from (where an ssl model's bundled backbone lives)."""
     feats = FeatureConfig.from_dict(config["features"])
     labels = config.get("labels") or []
     if not labels:
         raise ModelLoadError("model config has no labels")
     return build_model(config["model"]["name"], n_features=feats.n_features, n_classes=len(labels),
-                       **config["model"].get("kwargs", {}))
+                       model_dir=model_dir, **config["model"].get("kwargs", {}))
 
 
 @dataclass
@@ -255,7 +256,9 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
     try:
-        model = build_from_config(config)
+        model = build_from_config(config, model_dir=weights.parent)
+    except ModelLoadError as e:  # e.g. an ssl model's backbone that cannot be found: the message says it all
+        raise ModelLoadError(f"{weights}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{weights}: invalid model config: {e}") from e
     try:

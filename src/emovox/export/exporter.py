@@ -89,6 +89,11 @@ def export_model(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise ExportError(f"output folder {out} already exists; choose another or allow overwriting (--overwrite)")
     ref, conv = _load(model)
     pipe = conv.pipeline
+    if pipe.feature_config.kind == "waveform" and "features" in inputs:  # raw-sample models (ssl): one input
+        if inputs == ("features",):
+            raise ExportError(f"{model} takes raw samples (a pretrained backbone is its front-end) and has no "
+                              "separate feature input: export --input waveform")
+        inputs = tuple(k for k in inputs if k != "features")
     clips = _clips(check_audio, pipe.sample_rate_hz) if check else []
     specs = []
     for kind in inputs:
@@ -211,7 +216,7 @@ def _metadata(conv: LoadedModel, spec: GraphSpec, description: str) -> dict[str,
 def _describe(conv: LoadedModel, spec: GraphSpec) -> str:
     pipe = conv.pipeline
     fc = pipe.feature_config
-    feat = f"{fc.n_mfcc} MFCC" if fc.kind == "mfcc" else f"{fc.n_mels}-bin log-mel"
+    feat = {"mfcc": f"{fc.n_mfcc} MFCC", "waveform": "pretrained speech backbone"}.get(fc.kind, f"{fc.n_mels}-bin log-mel")
     what = (f"{fc.sample_rate_hz} Hz mono waveform in ({feat} front-end inside)" if spec.kind == "waveform"
             else f"raw {feat} in (normalised inside)")
     return (f"emovox {conv.config['model']['name']} speech emotion classifier: {what}, logits out for "

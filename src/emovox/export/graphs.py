@@ -30,6 +30,8 @@ from ..modelio import EmotionPipeline
 
 
 def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
+    if pipeline.feature_config.kind == "waveform":
+        return  # raw samples straight into the model (ssl): no STFT to swap
     spec = getattr(getattr(pipeline.frontend, "logmel", pipeline.frontend), "spectrogram", None)
     if getattr(spec, "stft_mode", None) != "conv":
         raise ValueError("export needs the pipeline loaded with stft_mode='conv' (a Conv1d STFT)")

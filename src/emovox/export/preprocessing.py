@@ -30,6 +30,8 @@ def _f32(a) -> Any:
 def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
     """The preprocessing spec of a model config (``model_config.json``), as a JSON-able dict."""
     cfg = FeatureConfig.from_dict(config["features"])
+    if cfg.kind == "waveform":
+        return _waveform_spec(config, cfg)
     wl = cfg.window_length
     left = (cfg.n_fft - wl) // 2
     n_bins = cfg.n_fft // 2 + 1
@@ -117,6 +119,37 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
         "probabilities": "softmax(logits / temperature)",
     }
     return spec
+
+
+def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]:
+    """Raw-sample models (ssl): nothing to compute on the device but the samples themselves."""
+    backbone = (config["model"].get("kwargs") or {}).get("backbone") or {}
+    return {
+        "format": SPEC_FORMAT,
+        "format_version": SPEC_VERSION,
+        "summary": f"raw {cfg.sample_rate_hz} Hz mono samples; the pretrained speech backbone inside the graph is "
+                   "the front-end",
+        "audio": {
+            "sample_rate_hz": cfg.sample_rate_hz,
+            "channels": 1,
+            "dtype": "float32",
+            "range": "[-1, 1] (full-scale PCM divided by 32768 for 16-bit)",
+            "note": "resample to sample_rate_hz and mix to mono before anything else",
+        },
+        "kind": cfg.kind,
+        "input_normalization": {
+            "per_clip_zero_mean_unit_variance": bool(backbone.get("normalize", True)),
+            "formula": "(x - mean(x)) / sqrt(var(x) + 1e-7) over the whole clip",
+            "applied_in_graph": True,
+            "source": backbone.get("normalize_from", ""),
+        },
+        "backbone": {k: backbone.get(k) for k in ("source", "kind", "model_type", "num_layers", "hidden_size",
+                                                   "config_hash", "weights_hash")},
+        "layout": {"waveform": "(batch, samples)"},
+        "labels": list(config["labels"]),
+        "temperature": float(config.get("temperature", 1.0)),
+        "probabilities": "softmax(logits / temperature)",
+    }
 
 
 def _is_streaming(config: dict[str, Any]) -> bool:

@@ -116,6 +116,9 @@ def build_graph_spec(pipeline: EmotionPipeline, kind: str, *, input_name: str | 
         return GraphSpec(kind, pipeline.streaming, module, WaveformGraph(pipeline, batch_one=True).eval(),
                          [wave], [logits], (_rand(2, default),), (_rand(1, default),))
 
+    if cfg.kind == "waveform":
+        raise ValueError("this model takes raw samples (its pretrained backbone is the front-end), so it has no "
+                         "separate feature input: export the waveform input")
     name = check_name(input_name or io.get("features_input") or ("mfcc" if cfg.kind == "mfcc" else "log_mel_spectrogram"),
                       "input name")
     if not pipeline.streaming:

@@ -20,7 +20,7 @@ from torch import nn
 
 MODELS: dict[str, type[nn.Module]] = {}
 # Modules that register models on import (kept lazy so `import emovox` stays light).
-_MODULES = ["cnn", "lstm"]
+_MODULES = ["cnn", "lstm", "cnn2d", "crnn", "ssl"]
 
 
 def register(name: str):
@@ -42,10 +42,14 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, *, n_features: int, n_classes: int, **kwargs) -> nn.Module:
+def build_model(name: str, *, n_features: int, n_classes: int, model_dir=None, **kwargs) -> nn.Module:
+    """``model_dir``: the model folder being loaded, passed to families that keep files in it
+    (``needs_model_dir = True``: the ssl family's bundled backbone); ignored by the others."""
     _load_all()
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    if getattr(MODELS[name], "needs_model_dir", False):
+        kwargs["model_dir"] = model_dir
     try:
         return MODELS[name](n_features=n_features, n_classes=n_classes, **kwargs)
     except TypeError as e:

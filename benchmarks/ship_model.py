@@ -1,0 +1,125 @@
+"""Copy a model folder written by `emovox train` into the package and write its model card.
+
+    python benchmarks/ship_model.py runs/default_cnn --name default --command "emovox train ..."
+
+Only the files needed to load and to audit the model are copied (weights, config, labels, metrics,
+report, history, confusion matrices). The card's figures are read from the run's own metrics files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "emovox" / "assets" / "models"
+FILES = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json", "metrics_overall.json",
+         "metrics_report.csv", "training_history.json", "confusion_matrix.npy", "confusion_matrix_rownorm.png"]
+
+
+def card(run: Path, name: str, command: str, extra: str) -> str:
+    m = json.loads((run / "metrics_overall.json").read_text())
+    meta = json.loads((run / "model_meta.json").read_text())
+    cfg = json.loads((run / "model_config.json").read_text())
+    labels = cfg["labels"]
+    rows = (run / "metrics_report.csv").read_text().strip().splitlines()
+    feats = cfg["features"]
+    split = meta.get("split", {})
+    sizes = m.get("sizes", {})
+    lines = [
+        f"# emovox speech emotion model `{name}`",
+        "",
+        f"**Labels ({len(labels)}, in output order):** {', '.join(labels)}. RAVDESS *calm* is counted as *neutral*.",
+        "",
+        "## What it is",
+        "",
+        f"- Architecture: `{cfg['model']['name']}` ({meta.get('parameters', 0):,} parameters, "
+        f"{(run / 'best_model.pth').stat().st_size / 1024:.0f} KB), settings `{json.dumps(cfg['model']['kwargs'])}`.",
+        f"- Input: 16 kHz mono audio → {feats['kind']} ({feats['n_mels']} mel bands, {feats['n_fft']}-point FFT, "
+        f"{feats.get('win_length') or feats['n_fft']}-sample window, {feats['hop_length']}-sample hop), normalised "
+        "with statistics from the training data; whole clips (variable length) at inference.",
+        f"- Output: softmax over the labels with temperature scaling (T = {cfg['temperature']:.3f}, fitted on the "
+        "validation speakers).",
+        "",
+        "## Data and licence",
+        "",
+        "- Trained on RAVDESS speech, actors 1–20 (Livingstone & Russo 2018, CC BY-NC-SA 4.0) and CREMA-D, actors "
+        "1001–1060 (Cao et al. 2014, ODbL / DbCL), as provided in `../shared/data` (16 kHz).",
+        "- **Licence: non-commercial use only** (CC BY-NC-SA 4.0 inherited from RAVDESS). The code is Apache-2.0.",
+        f"- Split: {split.get('message', '')}. Sizes: {sizes}.",
+        "",
+        "## Measured",
+        "",
+        f"On the {sizes.get('val', '?')} clips of the **{split.get('kind', '')} validation split** "
+        "(speakers never seen in training; also used to pick the best epoch and fit the temperature, "
+        "so these figures are mildly optimistic):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| UAR (unweighted average recall) | {100 * m['uar']:.1f} % |",
+        f"| accuracy | {100 * m['accuracy']:.1f} % |",
+        f"| macro-F1 | {100 * m['macro_f1']:.1f} % |",
+        f"| weighted-F1 | {100 * m['weighted_f1']:.1f} % |",
+        f"| expected calibration error, before → after temperature scaling | {m['ece']:.3f} → {m['ece_calibrated']:.3f} |",
+        f"| best epoch / epochs run | {m.get('best_epoch')} / {m.get('epochs_run')} |",
+        f"| training time | {m.get('training_time_s', 0) / 60:.0f} min on {extra or 'a shared 2-core CPU'} |",
+        "",
+        "Per class (precision, recall, F1, support):",
+        "",
+        "```",
+        *rows,
+        "```",
+        "",
+        "The independent measurement on unseen speakers and corpora is done outside the project; "
+        "see `BENCHMARKS.md` for the speaker-independent cross-validation of each model family.",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        command,
+        f"python benchmarks/ship_model.py {run} --name {name}",
+        "```",
+        "",
+        "## Known limits",
+        "",
+        "- Acted English speech from 80 North-American actors (two corpora, studio and lab recordings): expect "
+        "lower accuracy on spontaneous speech, other languages, children, noisy or far-field audio, and phone codecs.",
+        "- Clips of 1–6 s hold one emotion; longer recordings should use `--timeline`.",
+        "- Disgust, fearful and surprised are the least reliable classes (see the per-class table); "
+        "`low_confidence` flags top scores below 0.70.",
+        "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
+        "the model has no 'no speech' class.",
+        "- Not for decisions about people (hiring, health, policing): emotion expressed in a voice is not a "
+        "reliable sign of what someone feels.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--command", default="(see the model's model_meta.json: train_config)")
+    ap.add_argument("--machine", default="")
+    args = ap.parse_args(argv)
+    missing = [f for f in FILES if not (args.run / f).exists()]
+    if missing:
+        raise SystemExit(f"{args.run}: missing {', '.join(missing)}")
+    dest = ASSETS / args.name
+    tmp = ASSETS / f".{args.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in FILES:
+        shutil.copy2(args.run / f, tmp / f)
+    (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"shipped {args.run} as {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,739 @@
+"""Pretrained speech backbones (wav2vec2, HuBERT, WavLM) and a disk cache of their hidden states.
+
+Loading
+    :func:`load_backbone` takes a Hugging Face model id (``facebook/wav2vec2-base``, downloaded by
+    transformers when a network is available) or a local checkpoint folder (what
+    ``save_pretrained`` writes: ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``,
+    and optionally ``preprocessor_config.json``), through transformers' Auto classes
+    (``AutoConfig``, ``AutoModel``, ``AutoFeatureExtractor``), so the same code serves every
+    family whose base model returns ``hidden_states``: ``wav2vec2``, ``hubert`` and ``wavlm``.
+    A hub id is looked up in the local Hugging Face cache first (no network at all); only when it
+    is not there, and neither ``HF_HUB_OFFLINE`` nor ``TRANSFORMERS_OFFLINE`` is set, is the hub
+    contacted, after a 3 s TCP probe of the endpoint so that a machine without network fails at
+    once instead of waiting on retries. Every failure is a :class:`BackboneError` naming the id or
+    folder tried and how to provide a local copy.
+
+Input normalisation
+    The feature extractor's ``do_normalize`` decides whether each clip is scaled to zero mean and
+    unit variance before the backbone (``Wav2Vec2FeatureExtractor``'s formula, ``(x - mean) /
+    sqrt(var + 1e-7)`` over the whole clip); it runs inside :class:`Backbone`, so training,
+    inference and the exported graph do the same. A folder without ``preprocessor_config.json``
+    gets ``do_normalize=True`` (the ``Wav2Vec2FeatureExtractor`` default), and the log and the
+    model config say so (``normalize_from``).
+
+Identity
+    A backbone is recorded (:class:`BackboneRef`, saved in the model config) by where it came
+    from (hub id and revision, absolute folder, or ``backbone/`` bundled inside the model folder)
+    plus two hashes: ``config_hash`` over the architecture fields of its config (type, sizes,
+    convolution layout, norms; stable across transformers versions) and ``weights_hash`` over the
+    bytes of every parameter and buffer (independent of file format, file names and parameter
+    names). Loading a model whose backbone has another architecture fails; other weights with the
+    same architecture give a warning.
+
+Long clips
+    Clips longer than ``chunk_s`` (20 s) run through the backbone in windows of ``chunk_s`` with
+    ``overlap_s`` (2 s) of overlap, starting on multiples of the convolution stride so every
+    window's frames sit on the whole clip's frame grid; each output frame is taken from the window
+    where it lies furthest from an edge (the seam is the middle of the overlap). Memory for the
+    backbone is that of one window; the output is ``n_layers x hidden x frames``. Up to
+    ``chunk_s`` the result is exactly one pass over the clip; beyond it, frames near a seam see at
+    least ``overlap_s / 2`` of context on each side instead of the whole clip.
+
+Hidden-state cache
+    :class:`HiddenStateCache` stores each clip's selected hidden states as one float16 ``.npy``
+    of shape ``(n_layers, hidden, frames)`` under ``ROOT/ssl-<key>/<k[:2]>/<k>.npy``; ``<key>``
+    hashes the backbone identity (config and weights hashes), the layer set, the input
+    normalisation, the precision and the chunking; ``<k>`` hashes the clip's absolute path, size
+    and modification time. Files are opened memory-mapped, so training reads them from the page
+    cache instead of holding them all in memory. Size: ``n_layers x hidden x 2`` bytes per frame,
+    at 50 frames/s for the standard 320-sample stride: 13 x 768 x 2 x 50 = 1.0 MB per second of
+    audio for a base model with every layer (24 kB/s for the tiny test models); choose fewer
+    layers to shrink it. float16 keeps ~3 significant digits (relative rounding ≤ 2^-11 = 0.05 %),
+    far below what changes a classifier head's decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .modelio import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16000
+#: Model types whose base model (``AutoModel``) is known to work: conv feature encoder + transformer
+#: returning ``hidden_states``. Others are refused with this list in the message.
+SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm")
+CACHE_VERSION = 1
+DEFAULT_CHUNK_S = 20.0
+DEFAULT_OVERLAP_S = 2.0
+#: Seconds the TCP probe of the hub endpoint may take before the hub counts as unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+#: Folder name of a backbone bundled inside a model folder (``--bundle-backbone``).
+BUNDLE_DIR = "backbone"
+#: Config fields that define the architecture (hashed into ``config_hash``; absent ones are skipped).
+ARCH_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "feat_proj_layer_norm",
+    "do_stable_layer_norm", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "layer_norm_eps",
+    "num_buckets", "max_bucket_distance",
+)
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+_OFFLINE_VALUES = ("1", "on", "yes", "true")
+
+
+class BackboneError(ModelLoadError):
+    """A backbone that cannot be found, loaded or used; the message says what was tried and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a backbone is
+
+
+@dataclass
+class BackboneRef:
+    """Where a backbone comes from and what it is; saved in the model config (``model.kwargs.backbone``)."""
+
+    source: str  # hub id, absolute folder, or BUNDLE_DIR (relative to the model folder)
+    kind: str  # "hub" | "local" | "bundled"
+    revision: str | None = None  # hub only: branch, tag or commit
+    config_hash: str = ""
+    weights_hash: str = ""
+    model_type: str = ""
+    num_layers: int = 0
+    hidden_size: int = 0
+    normalize: bool = True
+    normalize_from: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneRef:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def describe(self) -> str:
+        where = {"hub": "Hugging Face model id", "local": "local folder", "bundled": "bundled in the model folder"}
+        rev = f" at revision {self.revision}" if self.revision else ""
+        arch = f", {self.model_type} {self.num_layers} layers x {self.hidden_size}" if self.model_type else ""
+        return f"{self.source!r} ({where.get(self.kind, self.kind)}{rev}{arch})"
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", s)) and ".." not in s
+
+
+def parse_source(name_or_dir: str | os.PathLike, *, revision: str | None = None) -> BackboneRef:
+    """A hub id or a folder → an (unloaded) :class:`BackboneRef`; a missing folder raises at once."""
+    s = os.fspath(name_or_dir).strip()
+    if not s:
+        raise BackboneError("no backbone given: pass a Hugging Face model id (e.g. facebook/wav2vec2-base) "
+                            "or a local checkpoint folder")
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return BackboneRef(source=str(p.resolve()), kind="local")
+    if p.exists() or not _looks_like_hub_id(s) or s.startswith(("./", "../", "~", "/")):
+        raise BackboneError(f"backbone folder {p} {'is not a folder' if p.exists() else 'does not exist'}. "
+                            + _HOW_TO_PROVIDE.format(src="ID"))
+    return BackboneRef(source=s, kind="hub", revision=revision)
+
+
+_HOW_TO_PROVIDE = (
+    "A backbone is a Hugging Face model id (downloaded when the hub is reachable) or a folder written by "
+    "save_pretrained (config.json, model.safetensors or pytorch_model.bin, optionally preprocessor_config.json). "
+    "To get a local copy where there is a network: `huggingface-cli download {src}` (it then loads from the "
+    "Hugging Face cache, also with HF_HUB_OFFLINE=1), or `python -c \"from transformers import AutoModel, "
+    "AutoFeatureExtractor; AutoModel.from_pretrained('{src}').save_pretrained('DIR'); "
+    "AutoFeatureExtractor.from_pretrained('{src}').save_pretrained('DIR')\"` and pass --backbone DIR "
+    "(train with --bundle-backbone to keep a copy inside the model folder)."
+)
+
+
+def offline_mode() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for no network access."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _OFFLINE_VALUES:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+
+
+def hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    except ImportError:  # pragma: no cover
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """A TCP connection to the hub endpoint (or the HTTPS proxy in use) succeeds within ``timeout_s``."""
+    from urllib.parse import urlparse
+    from urllib.request import getproxies
+
+    url = urlparse(hub_endpoint())
+    proxy = getproxies().get(url.scheme or "https")
+    target = urlparse(proxy) if proxy else url
+    host = target.hostname
+    port = target.port or (443 if (target.scheme or "https") == "https" else 80)
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes
+
+
+def architecture(config) -> dict[str, Any]:
+    """The architecture fields (:data:`ARCH_KEYS`) of a transformers config (or its dict)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: (list(d[k]) if isinstance(d[k], (list, tuple)) else d[k]) for k in ARCH_KEYS if k in d}
+
+
+def config_hash(config) -> str:
+    """sha256 (16 hex digits) over the architecture fields of a transformers config."""
+    return hashlib.sha256(json.dumps(architecture(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 (16 hex digits) over every parameter's and buffer's bytes, independent of names and order."""
+    digests = []
+    for t in module.state_dict().values():
+        a = t.detach().cpu().contiguous()
+        h = hashlib.sha1(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.view(torch.uint8).numpy() if a.numel() else b"")
+        digests.append(h.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _locate(ref: BackboneRef, model_dir: str | os.PathLike | None) -> str:
+    if ref.kind == "hub":
+        return ref.source
+    if ref.kind == "bundled":
+        if model_dir is None:
+            raise BackboneError(f"the backbone is bundled in the model folder ({BUNDLE_DIR}/), but no model folder "
+                                f"was given to find it in")
+        p = Path(model_dir) / ref.source
+    else:
+        p = Path(ref.source)
+    if not (p / "config.json").is_file():
+        what = "does not exist" if not p.exists() else "has no config.json"
+        raise BackboneError(f"backbone folder {p} {what}. " + _HOW_TO_PROVIDE.format(src="ID"))
+    if not any((p / w).is_file() for w in _WEIGHT_FILES):
+        raise BackboneError(f"backbone folder {p} has no weights ({' or '.join(_WEIGHT_FILES[:2])}). "
+                            + _HOW_TO_PROVIDE.format(src="ID"))
+    return str(p)
+
+
+class _HubAccess:
+    """Calls a ``from_pretrained`` with the local Hugging Face cache first, then (if allowed) the hub."""
+
+    def __init__(self, ref: BackboneRef, location: str):
+        self.ref = ref
+        self.location = location
+        self.local_only = ref.kind != "hub"
+        self.checked_online = False
+
+    def load(self, fn, **kw):
+        rev = {"revision": self.ref.revision} if (self.ref.kind == "hub" and self.ref.revision) else {}
+        try:
+            return fn(self.location, local_files_only=True, **rev, **kw)
+        except (OSError, ValueError) as e:
+            if self.local_only:
+                raise BackboneError(f"cannot load the backbone {self.ref.describe()} from {self.location}: "
+                                    f"{_first_line(e)}") from e
+            first = e
+        if not self.checked_online:
+            if offline_mode():
+                raise BackboneError(f"backbone {self.ref.describe()} is not in the local Hugging Face cache and "
+                                    "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it. "
+                                    + _HOW_TO_PROVIDE.format(src=self.ref.source)) from first
+            if not hub_reachable():
+                raise BackboneError(f"backbone {self.ref.describe()} is not in the local Hugging Face cache and the "
+                                    f"hub ({hub_endpoint()}) cannot be reached (no network?). "
+                                    + _HOW_TO_PROVIDE.format(src=self.ref.source)) from first
+            self.checked_online = True
+        try:
+            return fn(self.location, **rev, **kw)
+        except (OSError, ValueError) as e:
+            raise BackboneError(f"cannot download the backbone {self.ref.describe()}: {_first_line(e)}. "
+                                + _HOW_TO_PROVIDE.format(src=self.ref.source)) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def load_backbone(source: str | os.PathLike | dict[str, Any] | BackboneRef, *, revision: str | None = None,
+                  model_dir: str | os.PathLike | None = None, chunk_s: float = DEFAULT_CHUNK_S,
+                  overlap_s: float = DEFAULT_OVERLAP_S) -> Backbone:
+    """Load a backbone: a hub id or folder (str), or a recorded :class:`BackboneRef` (dict) to check against.
+
+    A recorded reference must match: another architecture (``config_hash``) raises, other weights
+    (``weights_hash``) warn. ``model_dir`` is where a bundled backbone (``backbone/``) lives.
+    """
+    expected: BackboneRef | None = None
+    if isinstance(source, dict):
+        source = BackboneRef.from_dict(source)
+    if isinstance(source, BackboneRef):
+        expected, ref = source, replace(source)
+    else:
+        ref = parse_source(source, revision=revision)
+    location = _locate(ref, model_dir)
+    access = _HubAccess(ref, location)
+    try:
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    except ImportError as e:  # pragma: no cover - a dependency of emovox
+        raise BackboneError("pretrained backbones need the transformers package: pip install transformers") from e
+
+    config = access.load(AutoConfig.from_pretrained)
+    model_type = getattr(config, "model_type", "")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneError(f"backbone {ref.describe()} is a {model_type or 'unknown'!r} model; supported speech "
+                            f"backbones: {', '.join(SUPPORTED_MODEL_TYPES)} (wav2vec2, HuBERT and WavLM families)")
+    normalize, normalize_from = True, ""
+    has_fe = ref.kind == "hub" or (Path(location) / "preprocessor_config.json").is_file()
+    fe = None
+    if has_fe:
+        try:
+            fe = access.load(AutoFeatureExtractor.from_pretrained)
+        except BackboneError:
+            if ref.kind != "hub":
+                raise
+            fe = None
+    if fe is not None:
+        sr = int(getattr(fe, "sampling_rate", SAMPLE_RATE_HZ) or SAMPLE_RATE_HZ)
+        if sr != SAMPLE_RATE_HZ:
+            raise BackboneError(f"backbone {ref.describe()} expects {sr} Hz audio; emovox feeds it {SAMPLE_RATE_HZ} Hz")
+        normalize = bool(getattr(fe, "do_normalize", True))
+        normalize_from = f"preprocessor_config.json ({type(fe).__name__}, do_normalize={normalize})"
+    else:
+        normalize_from = ("default: no preprocessor_config.json, so zero-mean unit-variance per clip as "
+                          "Wav2Vec2FeatureExtractor(do_normalize=True)")
+        log.warning("backbone %s has no preprocessor_config.json: normalising each clip to zero mean and unit "
+                    "variance (Wav2Vec2FeatureExtractor's default)", ref.describe())
+
+    model = access.load(AutoModel.from_pretrained)
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # checkpoints stored in half precision: compute in float32 (bf16 autocast on GPUs)
+    model.eval()
+    arch = architecture(config)
+    loaded = replace(ref, config_hash=config_hash(config), weights_hash=weights_hash(model), model_type=model_type,
+                     num_layers=int(config.num_hidden_layers), hidden_size=int(config.hidden_size),
+                     normalize=normalize, normalize_from=normalize_from)
+    if ref.kind == "hub" and not ref.revision:
+        commit = getattr(config, "_commit_hash", None)
+        loaded.revision = commit if isinstance(commit, str) and commit else None
+    if expected is not None:
+        if expected.config_hash and expected.config_hash != loaded.config_hash:
+            raise BackboneError(
+                f"the backbone found at {location} is not the one this model was trained with: expected "
+                f"{expected.model_type} with {expected.num_layers} layers x {expected.hidden_size} (config hash "
+                f"{expected.config_hash}), found {loaded.model_type} with {loaded.num_layers} layers x "
+                f"{loaded.hidden_size} (config hash {loaded.config_hash}; architecture {arch})")
+        if expected.weights_hash and expected.weights_hash != loaded.weights_hash:
+            warnings.warn(f"backbone {location}: its weights differ from those the model was trained with "
+                          f"(weights hash {loaded.weights_hash}, expected {expected.weights_hash}); predictions "
+                          "are only right if this is the same checkpoint", RuntimeWarning, stacklevel=2)
+        # a recorded reference keeps how it was recorded (and the normalisation the head was trained with)
+        loaded = replace(loaded, source=expected.source, kind=expected.kind, revision=expected.revision,
+                         normalize=expected.normalize, normalize_from=expected.normalize_from or normalize_from)
+    return Backbone(model, loaded, location=location, feature_extractor=fe, chunk_s=chunk_s, overlap_s=overlap_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+
+
+def _conv_geometry(config) -> tuple[list[int], list[int]]:
+    return [int(k) for k in config.conv_kernel], [int(s) for s in config.conv_stride]
+
+
+class Backbone(nn.Module):
+    """A loaded backbone: waveforms ``(batch, samples)`` at 16 kHz → selected hidden states.
+
+    :meth:`hidden_states` returns ``(batch, n_layers, hidden, frames)`` in float32 (layer 0 is
+    the transformer's input, layer ``i`` the output of transformer layer ``i``). Clips of a
+    zero-padded batch with ``lengths`` run one by one at their own length (some backbones
+    normalise over time in their first convolution, so padding would change a clip's states).
+    ``precision``: ``"auto"`` (bfloat16 autocast on CUDA, float32 elsewhere), ``"bf16"`` or ``"fp32"``.
+    ``forward_calls`` counts backbone passes (windows), for tests and benchmarks.
+    """
+
+    def __init__(self, model: nn.Module, ref: BackboneRef, *, location: str = "", feature_extractor=None,
+                 chunk_s: float = DEFAULT_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S, precision: str = "auto"):
+        super().__init__()
+        self.model = model
+        self.ref = ref
+        self.location = location
+        self.feature_extractor = feature_extractor
+        self.kernels, self.strides = _conv_geometry(model.config)
+        self.stride = math.prod(self.strides)
+        rf, jump = 1, 1
+        for k, s in zip(self.kernels, self.strides):
+            rf += (k - 1) * jump
+            jump *= s
+        self.receptive_field = rf
+        self.num_layers = int(model.config.num_hidden_layers)
+        self.hidden_size = int(model.config.hidden_size)
+        self.precision = precision
+        self.set_chunking(chunk_s, overlap_s)
+        self.forward_calls = 0
+
+    def set_chunking(self, chunk_s: float, overlap_s: float) -> None:
+        s = self.stride
+        chunk = int(round(chunk_s * SAMPLE_RATE_HZ / s)) * s
+        overlap = int(round(overlap_s * SAMPLE_RATE_HZ / s)) * s
+        need = 2 * math.ceil(self.receptive_field / s)
+        if overlap // s < need or chunk - overlap < overlap:
+            raise ValueError(f"chunking needs overlap_s >= {need * s / SAMPLE_RATE_HZ:g} s (the backbone's receptive "
+                             f"field on both sides of a seam) and chunk_s >= 2 * overlap_s; got chunk_s={chunk_s}, "
+                             f"overlap_s={overlap_s}")
+        self.chunk_s, self.overlap_s = chunk_s, overlap_s
+        self.chunk_samples, self.overlap_samples = chunk, overlap
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return SAMPLE_RATE_HZ / self.stride
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest input that gives one frame; shorter clips are zero-padded to it."""
+        return self.receptive_field
+
+    def num_frames(self, num_samples: int) -> int:
+        n = max(int(num_samples), self.min_samples)
+        for k, s in zip(self.kernels, self.strides):
+            n = (n - k) // s + 1
+        return n
+
+    def effective_precision(self, device: torch.device | str) -> str:
+        dev = torch.device(device)
+        if self.precision == "auto":
+            return "bf16" if dev.type == "cuda" else "fp32"
+        return self.precision
+
+    def cache_key(self, layers: Sequence[int], device: torch.device | str) -> dict[str, Any]:
+        """What makes cached hidden states valid (hashed into the cache folder name)."""
+        return {"cache_version": CACHE_VERSION, "config_hash": self.ref.config_hash,
+                "weights_hash": self.ref.weights_hash, "layers": [int(i) for i in layers],
+                "normalize": bool(self.ref.normalize), "precision": self.effective_precision(device),
+                "chunk_samples": self.chunk_samples, "overlap_samples": self.overlap_samples,
+                "sample_rate_hz": SAMPLE_RATE_HZ}
+
+    # -- computing
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.ref.normalize:
+            return x
+        mean = x.mean(dim=-1, keepdim=True)
+        var = (x - mean).square().mean(dim=-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-7)
+
+    def run(self, x: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        """One backbone pass over ``(batch, samples)`` (already normalised) → ``(batch, n_layers, hidden, frames)``."""
+        self.forward_calls += 1
+        bf16 = self.effective_precision(x.device) == "bf16"
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.model(x, output_hidden_states=True)
+        hs = out.hidden_states
+        return torch.stack([hs[i] for i in layers], dim=1).transpose(2, 3).float()
+
+    def clip_states(self, x: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        """Equal-length clips ``(batch, samples)`` → states; normalised over each whole clip, chunked when long."""
+        x = self.normalize_input(x)
+        if x.shape[-1] < self.min_samples:
+            x = torch.nn.functional.pad(x, (0, self.min_samples - x.shape[-1]))
+        if x.shape[-1] <= self.chunk_samples:
+            return self.run(x, layers)
+        return self._chunked(x, layers)
+
+    def _chunked(self, x: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        n, s = x.shape[-1], self.stride
+        c, o = self.chunk_samples, self.overlap_samples
+        hop = c - o
+        starts = [0]
+        while starts[-1] + c < n:
+            starts.append(starts[-1] + hop)
+        half = (o // s) // 2
+        out: torch.Tensor | None = None
+        for i, start in enumerate(starts):
+            st = self.run(x[:, start : start + c], layers)
+            if out is None:
+                out = st.new_zeros(*st.shape[:3], self.num_frames(n))
+            g0 = start // s
+            lo = 0 if i == 0 else half
+            hi = st.shape[-1] if i == len(starts) - 1 else hop // s + half
+            out[..., g0 + lo : g0 + hi] = st[..., lo:hi]
+        return out
+
+    def hidden_states(self, x: torch.Tensor, layers: Sequence[int], lengths: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(batch, samples)`` (+ real lengths of a zero-padded batch) → ``(states, frame lengths or None)``."""
+        if lengths is None or bool((lengths == x.shape[-1]).all()):
+            return self.clip_states(x, layers), None
+        outs = [self.clip_states(x[i : i + 1, : int(n)], layers)[0] for i, n in enumerate(lengths.tolist())]
+        frames = torch.tensor([o.shape[-1] for o in outs], device=x.device)
+        t = int(frames.max())
+        states = x.new_zeros(len(outs), *outs[0].shape[:2], t)
+        for i, o in enumerate(outs):
+            states[i, ..., : o.shape[-1]] = o
+        return states, frames
+
+    def forward(self, x: torch.Tensor, layers: Sequence[int], lengths: torch.Tensor | None = None):
+        return self.hidden_states(x, layers, lengths)
+
+    # -- bundling
+    def save_to(self, dest: str | os.PathLike) -> Path:
+        """Write a self-contained copy (config, weights, preprocessor config) to ``dest``, atomically."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+        try:
+            src = Path(self.location)
+            if self.ref.kind != "hub" and src.is_dir():
+                for name in ("config.json", "preprocessor_config.json", *_WEIGHT_FILES):
+                    if (src / name).is_file():
+                        shutil.copy2(src / name, tmp / name)
+                index = next((src / n for n in _WEIGHT_FILES[2:] if (src / n).is_file()), None)
+                if index is not None:  # sharded checkpoint: copy the shards too
+                    for shard in set(json.loads(index.read_text()).get("weight_map", {}).values()):
+                        shutil.copy2(src / shard, tmp / shard)
+            else:
+                self.model.save_pretrained(tmp)
+                if self.feature_extractor is not None:
+                    self.feature_extractor.save_pretrained(tmp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_root(cache) -> Path | None:
+    """The cache folder from what the trainer and evaluator accept: a FeatureCache, a folder,
+    True (the default folder) or None/False (no cache)."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        from .data import default_cache_dir
+
+        return default_cache_dir()
+    from .data import FeatureCache
+
+    root = cache.root if isinstance(cache, FeatureCache) else cache
+    return Path(root).expanduser()
+
+
+class HiddenStateCache:
+    """One float16 ``.npy`` ``(n_layers, hidden, frames)`` per clip; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike, backbone: Backbone, layers: Sequence[int], device="cpu"):
+        self.root = Path(root).expanduser()
+        self.key = backbone.cache_key(layers, device)
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = self.root / f"ssl-{digest}"
+        self.shape = (len(layers), backbone.hidden_size)
+        self.describe = backbone.ref.describe()
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"HiddenStateCache({str(self.dir)!r})"
+
+    def file_for(self, path: str | os.PathLike) -> Path:
+        p = os.path.abspath(os.fspath(path))
+        st = os.stat(p)
+        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+        """The clip's states, memory-mapped read-only, or None."""
+        try:
+            arr = np.load(self.file_for(path), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            self.misses += 1
+            return None
+        if arr.ndim != 3 or tuple(arr.shape[:2]) != self.shape or arr.dtype != np.float16:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return arr
+
+    def put(self, path: str | os.PathLike, states: np.ndarray) -> Path:
+        f = self.file_for(path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        info = self.dir / "cache.json"
+        if not info.exists():
+            _atomic_bytes(info, json.dumps({**self.key, "stored": "float16 (n_layers, hidden, frames) per clip",
+                                            "backbone": self.describe}, indent=2).encode())
+        _atomic_npy(f, np.asarray(states, dtype=np.float16))
+        return f
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _row_path(row: Any) -> str:
+    return os.fspath(row.path if hasattr(row, "path") else row)
+
+
+@dataclass
+class _Decoded:
+    index: int
+    wave: np.ndarray | None = None
+    error: str | None = None
+
+
+def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int | None, max_duration_s: float | None):
+    """Decode clips in a thread pool, yielding them in order (a few ahead of the consumer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .audio import AudioError, load_audio
+
+    def work(i: int) -> _Decoded:
+        try:
+            return _Decoded(i, load_audio(paths[i], sample_rate_hz=SAMPLE_RATE_HZ, max_duration_s=max_duration_s))
+        except (AudioError, OSError) as e:
+            return _Decoded(i, error=str(e))
+
+    workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
+    if workers == 1:
+        yield from map(work, todo)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        ahead = 2 * workers
+        futures = [ex.submit(work, i) for i in todo[:ahead]]
+        for k in range(len(todo)):
+            if k + ahead < len(todo):
+                futures.append(ex.submit(work, todo[k + ahead]))
+            yield futures[k].result()
+            futures[k] = None  # type: ignore[call-overload]
+
+
+def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence[int], *, cache=None,
+                       device: torch.device | str = "cpu", num_workers: int | None = None,
+                       progress: bool | None = None, desc: str = "backbone states",
+                       max_duration_s: float | None = 600.0):
+    """Hidden states ``(n_layers, hidden, frames)`` float16 for ``rows``, from the cache or computed.
+
+    Returns an :class:`emovox.data.FeatureSet` (``features``: memory-mapped cache files when a
+    cache is used, in-memory float16 arrays otherwise; ``decoded``: clips run through the
+    backbone). Unreadable clips are left out and listed in ``errors``.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import FeatureSet, _progress_enabled
+
+    root = cache_root(cache)
+    store = HiddenStateCache(root, backbone, layers, device) if root is not None else None
+    paths = [_row_path(r) for r in rows]
+    results: list[np.ndarray | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    todo = []
+    for i, p in enumerate(paths):
+        hit = store.get(p) if store is not None else None
+        if hit is None:
+            todo.append(i)
+        else:
+            results[i] = hit
+    if todo:
+        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+                   dynamic_ncols=True, leave=False)
+        with torch.inference_mode():
+            for d in _decode_all(paths, todo, num_workers=num_workers, max_duration_s=max_duration_s):
+                if d.error is not None:
+                    errors[d.index] = d.error
+                else:
+                    x = torch.from_numpy(np.ascontiguousarray(d.wave, dtype=np.float32))[None].to(device)
+                    states = backbone.clip_states(x, layers)[0].cpu().numpy().astype(np.float16)
+                    results[d.index] = states
+                    if store is not None:
+                        try:
+                            f = store.put(paths[d.index], states)
+                            results[d.index] = np.load(f, mmap_mode="r", allow_pickle=False)
+                        except OSError:
+                            pass  # a read-only or full cache must not stop training
+                bar.update(1)
+        bar.close()
+    keep = [i for i in range(len(paths)) if results[i] is not None]
+    return FeatureSet(features=[results[i] for i in keep], rows=[rows[i] for i in keep], indices=keep,
+                      errors=[(paths[i], errors[i]) for i in sorted(errors)], decoded=len(todo) - len(errors))
+
+
+def load_waveforms(rows: Sequence[Any], *, num_workers: int | None = None, progress: bool | None = None,
+                   desc: str = "decoding", max_duration_s: float | None = 600.0):
+    """Decoded 16 kHz float32 waveforms for ``rows`` (fine-tuning runs the backbone on them every epoch)."""
+    from tqdm.auto import tqdm
+
+    from .data import FeatureSet, _progress_enabled
+
+    paths = [_row_path(r) for r in rows]
+    results: list[np.ndarray | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    bar = tqdm(total=len(paths), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+               dynamic_ncols=True, leave=False)
+    for d in _decode_all(paths, list(range(len(paths))), num_workers=num_workers, max_duration_s=max_duration_s):
+        if d.error is not None:
+            errors[d.index] = d.error
+        else:
+            results[d.index] = np.ascontiguousarray(d.wave, dtype=np.float32)
+        bar.update(1)
+    bar.close()
+    keep = [i for i in range(len(paths)) if results[i] is not None]
+    return FeatureSet(features=[results[i] for i in keep], rows=[rows[i] for i in keep], indices=keep,
+                      errors=[(paths[i], errors[i]) for i in sorted(errors)], decoded=len(keep))

@@ -1,0 +1,31 @@
+"""``emovox text-evaluate``: score a text model on a labelled TSV split (its own thresholds)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a text emotion model on a labelled TSV split; writes metrics_overall.json and per_class_metrics.csv"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="text model folder (None: the shipped model)")
+    p.add_argument("--data", required=True, help="TSV split: text<TAB>label ids<TAB>id, no header")
+    p.add_argument("--output-dir", required=True, help="folder for the metrics files")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from emovox.text import evaluate_text_model, load_text_model
+
+    model = load_text_model(args.model)
+    report = evaluate_text_model(model, args.data, out_dir=args.output_dir, batch_size=args.batch_size)
+    pc, gl = report["per_class_thresholds"], report["global_threshold"]
+    print(json.dumps({
+        "data": args.data, "n_examples": report["n_examples"],
+        "macro_f1": pc["macro_f1"], "micro_f1": pc["micro_f1"],
+        "macro_f1_global_threshold": gl["macro_f1"], "auroc_macro": report["auroc_macro"],
+        "output_dir": args.output_dir,
+    }, indent=2))
+    return 0

@@ -1,0 +1,469 @@
+"""Training and evaluation data: a disk cache of features, augmentation, batching.
+
+Clips are decoded (:func:`emovox.audio.load_audio`) and featurised once; the result is cached on
+disk and every later epoch, run or evaluation reads the cache instead of decoding audio again.
+
+What is cached
+    The **log-mel** frames ``(n_mels, frames)`` of the whole clip, computed by the same
+    :class:`emovox.features.LogMel` module the model pipeline uses, with the feature config's
+    settings (for MFCC configs: the log-mel under the MFCC, with seed 003's all-zero frames already
+    skipped; the DCT is a cheap matrix product applied per batch by :func:`model_features`).
+    Caching the log-mel rather than the final features lets augmentation work in the power domain
+    (noise at an SNR, gain) for MFCC models too.
+
+Cache key and store
+    One ``.npy`` per clip under ``CACHE_DIR/<config hash>/<k[:2]>/<k>.npy`` where ``k`` hashes the
+    clip's absolute path, size and modification time, and the config hash covers every front-end
+    setting that changes the frames (sample rate, FFT, hop, mels, floor, top_db, zero-frame
+    skipping) plus :data:`CACHE_VERSION`. Edited, moved or touched files are featurised again.
+    Default ``CACHE_DIR``: ``$EMOVOX_CACHE_DIR`` or ``~/.cache/emovox/features``.
+
+Precision
+    Frames are stored as float16 (and rounded to float16 when no cache is used, so results do not
+    depend on whether the cache is on). Log-mel values lie in [-100, +60] dB; float16's spacing is
+    at most 2^-5 dB = 0.031 dB below 64 dB (0.0625 dB for |values| in [64, 128)), so the rounding
+    error is at most 0.016 dB (0.031 dB) — about 1/1000 of a feature's standard deviation after
+    normalisation, far below anything a model can learn from. ``tests/test_training.py`` checks that
+    cached features give the pipeline's logits.
+
+Augmentation (training data only, :class:`AugmentConfig`), all in the log-mel domain so it works
+on cached features:
+
+- **time shift**: every training crop starts at a random frame (fixed-length crops, default 3 s);
+  fixed-input models (``num_frames``) also place short clips at a random offset in the padding;
+- **speed perturbation** with rate ``r``: frames resampled along time by ``1/r`` (linear
+  interpolation) and the mel axis warped so that every frequency is multiplied by ``r`` — what
+  ``sox speed r`` does to a waveform (tempo and pitch change together). An approximation: the
+  warp interpolates between mel bands, so it slightly smooths the spectrum;
+- **gain**: a uniform offset in dB (exact for log-mel: ``10 log10(g² P) = L + 20 log10 g``);
+- **additive noise** at a random SNR: white or pink noise added in the mel-power domain,
+  ``P + Pn``, where ``Pn`` has the noise's expected mel spectrum scaled to the SNR (signal power
+  measured as the crop's mean mel power) times Gamma-distributed fluctuations with the effective
+  number of FFT bins per band as shape (the distribution of a noise periodogram summed over a
+  band). The signal × noise cross term is left out (zero mean);
+- **SpecAugment**: time masks, and frequency masks for log-mel models (MFCC coefficients are not
+  frequency bands, so MFCC models get time masks only), filled with 0 (the mean) after normalisation;
+- **mixup** is applied by the training loop (it needs the labels).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audio import AudioError, load_audio
+from .features import (
+    FeatureConfig,
+    FeatureStats,
+    LogMel,
+    dct_matrix,
+    fix_frames,
+    hz_to_mel,
+    mel_filterbank,
+    mel_to_hz,
+    nonzero_frame_mask,
+    silence_features,
+)
+
+CACHE_VERSION = 1
+CACHE_ENV = "EMOVOX_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$EMOVOX_CACHE_DIR`` or ``~/.cache/emovox/features``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "emovox" / "features"
+
+
+def cached_config(cfg: FeatureConfig) -> FeatureConfig:
+    """The log-mel front-end whose frames are cached for ``cfg`` (MFCC configs: the log-mel under it)."""
+    return cfg.replace(kind="logmel", n_mfcc=FeatureConfig.n_mfcc, num_frames=None,
+                       skip_zero_frames=cfg.kind == "mfcc" and cfg.skip_zero_frames)
+
+
+def config_hash(cfg: FeatureConfig) -> str:
+    blob = json.dumps({"cache_version": CACHE_VERSION, **cached_config(cfg).to_dict()}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _logmel_module(cached: FeatureConfig) -> LogMel:
+    return LogMel(cached).eval()
+
+
+def compute_logmel(wave: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel frames ``(n_mels, frames)`` (float16) of one clip at ``cfg.sample_rate_hz``: what is cached."""
+    c = cached_config(cfg)
+    x = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, -1)
+    with torch.no_grad():
+        lm = _logmel_module(c)(x)[0]
+        if c.skip_zero_frames:
+            keep = nonzero_frame_mask(x, c)[0]
+            lm = lm[:, keep] if bool(keep.any()) else lm[:, :1]
+    return lm.numpy().astype(np.float16)
+
+
+def model_features(logmel: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Cached log-mel ``(..., n_mels, frames)`` → the model's raw (un-normalised) features."""
+    if cfg.kind == "mfcc":
+        dct = torch.from_numpy(dct_matrix(cfg.n_mfcc, cfg.n_mels).copy())
+        return torch.matmul(dct, logmel)
+    return logmel
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk cache
+
+
+class FeatureCache:
+    """One float16 ``.npy`` of log-mel frames per clip, keyed by path + size + mtime + config hash.
+
+    ``hits`` and ``misses`` count lookups since construction.
+    """
+
+    def __init__(self, root: str | os.PathLike, cfg: FeatureConfig):
+        self.root = Path(root).expanduser()
+        self.cfg = cfg
+        self.dir = self.root / config_hash(cfg)
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.dir)!r})"
+
+    def file_for(self, path: str | os.PathLike) -> Path:
+        p = os.path.abspath(os.fspath(path))
+        st = os.stat(p)
+        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+        try:
+            f = self.file_for(path)
+            arr = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            self.misses += 1
+            return None
+        if arr.ndim != 2 or arr.shape[0] != self.cfg.n_mels:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return arr
+
+    def put(self, path: str | os.PathLike, logmel: np.ndarray) -> None:
+        f = self.file_for(path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        info = self.dir / "config.json"
+        if not info.exists():
+            _atomic_bytes(info, json.dumps({"cache_version": CACHE_VERSION, "stored": "log-mel float16",
+                                            "features": cached_config(self.cfg).to_dict()}, indent=2).encode())
+        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.asarray(logmel, dtype=np.float16), allow_pickle=False)
+            os.replace(tmp, f)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def resolve_cache(cache: FeatureCache | str | os.PathLike | bool | None, cfg: FeatureConfig) -> FeatureCache | None:
+    """``FeatureCache`` (re-keyed for ``cfg``), a folder, ``True`` (default folder), or None/False (no cache)."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return FeatureCache(default_cache_dir(), cfg)
+    if isinstance(cache, FeatureCache):
+        return cache if config_hash(cache.cfg) == config_hash(cfg) else FeatureCache(cache.root, cfg)
+    return FeatureCache(cache, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading features for many clips
+
+
+@dataclass
+class FeatureSet:
+    """Log-mel frames for the clips that could be read, and what happened to the others."""
+
+    features: list[np.ndarray]  # float16 (n_mels, frames), one per kept clip
+    rows: list[Any]  # the kept rows (ManifestRow or path), in input order
+    indices: list[int]  # positions of the kept rows in the input
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why) for unreadable clips
+    decoded: int = 0  # clips decoded and featurised (cache misses)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _row_path(row: Any) -> str:
+    return os.fspath(row.path if hasattr(row, "path") else row)
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    return sys.stderr.isatty()
+
+
+def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCache | str | os.PathLike | bool | None = None,
+                  num_workers: int | None = None, progress: bool | None = None, desc: str = "features",
+                  max_duration_s: float | None = 600.0) -> FeatureSet:
+    """Log-mel frames (float16) for ``rows`` (ManifestRows or paths), from the cache or decoded.
+
+    Cache misses are decoded and featurised by ``num_workers`` threads (default
+    ``min(4, cpu_count)``; libsndfile, soxr and torch release the GIL) and stored. Clips that cannot
+    be decoded (:class:`AudioError`) are left out and listed in ``errors``; the others keep
+    their input order.
+    """
+    from tqdm.auto import tqdm
+
+    store = resolve_cache(cache, cfg)
+    paths = [_row_path(r) for r in rows]
+    results: list[np.ndarray | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    todo = []
+    for i, p in enumerate(paths):
+        hit = store.get(p) if store is not None else None
+        if hit is None:
+            todo.append(i)
+        else:
+            results[i] = hit
+
+    def work(i: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            wave = load_audio(paths[i], sample_rate_hz=cfg.sample_rate_hz, max_duration_s=max_duration_s)
+        except (AudioError, OSError) as e:
+            return i, None, str(e)
+        lm = compute_logmel(wave, cfg)
+        if store is not None:
+            try:
+                store.put(paths[i], lm)
+            except OSError:
+                pass  # a read-only or full cache must not stop training
+        return i, lm, None
+
+    if todo:
+        workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
+        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+                   dynamic_ncols=True, leave=False)
+        if workers == 1:
+            outs = map(work, todo)
+            for i, lm, err in outs:
+                results[i] = lm
+                if err:
+                    errors[i] = err
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                for i, lm, err in ex.map(work, todo):
+                    results[i] = lm
+                    if err:
+                        errors[i] = err
+                    bar.update(1)
+        bar.close()
+    keep = [i for i in range(len(paths)) if results[i] is not None]
+    return FeatureSet(features=[results[i] for i in keep], rows=[rows[i] for i in keep], indices=keep,
+                      errors=[(paths[i], errors[i]) for i in sorted(errors)], decoded=len(todo))
+
+
+def fit_stats(features: Sequence[np.ndarray], cfg: FeatureConfig) -> FeatureStats:
+    """Per-feature mean and std of the model's features over all frames of ``features`` (cached log-mel)."""
+    return FeatureStats.fit(model_features(torch.from_numpy(f.astype(np.float32)), cfg) for f in features)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (see the module docstring for what each one does)."""
+
+    gain_db: float = 6.0  # uniform in [-gain_db, +gain_db]; 0: off
+    noise_prob: float = 0.5
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    speed_prob: float = 0.5
+    speed_range: tuple[float, float] = (0.9, 1.1)
+    freq_masks: int = 2
+    freq_mask_max: float = 0.15  # of the bands, per mask
+    time_masks: int = 2
+    time_mask_max: float = 0.1  # of the frames, per mask
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
+        d = dict(d)
+        for k in ("snr_db", "speed_range"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _noise_shapes(c: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected mel power of white and pink noise (each summing to 1) and Gamma shapes per band."""
+    fb = mel_filterbank(c.sample_rate_hz, c.n_fft, c.n_mels, c.fmin_hz, c.fmax_hz).astype(np.float64)
+    freqs = np.linspace(0, c.sample_rate_hz / 2, fb.shape[1])
+    white = fb.sum(axis=1)
+    pink = fb @ (1.0 / np.maximum(freqs, 50.0))
+    dof = np.maximum(white**2 / np.maximum((fb**2).sum(axis=1), 1e-12), 1.0)
+    return white / white.sum(), pink / pink.sum(), dof
+
+
+def _mel_warp_index(c: FeatureConfig, rate: float) -> np.ndarray:
+    """Fractional source band for each band when every frequency is multiplied by ``rate``."""
+    fmax = c.sample_rate_hz / 2 if c.fmax_hz is None else c.fmax_hz
+    mels = np.linspace(hz_to_mel(c.fmin_hz), hz_to_mel(fmax), c.n_mels + 2)[1:-1]
+    src = hz_to_mel(mel_to_hz(mels) / rate)
+    return np.clip((src - mels[0]) / (mels[1] - mels[0]), 0, c.n_mels - 1)
+
+
+def _interp_rows(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    lo = np.floor(idx).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[0] - 1)
+    w = torch.from_numpy((idx - lo).astype(np.float32))[:, None]
+    return x[lo] * (1 - w) + x[hi] * w
+
+
+class BatchMaker:
+    """Cached log-mel clips → model-ready batches ``(feats (B, F, T), lengths or None)``.
+
+    Training batches: a random crop of ``crop_frames`` (None: the whole clip, at most
+    ``max_frames``), augmentation when ``augment`` is given, model features, normalisation,
+    SpecAugment. Evaluation batches: the whole clip (or the centre ``num_frames`` for fixed-input
+    configs, padded with silence as the pipeline does), model features, normalisation.
+    Batches are zero-padded (after normalisation) and carry ``lengths``; lengths is None when every
+    clip has the same number of frames.
+    """
+
+    def __init__(self, cfg: FeatureConfig, stats: FeatureStats | None, *, crop_frames: int | None = None,
+                 max_frames: int | None = None, augment: AugmentConfig | None = None):
+        self.cfg = cfg
+        self.cached = cached_config(cfg)
+        self.crop_frames = cfg.num_frames or crop_frames
+        self.max_frames = max_frames
+        self.augment = augment
+        n = cfg.n_features
+        self.mean = torch.tensor(stats.mean if stats else [0.0] * n, dtype=torch.float32)[:, None]
+        self.std = torch.tensor(stats.std if stats else [1.0] * n, dtype=torch.float32)[:, None]
+        self.floor_db = 10.0 * math.log10(cfg.log_floor)
+        self._white, self._pink, self._dof = _noise_shapes(self.cached)
+        self._silence = silence_features(self.cached.replace(skip_zero_frames=False))
+
+    # -- evaluation
+    def eval_item(self, logmel: np.ndarray) -> torch.Tensor:
+        f = model_features(torch.from_numpy(logmel.astype(np.float32)), self.cfg)
+        if self.cfg.num_frames is not None:
+            f = fix_frames(f, self.cfg.num_frames, cfg=self.cfg)
+        return (f - self.mean) / self.std
+
+    def eval_batch(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return collate([self.eval_item(c) for c in clips])
+
+    # -- training
+    def train_item(self, logmel: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        aug = self.augment
+        x = torch.from_numpy(logmel.astype(np.float32))
+        rate = 1.0
+        if aug is not None and aug.speed_prob > 0 and rng.random() < aug.speed_prob:
+            rate = float(rng.uniform(*aug.speed_range))
+        target = self.crop_frames or self.max_frames
+        t = x.shape[-1]
+        if target is not None:
+            window = max(1, round(target * rate))
+            if t > window:
+                start = int(rng.integers(0, t - window + 1))
+                x = x[:, start : start + window]
+        if rate != 1.0:
+            new_t = max(1, round(x.shape[-1] / rate))
+            if x.shape[-1] > 1:
+                x = F.interpolate(x[None], size=new_t, mode="linear", align_corners=True)[0]
+            x = _interp_rows(x, _mel_warp_index(self.cached, rate))
+            if target is not None:
+                x = x[:, :target]
+        if aug is not None:
+            x = self._gain_noise(x, rng)
+        if self.cfg.num_frames is not None and x.shape[-1] < self.cfg.num_frames:
+            pad = self.cfg.num_frames - x.shape[-1]
+            left = int(rng.integers(0, pad + 1)) if aug is not None else pad // 2
+            out = self._silence[:, None].expand(-1, self.cfg.num_frames).clone()
+            out[:, left : left + x.shape[-1]] = x
+            x = out
+        f = (model_features(x, self.cfg) - self.mean) / self.std
+        if aug is not None:
+            f = self._spec_augment(f, rng)
+        return f
+
+    def train_batch(self, clips: Sequence[np.ndarray], rng: np.random.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return collate([self.train_item(c, rng) for c in clips])
+
+    def _gain_noise(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        aug = self.augment
+        if aug.gain_db > 0:
+            x = x + float(rng.uniform(-aug.gain_db, aug.gain_db))
+        if aug.noise_prob > 0 and self.cfg.power == 2.0 and rng.random() < aug.noise_prob:
+            p = torch.pow(10.0, x / 10.0)
+            signal = float(p.sum(dim=0).mean())
+            snr = float(rng.uniform(*aug.snr_db))
+            shape = self._white if rng.random() < 0.5 else self._pink
+            fluct = rng.gamma(self._dof[:, None], 1.0 / self._dof[:, None], size=tuple(x.shape))
+            noise = torch.from_numpy((signal / 10 ** (snr / 10) * shape[:, None] * fluct).astype(np.float32))
+            x = 10.0 * torch.log10(p + noise)
+        return torch.clamp(x, min=self.floor_db)
+
+    def _spec_augment(self, f: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        aug = self.augment
+        f = f.clone()
+        n_f, n_t = f.shape
+        if self.cfg.kind == "logmel":
+            for _ in range(aug.freq_masks):
+                w = int(rng.integers(0, max(1, int(aug.freq_mask_max * n_f)) + 1))
+                if w:
+                    s = int(rng.integers(0, n_f - w + 1))
+                    f[s : s + w, :] = 0.0
+        for _ in range(aug.time_masks):
+            w = int(rng.integers(0, max(1, int(aug.time_mask_max * n_t)) + 1))
+            if w and w < n_t:
+                s = int(rng.integers(0, n_t - w + 1))
+                f[:, s : s + w] = 0.0
+        return f
+
+
+def collate(items: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(F, T_i)`` tensors → ``(B, F, max T)`` padded with ``pad_value`` and lengths (None if all equal)."""
+    lengths = torch.tensor([it.shape[-1] for it in items], dtype=torch.long)
+    t = int(lengths.max())
+    out = torch.full((len(items), items[0].shape[0], t), pad_value, dtype=items[0].dtype)
+    for i, it in enumerate(items):
+        out[i, :, : it.shape[-1]] = it
+    return out, (None if bool((lengths == t).all()) else lengths)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding), longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,106 @@
+"""Padding-safe building blocks for frame models (2-D CNN, CRNN).
+
+A batch of clips of different lengths is zero-padded to the longest one and carries
+``lengths`` (real frames per clip). These blocks make padding invisible in eval mode: a clip
+gives the same logits alone or padded inside a batch (``tests/test_models.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import length_mask
+
+
+def _mask_like(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, ..., frames)`` bool mask broadcastable to ``x`` (time is the last axis)."""
+    mask = length_mask(lengths, x.shape[-1], device=x.device)
+    return mask.view(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
+
+
+def pooled_lengths(lengths: torch.Tensor | None, pool: nn.Module) -> torch.Tensor | None:
+    """Frames left after a ceil-mode max pool along the last axis: ``ceil(len / stride)``, exact."""
+    if lengths is None:
+        return None
+    stride = pool.stride if isinstance(pool.stride, int) else pool.stride[-1]
+    kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[-1]
+    if not pool.ceil_mode or kernel != stride:
+        raise ValueError("padding-safe pooling needs MaxPool with ceil_mode=True and kernel == stride")
+    if stride == 1:
+        return lengths
+    return torch.div(lengths + stride - 1, stride, rounding_mode="floor").clamp_min(1)
+
+
+def conv_lengths(lengths: torch.Tensor | None, conv: nn.Module) -> torch.Tensor | None:
+    """Frames left after a 'same'-padded convolution with stride ``s`` along the last axis: ``ceil(len / s)``."""
+    if lengths is None:
+        return None
+    stride = conv.stride[-1]
+    kernel, pad, dil = conv.kernel_size[-1], conv.padding[-1], conv.dilation[-1]
+    if pad != dil * (kernel - 1) // 2 or kernel % 2 == 0:
+        raise ValueError("padding-safe convolution needs an odd kernel with 'same' padding along time")
+    if stride == 1:
+        return lengths
+    return torch.div(lengths + stride - 1, stride, rounding_mode="floor").clamp_min(1)
+
+
+_SHAPE_KEEPING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.GELU, nn.SiLU, nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+def masked_sequential(blocks: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run 'same' convolutions (any stride), norms, activations, dropout and ceil-mode max pools over
+    ``(batch, ..., frames)`` so that frames past ``lengths`` cannot change the real frames' outputs.
+
+    Padded frames are set to zero before every convolution (what its own zero padding sees at the
+    end of the unpadded clip) and to ``-inf`` before a max pool; lengths follow exactly.
+    Element-wise modules (norms, activations, dropout) run unmasked: their padded outputs are
+    re-masked before the next convolution or pool. Returns the output (padded frames zeroed) and
+    the new lengths.
+    """
+    if lengths is None:
+        return blocks(x), None
+    for m in blocks:
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+            x = m(x.masked_fill(~_mask_like(x, lengths), float("-inf")))
+            lengths = pooled_lengths(lengths, m)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            x = m(x.masked_fill(~_mask_like(x, lengths), 0.0))
+            lengths = conv_lengths(lengths, m)
+        elif isinstance(m, _SHAPE_KEEPING):
+            x = m(x)
+        else:
+            raise TypeError(f"masked_sequential cannot mask through {type(m).__name__}")
+    return x.masked_fill(~_mask_like(x, lengths), 0.0), lengths
+
+
+def masked_mean_2d(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``(batch, channels, freq, frames)`` → ``(batch, channels)``: mean over freq and real frames."""
+    x = x.mean(dim=2)
+    if lengths is None:
+        return x.mean(dim=-1)
+    mask = length_mask(lengths, x.shape[-1], device=x.device).to(x.dtype)[:, None, :]
+    return (x * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attentive statistics pooling (Okabe et al., Interspeech 2018).
+
+    ``(batch, dim, frames)`` → ``(batch, 2 * dim)``: attention-weighted mean and standard
+    deviation over time; the attention is a softmax over real frames only (padding masked).
+    """
+
+    def __init__(self, dim: int, attention_dim: int = 64):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Conv1d(dim, attention_dim, 1), nn.Tanh(), nn.Conv1d(attention_dim, 1, 1))
+
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self.attention(h)  # (batch, 1, frames)
+        if lengths is not None:
+            scores = scores.masked_fill(~length_mask(lengths, h.shape[-1], device=h.device)[:, None, :],
+                                        float("-inf"))
+        w = torch.softmax(scores, dim=-1)
+        mean = (w * h).sum(dim=-1)
+        var = (w * h.square()).sum(dim=-1) - mean.square()
+        return torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1)

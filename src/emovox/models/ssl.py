@@ -1,0 +1,346 @@
+"""Seed 002's hybrid: a pretrained speech backbone (wav2vec2, HuBERT, WavLM) + a small trained head.
+
+``(batch, 1, samples)`` 16 kHz waveform (features kind ``"waveform"``) → backbone (frozen by
+default; :mod:`emovox.backbones`) → hidden states of the selected layers ``(batch, n_layers,
+hidden, frames)`` → each layer normalised over ``hidden`` (no affine) and summed with learned
+softmax weights → head → logits. Heads:
+
+- ``"cnn"`` (default): Conv1d 5 → ReLU → dropout → Conv1d 3 → ReLU, masked mean and standard
+  deviation over time;
+- ``"attention"``: 1×1 projection → ReLU → attentive statistics pooling;
+
+then dropout → dense → ReLU → dropout → dense. No batch norm (a DDP run then equals a
+single-process run; see :mod:`emovox.distributed`). Padding-safe: convolutions and pooling are
+masked, and the backbone runs each clip of a padded batch at its own length.
+
+``forward(x, lengths=None)`` accepts the waveform ``(batch, 1, samples)`` or ``(batch, samples)``
+(``lengths`` in samples), or cached hidden states ``(batch, n_layers, hidden, frames)``
+(``lengths`` in frames), which is how the head trains on the disk cache without running the
+backbone.
+
+Saving: ``state_dict()`` holds the head and the fine-tuned top backbone layers only; the frozen
+backbone is referenced (``kwargs["backbone"]``, a :class:`~emovox.backbones.BackboneRef`) and
+reloaded from its source, or from ``backbone/`` inside the model folder when bundled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+from .blocks import AttentiveStatsPool, masked_sequential
+from .common import length_mask
+
+log = logging.getLogger(__name__)
+
+HEADS = ("cnn", "attention")
+
+
+def _stats_pool(h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Masked mean and standard deviation over time: ``(batch, C, T)`` → ``(batch, 2C)``."""
+    if lengths is None:
+        mean = h.mean(dim=-1)
+        var = h.var(dim=-1, unbiased=False)
+    else:
+        m = length_mask(lengths, h.shape[-1], device=h.device).to(h.dtype)[:, None, :]
+        n = m.sum(dim=-1).clamp_min(1.0)
+        mean = (h * m).sum(dim=-1) / n
+        var = ((h - mean[..., None]).square() * m).sum(dim=-1) / n
+    return torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1)
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
+    """``None``/``"all"`` → 0..num_layers; ``"6-12"``, ``"0,4,8"`` or a list → those layers (validated)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return list(range(num_layers + 1))
+    out: list[int] = []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    for part in parts:
+        if isinstance(part, str) and "-" in part.strip()[1:]:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    bad = [i for i in out if not 0 <= i <= num_layers]
+    if bad or not out or len(set(out)) != len(out):
+        raise ValueError(f"backbone layers must be distinct indices in 0..{num_layers} (0: the transformer's input, "
+                         f"{num_layers}: the last layer's output), got {spec!r}")
+    return out
+
+
+@register("ssl")
+class SSLHybrid(nn.Module):
+    streaming = False
+    #: modelio passes the model folder, where a bundled backbone lives
+    needs_model_dir = True
+
+    def __init__(self, n_features: int = 1, n_classes: int = 4, *, backbone: str | dict[str, Any],
+                 revision: str | None = None, layers: str | Sequence[int] | None = None, finetune_layers: int = 0,
+                 head: str = "cnn", channels: int = 128, hidden: int = 128, dropout: float = 0.2,
+                 layer_norm: bool = True, chunk_s: float = 20.0, overlap_s: float = 2.0,
+                 model_dir: str | os.PathLike | None = None):
+        super().__init__()
+        from ..backbones import load_backbone
+
+        if n_features != 1:
+            raise ValueError(f"the ssl model takes raw samples (features kind 'waveform', one feature), "
+                             f"got {n_features} features")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.backbone = load_backbone(backbone, revision=revision, model_dir=model_dir, chunk_s=chunk_s,
+                                      overlap_s=overlap_s)
+        n_layers = self.backbone.num_layers
+        if not 0 <= int(finetune_layers) <= n_layers:
+            raise ValueError(f"finetune_layers must be in 0..{n_layers} (the backbone's transformer layers), "
+                             f"got {finetune_layers}")
+        self.layers = parse_layers(layers, n_layers)
+        self.finetune_layers = int(finetune_layers)
+        self.layer_norm = bool(layer_norm)
+        dim = self.hidden_dim = self.backbone.hidden_size
+        self.layer_weights = nn.Parameter(torch.zeros(len(self.layers)))
+        if head == "cnn":
+            self.convs = nn.Sequential(nn.Conv1d(dim, channels, 5, padding=2), nn.ReLU(), nn.Dropout(dropout * 0.5),
+                                       nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU())
+            self.pool = None
+        else:
+            self.convs = nn.Sequential(nn.Conv1d(dim, channels, 1), nn.ReLU())
+            self.pool = AttentiveStatsPool(channels, max(16, channels // 2))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels, hidden), nn.ReLU(),
+                                        nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        self._freeze()
+        self.kwargs = {"backbone": self.backbone.ref.to_dict(), "layers": list(self.layers),
+                       "finetune_layers": self.finetune_layers, "head": head, "channels": channels, "hidden": hidden,
+                       "dropout": dropout, "layer_norm": self.layer_norm, "chunk_s": chunk_s, "overlap_s": overlap_s}
+        self.register_load_state_dict_pre_hook(_fill_frozen_backbone)
+
+    # -- freezing and saving
+    def _freeze(self) -> None:
+        model = self.backbone.model
+        model.requires_grad_(False)
+        self._saved_prefixes: list[str] = []
+        n = self.finetune_layers
+        if n:
+            total = len(model.encoder.layers)
+            for i in range(total - n, total):
+                model.encoder.layers[i].requires_grad_(True)
+                self._saved_prefixes.append(f"backbone.model.encoder.layers.{i}.")
+            if getattr(model.config, "do_stable_layer_norm", False):  # its final norm follows the last layer
+                model.encoder.layer_norm.requires_grad_(True)
+                self._saved_prefixes.append("backbone.model.encoder.layer_norm.")
+
+    def _is_saved(self, key: str) -> bool:
+        return not key.startswith("backbone.") or any(key.startswith(p) for p in self._saved_prefixes)
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The head and the fine-tuned backbone layers; the frozen backbone is referenced, not saved."""
+        sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in sd if k.startswith(prefix) and not self._is_saved(k[len(prefix):])]:
+            del sd[key]
+        return sd
+
+    def train(self, mode: bool = True):
+        """The backbone always runs in eval mode: no dropout, LayerDrop or SpecAugment masking inside it,
+        so fine-tuning is deterministic and the cached states are what training sees."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def bundle_backbone(self, out_dir: str | os.PathLike, *, write: bool = True) -> Path:
+        """Copy the backbone into ``out_dir/backbone`` (when ``write``) and reference it from there."""
+        from ..backbones import BUNDLE_DIR
+
+        dest = Path(out_dir) / BUNDLE_DIR
+        if write:
+            self.backbone.save_to(dest)
+        self.backbone.ref.kind, self.backbone.ref.source, self.backbone.ref.revision = "bundled", BUNDLE_DIR, None
+        self.kwargs["backbone"] = self.backbone.ref.to_dict()
+        return dest
+
+    # -- computing
+    def head(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(batch, n_layers, hidden, frames)`` (+ frames per clip) → logits."""
+        states = states.float()
+        if self.layer_norm:
+            states = F.layer_norm(states.transpose(2, 3), (self.hidden_dim,)).transpose(2, 3)
+        w = torch.softmax(self.layer_weights, dim=0)
+        h = (w.view(1, -1, 1, 1) * states).sum(dim=1)
+        h, lengths = masked_sequential(self.convs, h, lengths)
+        pooled = _stats_pool(h, lengths) if self.pool is None else self.pool(h, lengths)
+        return self.classifier(pooled)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() == 4:
+            return self.head(x, lengths)
+        if x.dim() == 3:
+            if x.shape[1] != 1:
+                raise ValueError(f"expected a waveform (batch, 1, samples) or hidden states (batch, layers, hidden, "
+                                 f"frames), got {tuple(x.shape)}")
+            x = x[:, 0]
+        states, frames = self.backbone.hidden_states(x, self.layers, lengths)
+        return self.head(states, frames)
+
+    def layer_weight_table(self) -> dict[int, float]:
+        """The learned softmax weight of each backbone layer (what the head listens to)."""
+        w = torch.softmax(self.layer_weights.detach().float().cpu(), dim=0)
+        return {int(i): round(float(v), 4) for i, v in zip(self.layers, w)}
+
+
+def _fill_frozen_backbone(module: SSLHybrid, state_dict, prefix, local_metadata, strict, missing, unexpected,
+                          errors) -> None:
+    """Load pre-hook: a saved state holds no frozen backbone tensors; keep the loaded backbone's."""
+    for key, t in module.backbone.state_dict(prefix=prefix + "backbone.", keep_vars=True).items():
+        if key not in state_dict and not module._is_saved(key[len(prefix):]):
+            state_dict[key] = t.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches (the trainer's BatchMaker interface: train_batch(items, rng), eval_batch(items))
+
+
+def collate_nd(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(..., T_i)`` tensors → ``(B, ..., max T)`` zero-padded, and lengths (None when all equal)."""
+    lengths = torch.tensor([it.shape[-1] for it in items], dtype=torch.long)
+    t = int(lengths.max())
+    out = items[0].new_zeros(len(items), *items[0].shape[:-1], t)
+    for i, it in enumerate(items):
+        out[i, ..., : it.shape[-1]] = it
+    return out, (None if bool((lengths == t).all()) else lengths)
+
+
+def _crop(x: np.ndarray, size: int | None, rng: np.random.Generator | None) -> np.ndarray:
+    t = x.shape[-1]
+    if size is None or t <= size:
+        return x
+    start = int(rng.integers(0, t - size + 1)) if rng is not None else (t - size) // 2
+    return x[..., start : start + size]
+
+
+class StateBatches:
+    """Cached hidden states (float16 ``(n_layers, hidden, frames)``, memory-mapped) → float32 batches;
+    training crops ``crop_frames`` at a random offset (clips shorter than that are zero-padded and masked)."""
+
+    def __init__(self, crop_frames: int | None = None):
+        self.crop_frames = crop_frames
+
+    def _batch(self, items, rng) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return collate_nd([torch.from_numpy(np.asarray(_crop(x, self.crop_frames, rng), dtype=np.float32))
+                           for x in items])
+
+    def train_batch(self, items, rng: np.random.Generator):
+        return self._batch(items, rng)
+
+    def eval_batch(self, items):
+        return collate_nd([torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in items])
+
+
+class WaveBatches:
+    """Waveforms (float32 ``(samples,)``) → ``(batch, 1, samples)`` batches with lengths in samples;
+    training crops ``crop_samples`` at a random offset (fine-tuning runs the backbone on them)."""
+
+    def __init__(self, crop_samples: int | None = None):
+        self.crop_samples = crop_samples
+
+    def train_batch(self, items, rng: np.random.Generator):
+        return collate_nd([torch.from_numpy(np.ascontiguousarray(_crop(x, self.crop_samples, rng)))[None]
+                           for x in items])
+
+    def eval_batch(self, items):
+        return collate_nd([torch.from_numpy(np.ascontiguousarray(x))[None] for x in items])
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer and evaluator integration
+
+
+class SSLTraining:
+    """What :func:`emovox.training.train_model` needs for ``--model ssl``.
+
+    Builds the model (loading the backbone), bundles the backbone into the output folder when the
+    model kwargs ask for it (``bundle_backbone=True``), and provides the data: frozen backbones
+    give the cached hidden states (computed once per clip, :func:`emovox.backbones.load_hidden_states`);
+    fine-tuned ones (``finetune_layers > 0``) give decoded waveforms, run through the backbone at
+    every step. ``load``, ``train_batches`` and ``eval_batches`` stand in for the log-mel
+    ``load_features`` and ``BatchMaker``s.
+    """
+
+    def __init__(self, cfg, *, n_classes: int, out_dir: str | os.PathLike, cache=None, num_workers: int | None = None,
+                 progress: bool | None = None, echo=None):
+        from .. import distributed
+        from ..backbones import SAMPLE_RATE_HZ, cache_root
+        from ..training import TrainingError
+        from . import build_model
+
+        feats = cfg.feature_config()
+        if feats.kind != "waveform" or feats.sample_rate_hz != SAMPLE_RATE_HZ:
+            raise TrainingError(f"the ssl model takes 16 kHz raw samples: features must be the 'waveform' preset, "
+                                f"got kind {feats.kind!r} at {feats.sample_rate_hz} Hz")
+        if cfg.augment:
+            raise TrainingError("--use_augmentation works on log-mel features; the ssl model trains on backbone "
+                                "states (cached when frozen): leave it out")
+        kwargs = dict(cfg.model_kwargs)
+        bundle = bool(kwargs.pop("bundle_backbone", False))
+        if "backbone" not in kwargs:
+            raise TrainingError("the ssl model needs a backbone: --backbone HF_ID_OR_FOLDER")
+        try:
+            self.model = build_model("ssl", n_features=1, n_classes=n_classes, **kwargs)
+        except ValueError as e:  # BackboneError and bad settings: say it as a training error
+            raise TrainingError(str(e)) from e
+        self.device = cfg.torch_device()
+        self.model.to(self.device)
+        backbone = self.model.backbone
+        say = echo or log.info
+        ref = backbone.ref
+        say(f"backbone {ref.describe()}: input normalisation {ref.normalize_from}; "
+            + (f"fine-tuning the top {self.model.finetune_layers} layer(s)" if self.model.finetune_layers
+               else "frozen, hidden states cached per clip"))
+        if bundle:
+            dest = self.model.bundle_backbone(out_dir, write=distributed.is_rank0())
+            distributed.barrier()
+            say(f"backbone bundled into {dest}")
+        self.cache = cache_root(cache)
+        self.num_workers = num_workers
+        self.progress = progress
+        self.finetune = self.model.finetune_layers > 0
+        crop = cfg.crop_s
+        if self.finetune:
+            self.train_batches = WaveBatches(None if crop is None else round(crop * SAMPLE_RATE_HZ))
+            self.eval_batches = WaveBatches(None)
+        else:
+            self.train_batches = StateBatches(None if crop is None else max(1, round(crop * backbone.frame_rate_hz)))
+            self.eval_batches = StateBatches(None)
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.cache is not None and not self.finetune
+
+    def load(self, rows, *, desc: str = "features"):
+        """A :class:`emovox.data.FeatureSet` of cached states (frozen) or waveforms (fine-tuning)."""
+        from ..backbones import load_hidden_states, load_waveforms
+
+        if self.finetune:
+            return load_waveforms(rows, num_workers=self.num_workers, progress=self.progress, desc=desc)
+        return load_hidden_states(rows, self.model.backbone, self.model.layers, cache=self.cache, device=self.device,
+                                  num_workers=self.num_workers, progress=self.progress, desc=desc)
+
+
+def evaluation_data(model: SSLHybrid, rows, *, cache=None, num_workers: int | None = None,
+                    progress: bool | None = None):
+    """``(FeatureSet, batch maker)`` to evaluate an ssl model: cached states for a frozen backbone
+    (shared with training's cache), waveforms for a fine-tuned one."""
+    from ..backbones import load_hidden_states, load_waveforms
+
+    device = next(model.parameters()).device
+    if model.finetune_layers:
+        return load_waveforms(rows, num_workers=num_workers, progress=progress, desc="evaluate"), WaveBatches(None)
+    fs = load_hidden_states(rows, model.backbone, model.layers, cache=cache, device=device, num_workers=num_workers,
+                            progress=progress, desc="evaluate")
+    return fs, StateBatches(None)

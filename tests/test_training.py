@@ -1,0 +1,265 @@
+"""Trainer: artifacts, resume, determinism, feature cache, label mapping, clear errors (synthetic data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import emovox.data
+from emovox.cli import main
+from emovox.corpora import scan
+from emovox.data import AugmentConfig, BatchMaker, FeatureCache, compute_logmel, config_hash, load_features
+from emovox.features import preset
+from emovox.training import TrainConfig, lr_at, map_labels, plan_splits, train_model
+
+ARTIFACTS = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json", "training_history.json",
+             "metrics_overall.json", "metrics_report.csv", "confusion_matrix.npy", "confusion_matrix.png",
+             "confusion_matrix_rownorm.png", "training_curves.png", "checkpoint.pt"]
+TINY_CNN = {"channels": [16, 16, 16], "hidden": 16}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_corpus, tmp_path_factory):
+    """One CLI training run (seed 000's flags plus emovox's), shared by the artifact tests."""
+    out = tmp_path_factory.mktemp("train") / "out"
+    cache = tmp_path_factory.mktemp("cache")
+    rc = main(["train", "--data_dir", str(synth_corpus), "--model", "cnn", "--epochs", "2", "--batch_size", "16",
+               "--lr", "0.003", "--val_split", "0.25", "--n_mels", "40", "--sample_rate", "16000",
+               "--use_augmentation", "--mixup", "0.2", "--early_stopping_patience", "3", "--seed", "1",
+               "--save-full-model", "--cache-dir", str(cache), "--output_dir", str(out)])
+    assert rc == 0
+    return out, cache
+
+
+def test_training_writes_every_artifact(trained):
+    out, _ = trained
+    for name in ARTIFACTS + ["model_full.pth"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    payload = torch.load(out / "best_model.pth", weights_only=True)
+    assert payload["config"]["labels"] == ["neutral", "happy", "sad", "angry"]
+    assert payload["config"]["features"]["n_mels"] == 40
+    assert payload["config"]["temperature"] > 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 2 and len(ck["history"]) == 2 and "optimizer_state" in ck and "torch" in ck["rng"]
+    history = json.loads((out / "training_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"train_loss", "val_uar", "val_accuracy", "val_macro_f1", "lr"} <= set(history[0])
+    metrics = json.loads((out / "metrics_overall.json").read_text())
+    for key in ("accuracy", "uar", "macro_f1", "weighted_f1", "ece", "ece_calibrated", "temperature", "sizes", "split"):
+        assert key in metrics, key
+    assert metrics["split"] == "val" and metrics["split_kind"] == "speaker"
+    assert metrics["sizes"]["val"] == 20 and metrics["sizes"]["train"] == 60
+    meta = json.loads((out / "model_meta.json").read_text())
+    for key in ("data_dirs", "corpora", "split", "seed", "date", "emovox_version", "parameters", "size_bytes",
+                "training_time_s"):
+        assert key in meta, key
+    assert meta["seed"] == 1 and meta["size_bytes"] == (out / "best_model.pth").stat().st_size
+    assert meta["split"]["val_speakers"]
+    rows = list(csv.reader((out / "metrics_report.csv").open()))
+    assert rows[0] == ["label", "precision", "recall", "f1", "support"] and len(rows) == 1 + 4 + 3
+    cm = np.load(out / "confusion_matrix.npy")
+    assert cm.shape == (4, 4) and cm.sum() == 20
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "labels.json").read_text()) == payload["config"]["labels"]
+
+
+def test_full_model_pickle_takes_raw_features(trained, synth_corpus):
+    from emovox.modelio import load_model_dir
+
+    out, _ = trained
+    full = torch.load(out / "model_full.pth", weights_only=False)  # a pickle: trusted source only
+    loaded = load_model_dir(out)
+    wave = torch.from_numpy(emovox.audio.load_audio(sorted(synth_corpus.glob("*.wav"))[0]))[None]
+    with torch.no_grad():
+        feats, lengths = loaded.pipeline.raw_features(wave)
+        want = loaded.pipeline(wave) / loaded.pipeline.temperature
+        torch.testing.assert_close(full(feats, lengths), want, atol=1e-5, rtol=1e-5)
+
+
+def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
+    """Seed 003's backend: torch.load(model) then model(frame (1, 1, 13), hidden) -> (logits, hidden)."""
+    from emovox.features import FeatureStats
+    from emovox.models import build_model
+    from emovox.training import FullStreamingModel
+
+    torch.manual_seed(0)
+    model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8).eval()
+    stats = FeatureStats(mean=np.linspace(-300, 10, 13).tolist(), std=np.linspace(60, 5, 13).tolist())
+    torch.save(FullStreamingModel(model, stats, 13, 2.0, ["a", "b", "c", "d"]).eval(), tmp_path / "model_full.pth")
+    full = torch.load(tmp_path / "model_full.pth", weights_only=False)  # a pickle: trusted source only
+    raw = torch.tensor(stats.mean)[None, None, :] + torch.randn(1, 30, 13) * torch.tensor(stats.std)
+    with torch.no_grad():
+        whole, _ = full(raw)
+        hidden = None
+        for t in range(raw.shape[1]):
+            step, hidden = full(raw[:, t : t + 1], hidden)
+        normalised = (raw - torch.tensor(stats.mean)) / torch.tensor(stats.std)
+        want = model(normalised)[0] / 2.0
+    torch.testing.assert_close(step, whole, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(whole, want, atol=1e-6, rtol=1e-5)
+    assert full.labels == ["a", "b", "c", "d"]
+
+
+def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch):
+    calls = []
+    real = emovox.data.load_audio
+    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    rows = scan(synth_corpus, with_duration=False)[:12]
+    cfg = preset("logmel64")
+    first = load_features(rows, cfg, cache=tmp_path, num_workers=2)
+    assert len(calls) == 12 and first.decoded == 12
+    cache = FeatureCache(tmp_path, cfg)
+    second = load_features(rows, cfg, cache=cache)
+    assert len(calls) == 12 and second.decoded == 0 and cache.hits == 12
+    for a, b in zip(first.features, second.features):
+        np.testing.assert_array_equal(a, b)
+    # another front-end has its own key; a touched file is decoded again
+    assert config_hash(preset("mfcc13")) != config_hash(cfg) == config_hash(cfg.replace(num_frames=100))
+    load_features(rows[:1], preset("mfcc13"), cache=tmp_path)
+    assert len(calls) == 13
+    path = rows[0].path
+    import os
+
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    load_features(rows[:2], cfg, cache=tmp_path)
+    assert calls[-1] == path and len(calls) == 14
+
+
+def test_training_epochs_read_the_cache_not_the_audio(synth_corpus, tmp_path, monkeypatch):
+    calls = []
+    real = emovox.data.load_audio
+    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows, labels, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    cfg = TrainConfig(model="cnn", model_kwargs=TINY_CNN, epochs=2, batch_size=16, seed=0)
+    plan = plan_splits(rows, cfg)[0]
+    train_model(plan, labels, cfg, tmp_path / "a", cache=tmp_path / "cache", plots=False)
+    assert len(calls) == len(rows)  # each clip decoded once, for both epochs and the final evaluation
+    train_model(plan, labels, cfg, tmp_path / "b", cache=tmp_path / "cache", plots=False)
+    assert len(calls) == len(rows)  # second run: all from the cache
+
+
+def test_resume_continues_and_matches_a_straight_run(synth_corpus, tmp_path):
+    rows, labels, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    base = dict(model="cnn", model_kwargs=TINY_CNN, batch_size=16, lr=3e-3, seed=3, augment=True, mixup_alpha=0.2,
+                early_stopping_patience=None)
+    plan = plan_splits(rows, TrainConfig(**base))[0]
+    cache = tmp_path / "cache"
+    straight = train_model(plan, labels, TrainConfig(epochs=4, **base), tmp_path / "straight", cache=cache, plots=False)
+    train_model(plan, labels, TrainConfig(epochs=2, **base), tmp_path / "resumed", cache=cache, plots=False)
+    resumed = train_model(plan, labels, TrainConfig(epochs=4, **base), tmp_path / "resumed", cache=cache, resume=True,
+                          plots=False)
+    assert len(resumed.history) == 4 and [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history):
+        for key in ("train_loss", "val_loss", "val_uar", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
+    assert resumed.metrics["uar"] == pytest.approx(straight.metrics["uar"])
+    # a checkpoint of another configuration is refused with a clear message
+    with pytest.raises(ValueError, match="checkpoint was made with other data, labels, model or features"):
+        train_model(plan, labels, TrainConfig(epochs=5, **{**base, "model_kwargs": {}}), tmp_path / "resumed",
+                    cache=cache, resume=True, plots=False)
+
+
+def test_lr_schedules():
+    noam = [lr_at(s, base_lr=1.0, warmup_steps=4, total_steps=100, kind="noam") for s in range(100)]
+    assert noam[:4] == [0.25, 0.5, 0.75, 1.0] and noam[15] == pytest.approx(0.5)
+    cos = [lr_at(s, base_lr=1.0, warmup_steps=4, total_steps=100, kind="cosine") for s in range(100)]
+    assert cos[3] == 1.0 and cos[-1] == pytest.approx(0.01) and all(a >= b for a, b in zip(cos[3:], cos[4:]))
+
+
+def test_label_mapping_drops_and_counts(synth_corpus, tmp_path, capsys):
+    rows = scan(synth_corpus, with_duration=False)
+    kept, labels, dropped, mapping = map_labels(rows, "neutral,happy,sad")
+    assert labels == ["neutral", "happy", "sad"] and dropped == {"angry": 20} and len(kept) == 60
+    kept, labels, dropped, _ = map_labels(rows, "angry=sad")
+    assert labels == ["neutral", "happy", "sad"] and not dropped and sum(r.label == "sad" for r in kept) == 40
+    kept, labels, dropped, _ = map_labels(rows, "basic5")
+    assert labels == ["happy", "sad", "angry", "neutral"]  # basic5's order, labels absent from the data left out
+    rc = main(["train", "--data_dir", str(synth_corpus), "--labels", "neutral,happy,sad", "--model", "cnn",
+               "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--output_dir", str(tmp_path / "o")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "left out 20 clip(s) whose label the target labels cannot express: angry 20" in out
+    meta = json.loads((tmp_path / "o" / "model_meta.json").read_text())
+    assert meta["dropped_labels"] == {"angry": 20}
+
+
+def test_splits_by_speaker_folds_and_test_speakers(synth_corpus):
+    rows, _, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    plans = plan_splits(rows, TrainConfig(folds=4))
+    assert len(plans) == 4 and [p.name for p in plans] == ["fold_1", "fold_2", "fold_3", "fold_4"]
+    for p in plans:
+        spk = lambda part: {r.speaker for r in part}  # noqa: E731
+        assert not spk(p.train) & spk(p.test) and not spk(p.val) & spk(p.test) and not spk(p.train) & spk(p.val)
+        assert p.kind == "speaker" and len(p.test) == 20
+    (plan,) = plan_splits(rows, TrainConfig(test_speakers=["spk01"]))
+    assert plan.test_speakers == ["csv_spk01"] and {r.speaker for r in plan.test} == {"csv_spk01"}
+    (plan,) = plan_splits(rows, TrainConfig(split="stratified"))
+    assert plan.kind == "stratified" and "not speaker-independent" in plan.message
+
+
+def test_bad_data_dir_fails_with_a_clear_message(tmp_path, capsys):
+    rc = main(["train", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")])
+    assert rc == 2
+    assert f"emovox train: error: '{tmp_path / 'missing'}': no such folder" in capsys.readouterr().err
+
+
+def test_csv_with_unknown_label_fails_with_a_clear_message(synth_corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    wav = sorted(synth_corpus.glob("*.wav"))[0]
+    shutil.copy(wav, data / "a.wav")
+    (data / "labels.csv").write_text("path,label\na.wav,happy\na2.wav,sleepy\n")
+    shutil.copy(wav, data / "a2.wav")
+    for extra in ([], ["--csv_path", str(data / "labels.csv")]):
+        rc = main(["train", "--data_dir", str(data), *extra, "--output_dir", str(tmp_path / "o")])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "labels.csv' line 3: unknown emotion label 'sleepy'; accepted:" in err
+
+
+def test_cached_features_give_the_pipeline_features(synth_corpus):
+    """What training sees (cached float16 log-mel → model features) is what the pipeline computes."""
+    wave = emovox.audio.load_audio(sorted(synth_corpus.glob("*.wav"))[3])
+    for name in ("logmel64", "seed003", "seed000"):
+        cfg = preset(name)
+        from emovox.features import build_frontend, featurize, fix_frames
+
+        want = featurize(wave, cfg, build_frontend(cfg))[0]
+        if cfg.num_frames:
+            want = fix_frames(want, cfg.num_frames, cfg=cfg)
+        got = BatchMaker(cfg, None).eval_item(compute_logmel(wave, cfg))
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=0.1 if cfg.kind == "mfcc" else 0.02, rtol=1e-3)
+
+
+def test_augmentation_keeps_shapes_and_changes_values(synth_corpus):
+    wave = emovox.audio.load_audio(sorted(synth_corpus.glob("*.wav"))[0])
+    cfg = preset("logmel64")
+    lm = compute_logmel(wave, cfg)
+    plain = BatchMaker(cfg, None, crop_frames=50)
+    aug = BatchMaker(cfg, None, crop_frames=50, augment=AugmentConfig(noise_prob=1.0, speed_prob=1.0))
+    rng = np.random.default_rng(0)
+    a = plain.train_item(lm, rng)
+    b = aug.train_item(lm, rng)
+    assert a.shape == b.shape == (64, 50)
+    assert not torch.allclose(a, b)
+    short = BatchMaker(cfg, None, crop_frames=500, augment=AugmentConfig())
+    feats, lengths = short.train_batch([lm, lm[:, :40]], rng)
+    assert feats.shape[0] == 2 and lengths is not None and int(lengths.max()) == feats.shape[-1]
+    fixed = BatchMaker(preset("seed000"), None, augment=AugmentConfig())
+    feats, lengths = fixed.train_batch([compute_logmel(wave, preset("seed000"))] * 2, rng)
+    assert feats.shape == (2, 64, 100) and lengths is None
