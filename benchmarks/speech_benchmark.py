@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 FAMILIES = ["cnn", "cnn2d", "lstm", "crnn", "egemaps_svm"]
+#: Families that can be asked for but are not run by default (``ssl`` needs ``--ssl-backbone``).
+OPTIONAL_FAMILIES = ["ssl"]
 PROTOCOLS = ["ravdess8", "crema6", "ravdess_to_crema", "crema_to_ravdess"]
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Training settings per family (learning rate, mixup); everything else is TrainConfig's default
@@ -45,6 +47,7 @@ FAMILY_SETTINGS = {
     "cnn2d": {"lr": 3e-3, "mixup_alpha": 0.2},
     "crnn": {"lr": 3e-3, "mixup_alpha": 0.2},
     "lstm": {"lr": 2e-3, "mixup_alpha": 0.0},
+    "ssl": {"lr": 1e-3, "mixup_alpha": 0.0},
 }
 SVM_C_GRID = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
@@ -52,7 +55,10 @@ SVM_C_GRID = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding ravdess/ and crema-d/")
-    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: " + ", ".join(FAMILIES))
+    p.add_argument("--families", default=",".join(FAMILIES),
+                   help="comma-separated: " + ", ".join(FAMILIES + OPTIONAL_FAMILIES))
+    p.add_argument("--ssl-backbone", dest="ssl_backbone", default=None,
+                   help="pretrained backbone (Hugging Face id or local folder) for the optional ssl family")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated: " + ", ".join(PROTOCOLS))
     p.add_argument("--folds", type=int, default=5, help="speaker folds for within-corpus protocols")
     p.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (default: all)")
@@ -75,8 +81,10 @@ def parse_args(argv=None):
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     args.protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
     for f in args.families:
-        if f not in FAMILIES:
-            p.error(f"unknown family {f!r}; choose from {', '.join(FAMILIES)}")
+        if f not in FAMILIES + OPTIONAL_FAMILIES:
+            p.error(f"unknown family {f!r}; choose from {', '.join(FAMILIES + OPTIONAL_FAMILIES)}")
+    if "ssl" in args.families and not args.ssl_backbone:
+        p.error("the ssl family needs --ssl-backbone (a Hugging Face id or a local checkpoint folder)")
     for x in args.protocols:
         if x not in PROTOCOLS:
             p.error(f"unknown protocol {x!r}; choose from {', '.join(PROTOCOLS)}")
@@ -219,6 +227,7 @@ def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
     cfg = TrainConfig(model=family, epochs=args.epochs, batch_size=args.batch_size, lr_schedule="cosine",
                       warmup_epochs=2.0 if args.epochs > 10 else 0.5, augment=True,
                       early_stopping_patience=args.patience, seed=args.seed, num_workers=args.workers,
+                      model_kwargs={"backbone": args.ssl_backbone} if family == "ssl" else {},
                       **FAMILY_SETTINGS[family])
     res = train_model(plan, labels, cfg, out_dir, cache=cache, echo=lambda s: print(f"    {s}", flush=True))
     out = {"uar": res.metrics["uar"], "macro_f1": res.metrics["macro_f1"], "accuracy": res.metrics["accuracy"],

@@ -154,7 +154,8 @@ def bench_size(size: str, folder: Path, clips: list[np.ndarray], args, device: t
             for i in range(min(n, 8)):
                 model(batch[i : i + 1, None].to(device))
         out["inference_one_clip_ms"] = 1000 * t.seconds / min(n, 8)
-    del model, opt, states
+    del model, opt
+    states.clear()  # free the in-memory states before the fine-tune timing
 
     # -- fine-tuning the top layers: the backbone runs on every batch
     if args.finetune_layers:

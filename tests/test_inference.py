@@ -325,3 +325,30 @@ def test_batching_never_changes_results_for_any_front_end(cnn_dir, lstm_dir):
         together = model.probabilities(waves)
         alone = np.stack([model.probabilities([w])[0] for w in waves])
         np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ shipped model
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_shipped_default_model_loads_from_package_data_and_answers():
+    from emovox.inference import available_models
+
+    shipped = {m["name"]: m for m in available_models()}
+    assert "default" in shipped and shipped["default"]["labels"] == list(EKMAN7)
+    model = load_model()  # no argument: the default, through importlib.resources
+    assert model.name == "default" and model.labels == list(EKMAN7)
+    assert (model.path / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
+    p = model.predict(EXAMPLES / "ravdess_03-01-05-02-01-01-12.flac")  # an angry clip (training speaker)
+    assert sum(p.scores.values()) == pytest.approx(1.0)
+    assert p.label == "angry" or "angry" in dict(p.top_k(2))
+    q = model.predict(EXAMPLES / "crema-d_1012_IEO_HAP_HI.opus")  # Opus, another corpus
+    assert q.scores != p.scores and sum(q.scores.values()) == pytest.approx(1.0)
+
+
+def test_readme_main_job_prints_the_json_record(capsys):
+    code = main(["classify", str(EXAMPLES / "ravdess_03-01-05-02-01-01-12.flac"), "--format", "json"])
+    rec = json.loads(capsys.readouterr().out)
+    assert code == 0 and rec["emotion"] in EKMAN7 and 0 < rec["confidence"] <= 1
+    assert rec["music_mood"] and isinstance(rec["low_confidence"], bool)

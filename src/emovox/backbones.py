@@ -231,7 +231,7 @@ def weights_hash(module: nn.Module) -> str:
     for t in module.state_dict().values():
         a = t.detach().cpu().contiguous()
         h = hashlib.sha1(f"{a.dtype}{tuple(a.shape)}".encode())
-        h.update(a.view(torch.uint8).numpy() if a.numel() else b"")
+        h.update(a.reshape(-1).view(torch.uint8).numpy() if a.numel() else b"")
         digests.append(h.hexdigest())
     return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
@@ -272,8 +272,8 @@ class _HubAccess:
         rev = {"revision": self.ref.revision} if (self.ref.kind == "hub" and self.ref.revision) else {}
         try:
             return fn(self.location, local_files_only=True, **rev, **kw)
-        except (OSError, ValueError) as e:
-            if self.local_only:
+        except Exception as e:  # noqa: BLE001 - transformers, hub and safetensors raise many types
+            if self.local_only or not isinstance(e, (OSError, ValueError)):
                 raise BackboneError(f"cannot load the backbone {self.ref.describe()} from {self.location}: "
                                     f"{_first_line(e)}") from e
             first = e
@@ -289,7 +289,7 @@ class _HubAccess:
             self.checked_online = True
         try:
             return fn(self.location, **rev, **kw)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - as above
             raise BackboneError(f"cannot download the backbone {self.ref.describe()}: {_first_line(e)}. "
                                 + _HOW_TO_PROVIDE.format(src=self.ref.source)) from e
 
@@ -318,7 +318,7 @@ def load_backbone(source: str | os.PathLike | dict[str, Any] | BackboneRef, *, r
     try:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     except ImportError as e:  # pragma: no cover - a dependency of emovox
-        raise BackboneError("pretrained backbones need the transformers package: pip install transformers") from e
+        raise BackboneError("pretrained backbones need the transformers package: pip install 'emovox[ssl]'") from e
 
     config = access.load(AutoConfig.from_pretrained)
     model_type = getattr(config, "model_type", "")

@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("classify", "classify"),
     ("stream", "stream"),
+    ("serve", "serve"),
     ("text", "text"),
     ("text-train", "text_train"),
     ("text-evaluate", "text_evaluate"),

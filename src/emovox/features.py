@@ -59,7 +59,8 @@ class FeatureConfig:
 
     def __post_init__(self):
         if self.kind not in ("logmel", "mfcc", "waveform"):
-            raise ValueError(f"FeatureConfig.kind must be 'logmel', 'mfcc' or 'waveform', got {self.kind!r}")
+            raise ValueError(f"FeatureConfig.kind must be 'logmel' or 'mfcc' (or 'waveform': raw samples, for "
+                             f"models with a pretrained backbone), got {self.kind!r}")
         if self.kind == "waveform":
             self._fix_waveform_fields()
         wl = self.win_length or self.n_fft

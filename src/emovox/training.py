@@ -25,6 +25,11 @@ Choices, and why:
   types, so it loads with ``torch.load(weights_only=True)``.
 - **Calibration.** After training, a temperature is fitted on the validation split (LBFGS on the
   NLL) and saved in the model config; ECE before and after is reported.
+- **Pretrained backbones** (``ssl``): :class:`emovox.models.ssl.SSLTraining` supplies the model, the
+  features (backbone hidden states cached once per clip, or waveforms when fine-tuning) and the
+  batch makers in place of the log-mel ones; the loop is the same (see ``docs/ssl.md``).
+- **Distributed.** Under ``torchrun`` every rank builds the same global batch and trains on its
+  rows; validation is sharded and gathered; rank 0 writes (:mod:`emovox.distributed`).
 - **Reported split.** The held-out test split when there is one (``test_speakers`` or folds),
   otherwise the validation split (which also chose the epoch, so it is optimistic; the metrics
   file says which).

@@ -68,11 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add(g, "--finetune-backbone", dest="finetune_backbone", type=int, default=0, metavar="N",
          help="train the top N transformer layers too (0: frozen backbone, hidden states cached once per clip)")
     _add(g, "--bundle-backbone", dest="bundle_backbone", action="store_true",
-         help="copy the backbone into OUTPUT_DIR/backbone so the model folder is self-contained (default: "
-              "referenced by id or path)")
+         help="copy the backbone into OUTPUT_DIR/backbone so the model folder is self-contained (otherwise "
+              "it references the backbone by id or path)")
     _add(g, "--ssl-layers", dest="ssl_layers", default=None, metavar="LAYERS",
-         help="hidden layers the head weighs: all (default), a range '6-12' or a list '0,4,8' (0: the transformer "
-              "input); fewer layers, smaller cache")
+         help="hidden layers the head weighs: a range '6-12' or a list '0,4,8' (0: the transformer input; "
+              "None: all); fewer layers, smaller cache")
     _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention"], default="cnn",
          help="1D CNN with mean/std pooling, or attentive statistics pooling")
     g = p.add_argument_group("training")

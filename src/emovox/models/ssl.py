@@ -89,15 +89,21 @@ class SSLHybrid(nn.Module):
                  layer_norm: bool = True, chunk_s: float = 20.0, overlap_s: float = 2.0,
                  model_dir: str | os.PathLike | None = None):
         super().__init__()
-        from ..backbones import load_backbone
+        from ..backbones import BackboneError, BackboneRef, load_backbone
 
         if n_features != 1:
             raise ValueError(f"the ssl model takes raw samples (features kind 'waveform', one feature), "
                              f"got {n_features} features")
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        self.backbone = load_backbone(backbone, revision=revision, model_dir=model_dir, chunk_s=chunk_s,
-                                      overlap_s=overlap_s)
+        try:
+            self.backbone = load_backbone(backbone, revision=revision, model_dir=model_dir, chunk_s=chunk_s,
+                                          overlap_s=overlap_s)
+        except BackboneError as e:
+            if not isinstance(backbone, dict):
+                raise
+            raise BackboneError(f"this model needs the backbone it was trained with, "
+                                f"{BackboneRef.from_dict(backbone).describe()}: {e}") from e
         n_layers = self.backbone.num_layers
         if not 0 <= int(finetune_layers) <= n_layers:
             raise ValueError(f"finetune_layers must be in 0..{n_layers} (the backbone's transformer layers), "

@@ -1,0 +1,85 @@
+"""emovox serve: the HTTP service (seed 001/002/004 endpoints, WebSocket streaming) and its web page."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables)"
+
+log = logging.getLogger("emovox.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--model", default=None,
+                   help="speech model folder or shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
+    p.add_argument("--text-model", default=None,
+                   help="text model folder, or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default 0.70)")
+    p.add_argument("--max-upload-mb", type=float, default=None,
+                   help="largest request body in MiB (env EMOVOX_MAX_UPLOAD_MB; default 25)")
+    p.add_argument("--max-duration-s", type=float, default=None,
+                   help="longest clip or stream in seconds (env EMOVOX_MAX_DURATION_S; default 600)")
+    p.add_argument("--api-key", default=None,
+                   help="require this key (X-API-Key or Authorization: Bearer); prefer env EMOVOX_API_KEY, "
+                        "since flags show in the process list")
+    p.add_argument("--cors-origins", default=None,
+                   help="comma-separated origins allowed to call the API from browsers (env EMOVOX_CORS_ORIGINS)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
+    p.add_argument("--limit-concurrency", type=int, default=None,
+                   help="uvicorn: connections at once per worker before answering 503 (bounds the memory held "
+                        "by simultaneous uploads, each up to --max-upload-mb)")
+    p.add_argument("--max-concurrency", type=int, default=None,
+                   help="inferences at once per worker (env EMOVOX_MAX_CONCURRENCY; default min(4, cores))")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads per inference (env EMOVOX_TORCH_THREADS; default 1: requests run "
+                        "in parallel instead, which is much faster on a busy CPU)")
+    p.add_argument("--mock", action="store_true",
+                   help="front-end development only: deterministic fake answers labelled \"mock\": true "
+                        "(env USE_MOCK_MODELS=true)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level")
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("emovox serve: error: the server needs its extras: pip install 'emovox[serve]'", file=sys.stderr)
+        return 2
+    from ..server.app import create_app
+    from ..server.services import load_services
+    from ..server.settings import Settings
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    settings = Settings.from_env(
+        model=args.model, text_model=args.text_model, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
+        max_duration_s=args.max_duration_s, api_key=args.api_key, cors_origins=args.cors_origins,
+        max_concurrency=args.max_concurrency, use_mock_models=True if args.mock else None,
+        torch_threads=args.torch_threads,
+    )
+    if settings.torch_threads is None:
+        settings = settings.replace(torch_threads=1)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        log.warning("serving on %s without an API key: anyone who can reach this port can use the service "
+                    "(set EMOVOX_API_KEY)", args.host)
+    # Load the models before binding the port: a missing or broken model is one clear line, exit 2.
+    services = load_services(settings)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs)"
+          f"{'  [MOCK MODELS]' if settings.use_mock_models else ''}", file=sys.stderr)
+    if args.workers == 1:
+        uvicorn.run(create_app(settings, services=services), host=args.host, port=args.port, log_level=args.log_level,
+                    limit_concurrency=args.limit_concurrency)
+    else:
+        del services  # each worker loads its own, from the same settings passed through the environment
+        os.environ.update(settings.to_env())
+        uvicorn.run("emovox.server.app:create_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level, limit_concurrency=args.limit_concurrency)
+    return 0

@@ -1,0 +1,14 @@
+"""The HTTP service and its web page (``emovox serve``; needs ``pip install 'emovox[serve]'``).
+
+>>> from emovox.server import Settings, create_app
+>>> app = create_app(Settings(model="runs/r1", api_key="s3cret"))
+
+See ``docs/server.md`` for the endpoints, settings and limits.
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .settings import Settings, SettingsError
+
+__all__ = ["Settings", "SettingsError", "create_app"]

@@ -1,0 +1,486 @@
+"""The HTTP service: seed 002's and seed 001's endpoints, timelines, text, a WebSocket stream, a web page.
+
+>>> from emovox.server import Settings, create_app
+>>> app = create_app(Settings(model="runs/r1"))        # or create_app() to read the environment
+
+``uvicorn emovox.server.app:create_app --factory`` serves it with settings from the
+environment; ``emovox serve`` does the same from flags. Models load once, when the service
+starts (the lifespan), never at import. Inference runs in worker threads behind a capacity
+limiter, so a slow request never stalls the event loop. Uploads are parsed in memory within
+``EMOVOX_MAX_UPLOAD_MB``; no client input is ever used as a file path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..audio import AudioError, audio_info, pcm16_to_float
+from ..labels import TAXONOMIES, LabelError, music_mood
+from . import schemas
+from .services import Services, load_services
+from .settings import Settings
+from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Routes that stay open when an API key is set: health, the web page and the API docs.
+OPEN_ROUTES = ("/", "/ui", "/ui/app.js", "/ui/style.css", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+#: Static files of the web page (name -> media type); nothing else is ever read from disk.
+STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+          "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+          "frame-ancestors 'none'")
+AUDIO_FORMATS = "WAV, FLAC, Ogg/Vorbis, Ogg/Opus, MP3, AIFF"
+#: Most windows one timeline request may compute (duration / hop_s), so one request cannot pin a CPU for minutes.
+MAX_TIMELINE_WINDOWS = 1200
+#: WebSocket close codes.
+WS_NORMAL, WS_POLICY, WS_TOO_BIG = 1000, 1008, 1009
+
+LABELS_QUERY = Query(None, description=f"fold scores into another label set: {', '.join(TAXONOMIES)}",
+                     examples=["basic5"])
+
+ERRORS = {
+    400: {"model": schemas.ErrorResponse, "description": "empty, truncated or corrupt audio (NaN, zero samples), bad labels="},
+    401: {"model": schemas.ErrorResponse, "description": "API key missing or wrong (when EMOVOX_API_KEY is set)"},
+    413: {"model": schemas.ErrorResponse, "description": "upload larger than EMOVOX_MAX_UPLOAD_MB, or audio longer than EMOVOX_MAX_DURATION_S"},
+    415: {"model": schemas.ErrorResponse, "description": f"not an audio file (accepted: {AUDIO_FORMATS})"},
+    422: {"model": schemas.ErrorResponse, "description": "missing multipart field or invalid parameters"},
+}
+
+
+def _multipart_doc(*names: str) -> dict[str, Any]:
+    props = {n: {"type": "string", "format": "binary",
+                 "description": f"audio file ({AUDIO_FORMATS}); any rate, mono or stereo"} for n in names}
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if len(names) == 1:
+        schema["required"] = list(names)
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _services(request: Request | WebSocket) -> Services:
+    return request.app.state.services
+
+
+def _settings(request: Request | WebSocket) -> Settings:
+    return request.app.state.settings
+
+
+def _out(request: Request | WebSocket, payload: dict[str, Any]) -> dict[str, Any]:
+    if _services(request).mock:
+        payload["mock"] = True
+    return payload
+
+
+async def _in_thread(request: Request | WebSocket, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (decoding, inference) in a worker thread, at most ``max_concurrency`` at once."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=request.app.state.limiter)
+
+
+def _check_labels(services: Services, labels: str | None) -> str | None:
+    """``labels=`` must name a taxonomy (never a path or a mapping) the model's labels fold into."""
+    if labels is None or labels == "":
+        return None
+    if labels not in TAXONOMIES:
+        raise ApiError(400, f"unknown labels={labels!r}; accepted: {', '.join(TAXONOMIES)}",
+                       {"accepted": list(TAXONOMIES)})
+    try:
+        services.audio.output_labels(labels)
+    except LabelError as e:
+        raise ApiError(400, f"labels={labels!r}: {e}") from e
+    return labels
+
+
+def _audio_error(e: AudioError) -> ApiError:
+    msg = str(e)
+    if "too long" in msg:
+        return ApiError(413, msg)
+    return ApiError(400, msg)
+
+
+def _decode_check(data: bytes, settings: Settings) -> float:
+    """Header checks before decoding: 400 empty, 415 not audio, 413 too long. Returns the duration (s)."""
+    if not data:
+        raise ApiError(400, "empty upload: the audio file has 0 bytes")
+    try:
+        info = audio_info(data)
+    except AudioError as e:
+        raise ApiError(415, f"unsupported or unrecognised audio: {e}", {"accepted": AUDIO_FORMATS}) from e
+    if info.duration_s > settings.max_duration_s:
+        raise ApiError(413, f"audio too long: {info.duration_s:.1f} s exceeds the maximum of "
+                            f"{settings.max_duration_s:g} s (EMOVOX_MAX_DURATION_S)",
+                       {"duration_s": round(info.duration_s, 3), "max_duration_s": settings.max_duration_s})
+    return info.duration_s
+
+
+def _predict(services: Services, settings: Settings, data: bytes, labels: str | None):
+    duration = _decode_check(data, settings)
+    try:
+        return services.audio.predict(data, labels=labels), duration
+    except AudioError as e:
+        raise _audio_error(e) from e
+
+
+def _timeline(services: Services, settings: Settings, data: bytes, labels: str | None, window_s: float, hop_s: float):
+    duration = _decode_check(data, settings)
+    n_windows = 1 + max(0.0, duration - window_s) / hop_s
+    if n_windows > MAX_TIMELINE_WINDOWS:
+        raise ApiError(400, f"too many timeline windows: {duration:.0f} s with hop_s={hop_s:g} gives {n_windows:.0f}, "
+                            f"more than {MAX_TIMELINE_WINDOWS}; use hop_s >= {duration / MAX_TIMELINE_WINDOWS:.2f}",
+                       {"max_windows": MAX_TIMELINE_WINDOWS})
+    try:
+        return services.audio.timeline(data, labels=labels, window_s=window_s, hop_s=hop_s)
+    except AudioError as e:
+        raise _audio_error(e) from e
+
+
+def _round(x: float) -> float:
+    return round(float(x), 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's EMOVOX_API_KEY")
+_bearer = HTTPBearer(auto_error=False, description="the service's EMOVOX_API_KEY as a bearer token")
+
+
+def _key_ok(expected: str | None, *candidates: str | None) -> bool:
+    if not expected:
+        return True
+    return any(c is not None and secrets.compare_digest(c.encode(), expected.encode()) for c in candidates)
+
+
+async def require_key(request: Request, key: str | None = Depends(_api_key_header),
+                      bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    expected = _settings(request).api_key
+    if not _key_ok(expected, key, bearer.credentials if bearer else None):
+        raise ApiError(401, "missing or invalid API key: send it in the X-API-Key header or as "
+                            "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+def _static(name: str) -> bytes:
+    return (resources.files("emovox.server") / "static" / name).read_bytes()
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """The FastAPI app. ``settings`` default to the environment; ``services`` (already loaded models)
+    skip loading at start-up (``emovox serve`` loads them first, to fail before binding a port)."""
+    settings = Settings.from_env() if settings is None else settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(int(settings.torch_threads))
+        if services is None:
+            try:
+                app.state.services = await anyio.to_thread.run_sync(load_services, settings)
+            except Exception as e:
+                log.error("emovox server cannot start: %s", e)
+                raise
+        else:
+            app.state.services = services
+        app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
+        s = app.state.services
+        log.info("emovox server ready: speech model %s (%s)%s, text %s", s.audio_info["name"],
+                 s.audio_info["version"], " [MOCK]" if s.mock else "",
+                 s.text_info.get("name") if s.text_info["available"] else "unavailable")
+        yield
+
+    app = FastAPI(
+        title="emovox",
+        version=__version__,
+        description=("Speech (and text) emotion recognition. Upload a clip as multipart field `file`; "
+                     "every prediction gives the top emotion, its calibrated confidence and every label's "
+                     "probability. `WS /stream` takes 16 kHz 16-bit PCM chunks. Errors are "
+                     '`{"status": "error", "error": ..., "detail": ...}`. A web page is at [/ui](/ui).'),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    mock = settings.use_mock_models
+    _install_error_handlers(app, mock)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, mock=mock)
+    if mock:
+        @app.middleware("http")
+        async def _mock_header(request: Request, call_next):
+            response = await call_next(request)
+            response.headers["X-Emovox-Mock"] = "true"
+            return response
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
+    _add_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, mock: bool) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc, ApiError):
+            body = error_body(exc.message, exc.extra, mock=mock)
+        else:
+            body = error_body(str(exc.detail), None, mock=mock)
+        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        errors = jsonable_encoder(exc.errors(), exclude={"input", "url"})
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'validation failed')}"
+        return JSONResponse(error_body(message, errors, mock=mock), 422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal server error", type(exc).__name__, mock=mock), 500)
+
+
+def _add_routes(app: FastAPI) -> None:
+    auth = [Depends(require_key)]
+
+    # -- health, page ------------------------------------------------------------------------
+    @app.get("/", response_model=schemas.Health, tags=["service"], summary="Health, models and links (open)")
+    async def health(request: Request):
+        s, st = _services(request), _settings(request)
+        return {
+            "status": "ok", "service": "emovox", "version": __version__, "mock": s.mock,
+            "models": {"audio": {**s.audio_info, **({"mock": True} if s.mock else {})}, "text": s.text_info},
+            "labels": s.audio.labels, "text_available": bool(s.text_info.get("available")),
+            "limits": {"max_upload_mb": st.max_upload_mb, "max_duration_s": st.max_duration_s,
+                       "confidence_threshold": st.threshold},
+            "auth": {"required": bool(st.api_key), "header": "X-API-Key, or Authorization: Bearer <key>",
+                     "websocket": "X-API-Key header, or ?api_key= (browsers cannot set WebSocket headers)",
+                     "open_routes": list(OPEN_ROUTES)},
+            "links": {"ui": "/ui", "docs": "/docs", "openapi": "/openapi.json"},
+        }
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui() -> HTMLResponse:
+        return HTMLResponse(_static("index.html"), headers={"Content-Security-Policy": UI_CSP,
+                                                            "Cache-Control": "no-cache"})
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def ui_asset(name: str) -> Response:
+        if name not in STATIC_FILES or name == "index.html":
+            raise ApiError(404, f"no such page asset: {name!r}")
+        return Response(_static(name), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    # -- predictions -------------------------------------------------------------------------
+    @app.post("/predict-emotion/", response_model=schemas.EmotionResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file"), tags=["speech"],
+              summary="Classify one clip (seed 002)")
+    async def predict_emotion(request: Request, labels: str | None = LABELS_QUERY):
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("file",))
+        pred, duration = await _in_thread(request, _predict, s, st, upload.data, labels)
+        return _out(request, {
+            "emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood,
+            "all_probabilities": {k: _round(v) for k, v in pred.scores.items()}, "status": "success",
+            "low_confidence": pred.low_confidence, "threshold": st.threshold, "duration_s": round(duration, 3),
+            "silent": True if pred.silent else None, "model": s.audio.name,
+        })
+
+    @app.post("/predict-realtime/", response_model=schemas.RealtimeResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("audio_buffer"), tags=["speech"],
+              summary="Classify a short buffer (seed 002)")
+    async def predict_realtime(request: Request, labels: str | None = LABELS_QUERY):
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("audio_buffer",))
+        pred, _ = await _in_thread(request, _predict, s, st, upload.data, labels)
+        return _out(request, {"emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood})
+
+    @app.post("/api/classify-emotion", response_model=schemas.ClassifyResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file", "audio"), tags=["speech"],
+              summary="Classify one clip (seed 001; field 'file' or 'audio')")
+    async def classify_emotion(request: Request, labels: str | None = LABELS_QUERY):
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("file", "audio"))
+        pred, _ = await _in_thread(request, _predict, s, st, upload.data, labels)
+        return _out(request, {"emotion": pred.label, "confidence": _round(pred.score)})
+
+    @app.post("/predict-timeline/", response_model=schemas.TimelineResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file"), tags=["speech"],
+              summary="Emotion over time in a long recording")
+    async def predict_timeline(request: Request, labels: str | None = LABELS_QUERY,
+                               window_s: float = Query(3.0, ge=0.5, le=30.0, description="window length, seconds"),
+                               hop_s: float = Query(1.0, ge=0.25, le=30.0, description="hop between windows, seconds")):
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("file",))
+        tl = await _in_thread(request, _timeline, s, st, upload.data, labels, window_s, hop_s)
+        return _out(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
+
+    @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
+             responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
+             summary="The model's labels (seed 002)")
+    async def emotions(request: Request, labels: str | None = LABELS_QUERY):
+        s = _services(request)
+        names = s.audio.output_labels(_check_labels(s, labels))
+        return _out(request, {"emotions": names, "count": len(names)})
+
+    @app.get("/music-moods/", response_model=dict[str, str | bool],
+             responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
+             summary='Music mood per label (seed 002): {emotion: mood}, plus "mock": true in mock mode')
+    async def music_moods(request: Request, labels: str | None = LABELS_QUERY):
+        s = _services(request)
+        names = s.audio.output_labels(_check_labels(s, labels))
+        return _out(request, {n: music_mood(n) for n in names})
+
+    # -- text ---------------------------------------------------------------------------------
+    @app.post("/predict-text/", response_model=schemas.TextResponse | schemas.TextBatchResponse,
+              response_model_exclude_none=True,
+              responses={400: ERRORS[400], 401: ERRORS[401], 413: ERRORS[413], 422: ERRORS[422],
+                         503: {"model": schemas.ErrorResponse, "description": "no text model available"}},
+              dependencies=auth, tags=["text"], summary="Multi-label text emotion (seed 004)")
+    async def predict_text(request: Request, body: schemas.TextRequest,
+                           labels: str = Query("goemotions", description="goemotions, ekman or audio7")):
+        s = _services(request)
+        if s.text is None:
+            raise ApiError(503, f"text emotion model unavailable: {s.text_info.get('reason')}",
+                           {"text_model": s.text_info})
+        texts = [body.text] if body.text is not None else list(body.texts or [])
+        try:
+            results = await _in_thread(request, s.text.predict, texts, labels=labels)
+        except ValueError as e:  # TextError (empty text), LabelError (labels=)
+            raise ApiError(400, str(e)) from e
+        rows = [{k: r.to_dict()[k] for k in schemas.TextResult.model_fields} for r in results]
+        name = s.text_info.get("name") or "text"
+        if body.text is not None:
+            return _out(request, {**rows[0], "status": "success", "model": name})
+        return _out(request, {"status": "success", "results": rows, "count": len(rows), "model": name})
+
+    # -- streaming ----------------------------------------------------------------------------
+    @app.websocket("/stream")
+    async def stream(ws: WebSocket, labels: str | None = None, sample_rate_hz: int = 16000,
+                     api_key: str | None = None):
+        await _stream(ws, labels, sample_rate_hz, api_key)
+
+
+async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None) -> None:
+    """``WS /stream``: binary 16-bit little-endian PCM chunks in, one JSON update per chunk out.
+
+    Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
+    the server closes (1000). ``{"event": "reset"}`` starts over. A frame with an odd byte count
+    is answered with an error message and dropped; the connection stays usable. Streams longer
+    than ``EMOVOX_MAX_DURATION_S`` are closed with 1009; a wrong API key or bad parameters with 1008.
+    """
+    s, st = _services(ws), _settings(ws)
+    await ws.accept()
+
+    async def fail(message: str, code: int, **detail: Any) -> None:
+        await ws.send_json(_out(ws, error_body(message, detail or None)))
+        await ws.close(code=code, reason=message[:120])
+
+    auth = ws.headers.get("authorization", "")
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    if not _key_ok(st.api_key, ws.headers.get("x-api-key"), bearer, api_key):
+        await fail("missing or invalid API key: send the X-API-Key header or ?api_key=", WS_POLICY)
+        return
+    try:
+        labels = _check_labels(s, labels)
+    except ApiError as e:
+        await fail(e.message, WS_POLICY)
+        return
+    if not 8000 <= sample_rate_hz <= 192000:
+        await fail(f"sample_rate_hz must be between 8000 and 192000, got {sample_rate_hz}", WS_POLICY)
+        return
+    model_sr = s.audio.sample_rate_hz
+    resampler = None
+    if sample_rate_hz != model_sr:
+        import soxr
+
+        resampler = soxr.ResampleStream(sample_rate_hz, model_sr, 1, dtype="float32")
+    session = s.audio.stream(labels=labels, window_s=st.stream_window_s, max_buffer_s=st.max_duration_s)
+    max_samples = int(st.max_duration_s * sample_rate_hz)
+    received = 0
+
+    def push(x: np.ndarray) -> list[dict[str, Any]]:
+        if resampler is not None:
+            x = resampler.resample_chunk(x)
+        return session.push(x)
+
+    def finish() -> dict[str, Any] | None:
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                session.push(tail)
+        return session.finish()
+
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                if len(data) % 2:
+                    await ws.send_json(_out(ws, {**error_body(
+                        f"bad frame: 16-bit PCM needs an even number of bytes, got {len(data)}; frame dropped",
+                        {"bytes": len(data)}), "code": "bad_frame"}))
+                    continue
+                received += len(data) // 2
+                if received > max_samples:
+                    await fail(f"stream too long: more than {st.max_duration_s:g} s of audio "
+                               "(EMOVOX_MAX_DURATION_S)", WS_TOO_BIG)
+                    return
+                for update in await _in_thread(ws, push, pcm16_to_float(data)):
+                    await ws.send_json(_out(ws, {**update, "status": "success", "final": False}))
+            elif text is not None:
+                try:
+                    event = json.loads(text).get("event")
+                except (ValueError, AttributeError):
+                    event = None
+                if event == "end":
+                    final = await _in_thread(ws, finish)
+                    if final is None:
+                        await ws.send_json(_out(ws, {**error_body("no audio was received"), "final": True}))
+                    else:
+                        await ws.send_json(_out(ws, {**final, "status": "success", "final": True}))
+                    await ws.close(code=WS_NORMAL)
+                    return
+                if event == "reset":
+                    session.reset()
+                    received = 0
+                    await ws.send_json(_out(ws, {"status": "success", "event": "reset"}))
+                    continue
+                await ws.send_json(_out(ws, {**error_body(
+                    'unknown message: send binary 16-bit PCM chunks, {"event": "end"} or {"event": "reset"}'),
+                    "code": "bad_message"}))
+    except WebSocketDisconnect:
+        return
+    except AudioError as e:
+        await fail(str(e), WS_POLICY)

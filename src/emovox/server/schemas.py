@@ -1,0 +1,177 @@
+"""Response (and request) models of the HTTP API; they are what ``/docs`` shows.
+
+Every prediction carries ``"mock": true`` when the service runs with ``USE_MOCK_MODELS`` (the
+field is absent otherwise); errors are :class:`ErrorResponse`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MOCK_FIELD = Field(None, description='true when the service runs mock models (USE_MOCK_MODELS); absent otherwise')
+
+#: Longest batch and longest text accepted by ``POST /predict-text/``.
+MAX_TEXTS = 256
+MAX_TEXT_CHARS = 20000
+
+
+class ErrorResponse(BaseModel):
+    status: str = Field("error", description='always "error"')
+    error: str = Field(description="what was wrong, and what is accepted")
+    detail: Any = Field(None, description="more about the error (validation errors, limits, ...)")
+    mock: bool | None = MOCK_FIELD
+
+
+class EmotionResponse(BaseModel):
+    """Seed 002's ``/predict-emotion/`` answer, plus ``low_confidence``, ``threshold`` and ``duration_s``."""
+
+    emotion: str = Field(description="top emotion")
+    confidence: float = Field(description="its calibrated probability")
+    music_mood: str = Field(description="music mood for the emotion (seed 002)")
+    all_probabilities: dict[str, float] = Field(description="every label's probability, in the model's order")
+    status: str = Field("success", description='"success"')
+    low_confidence: bool = Field(description="confidence is below the service's threshold")
+    threshold: float = Field(description="the confidence threshold (CONFIDENCE_THRESHOLD)")
+    duration_s: float = Field(description="duration of the decoded clip, seconds")
+    silent: bool | None = Field(None, description="true when the clip is (near) digital silence")
+    model: str = Field(description="name of the speech model that answered")
+    mock: bool | None = MOCK_FIELD
+
+
+class RealtimeResponse(BaseModel):
+    """Seed 002's ``/predict-realtime/`` answer."""
+
+    emotion: str
+    confidence: float
+    music_mood: str
+    mock: bool | None = MOCK_FIELD
+
+
+class ClassifyResponse(BaseModel):
+    """Seed 001's ``/api/classify-emotion`` answer."""
+
+    emotion: str
+    confidence: float
+    mock: bool | None = MOCK_FIELD
+
+
+class EmotionsResponse(BaseModel):
+    emotions: list[str] = Field(description="labels in the model's output order (or of labels=)")
+    count: int
+    mock: bool | None = MOCK_FIELD
+
+
+class Segment(BaseModel):
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+    emotion: str
+    confidence: float = Field(description="mean confidence of the merged windows")
+
+
+class TimelineWindow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    start: float
+    end: float
+    emotion: str
+    confidence: float
+    scores: dict[str, float]
+    music_mood: str
+    low_confidence: bool
+
+
+class TimelineResponse(BaseModel):
+    """Sliding-window predictions over a long recording and the merged segments (``Timeline.to_dict()``)."""
+
+    duration: float = Field(description="seconds")
+    window_s: float
+    hop_s: float
+    segments: list[Segment] = Field(description="consecutive windows with the same emotion, tiling [0, duration]")
+    windows: list[TimelineWindow]
+    status: str = "success"
+    model: str
+    mock: bool | None = MOCK_FIELD
+
+
+class TextRequest(BaseModel):
+    """One text (``{"text": ...}``) or a batch (``{"texts": [...]}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, examples=["I can't believe it worked, thank you!"])
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TextRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
+        if self.texts is not None:
+            long = [i for i, t in enumerate(self.texts) if len(t) > MAX_TEXT_CHARS]
+            if long:
+                raise ValueError(f"texts {long[:5]} are longer than {MAX_TEXT_CHARS} characters")
+        return self
+
+
+class TextLabel(BaseModel):
+    label: str
+    score: float
+
+
+class TextResult(BaseModel):
+    """Multi-label result for one text (seed 004: sigmoid scores, per-class thresholds)."""
+
+    text: str
+    label: str | None = Field(description="best predicted label (the top score when none passes its threshold)")
+    score: float | None
+    labels: list[TextLabel] = Field(description="every predicted label (score at or above its threshold), best first")
+    scores: dict[str, float] = Field(description="every label's sigmoid score")
+    label_set: str = Field(description="goemotions, ekman or audio7")
+    n_tokens: int
+    truncated: bool
+
+
+class TextResponse(TextResult):
+    status: str = "success"
+    model: str
+    mock: bool | None = MOCK_FIELD
+
+
+class TextBatchResponse(BaseModel):
+    status: str = "success"
+    results: list[TextResult]
+    count: int
+    model: str
+    mock: bool | None = MOCK_FIELD
+
+
+class AudioModelInfo(BaseModel):
+    name: str
+    kind: str = Field(description="architecture (cnn, lstm, ...)")
+    version: str = Field(description="sha256 prefix of the weights file: changes whenever the weights do")
+    emovox_version: str | None = Field(None, description="emovox version that wrote the model")
+    labels: list[str]
+    sample_rate_hz: int
+    streaming: bool = Field(description="frame-by-frame streaming model (else windowed re-classification)")
+
+
+class TextModelInfo(BaseModel):
+    available: bool
+    name: str | None = None
+    version: str | None = None
+    labels: list[str] | None = None
+    reason: str | None = Field(None, description="why text is unavailable")
+
+
+class Health(BaseModel):
+    status: str = Field("ok", description='"ok"')
+    service: str = "emovox"
+    version: str = Field(description="emovox version")
+    mock: bool = Field(description="true when running mock models (USE_MOCK_MODELS)")
+    models: dict[str, Any] = Field(description='{"audio": AudioModelInfo, "text": TextModelInfo}')
+    labels: list[str] = Field(description="the speech model's labels")
+    text_available: bool
+    limits: dict[str, float] = Field(description="max_upload_mb, max_duration_s, confidence_threshold")
+    auth: dict[str, Any] = Field(description="whether an API key is required and which routes stay open")
+    links: dict[str, str]

@@ -1,0 +1,174 @@
+"""The models a service answers with, loaded once at start-up; and the mock models.
+
+:func:`load_services` loads the speech model (required: without one the service refuses to
+start, with the loader's message) and the text model (optional: when none is configured or
+shipped, text is reported unavailable and ``/predict-text/`` answers 503). With
+``USE_MOCK_MODELS=true`` both are replaced by deterministic fakes whose answers depend only on
+the input (a hash of the decoded samples, or of the text); every answer then says ``"mock": true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..inference import EmotionModel, load_model
+from ..labels import EKMAN7, GOEMOTIONS28
+from ..modelio import WEIGHTS_FILE, ModelLoadError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MOCK_LABELS = list(EKMAN7)
+
+
+@dataclass
+class Services:
+    audio: EmotionModel
+    audio_info: dict[str, Any]
+    text: Any = None  # an emovox.text.TextModel, or None
+    text_info: dict[str, Any] = field(default_factory=lambda: {"available": False, "reason": "not loaded"})
+    mock: bool = False
+
+
+def _sha256_prefix(path: Path, n: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def _audio_info(model: EmotionModel, *, mock: bool = False) -> dict[str, Any]:
+    cfg = model.config or {}
+    version = "mock"
+    if not mock and model.path is not None:
+        weights = Path(model.path) / WEIGHTS_FILE
+        version = _sha256_prefix(weights) if weights.is_file() else "unknown"
+    return {
+        "name": model.name,
+        "kind": (cfg.get("model") or {}).get("name", "unknown"),
+        "version": version,
+        "emovox_version": cfg.get("emovox_version"),
+        "labels": model.labels,
+        "sample_rate_hz": model.sample_rate_hz,
+        "streaming": model.streaming,
+    }
+
+
+def load_services(settings: Settings) -> Services:
+    """Load the models the settings name. Raises :class:`ModelLoadError` when the service cannot run."""
+    if settings.use_mock_models:
+        log.warning("USE_MOCK_MODELS is on: answers are deterministic fakes, labelled \"mock\": true")
+        audio = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s)
+        text, text_info = None, {"available": False, "reason": "text mock needs the emovox.text package"}
+        if not settings.text_disabled:
+            try:
+                text = MockTextModel.create()
+                text_info = {"available": True, "name": "mock", "version": "mock", "labels": list(text.labels)}
+            except ImportError as e:
+                text_info = {"available": False, "reason": f"emovox.text is not importable ({e})"}
+        else:
+            text_info = {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
+        return Services(audio, _audio_info(audio, mock=True), text, text_info, mock=True)
+
+    try:
+        audio = load_model(settings.model, threshold=settings.threshold, max_duration_s=settings.max_duration_s)
+    except (ModelLoadError, FileNotFoundError) as e:
+        raise ModelLoadError(
+            f"cannot start the service without a speech model: {e}. Give one with --model or AUDIO_MODEL_DIR "
+            "(a model folder written by `emovox train`, or a shipped model's name); for front-end development "
+            "only, USE_MOCK_MODELS=true serves deterministic fake answers labelled \"mock\": true"
+        ) from e
+    text, text_info = load_text(settings)
+    return Services(audio, _audio_info(audio), text, text_info, mock=False)
+
+
+def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """The text model: the configured folder (errors are fatal), else the shipped default if any."""
+    if settings.text_disabled:
+        return None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
+    try:
+        from ..text import TextModelError, default_model_path, load_text_model
+    except ImportError as e:  # text extras not installed
+        if settings.text_model is not None:
+            raise ModelLoadError(f"TEXT_MODEL_DIR is set but emovox.text cannot be imported: {e}") from e
+        return None, {"available": False, "reason": f"emovox.text is not importable ({e}); pip install 'emovox[text]'"}
+    if settings.text_model is None:
+        try:
+            path = default_model_path()
+        except TextModelError as e:
+            return None, {"available": False, "reason": f"no text model configured (TEXT_MODEL_DIR) and {e}"}
+    else:
+        path = Path(settings.text_model)
+    try:
+        model = load_text_model(path)
+    except (TextModelError, OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the text model {str(path)!r}: {e} (TEXT_MODEL_DIR=none switches text off)") from e
+    head = Path(model.path) / model.config.get("head", {}).get("file", "head.safetensors")
+    version = _sha256_prefix(head) if head.is_file() else "unknown"
+    return model, {"available": True, "name": Path(model.path).name, "version": version,
+                   "labels": list(model.labels)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mock models (USE_MOCK_MODELS=true)
+
+
+def _seed(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
+class MockBackend:
+    """A model runtime whose logits come from a hash of each clip's samples: same clip, same answer."""
+
+    sample_rate_hz = 16000
+    temperature = 1.0
+    config = {"model": {"name": "mock"}, "emovox_version": None}
+
+    def __init__(self, labels: list[str] = MOCK_LABELS):
+        self.labels = list(labels)
+
+    def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float32)
+        for i, w in enumerate(waves):
+            n = len(w) if lengths is None else int(lengths[i])
+            rng = np.random.default_rng(_seed(np.ascontiguousarray(w[:n], dtype=np.float32).tobytes()))
+            out[i] = rng.normal(0.0, 2.0, len(self.labels))
+        return out
+
+
+def mock_audio_model(*, threshold: float, max_duration_s: float) -> EmotionModel:
+    return EmotionModel(MockBackend(), name="mock", path=None, threshold=threshold, max_duration_s=max_duration_s)
+
+
+def _mock_text_class():
+    from ..text import TextModel
+
+    class _MockTextModel(TextModel):
+        """GoEmotions' 28 labels with scores from a hash of each text (no encoder is loaded)."""
+
+        def probabilities(self, texts, *, batch_size: int = 64):
+            probs = np.stack([
+                1.0 / (1.0 + np.exp(-np.random.default_rng(_seed(t.encode("utf-8"))).normal(-2.0, 1.5, len(self.labels))))
+                for t in texts
+            ])
+            n_tokens = np.array([len(t.split()) for t in texts], dtype=np.int64)
+            return probs, n_tokens, np.zeros(len(texts), dtype=bool)
+
+    return _MockTextModel
+
+
+class MockTextModel:
+    @staticmethod
+    def create():
+        cls = _mock_text_class()
+        labels = list(GOEMOTIONS28)
+        cfg = {"labels": labels, "thresholds": dict.fromkeys(labels, 0.5), "global_threshold": 0.5, "top_k": 0,
+               "always_one": False, "max_length": 128, "encoder": {"name": "mock"}, "head": {}}
+        return cls(Path("mock"), cfg, None, None)

@@ -1,0 +1,165 @@
+"""Service settings: from ``emovox serve`` flags and the environment (flags win).
+
+| variable | default | what |
+|---|---|---|
+| ``AUDIO_MODEL_DIR`` | shipped default | speech model: a model folder or a shipped model's name |
+| ``TEXT_MODEL_DIR`` | shipped default if any | text model folder; ``none`` switches text off |
+| ``CONFIDENCE_THRESHOLD`` | 0.70 | top scores below it are flagged ``low_confidence`` |
+| ``EMOVOX_MAX_UPLOAD_MB`` | 25 | largest request body (MiB), enforced while reading |
+| ``EMOVOX_MAX_DURATION_S`` | 600 | longest clip (and longest WebSocket stream), seconds |
+| ``EMOVOX_API_KEY`` | unset | when set, API calls need ``X-API-Key`` or ``Authorization: Bearer`` |
+| ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any) |
+| ``EMOVOX_MAX_CONCURRENCY`` | min(4, cores) | inferences run at once in worker threads |
+| ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | torch intra-op threads, set when the service starts |
+| ``USE_MOCK_MODELS`` | false | front-end development: deterministic fake outputs, labelled ``"mock": true`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEFAULT_MAX_UPLOAD_MB = 25.0
+DEFAULT_MAX_DURATION_S = 600.0
+DEFAULT_THRESHOLD = 0.70
+#: ``TEXT_MODEL_DIR`` values that switch the text model off.
+TEXT_OFF = ("none", "off", "disabled")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A setting with an unusable value; the message names the setting and what is accepted."""
+
+
+def _default_concurrency() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: speech model: folder or shipped name (``None``: the shipped default)
+    model: str | None = None
+    #: text model folder (``None``: the shipped default when there is one; ``"none"``: off)
+    text_model: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    use_mock_models: bool = False
+    max_concurrency: int = field(default_factory=_default_concurrency)
+    #: torch intra-op threads, applied when the service starts (``None``: leave torch as it is). One
+    #: thread per inference, with requests in parallel, is far faster on a busy CPU than OpenMP teams
+    #: contending for the same cores; ``emovox serve`` uses 1.
+    torch_threads: int | None = None
+    #: non-streaming models on ``WS /stream``: seconds classified per update
+    stream_window_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise SettingsError(f"confidence threshold must be in (0, 1), got {self.threshold}")
+        if not float(self.max_upload_mb) > 0:
+            raise SettingsError(f"max upload size must be positive (MiB), got {self.max_upload_mb}")
+        if not float(self.max_duration_s) > 0:
+            raise SettingsError(f"max duration must be positive (seconds), got {self.max_duration_s}")
+        if int(self.max_concurrency) < 1:
+            raise SettingsError(f"max concurrency must be at least 1, got {self.max_concurrency}")
+        if self.torch_threads is not None and int(self.torch_threads) < 1:
+            raise SettingsError(f"torch threads must be at least 1, got {self.torch_threads}")
+        if self.api_key is not None and not self.api_key.strip():
+            object.__setattr__(self, "api_key", None)
+        if isinstance(self.cors_origins, str):
+            object.__setattr__(self, "cors_origins", parse_origins(self.cors_origins))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def text_disabled(self) -> bool:
+        return self.text_model is not None and self.text_model.strip().lower() in TEXT_OFF
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from environment variables; keyword ``overrides`` that are not ``None`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(name)
+            return v if v is not None and v.strip() != "" else None
+
+        if (v := get("AUDIO_MODEL_DIR")) is not None:
+            values["model"] = v
+        if (v := get("TEXT_MODEL_DIR")) is not None:
+            values["text_model"] = v
+        if (v := get("CONFIDENCE_THRESHOLD")) is not None:
+            values["threshold"] = _number("CONFIDENCE_THRESHOLD", v)
+        if (v := get("EMOVOX_MAX_UPLOAD_MB")) is not None:
+            values["max_upload_mb"] = _number("EMOVOX_MAX_UPLOAD_MB", v)
+        if (v := get("EMOVOX_MAX_DURATION_S")) is not None:
+            values["max_duration_s"] = _number("EMOVOX_MAX_DURATION_S", v)
+        if (v := get("EMOVOX_API_KEY")) is not None:
+            values["api_key"] = v
+        if (v := get("EMOVOX_CORS_ORIGINS")) is not None:
+            values["cors_origins"] = parse_origins(v)
+        if (v := get("EMOVOX_MAX_CONCURRENCY")) is not None:
+            values["max_concurrency"] = int(_number("EMOVOX_MAX_CONCURRENCY", v))
+        if (v := get("EMOVOX_TORCH_THREADS")) is not None:
+            values["torch_threads"] = int(_number("EMOVOX_TORCH_THREADS", v))
+        if (v := env.get("USE_MOCK_MODELS")) is not None:
+            values["use_mock_models"] = parse_bool("USE_MOCK_MODELS", v)
+        known = {f.name for f in fields(cls)}
+        for k, v in overrides.items():
+            if k not in known:
+                raise TypeError(f"unknown setting {k!r}; known: {', '.join(sorted(known))}")
+            if v is not None:
+                values[k] = parse_origins(v) if k == "cors_origins" and isinstance(v, str) else v
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that :meth:`from_env` reads back into these settings (for worker processes)."""
+        env = {
+            "CONFIDENCE_THRESHOLD": repr(float(self.threshold)),
+            "EMOVOX_MAX_UPLOAD_MB": repr(float(self.max_upload_mb)),
+            "EMOVOX_MAX_DURATION_S": repr(float(self.max_duration_s)),
+            "EMOVOX_MAX_CONCURRENCY": str(int(self.max_concurrency)),
+            "USE_MOCK_MODELS": "true" if self.use_mock_models else "false",
+            "EMOVOX_CORS_ORIGINS": ",".join(self.cors_origins),
+        }
+        if self.model is not None:
+            env["AUDIO_MODEL_DIR"] = str(self.model)
+        if self.text_model is not None:
+            env["TEXT_MODEL_DIR"] = str(self.text_model)
+        if self.api_key:
+            env["EMOVOX_API_KEY"] = self.api_key
+        if self.torch_threads is not None:
+            env["EMOVOX_TORCH_THREADS"] = str(int(self.torch_threads))
+        return env
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false (accepted: {', '.join(_TRUE + _FALSE[:-1])}), got {value!r}")
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+
+
+def _number(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None

@@ -1,0 +1,660 @@
+"""The HTTP service (emovox.server): every endpoint, every error status, auth, CORS, mock mode,
+the WebSocket stream, start-up refusal, and one real uvicorn process (limits enforced on the wire).
+
+Models are tiny random ones built here; clips are generated. The browser test is in
+test_server_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import select
+import socket
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("python_multipart")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
+
+from emovox.cli import main  # noqa: E402
+from emovox.features import FeatureStats, preset  # noqa: E402
+from emovox.inference import load_model  # noqa: E402
+from emovox.labels import BASIC5, EKMAN7, GOEMOTIONS28, MUSIC_MOODS  # noqa: E402
+from emovox.modelio import ModelLoadError, make_config, save_model  # noqa: E402
+from emovox.models import build_model  # noqa: E402
+from emovox.server import Settings, create_app  # noqa: E402
+from emovox.server.process import server_process  # noqa: E402
+
+SR = 16000
+MAX_UPLOAD_MB = 1.0
+MAX_DURATION_S = 10.0
+
+
+# -- helpers (also used by test_server_browser.py) ------------------------------------------------
+
+def make_model_dir(path, labels=EKMAN7, seed=0):
+    """A tiny random CNN model folder (log-mel 64, labels in ``labels`` order)."""
+    torch.manual_seed(seed)
+    cfg = preset("logmel64")
+    model = build_model("cnn", n_features=cfg.n_features, n_classes=len(labels))
+    stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features)
+    save_model(path, model.eval(), make_config(model_name="cnn", model_kwargs=model.kwargs, features=cfg,
+                                               labels=list(labels), stats=stats, temperature=0.3))
+    return path
+
+
+def voice(seconds=3.0, f0=180.0, seed=0):
+    """A voiced, vibrato-modulated harmonic tone with a little noise (not silence, not a pure sine)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f = f0 * (1 + 0.3 * np.sin(2 * np.pi * 0.25 * t)) * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * np.cumsum(f) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    return (0.3 * x / np.abs(x).max() + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def wav_bytes(x, sr=SR, subtype="PCM_16"):
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def _multipart(field, data, filename="clip.wav"):
+    return {"files": {field: (filename, data, "audio/wav")}}
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared machine: one intra-op thread avoids spin-wait contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("server") / "tiny-cnn")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return wav_bytes(voice(3.0))
+
+
+@pytest.fixture(scope="module")
+def long_clip():
+    x = np.concatenate([voice(3.0, 120, seed=1), voice(3.0, 300, seed=2), 0.1 * voice(2.5, 200, seed=3)])
+    return wav_bytes(x)
+
+
+def settings_for(model_dir, **kw):
+    kw.setdefault("text_model", "none")
+    return Settings(model=str(model_dir), max_upload_mb=MAX_UPLOAD_MB, max_duration_s=MAX_DURATION_S,
+                    max_concurrency=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    with TestClient(create_app(settings_for(model_dir))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """The library's own answers, to compare the service with."""
+    return load_model(model_dir, threshold=0.70)
+
+
+def assert_error(r, status, *words):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == "error" and isinstance(body["error"], str) and body["error"]
+    assert "detail" in body
+    for w in words:
+        assert w.lower() in body["error"].lower(), body["error"]
+    return body
+
+
+# -- endpoints --------------------------------------------------------------------------------
+
+def test_health_names_models_labels_text_and_links(client, model_dir):
+    h = client.get("/").json()
+    assert h["status"] == "ok" and h["mock"] is False
+    audio = h["models"]["audio"]
+    assert audio["name"] == model_dir.name and audio["kind"] == "cnn" and len(audio["version"]) == 12
+    assert audio["labels"] == list(EKMAN7) == h["labels"]
+    assert h["text_available"] is False and h["models"]["text"]["available"] is False
+    assert "TEXT_MODEL_DIR" in h["models"]["text"]["reason"]
+    assert h["links"] == {"ui": "/ui", "docs": "/docs", "openapi": "/openapi.json"}
+    assert h["limits"] == {"max_upload_mb": MAX_UPLOAD_MB, "max_duration_s": MAX_DURATION_S,
+                           "confidence_threshold": 0.70}
+    assert h["auth"]["required"] is False
+
+
+def test_predict_emotion_is_seed002_schema_and_equals_the_library(client, reference, clip):
+    r = client.post("/predict-emotion/", **_multipart("file", clip))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {"emotion", "confidence", "music_mood", "all_probabilities", "status", "low_confidence"} <= set(body)
+    assert "mock" not in body
+    assert body["status"] == "success"
+    assert list(body["all_probabilities"]) == list(EKMAN7)
+    assert sum(body["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    p = reference.predict(clip)
+    assert body["emotion"] == p.label and body["confidence"] == pytest.approx(p.score, abs=1e-6)
+    assert body["all_probabilities"] == pytest.approx(p.scores, abs=1e-6)
+    assert body["music_mood"] == MUSIC_MOODS[p.label]
+    assert body["low_confidence"] is (p.score < 0.70) and body["threshold"] == 0.70
+    assert body["duration_s"] == pytest.approx(3.0)
+
+
+def test_labels_query_folds_the_output(client, reference, clip):
+    body = client.post("/predict-emotion/?labels=basic5", **_multipart("file", clip)).json()
+    assert list(body["all_probabilities"]) == list(BASIC5)
+    assert sum(body["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["all_probabilities"] == pytest.approx(reference.predict(clip, labels="basic5").scores, abs=1e-6)
+    assert client.get("/emotions/?labels=app6").json()["count"] == 6
+    # labels= names a taxonomy: never a file path or a mapping
+    assert_error(client.post("/predict-emotion/?labels=nope", **_multipart("file", clip)), 400, "basic5")
+    assert_error(client.get("/emotions/?labels=../../etc/x.json"), 400, "unknown labels")
+    assert_error(client.get("/emotions/?labels=goemotions28"), 400, "labels=")
+
+
+def test_realtime_and_seed001_routes(client, reference, clip):
+    p = reference.predict(clip)
+    r = client.post("/predict-realtime/", **_multipart("audio_buffer", clip))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"emotion": p.label, "confidence": pytest.approx(p.score, abs=1e-6),
+                        "music_mood": MUSIC_MOODS[p.label]}
+    for field in ("file", "audio"):
+        r = client.post("/api/classify-emotion", **_multipart(field, clip))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"emotion": p.label, "confidence": pytest.approx(p.score, abs=1e-6)}
+    folded = client.post("/api/classify-emotion?labels=basic5", **_multipart("audio", clip)).json()
+    assert folded["emotion"] in BASIC5
+    # the realtime route wants its own field name
+    assert_error(client.post("/predict-realtime/", **_multipart("file", clip)), 422, "audio_buffer")
+
+
+def test_emotions_and_music_moods(client):
+    assert client.get("/emotions/").json() == {"emotions": list(EKMAN7), "count": 7}
+    assert client.get("/music-moods/").json() == {e: MUSIC_MOODS[e] for e in EKMAN7}
+    assert client.get("/music-moods/?labels=basic5").json() == {e: MUSIC_MOODS[e] for e in BASIC5}
+
+
+def test_timeline_segments_tile_the_recording(client, reference, long_clip):
+    r = client.post("/predict-timeline/?window_s=2&hop_s=1", **_multipart("file", long_clip))
+    assert r.status_code == 200, r.text
+    tl = r.json()
+    assert tl["status"] == "success" and tl["duration"] == pytest.approx(8.5)
+    assert tl["window_s"] == 2 and tl["hop_s"] == 1
+    segs = tl["segments"]
+    assert segs[0]["start"] == 0 and segs[-1]["end"] == pytest.approx(8.5)
+    assert all(a["end"] == pytest.approx(b["start"]) for a, b in zip(segs, segs[1:]))
+    assert all(a["emotion"] != b["emotion"] for a, b in zip(segs, segs[1:]))
+    want = reference.timeline(long_clip, window_s=2, hop_s=1).to_dict()
+    assert segs == want["segments"] and len(tl["windows"]) == len(want["windows"]) == 8
+    assert [w["confidence"] for w in tl["windows"]] == pytest.approx([w["confidence"] for w in want["windows"]])
+    assert_error(client.post("/predict-timeline/?window_s=0.01", **_multipart("file", long_clip)), 422, "window_s")
+
+
+def test_timeline_window_count_is_bounded(client, long_clip, monkeypatch):
+    import emovox.server.app as server_app
+
+    monkeypatch.setattr(server_app, "MAX_TIMELINE_WINDOWS", 5)
+    assert_error(client.post("/predict-timeline/?hop_s=1", **_multipart("file", long_clip)), 400, "hop_s >=")
+    assert client.post("/predict-timeline/?hop_s=2", **_multipart("file", long_clip)).status_code == 200
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def _truncated(clip):
+    return clip[: len(clip) // 3]
+
+
+def _nan(clip):
+    x = voice(1.0)
+    x[100:110] = np.nan
+    return wav_bytes(x, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("make, status, words", [
+    (lambda c: b"", 400, ["empty"]),
+    (lambda c: b"definitely not audio, just text" * 10, 415, ["not a recognised audio file"]),
+    (lambda c: b"%PDF-1.7\n" + bytes(range(256)) * 8, 415, ["unsupported"]),
+    (_truncated, 400, ["truncated"]),
+    (_nan, 400, ["nan"]),
+    (lambda c: wav_bytes(np.zeros(0, dtype=np.float32)), 400, ["zero audio samples"]),
+    (lambda c: wav_bytes(voice(MAX_DURATION_S + 2)), 413, ["too long", "EMOVOX_MAX_DURATION_S"]),
+], ids=["empty", "text", "pdf", "truncated", "nan", "zero-samples", "too-long"])
+def test_bad_audio_gets_the_right_status_and_a_json_error(client, clip, make, status, words):
+    for path in ("/predict-emotion/", "/predict-timeline/"):
+        assert_error(client.post(path, **_multipart("file", make(clip))), status, *words)
+    assert_error(client.post("/predict-realtime/", **_multipart("audio_buffer", make(clip))), status, *words)
+
+
+def test_missing_field_and_wrong_body_are_422(client, clip):
+    body = assert_error(client.post("/predict-emotion/", **_multipart("upload", clip)), 422, "missing", "'file'")
+    assert body["detail"] == {"fields": ["file"]}
+    assert_error(client.post("/predict-emotion/"), 422, "multipart/form-data")
+    assert_error(client.post("/predict-emotion/", content=clip, headers={"Content-Type": "audio/wav"}), 422,
+                 "multipart/form-data")
+    assert_error(client.post("/api/classify-emotion", files={"file": (None, "text, not a file")}), 415)
+    assert_error(client.post("/predict-emotion/", content=b"--x\r\nbroken",
+                             headers={"Content-Type": "multipart/form-data; boundary=x"}), 400, "multipart")
+
+
+def test_upload_over_the_size_limit_is_413_before_reading(client):
+    big = np.random.default_rng(0).integers(-20000, 20000, int(MAX_UPLOAD_MB * 1024 * 1024)).astype(np.int16)
+    body = assert_error(client.post("/predict-emotion/", **_multipart("file", big.tobytes())), 413,
+                        "too large", "EMOVOX_MAX_UPLOAD_MB")
+    assert body["detail"] == {"max_upload_bytes": int(MAX_UPLOAD_MB * 1024 * 1024)}
+    assert_error(client.post("/predict-text/", json={"text": "x" * (int(MAX_UPLOAD_MB * 1024 * 1024) + 10)}), 413)
+
+
+def test_unknown_route_and_method_are_json_errors(client):
+    assert_error(client.get("/nope"), 404)
+    assert_error(client.get("/predict-emotion/"), 405)
+
+
+# -- auth, CORS ---------------------------------------------------------------------------------
+
+def test_api_key_required_when_set(model_dir, clip):
+    with TestClient(create_app(settings_for(model_dir, api_key="s3cret"))) as c:
+        h = c.get("/")
+        assert h.status_code == 200 and h.json()["auth"]["required"] is True  # health stays open
+        assert c.get("/ui").status_code == 200 and c.get("/docs").status_code == 200
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = c.post("/predict-emotion/", headers=headers, **_multipart("file", clip))
+            assert_error(r, 401, "api key")
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+            assert_error(c.get("/emotions/", headers=headers), 401)
+        assert c.post("/predict-emotion/", headers={"X-API-Key": "s3cret"}, **_multipart("file", clip)).status_code == 200
+        assert c.get("/music-moods/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert_error(c.post("/predict-text/", json={"text": "hi"}), 401)
+        assert_error(c.post("/predict-text/", json={"text": "hi"}, headers={"X-API-Key": "s3cret"}), 503)
+        with c.websocket_connect("/stream") as ws:
+            msg = ws.receive_json()
+            assert msg["status"] == "error" and "api key" in msg["error"].lower()
+            with pytest.raises(WebSocketDisconnect) as e:
+                ws.receive_json()
+            assert e.value.code == 1008
+        with c.websocket_connect("/stream?api_key=s3cret") as ws:
+            ws.send_bytes(np.zeros(1600, "<i2").tobytes())
+            assert ws.receive_json()["status"] == "success"
+
+
+def test_cors_header_only_when_configured(model_dir, client):
+    origin = "https://app.example.org"
+    assert "access-control-allow-origin" not in client.get("/emotions/", headers={"Origin": origin}).headers
+    with TestClient(create_app(settings_for(model_dir, cors_origins=f"{origin}, http://localhost:3000"))) as c:
+        r = c.get("/emotions/", headers={"Origin": origin})
+        assert r.headers["access-control-allow-origin"] == origin
+        pre = c.options("/predict-emotion/", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                      "Access-Control-Request-Headers": "X-API-Key"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+        assert "access-control-allow-origin" not in c.get("/", headers={"Origin": "https://evil.example"}).headers
+
+
+# -- mock mode, start-up ------------------------------------------------------------------------
+
+def test_mock_mode_is_labelled_everywhere_and_deterministic(clip, long_clip):
+    with TestClient(create_app(Settings(use_mock_models=True, max_duration_s=MAX_DURATION_S))) as c:
+        h = c.get("/").json()
+        assert h["mock"] is True and h["models"]["audio"]["mock"] is True
+        answers = [
+            c.post("/predict-emotion/", **_multipart("file", clip)),
+            c.post("/predict-realtime/", **_multipart("audio_buffer", clip)),
+            c.post("/api/classify-emotion", **_multipart("audio", clip)),
+            c.post("/predict-timeline/", **_multipart("file", long_clip)),
+            c.get("/emotions/"), c.get("/music-moods/"),
+            c.post("/predict-text/", json={"text": "thank you so much"}),
+            c.post("/predict-text/", json={"texts": ["a", "b"]}),
+            c.post("/predict-emotion/", **_multipart("file", b"not audio")),  # errors too
+            c.post("/predict-emotion/"),
+        ]
+        for r in answers:
+            assert r.json()["mock"] is True, (r.request.url, r.text)
+            assert r.headers["X-Emovox-Mock"] == "true"
+        assert [r.status_code for r in answers[-2:]] == [415, 422]
+        first = answers[0].json()
+        assert c.post("/predict-emotion/", **_multipart("file", clip)).json() == first  # same bytes, same answer
+        assert list(first["all_probabilities"]) == list(EKMAN7)
+        assert sum(first["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(answers[6].json()["scores"]) == list(GOEMOTIONS28)
+        with c.websocket_connect("/stream") as ws:
+            ws.send_bytes(np.zeros(1600, "<i2").tobytes())
+            assert ws.receive_json()["mock"] is True
+        assert 'id="mock-banner"' in c.get("/ui").text
+
+
+def test_refuses_to_start_without_a_usable_model(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="AUDIO_MODEL_DIR.*USE_MOCK_MODELS"):
+        with TestClient(create_app(Settings(model=str(missing), text_model="none"))):
+            pass
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "best_model.pth").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
+        with TestClient(create_app(Settings(model=str(broken), text_model="none"))):
+            pass
+    # the command fails before binding a port, with one line
+    assert main(["serve", "--model", str(missing), "--text-model", "none", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "emovox serve: error: cannot start the service without a speech model" in err
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_settings_from_environment():
+    env = {"AUDIO_MODEL_DIR": "m", "TEXT_MODEL_DIR": "none", "CONFIDENCE_THRESHOLD": "0.5",
+           "EMOVOX_MAX_UPLOAD_MB": "3", "EMOVOX_MAX_DURATION_S": "60", "EMOVOX_API_KEY": "k",
+           "EMOVOX_CORS_ORIGINS": "http://a, http://b/", "USE_MOCK_MODELS": "yes", "EMOVOX_TORCH_THREADS": "1",
+           "EMOVOX_MAX_CONCURRENCY": "3"}
+    s = Settings.from_env(env)
+    assert (s.model, s.threshold, s.max_upload_bytes, s.max_duration_s, s.api_key, s.cors_origins,
+            s.use_mock_models, s.text_disabled, s.torch_threads, s.max_concurrency) == (
+        "m", 0.5, 3 * 1024 * 1024, 60.0, "k", ("http://a", "http://b"), True, True, 1, 3)
+    assert Settings.from_env(s.to_env()) == s
+    assert Settings.from_env(env, threshold=0.9, model="other").threshold == 0.9
+    assert Settings.from_env({}).use_mock_models is False  # mock is opt-in only
+    with pytest.raises(ValueError, match="USE_MOCK_MODELS"):
+        Settings.from_env({"USE_MOCK_MODELS": "maybe"})
+    with pytest.raises(ValueError, match="CONFIDENCE_THRESHOLD"):
+        Settings.from_env({"CONFIDENCE_THRESHOLD": "high"})
+    with pytest.raises(ValueError, match="threshold"):
+        Settings(threshold=1.5)
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+def test_text_unavailable_is_503(client):
+    body = assert_error(client.post("/predict-text/", json={"text": "I love it"}), 503, "text", "unavailable")
+    assert body["detail"]["text_model"]["available"] is False
+
+
+def _tiny_text_model(root):
+    """A text model folder on a tiny random BERT (no download), in emovox.text's format."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from emovox.text import model as tm
+    from emovox.text.head import MLPHead
+
+    enc = root / "tiny-bert"
+    enc.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"i am so happy sad thank you what".split(),
+             *"abcdefghijklmnopqrstuvwxyz!?.,'"]
+    (enc / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(enc / "vocab.txt"), do_lower_case=True).save_pretrained(enc)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(enc)
+    out = root / "text-model"
+    out.mkdir()
+    labels = list(GOEMOTIONS28)
+    head = MLPHead(16, len(labels), hidden_dim=8, dropout=0.0)
+    tm.save_weights(out / tm.HEAD_FILE, head.state_dict())
+    tm.write_json(out / tm.LABELS_FILE, labels)
+    tm.write_json(out / tm.CONFIG_FILE, {
+        "format": tm.FORMAT, "format_version": tm.FORMAT_VERSION, "encoder": {"name": str(enc), "path": str(enc)},
+        "max_length": 16, "labels": labels, "head": {"file": tm.HEAD_FILE, **head.config()},
+        "thresholds": dict.fromkeys(labels, 0.5), "global_threshold": 0.5, "top_k": 0, "always_one": True})
+    return out
+
+
+@pytest.mark.slow
+def test_text_endpoint_with_a_text_model(model_dir, tmp_path_factory):
+    pytest.importorskip("transformers")
+    text_dir = _tiny_text_model(tmp_path_factory.mktemp("text"))
+    from emovox.text import load_text_model
+
+    reference = load_text_model(text_dir)
+    with TestClient(create_app(settings_for(model_dir, text_model=str(text_dir)))) as c:
+        h = c.get("/").json()
+        assert h["text_available"] is True and h["models"]["text"]["name"] == "text-model"
+        one = c.post("/predict-text/", json={"text": "i am so happy"})
+        assert one.status_code == 200, one.text
+        body = one.json()
+        want = reference.predict(["i am so happy"])[0]
+        assert body["status"] == "success" and body["text"] == "i am so happy"
+        assert list(body["scores"]) == list(GOEMOTIONS28)
+        assert body["scores"] == pytest.approx(want.scores, abs=1e-6)
+        assert [x["label"] for x in body["labels"]] == [x["label"] for x in want.labels]
+        assert body["label"] == want.label and body["label_set"] == "goemotions"
+        batch = c.post("/predict-text/?labels=audio7", json={"texts": ["i am so happy", "what", "thank you"]}).json()
+        assert batch["count"] == 3 and [r["text"] for r in batch["results"]] == ["i am so happy", "what", "thank you"]
+        assert list(batch["results"][0]["scores"]) == list(EKMAN7)
+        long = c.post("/predict-text/", json={"text": "i am so happy " * 20}).json()
+        assert long["truncated"] is True
+        assert_error(c.post("/predict-text/", json={"texts": ["fine", "   "]}), 400, "text 1", "empty")
+        assert_error(c.post("/predict-text/?labels=plutchik", json={"text": "x"}), 400, "goemotions")
+        assert_error(c.post("/predict-text/", json={"text": "a", "texts": ["b"]}), 422, "exactly one")
+        assert_error(c.post("/predict-text/", json={}), 422, "exactly one")
+        assert_error(c.post("/predict-text/", json={"texts": "not a list"}), 422)
+        assert_error(c.post("/predict-text/", content=b"{not json", headers={"Content-Type": "application/json"}),
+                     422)
+    with pytest.raises(ModelLoadError, match="text model"):
+        with TestClient(create_app(settings_for(model_dir, text_model=str(text_dir / "missing")))):
+            pass
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+def test_websocket_stream_updates_and_final_equals_predict(client, clip):
+    pcm, sr = sf.read(io.BytesIO(clip), dtype="int16")
+    assert sr == SR
+    data = pcm.astype("<i2").tobytes()
+    chunk = 2 * SR // 4  # 250 ms
+    expected = client.post("/predict-emotion/", **_multipart("file", clip)).json()
+    with client.websocket_connect("/stream") as ws:
+        updates = []
+        for i in range(0, len(data), chunk):
+            ws.send_bytes(data[i: i + chunk])
+            updates.append(ws.receive_json())
+        assert len(updates) == 12 and all(u["final"] is False and u["status"] == "success" for u in updates)
+        assert [u["time_s"] for u in updates] == pytest.approx([0.25 * (k + 1) for k in range(12)])
+        assert set(updates[-1]["scores"]) == set(EKMAN7)
+        ws.send_bytes(b"\x01\x02\x03")  # odd byte count: an error, and the connection stays usable
+        err = ws.receive_json()
+        assert err["status"] == "error" and err["code"] == "bad_frame" and "even number of bytes" in err["error"]
+        ws.send_text("hello")
+        assert ws.receive_json()["code"] == "bad_message"
+        ws.send_text(json.dumps({"event": "end"}))
+        final = ws.receive_json()
+        assert final["final"] is True and final["time_s"] == pytest.approx(3.0)
+        assert final["emotion"] == expected["emotion"]
+        assert final["score"] == pytest.approx(expected["confidence"], abs=1e-4)
+        assert final["scores"] == pytest.approx(expected["all_probabilities"], abs=1e-4)
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_json()
+        assert e.value.code == 1000
+
+
+def test_websocket_stream_limits_and_folding(client):
+    with client.websocket_connect("/stream?labels=basic5") as ws:
+        ws.send_bytes(np.zeros(SR, "<i2").tobytes())
+        assert list(ws.receive_json()["scores"]) == list(BASIC5)
+        ws.send_text(json.dumps({"event": "reset"}))
+        assert ws.receive_json()["event"] == "reset"
+        ws.send_text(json.dumps({"event": "end"}))
+        assert ws.receive_json() == {"status": "error", "error": "no audio was received", "detail": None, "final": True}
+    with client.websocket_connect("/stream") as ws:
+        second = np.zeros(SR, "<i2").tobytes()
+        for _ in range(int(MAX_DURATION_S)):
+            ws.send_bytes(second)
+            ws.receive_json()
+        ws.send_bytes(second)
+        assert "too long" in ws.receive_json()["error"]
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_json()
+        assert e.value.code == 1009
+    with client.websocket_connect("/stream?labels=bogus") as ws:
+        assert "unknown labels" in ws.receive_json()["error"]
+
+
+# -- service behaviour ------------------------------------------------------------------------------
+
+def test_inference_runs_off_the_event_loop_behind_a_limiter(model_dir, clip):
+    """With one inference slot and a slow model, health answers at once and predictions queue."""
+    app = create_app(settings_for(model_dir).replace(max_concurrency=1))
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            model = app.state.services.audio
+            real = model.predict
+
+            def slow_predict(*a, **k):
+                time.sleep(0.4)
+                return real(*a, **k)
+
+            model.predict = slow_predict
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+                t0 = time.perf_counter()
+                preds = [asyncio.create_task(ac.post("/predict-emotion/", files={"file": ("a.wav", clip)}))
+                         for _ in range(2)]
+                await asyncio.sleep(0.05)
+                health = await ac.get("/")
+                t_health = time.perf_counter() - t0
+                done = await asyncio.gather(*preds)
+                t_all = time.perf_counter() - t0
+        return health, t_health, done, t_all
+
+    health, t_health, done, t_all = asyncio.run(scenario())
+    assert health.status_code == 200 and t_health < 0.35
+    assert [r.status_code for r in done] == [200, 200] and t_all >= 0.8  # serialised by the limiter
+
+
+def test_web_page_and_assets_are_served(client):
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        r = client.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind) and len(r.content) > 500
+        assert f"/ui/{name}" in page.text
+    for bad in ("/ui/index.html", "/ui/..%2F__init__.py", "/ui/settings.py", "/ui/%2e%2e%2fapp.py"):
+        assert client.get(bad).status_code == 404
+
+
+def test_openapi_declares_response_models_and_uploads(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for name in ("EmotionResponse", "RealtimeResponse", "ClassifyResponse", "EmotionsResponse", "TimelineResponse",
+                 "TextResponse", "TextBatchResponse", "Health", "ErrorResponse"):
+        assert name in schemas
+    op = spec["paths"]["/predict-emotion/"]["post"]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EmotionResponse")
+    assert {"400", "401", "413", "415", "422"} <= set(op["responses"])
+    assert op["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    realtime = spec["paths"]["/predict-realtime/"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "audio_buffer" in realtime["schema"]["properties"]
+    assert "503" in spec["paths"]["/predict-text/"]["post"]["responses"]
+    assert client.get("/docs").status_code == 200
+
+
+# -- one real server process ------------------------------------------------------------------------
+
+def _raw_post(host, port, head: bytes, body_chunks=None, limit_bytes=200 * 1024 * 1024):
+    """Send a request over a raw socket; stream body chunks until the server answers. -> (response, bytes sent)."""
+    s = socket.create_connection((host, port), timeout=30)
+    try:
+        s.sendall(head)
+        sent = 0
+        while body_chunks is not None and sent < limit_bytes:
+            readable, writable, _ = select.select([s], [s], [], 10)
+            if readable:
+                break
+            if writable:
+                try:
+                    c = next(body_chunks)
+                    s.sendall(c)
+                    sent += len(c)
+                except (BrokenPipeError, ConnectionResetError, StopIteration):
+                    break
+        s.settimeout(10)
+        return _read_response(s), sent
+    finally:
+        s.close()
+
+
+def _read_response(s) -> bytes:
+    """One whole HTTP response (headers and a Content-Length body) from a socket."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < _response_length(data):
+        try:
+            more = s.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _response_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(data)
+
+
+def test_real_server_process(model_dir, clip):
+    from websockets.sync.client import connect
+
+    env = {"AUDIO_MODEL_DIR": str(model_dir), "TEXT_MODEL_DIR": "none", "EMOVOX_MAX_UPLOAD_MB": "1",
+           "EMOVOX_TORCH_THREADS": "1"}
+    with server_process(env) as srv:
+        assert httpx.get(srv.url + "/").json()["labels"] == list(EKMAN7)
+        r = httpx.post(srv.url + "/predict-emotion/", files={"file": ("clip.wav", clip, "audio/wav")})
+        assert r.status_code == 200 and r.json()["status"] == "success"
+
+        # Content-Length of 2 GB: refused up front, nothing read
+        head = (b"POST /predict-emotion/ HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 2147483648\r\n\r\n")
+        response, _ = _raw_post(srv.host, srv.port, head)
+        assert response.startswith(b"HTTP/1.1 413") and b"too large" in response
+
+        # chunked upload without a length: counted while reading, refused at the limit, not read to the end
+        head = (b"POST /predict-emotion/ HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        pre = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+
+        def chunks():
+            yield b"%x\r\n%s\r\n" % (len(pre), pre)
+            block = b"\x00" * 65536
+            while True:
+                yield b"%x\r\n%s\r\n" % (len(block), block)
+
+        response, sent = _raw_post(srv.host, srv.port, head, chunks())
+        assert response.startswith(b"HTTP/1.1 413"), response[:200]
+        assert sent < 64 * 1024 * 1024  # stopped long before the 200 MB the client was ready to send
+
+        # the service still answers after both
+        assert httpx.post(srv.url + "/api/classify-emotion", files={"audio": ("a.wav", clip)}).status_code == 200
+
+        # WebSocket over the network
+        pcm, _ = sf.read(io.BytesIO(clip), dtype="int16")
+        with connect(srv.url.replace("http", "ws") + "/stream") as ws:
+            data = pcm.astype("<i2").tobytes()
+            for i in range(0, len(data), 16000):
+                ws.send(data[i: i + 16000])
+                assert json.loads(ws.recv())["final"] is False
+            ws.send(json.dumps({"event": "end"}))
+            final = json.loads(ws.recv())
+        assert final["final"] is True and final["emotion"] == r.json()["emotion"]
