@@ -29,8 +29,8 @@ DATA = ROOT.parent / "shared" / "data" / "goemotions"
 CONFIGS = {
     "frozen": ["--mode", "frozen"],
     "frozen-focal": ["--mode", "frozen", "--loss", "focal"],
-    "finetune1": ["--mode", "finetune", "--finetune-layers", "1", "--epochs", "3"],
-    "finetune2": ["--mode", "finetune", "--finetune-layers", "2", "--epochs", "3"],
+    "finetune1": ["--mode", "finetune", "--finetune-layers", "1", "--epochs", "3", "--precision", "bf16"],
+    "finetune2": ["--mode", "finetune", "--finetune-layers", "2", "--epochs", "3", "--precision", "bf16"],
 }
 DEFAULT_CONFIGS = ("frozen", "finetune2")
 

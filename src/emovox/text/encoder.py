@@ -139,11 +139,18 @@ class Encoder:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
         self.ref = ref
         self.device = torch.device(device)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr for a local folder
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(ref.path), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise TextModelError(f"{ref.path}: cannot load the encoder ({type(e).__name__}: {e})") from e
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.model.to(self.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and max_length > limit:
