@@ -303,6 +303,39 @@ def test_corrupt_or_missing_model_files(frozen_model, tmp_path, capsys):
         load_text_model(tmp_path / "nowhere")
 
 
+def test_bad_delta_or_other_encoder_is_refused(finetuned_model, work, tmp_path):
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    broken = tmp_path / "m"
+    shutil.copytree(finetuned_model, broken)
+    save_file({"encoder.layer.9.output.dense.weight": torch.zeros(2, 2, dtype=torch.float16)},
+              str(broken / "encoder_delta.safetensors"))
+    with pytest.raises(TextModelError, match=r"encoder_delta\.safetensors: tensor 'encoder\.layer\.9"):
+        load_text_model(broken)
+    other = tmp_path / "other-encoder"
+    shutil.copytree(work["encoder"], other)
+    m = AutoModel.from_pretrained(str(other))
+    with torch.no_grad():
+        m.encoder.layer[0].output.dense.weight.add_(0.01)
+    m.save_pretrained(other)
+    with pytest.raises(TextModelError, match="encoder weights differ"):
+        load_text_model(finetuned_model, encoder=other)
+
+
+def test_stdin_must_be_utf8(frozen_model, monkeypatch, capsys):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fine\n\xff\n")))
+    assert main(["text", "--model", str(frozen_model), "--file", "-"]) == 2
+    assert "<stdin>: not valid UTF-8 at byte offset 5" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"thank you\r\nwow\n")))
+    assert main(["text", "--model", str(frozen_model), "--file", "-", "--format", "jsonl"]) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["file"], r["line"], r["text"]) for r in recs] == [("-", 1, "thank you"), ("-", 2, "wow")]
+
+
 def test_bad_training_input(work, tmp_path, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("fine text\t3\tx\nother\t99\ty\n", encoding="utf-8")
@@ -327,7 +360,7 @@ def default_model():
 def test_default_model_happy_and_grateful(default_model):
     import emovox
 
-    assert emovox.load_text_model is load_text_model or callable(emovox.load_text_model)
+    assert emovox.load_text_model is load_text_model  # the lazy top-level name
     (p,) = default_model.predict(["I am so happy and grateful"])
     chosen = [x["label"] for x in p.labels]
     assert set(chosen) & {"joy", "gratitude", "admiration", "love", "excitement"}

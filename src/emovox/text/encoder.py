@@ -200,19 +200,18 @@ class Encoder:
         return self.embed_ids(ids, batch_size=batch_size)
 
     @torch.inference_mode()
-    def hidden_states_at(self, ids: list[list[int]], layer: int, *, batch_size: int = 64, bf16: bool = False
+    def hidden_states_at(self, ids: list[list[int]], layer: int, *, batch_size: int = 64
                          ) -> tuple[list[torch.Tensor], np.ndarray]:
         """Per text, the hidden states entering transformer layer ``layer`` (0 = embeddings
-        output), unpadded, as float16 ``(n_tokens, hidden)``; and the mean-pooled last layer.
-        ``bf16`` runs the encoder under bfloat16 autocast (faster on CPUs with AMX/AVX512-BF16)."""
+        output), unpadded, as float16 ``(n_tokens, hidden)``; and the mean-pooled last layer
+        (float32, the same numbers as :meth:`embed_ids`)."""
         hidden_in: list[torch.Tensor | None] = [None] * len(ids)
         pooled = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
         self.model.eval()
         progress = _Progress(len(ids), f"cached layer-{layer} states of")
         for idx, batch in self.batches(ids, batch_size):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = self.model(**batch, output_hidden_states=True)
-            pooled[idx] = mean_pool(out.last_hidden_state.float(), batch["attention_mask"]).cpu().numpy()
+            out = self.model(**batch, output_hidden_states=True)
+            pooled[idx] = mean_pool(out.last_hidden_state, batch["attention_mask"]).float().cpu().numpy()
             h = out.hidden_states[layer].to(torch.float16).cpu()
             lengths = batch["attention_mask"].sum(1).tolist()
             for j, i in enumerate(idx):
