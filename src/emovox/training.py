@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "emovox-checkpoint"
 #: Feature preset used when none is given, per model family.
-DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel64", "lstm": "seed003", "ssl": "waveform"}
+DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
 #: Order of labels in a model when the data decides them.
 LABEL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
 

@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
               "else a string")
     _add(g, "--features", default=None, choices=sorted(PRESETS),
-         help="feature preset (default: seed003 for lstm, logmel64 otherwise)")
+         help="feature preset (default: logmel128 for crnn, seed003 for lstm, waveform for ssl, logmel64 otherwise)")
     _add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, default=None, help="mel bands (overrides the preset)")
     _add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, default=None,
          help="fixed number of input frames (crop/pad, seed 000's fixed input); default: variable length")
