@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import ClipCache, row_path
 from .modelio import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -564,72 +565,28 @@ def cache_root(cache) -> Path | None:
     return Path(root).expanduser()
 
 
-class HiddenStateCache:
+class HiddenStateCache(ClipCache):
     """One float16 ``.npy`` ``(n_layers, hidden, frames)`` per clip; see the module docstring."""
+
+    info_name = "cache.json"
 
     def __init__(self, root: str | os.PathLike, backbone: Backbone, layers: Sequence[int], device="cpu"):
         self.root = Path(root).expanduser()
         self.key = backbone.cache_key(layers, device)
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = self.root / f"ssl-{digest}"
+        super().__init__(self.root / f"ssl-{digest}")
         self.shape = (len(layers), backbone.hidden_size)
         self.describe = backbone.ref.describe()
-        self.hits = 0
-        self.misses = 0
 
-    def __repr__(self) -> str:
-        return f"HiddenStateCache({str(self.dir)!r})"
+    def _valid(self, arr: np.ndarray) -> bool:
+        return arr.ndim == 3 and tuple(arr.shape[:2]) == self.shape and arr.dtype == np.float16
 
-    def file_for(self, path: str | os.PathLike) -> Path:
-        p = os.path.abspath(os.fspath(path))
-        st = os.stat(p)
-        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
-        return self.dir / key[:2] / f"{key}.npy"
+    def _describe(self) -> dict[str, Any]:
+        return {**self.key, "stored": "float16 (n_layers, hidden, frames) per clip", "backbone": self.describe}
 
-    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+    def get(self, path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray | None:
         """The clip's states, memory-mapped read-only, or None."""
-        try:
-            arr = np.load(self.file_for(path), mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            self.misses += 1
-            return None
-        if arr.ndim != 3 or tuple(arr.shape[:2]) != self.shape or arr.dtype != np.float16:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return arr
-
-    def put(self, path: str | os.PathLike, states: np.ndarray) -> Path:
-        f = self.file_for(path)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        info = self.dir / "cache.json"
-        if not info.exists():
-            _atomic_bytes(info, json.dumps({**self.key, "stored": "float16 (n_layers, hidden, frames) per clip",
-                                            "backbone": self.describe}, indent=2).encode())
-        _atomic_npy(f, np.asarray(states, dtype=np.float16))
-        return f
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _row_path(row: Any) -> str:
-    return os.fspath(row.path if hasattr(row, "path") else row)
+        return super().get(path, mmap=mmap)
 
 
 @dataclass
@@ -681,7 +638,7 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
 
     root = cache_root(cache)
     store = HiddenStateCache(root, backbone, layers, device) if root is not None else None
-    paths = [_row_path(r) for r in rows]
+    paths = [row_path(r) for r in rows]
     results: list[np.ndarray | None] = [None] * len(paths)
     errors: dict[int, str] = {}
     todo = []
@@ -722,7 +679,7 @@ def load_waveforms(rows: Sequence[Any], *, num_workers: int | None = None, progr
 
     from .data import FeatureSet, _progress_enabled
 
-    paths = [_row_path(r) for r in rows]
+    paths = [row_path(r) for r in rows]
     results: list[np.ndarray | None] = [None] * len(paths)
     errors: dict[int, str] = {}
     bar = tqdm(total=len(paths), desc=desc, unit="clip", disable=not _progress_enabled(progress),

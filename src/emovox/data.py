@@ -129,21 +129,24 @@ def model_features(logmel: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 # Disk cache
 
 
-class FeatureCache:
-    """One float16 ``.npy`` of log-mel frames per clip, keyed by path + size + mtime + config hash.
+class ClipCache:
+    """One ``.npy`` per clip under ``dir``, keyed by the clip's absolute path, size and mtime.
 
-    ``hits`` and ``misses`` count lookups since construction.
+    Writes are atomic (temporary file, then rename), so an interrupted job never leaves a torn
+    entry; a file that is missing, unreadable or of the wrong shape reads as a miss. ``hits`` and
+    ``misses`` count lookups since construction. Subclasses say what they store (:meth:`_valid`,
+    :meth:`_describe`).
     """
 
-    def __init__(self, root: str | os.PathLike, cfg: FeatureConfig):
-        self.root = Path(root).expanduser()
-        self.cfg = cfg
-        self.dir = self.root / config_hash(cfg)
+    info_name = "config.json"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory).expanduser()
         self.hits = 0
         self.misses = 0
 
     def __repr__(self) -> str:
-        return f"FeatureCache({str(self.dir)!r})"
+        return f"{type(self).__name__}({str(self.dir)!r})"
 
     def file_for(self, path: str | os.PathLike) -> Path:
         p = os.path.abspath(os.fspath(path))
@@ -151,41 +154,71 @@ class FeatureCache:
         key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
-    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+    def _valid(self, arr: np.ndarray) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {}
+
+    def get(self, path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray | None:
         try:
-            f = self.file_for(path)
-            arr = np.load(f, allow_pickle=False)
+            arr = np.load(self.file_for(path), mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             self.misses += 1
             return None
-        if arr.ndim != 2 or arr.shape[0] != self.cfg.n_mels:
+        if not self._valid(arr):
             self.misses += 1
             return None
         self.hits += 1
         return arr
 
-    def put(self, path: str | os.PathLike, logmel: np.ndarray) -> None:
+    def put(self, path: str | os.PathLike, arr: np.ndarray) -> Path:
         f = self.file_for(path)
         f.parent.mkdir(parents=True, exist_ok=True)
-        info = self.dir / "config.json"
+        info = self.dir / self.info_name
         if not info.exists():
-            _atomic_bytes(info, json.dumps({"cache_version": CACHE_VERSION, "stored": "log-mel float16",
-                                            "features": cached_config(self.cfg).to_dict()}, indent=2).encode())
-        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.asarray(logmel, dtype=np.float16), allow_pickle=False)
-            os.replace(tmp, f)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            atomic_bytes(info, json.dumps(self._describe(), indent=2).encode())
+        atomic_npy(f, np.asarray(arr, dtype=np.float16))
+        return f
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+class FeatureCache(ClipCache):
+    """One float16 ``.npy`` of log-mel frames per clip, keyed by path + size + mtime + config hash."""
+
+    def __init__(self, root: str | os.PathLike, cfg: FeatureConfig):
+        self.root = Path(root).expanduser()
+        self.cfg = cfg
+        super().__init__(self.root / config_hash(cfg))
+
+    def _valid(self, arr: np.ndarray) -> bool:
+        return arr.ndim == 2 and arr.shape[0] == self.cfg.n_mels
+
+    def _describe(self) -> dict[str, Any]:
+        return {"cache_version": CACHE_VERSION, "stored": "log-mel float16", "features": cached_config(self.cfg).to_dict()}
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` (no pickles) to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def resolve_cache(cache: FeatureCache | str | os.PathLike | bool | None, cfg: FeatureConfig) -> FeatureCache | None:
@@ -217,7 +250,7 @@ class FeatureSet:
         return len(self.features)
 
 
-def _row_path(row: Any) -> str:
+def row_path(row: Any) -> str:
     return os.fspath(row.path if hasattr(row, "path") else row)
 
 
@@ -240,7 +273,7 @@ def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCach
     from tqdm.auto import tqdm
 
     store = resolve_cache(cache, cfg)
-    paths = [_row_path(r) for r in rows]
+    paths = [row_path(r) for r in rows]
     results: list[np.ndarray | None] = [None] * len(paths)
     errors: dict[int, str] = {}
     todo = []
