@@ -26,13 +26,6 @@ from emovox.models import build_model
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_metrics_by_hand():
     labels = ["a", "b", "c"]

@@ -42,15 +42,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: torch's spinning worker threads make tiny models 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model_dir(path: Path, name: str, features: str = "logmel64", *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = preset(features)

@@ -75,14 +75,6 @@ def _multipart(field, data, filename="clip.wav"):
 
 # -- fixtures ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared machine: one intra-op thread avoids spin-wait contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

@@ -28,12 +28,8 @@ FAST = ["--epochs", "2", "--batch_size", "16", "--lr", "0.003", "--val_split", "
 
 
 @pytest.fixture(autouse=True)
-def _offline_one_thread(monkeypatch):
+def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ ARTIFACTS = ["best_model.pth", "model_config.json", "labels.json", "model_meta.j
 TINY_CNN = {"channels": [16, 16, 16], "hidden": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def trained(synth_corpus, tmp_path_factory):

@@ -42,13 +42,7 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
         "format": SPEC_FORMAT,
         "format_version": SPEC_VERSION,
         "summary": _summary(cfg),
-        "audio": {
-            "sample_rate_hz": cfg.sample_rate_hz,
-            "channels": 1,
-            "dtype": "float32",
-            "range": "[-1, 1] (full-scale PCM divided by 32768 for 16-bit)",
-            "note": "resample to sample_rate_hz and mix to mono before anything else",
-        },
+        "audio": _audio_spec(cfg),
         "kind": cfg.kind,
         "stft": {
             "n_fft": cfg.n_fft,
@@ -121,6 +115,17 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _audio_spec(cfg: FeatureConfig) -> dict[str, Any]:
+    """What the device must hand the graph (or the front-end) before anything else."""
+    return {
+        "sample_rate_hz": cfg.sample_rate_hz,
+        "channels": 1,
+        "dtype": "float32",
+        "range": "[-1, 1] (full-scale PCM divided by 32768 for 16-bit)",
+        "note": "resample to sample_rate_hz and mix to mono before anything else",
+    }
+
+
 def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]:
     """Raw-sample models (ssl): nothing to compute on the device but the samples themselves."""
     backbone = (config["model"].get("kwargs") or {}).get("backbone") or {}
@@ -129,13 +134,7 @@ def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]
         "format_version": SPEC_VERSION,
         "summary": f"raw {cfg.sample_rate_hz} Hz mono samples; the pretrained speech backbone inside the graph is "
                    "the front-end",
-        "audio": {
-            "sample_rate_hz": cfg.sample_rate_hz,
-            "channels": 1,
-            "dtype": "float32",
-            "range": "[-1, 1] (full-scale PCM divided by 32768 for 16-bit)",
-            "note": "resample to sample_rate_hz and mix to mono before anything else",
-        },
+        "audio": _audio_spec(cfg),
         "kind": cfg.kind,
         "input_normalization": {
             "per_clip_zero_mean_unit_variance": bool(backbone.get("normalize", True)),

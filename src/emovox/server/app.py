@@ -296,15 +296,21 @@ def _add_routes(app: FastAPI) -> None:
             raise ApiError(404, f"no such page asset: {name!r}")
         return Response(_static(name), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
+    async def classify_upload(request: Request, labels: str | None, fields: tuple[str, ...], work=None, *args):
+        """Check the labels, read the upload from one of ``fields`` and run ``work`` (default: one
+        prediction) off the event loop on its bytes."""
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, fields)
+        return await _in_thread(request, work or _predict, s, st, upload.data, labels, *args)
+
     # -- predictions -------------------------------------------------------------------------
     @app.post("/predict-emotion/", response_model=schemas.EmotionResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file"), tags=["speech"],
               summary="Classify one clip (seed 002)")
     async def predict_emotion(request: Request, labels: str | None = LABELS_QUERY):
+        pred, duration = await classify_upload(request, labels, ("file",))
         s, st = _services(request), _settings(request)
-        labels = _check_labels(s, labels)
-        upload = await read_upload(request, ("file",))
-        pred, duration = await _in_thread(request, _predict, s, st, upload.data, labels)
         return _out(request, {
             "emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood,
             "all_probabilities": {k: _round(v) for k, v in pred.scores.items()}, "status": "success",
@@ -316,20 +322,14 @@ def _add_routes(app: FastAPI) -> None:
               responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("audio_buffer"), tags=["speech"],
               summary="Classify a short buffer (seed 002)")
     async def predict_realtime(request: Request, labels: str | None = LABELS_QUERY):
-        s, st = _services(request), _settings(request)
-        labels = _check_labels(s, labels)
-        upload = await read_upload(request, ("audio_buffer",))
-        pred, _ = await _in_thread(request, _predict, s, st, upload.data, labels)
+        pred, _ = await classify_upload(request, labels, ("audio_buffer",))
         return _out(request, {"emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood})
 
     @app.post("/api/classify-emotion", response_model=schemas.ClassifyResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file", "audio"), tags=["speech"],
               summary="Classify one clip (seed 001; field 'file' or 'audio')")
     async def classify_emotion(request: Request, labels: str | None = LABELS_QUERY):
-        s, st = _services(request), _settings(request)
-        labels = _check_labels(s, labels)
-        upload = await read_upload(request, ("file", "audio"))
-        pred, _ = await _in_thread(request, _predict, s, st, upload.data, labels)
+        pred, _ = await classify_upload(request, labels, ("file", "audio"))
         return _out(request, {"emotion": pred.label, "confidence": _round(pred.score)})
 
     @app.post("/predict-timeline/", response_model=schemas.TimelineResponse, response_model_exclude_none=True,
@@ -338,11 +338,8 @@ def _add_routes(app: FastAPI) -> None:
     async def predict_timeline(request: Request, labels: str | None = LABELS_QUERY,
                                window_s: float = Query(3.0, ge=0.5, le=30.0, description="window length, seconds"),
                                hop_s: float = Query(1.0, ge=0.25, le=30.0, description="hop between windows, seconds")):
-        s, st = _services(request), _settings(request)
-        labels = _check_labels(s, labels)
-        upload = await read_upload(request, ("file",))
-        tl = await _in_thread(request, _timeline, s, st, upload.data, labels, window_s, hop_s)
-        return _out(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
+        tl = await classify_upload(request, labels, ("file",), _timeline, window_s, hop_s)
+        return _out(request, {**tl.to_dict(), "status": "success", "model": _services(request).audio.name})
 
     @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
