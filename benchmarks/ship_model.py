@@ -19,7 +19,35 @@ FILES = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json"
          "metrics_report.csv", "training_history.json", "confusion_matrix.npy", "confusion_matrix_rownorm.png"]
 
 
-def card(run: Path, name: str, command: str, extra: str) -> str:
+def describe_input(feats: dict, streaming: bool) -> str:
+    win = feats.get("win_length") or feats["n_fft"]
+    if feats["kind"] == "mfcc":
+        what = (f"{feats['n_mfcc']} MFCCs per frame (from {feats['n_mels']} mel bands, {feats['n_fft']}-point FFT, "
+                f"{win}-sample window, {feats['hop_length']}-sample hop)")
+    else:
+        what = (f"log-mel ({feats['n_mels']} mel bands, {feats['n_fft']}-point FFT, {win}-sample window, "
+                f"{feats['hop_length']}-sample hop)")
+    how = ("frame by frame: an LSTM carries its hidden state, so `emovox stream` and `StreamingSession` update "
+           "the answer every 10 ms frame, and a whole clip gives the same result as streaming it"
+           if streaming else "whole clips (variable length) at inference")
+    return f"16 kHz mono audio → {what}, normalised with statistics from the training data; {how}."
+
+
+def weakest(rows: list[str], n: int = 3) -> list[str]:
+    """The ``n`` labels with the lowest recall in a metrics_report.csv."""
+    per_class = []
+    for line in rows[1:]:
+        parts = line.split(",")
+        if len(parts) == 5 and parts[2] and not parts[0].startswith(("accuracy", "macro", "weighted")):
+            per_class.append((float(parts[2]), parts[0]))
+    return [lab for _, lab in sorted(per_class)[:n]]
+
+
+def _and(words: list[str]) -> str:
+    return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
+def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str:
     m = json.loads((run / "metrics_overall.json").read_text())
     meta = json.loads((run / "model_meta.json").read_text())
     cfg = json.loads((run / "model_config.json").read_text())
@@ -37,9 +65,7 @@ def card(run: Path, name: str, command: str, extra: str) -> str:
         "",
         f"- Architecture: `{cfg['model']['name']}` ({meta.get('parameters', 0):,} parameters, "
         f"{(run / 'best_model.pth').stat().st_size / 1024:.0f} KB), settings `{json.dumps(cfg['model']['kwargs'])}`.",
-        f"- Input: 16 kHz mono audio → {feats['kind']} ({feats['n_mels']} mel bands, {feats['n_fft']}-point FFT, "
-        f"{feats.get('win_length') or feats['n_fft']}-sample window, {feats['hop_length']}-sample hop), normalised "
-        "with statistics from the training data; whole clips (variable length) at inference.",
+        f"- Input: {describe_input(feats, cfg['model']['name'] == 'lstm')}",
         f"- Output: softmax over the labels with temperature scaling (T = {cfg['temperature']:.3f}, fitted on the "
         "validation speakers).",
         "",
@@ -72,6 +98,7 @@ def card(run: Path, name: str, command: str, extra: str) -> str:
         *rows,
         "```",
         "",
+        *([notes.strip(), ""] if notes.strip() else []),
         "The independent measurement on unseen speakers and corpora is done outside the project; "
         "see `BENCHMARKS.md` for the speaker-independent cross-validation of each model family.",
         "",
@@ -87,8 +114,8 @@ def card(run: Path, name: str, command: str, extra: str) -> str:
         "- Acted English speech from 80 North-American actors (two corpora, studio and lab recordings): expect "
         "lower accuracy on spontaneous speech, other languages, children, noisy or far-field audio, and phone codecs.",
         "- Clips of 1–6 s hold one emotion; longer recordings should use `--timeline`.",
-        "- Disgust, fearful and surprised are the least reliable classes (see the per-class table); "
-        "`low_confidence` flags top scores below 0.70.",
+        f"- {_and(weakest(rows)).capitalize()} are the least reliable classes (lowest recall in the "
+        "per-class table); `low_confidence` flags top scores below 0.70.",
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
         "the model has no 'no speech' class.",
         "- Not for decisions about people (hiring, health, policing): emotion expressed in a voice is not a "
@@ -104,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="default")
     ap.add_argument("--command", default="(see the model's model_meta.json: train_config)")
     ap.add_argument("--machine", default="")
+    ap.add_argument("--notes", type=Path, default=None,
+                    help="Markdown file of further measured figures (e.g. cross-corpus) for the card's Measured section")
     args = ap.parse_args(argv)
     missing = [f for f in FILES if not (args.run / f).exists()]
     if missing:
@@ -114,7 +143,8 @@ def main(argv=None) -> int:
     tmp.mkdir(parents=True)
     for f in FILES:
         shutil.copy2(args.run / f, tmp / f)
-    (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine))
+    (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine,
+                                               args.notes.read_text() if args.notes else ""))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {args.run} as {dest}")
