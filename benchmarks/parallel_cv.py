@@ -137,6 +137,39 @@ def summarize(out: Path) -> dict:
     return res
 
 
+def run_peer(out: Path, root: Path, folds: int, protocols: list[str]) -> None:
+    """The eGeMAPS+SVM peer on the same speaker folds (``speech_benchmark.py``, which uses emovox's
+    own ``plan_splits``, as ``emovox train --folds N --fold K`` does), saved as ``peer_egemaps_svm.json``."""
+    names = {"ravdess": ["ravdess8"], "crema": ["crema6"], "cross": ["ravdess_to_crema", "crema_to_ravdess"]}
+    wanted = [p for proto in protocols for p in names.get(proto, [])]
+    if not wanted:
+        return
+    peer_out = out / "peer"
+    cmd = [sys.executable, str(Path(__file__).with_name("speech_benchmark.py")), "--data", str(root),
+           "--families", "egemaps_svm", "--protocols", ",".join(wanted), "--folds", str(folds), "--out", str(peer_out)]
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        print(f"peer failed (rc={rc}): {' '.join(cmd)}", flush=True)
+        return
+    peer = peer_summary(json.loads((peer_out / "results.json").read_text())["results"])
+    (out / "peer_egemaps_svm.json").write_text(json.dumps(peer, indent=1))
+
+
+def peer_summary(results: dict) -> dict:
+    """``speech_benchmark.py``'s egemaps_svm results in this script's table format."""
+    peer: dict = {}
+    for proto, key in (("ravdess8", "ravdess"), ("crema6", "crema")):
+        if proto in results:
+            fs = results[proto]["families"]["egemaps_svm"]["folds"]
+            peer[key] = {k: _mean_std([f[k] for f in fs]) for k in ("uar", "macro_f1", "accuracy")}
+            peer[key]["train_time_s"] = _mean_std([f["training_time_s"] for f in fs])[0]
+    cross = {p: results[p]["families"]["egemaps_svm"]["folds"][0]["uar"]
+             for p in ("ravdess_to_crema", "crema_to_ravdess") if p in results}
+    if len(cross) == 2:
+        peer["cross"] = cross
+    return peer
+
+
 def _pm(r: dict, key: str) -> str:
     return f"{100 * r[key][0]:.1f} ± {100 * r[key][1]:.1f}"
 
@@ -187,6 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--no-peer", action="store_true", help="skip the eGeMAPS+SVM peer (run first, minutes)")
     ap.add_argument("--summarize", type=Path, default=None, help="only print the table for a finished --out")
     args = ap.parse_args(argv)
     if args.summarize:
@@ -204,6 +238,8 @@ def main(argv=None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if not args.no_peer and not (args.out / "peer_egemaps_svm.json").exists():
+        run_peer(args.out, args.data_root, args.folds, args.protocols)
     print(f"{len(jobs)} jobs, {args.jobs} at a time, on {platform.node()} ({os.cpu_count()} CPUs), device {args.device}")
     with ThreadPoolExecutor(args.jobs) as pool:
         statuses = list(pool.map(lambda j: run_job(j, extra if j["cmd"][0] == "train" else [], env), jobs))
