@@ -256,3 +256,46 @@ def test_augmentation_keeps_shapes_and_changes_values(synth_corpus):
     fixed = BatchMaker(preset("seed000"), None, augment=AugmentConfig())
     feats, lengths = fixed.train_batch([compute_logmel(wave, preset("seed000"))] * 2, rng)
     assert feats.shape == (2, 64, 100) and lengths is None
+
+
+def test_frame_objective_ignores_padding_and_reads_the_last_real_frame():
+    from emovox.models import build_model
+    from emovox.training import _frame_objective
+
+    torch.manual_seed(0)
+    model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8, num_layers=2).eval()
+    short, long = torch.randn(1, 30, 13), torch.randn(1, 50, 13)
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 20)), long])
+    lengths = torch.tensor([30, 50])
+    target = torch.tensor([2, 1])
+    with torch.no_grad():
+        last, per_clip = _frame_objective(model.frame_logits(batch), target, lengths, skip=10)
+        alone_last, alone = _frame_objective(model.frame_logits(short), target[:1], None, skip=10)
+        # the per-frame model's last frame is the streaming answer: padded_logits reads the same frame
+        assert torch.allclose(last, model.padded_logits(batch, lengths), atol=1e-6)
+    assert torch.allclose(last[0], alone_last[0], atol=1e-6)
+    assert float(per_clip[0]) == pytest.approx(float(alone[0]), abs=1e-6)
+    # frames 10..29 of the short clip, by hand
+    ce = torch.nn.functional.cross_entropy(model.frame_logits(short)[0, 10:], torch.full((20,), 2))
+    assert float(per_clip[0]) == pytest.approx(float(ce), abs=1e-5)
+    # a clip shorter than the skip is scored on its last frame only
+    _, tiny = _frame_objective(model.frame_logits(short[:, :5]), target[:1], None, skip=10)
+    ce_last = torch.nn.functional.cross_entropy(model.frame_logits(short[:, :5])[:, -1], target[:1])
+    assert float(tiny[0]) == pytest.approx(float(ce_last), abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["frames", "last"])
+def test_streaming_objectives_train_and_lower_the_loss(objective, synth_corpus, tmp_path):
+    rows, labels, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    cfg = TrainConfig(model="lstm", model_kwargs={"hidden_size": 16, "num_layers": 1}, epochs=3, batch_size=16,
+                      lr=5e-3, seed=0, early_stopping_patience=None, streaming_loss=objective)
+    plan = plan_splits(rows, cfg)[0]
+    res = train_model(plan, labels, cfg, tmp_path / objective, cache=tmp_path / "cache", plots=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0], losses
+    assert json.loads((tmp_path / objective / "model_meta.json").read_text())
+
+
+def test_streaming_loss_is_checked():
+    with pytest.raises(ValueError, match="streaming_loss must be frames or last"):
+        TrainConfig(streaming_loss="middle").validate()

@@ -204,6 +204,18 @@ def global_mean_cross_entropy(logits: torch.Tensor, target: torch.Tensor, global
     return loss * world_size() / total.to(loss.device)
 
 
+def global_mean_loss(per_sample: torch.Tensor, target: torch.Tensor, global_target: torch.Tensor, *,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Like :func:`global_mean_cross_entropy` for losses already computed per sample ``(batch,)``:
+    the class-weighted mean ``sum(w[y] * l) / sum(w[y])`` over the global batch, scaled for DDP."""
+    w = weight[target] if weight is not None else torch.ones_like(per_sample)
+    loss = (w.to(per_sample.dtype) * per_sample).sum()
+    if not is_enabled():
+        return loss / w.sum().to(loss.dtype)
+    total = weight[global_target].sum() if weight is not None else torch.tensor(float(global_target.numel()))
+    return loss * world_size() / total.to(loss.device)
+
+
 def gather_sharded(fn: Callable[[list[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:
     """``fn(items)`` computed in shards: each rank runs ``fn`` on ``items[rank::world_size]`` and the
     row-wise results are gathered back into the input order (every rank gets the whole array)."""

@@ -115,6 +115,11 @@ class TrainConfig:
     class_balance: str = "loss"  # "loss", "sampler" or "none"
     crop_s: float | None = 3.0  # training crop for frame models; None: whole clips
     max_train_s: float = 8.0  # longest training sequence for streaming models
+    # streaming models: "frames" trains the clip's label at every frame after the first
+    # `frame_loss_skip_s` (an answer all along the stream, and gradients at every step), "last" only at
+    # the last frame (seed 003's objective)
+    streaming_loss: str = "frames"
+    frame_loss_skip_s: float = 0.5
     early_stopping_patience: int | None = 5  # None or 0: off
     grad_clip: float = 5.0
     num_workers: int | None = None
@@ -166,6 +171,9 @@ class TrainConfig:
              f"fold must be between 1 and folds ({self.folds}), got {self.fold}"),
             (self.crop_s is None or self.crop_s > 0, f"crop_s must be positive, got {self.crop_s}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must not be negative, got {self.mixup_alpha}"),
+            (self.streaming_loss in ("frames", "last"),
+             f"streaming_loss must be frames or last, got {self.streaming_loss!r}"),
+            (self.frame_loss_skip_s >= 0, f"frame_loss_skip_s must not be negative, got {self.frame_loss_skip_s}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -324,6 +332,25 @@ def _epoch_order(n: int, y: np.ndarray, cfg: TrainConfig, epoch: int, n_classes:
     return torch.randperm(n, generator=g).tolist()
 
 
+def _frame_forward(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    return model.frame_logits(feats.transpose(1, 2))
+
+
+def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor | None,
+                     skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-frame logits ``(batch, classes)`` and each clip's mean cross-entropy over its frames from
+    ``skip`` on (clips shorter than that: the last frame only); padding is masked out."""
+    b, t, _ = frame_logits.shape
+    n = lengths.to(frame_logits.device).clamp(1, t) if lengths is not None else torch.full((b,), t, device=frame_logits.device)
+    ce = F.cross_entropy(frame_logits.transpose(1, 2), target[:, None].expand(b, t), reduction="none")  # (b, t)
+    pos = torch.arange(t, device=ce.device)[None, :]
+    start = torch.minimum(torch.full_like(n, skip), n - 1)[:, None]
+    mask = (pos >= start) & (pos < n[:, None])
+    per_clip = (ce * mask).sum(1) / mask.sum(1)
+    last = frame_logits.gather(1, (n - 1).view(b, 1, 1).expand(b, 1, frame_logits.shape[2])).squeeze(1)
+    return last, per_clip
+
+
 class FullModel(nn.Module):
     """What ``--save-full-model`` pickles to ``model_full.pth`` for frame models (cnn, cnn2d, crnn).
 
@@ -473,9 +500,12 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
         model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
     device = cfg.torch_device()
     model.to(device)
-    train_forward = ddp.wrap_model(model, device, forward=forward_model)  # DDP under torchrun
     streaming = bool(getattr(model, "streaming", False))
     fps = feat_cfg.frame_rate_hz
+    frame_loss = streaming and cfg.streaming_loss == "frames" and hasattr(model, "frame_logits")
+    skip_frames = round(cfg.frame_loss_skip_s * fps)
+    # DDP under torchrun; streaming models with the per-frame objective return (batch, frames, classes)
+    train_forward = ddp.wrap_model(model, device, forward=_frame_forward if frame_loss else forward_model)
     crop_frames = None if streaming or cfg.crop_s is None else max(1, round(cfg.crop_s * fps))
     max_frames = max(1, round(cfg.max_train_s * fps)) if streaming else None
     if hooks is not None:
@@ -565,7 +595,11 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
             global_target, global_mixed = target, mixed
             feats, lengths, target, mixed = ddp.shard_batch(feats, lengths, target, mixed)
             logits = train_forward(feats, lengths)
-            loss = ddp.global_mean_cross_entropy(logits, target, global_target, weight=weights)
+            if frame_loss:
+                logits, per_clip = _frame_objective(logits, target, lengths, skip_frames)
+                loss = ddp.global_mean_loss(per_clip, target, global_target, weight=weights)
+            else:
+                loss = ddp.global_mean_cross_entropy(logits, target, global_target, weight=weights)
             if mixup:
                 loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(logits, mixed, global_mixed,
                                                                               weight=weights)

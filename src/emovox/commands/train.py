@@ -89,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="counter class imbalance by a weighted loss or a balanced sampler")
     _add(g, "--crop-seconds", dest="crop_s", type=float, default=3.0,
          help="training crop length for frame models (evaluation uses whole clips)")
+    _add(g, "--streaming-loss", dest="streaming_loss", choices=["frames", "last"], default="frames",
+         help="streaming models (lstm): train the label at every frame after the first 0.5 s, or only at "
+              "the last frame (seed 003)")
     _add(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=int, default=5,
          help="epochs without validation UAR improvement before stopping (0: off)")
     _add(g, "--seed", type=int, default=0)
@@ -207,7 +210,7 @@ def _run(args, *, rank0: bool = True) -> int:
         val_split=args.val_split, split=args.split,
         test_speakers=[s for s in args.test_speakers.split(",") if s.strip()] if args.test_speakers else None,
         folds=args.folds, fold=args.fold, seed=args.seed, augment=args.use_augmentation, mixup_alpha=args.mixup,
-        class_balance=args.class_balance, crop_s=args.crop_s, early_stopping_patience=args.patience,
+        class_balance=args.class_balance, crop_s=args.crop_s, streaming_loss=args.streaming_loss, early_stopping_patience=args.patience,
         num_workers=args.num_workers, device=args.device,
     )
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())

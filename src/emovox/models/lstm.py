@@ -41,6 +41,16 @@ class EmotionLSTM(nn.Module):
             last = hidden[0][-1]
         return self.fc(self.dropout(last)), hidden
 
+    def frame_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits after every frame ``(batch, frames, n_classes)``: what a stream reports as it goes.
+
+        Causal, so in a zero-padded batch the outputs up to a clip's last real frame are exact
+        (the frames after it are to be masked). Training on every frame (``streaming_loss="frames"``)
+        gives gradients at every step instead of only through the last one.
+        """
+        out, _ = self.lstm(x)
+        return self.fc(self.dropout(out))
+
     def padded_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of a zero-padded batch ``(batch, frames, n_features)`` read at each clip's last real frame.
 
