@@ -158,3 +158,26 @@ def test_saved_model_is_rebuilt_from_its_own_config(name, tmp_path):
         got = loaded.pipeline(wave)
     torch.testing.assert_close(got, want)
     assert loaded.pipeline.labels == ["a", "b", "c"] and float(loaded.pipeline.temperature) == pytest.approx(1.7)
+
+
+def test_crnn_utterance_norm_is_padding_safe_and_cancels_a_channel_offset(tmp_path):
+    torch.manual_seed(4)
+    model = build_model("crnn", n_features=32, n_classes=4, **TINY["crnn"], input_norm="utterance").eval()
+    lengths = torch.tensor([37, 23, 9, 2])
+    x = torch.randn(4, 32, 37)
+    for i, n in enumerate(lengths):
+        x[i, :, n:] = 5.0 * (i + 1)  # padding values must not matter
+    # a per-band offset (a recording's gain and channel colouring, in log-mel) leaves the answer alone
+    coloured = x + torch.linspace(-3, 3, 32).view(1, 32, 1)
+    with torch.no_grad():
+        batch = model(x, lengths)
+        alone = torch.cat([model(x[i : i + 1, :, : int(n)]) for i, n in enumerate(lengths)])
+        torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(coloured, lengths), batch, atol=1e-4, rtol=1e-4)
+        plain = build_model("crnn", n_features=32, n_classes=4, **TINY["crnn"])
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain.eval()(coloured, lengths), plain(x, lengths), atol=1e-3)
+    # the setting travels with the saved model
+    assert model.kwargs["input_norm"] == "utterance"
+    with pytest.raises(ValueError, match="input_norm must be 'global' or 'utterance'"):
+        build_model("crnn", n_features=32, n_classes=4, input_norm="speaker")

@@ -75,6 +75,17 @@ def masked_sequential(blocks: nn.Sequential, x: torch.Tensor, lengths: torch.Ten
     return x.masked_fill(~_mask_like(x, lengths), 0.0), lengths
 
 
+def utterance_mean_norm(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``(batch, features, frames)`` minus each clip's mean over its own real frames, per feature
+    (cepstral/spectral mean normalisation): a fixed gain or channel colouring, which shifts every
+    log-mel frame of a recording alike, cancels. Padded frames come out zero."""
+    if lengths is None:
+        return x - x.mean(dim=-1, keepdim=True)
+    mask = _mask_like(x, lengths)
+    mean = x.masked_fill(~mask, 0.0).sum(dim=-1, keepdim=True) / lengths.to(x.dtype).clamp_min(1).view(-1, 1, 1)
+    return (x - mean).masked_fill(~mask, 0.0)
+
+
 def masked_mean_2d(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """``(batch, channels, freq, frames)`` → ``(batch, channels)``: mean over freq and real frames."""
     x = x.mean(dim=2)
