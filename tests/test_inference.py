@@ -352,3 +352,23 @@ def test_readme_main_job_prints_the_json_record(capsys):
     rec = json.loads(capsys.readouterr().out)
     assert code == 0 and rec["emotion"] in EKMAN7 and 0 < rec["confidence"] <= 1
     assert rec["music_mood"] and isinstance(rec["low_confidence"], bool)
+
+
+def test_shipped_streaming_lstm_streams_like_it_classifies(capsys):
+    """`emovox stream --model streaming` runs the shipped LSTM frame by frame; fed chunk by chunk it
+    ends where the whole clip does."""
+    from emovox.inference import available_models
+
+    shipped = {m["name"]: m for m in available_models()}
+    assert shipped["streaming"]["model"] == "lstm" and shipped["streaming"]["labels"] == list(EKMAN7)
+    clip = EXAMPLES / "ravdess_03-01-05-02-01-01-12.flac"
+    code, out, _ = run_cli(["stream", str(clip), "--model", "streaming", "--chunk-ms", "250"], capsys)
+    ups = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and ups[-1]["final"] is True and len(ups) >= 10
+    model = load_model("streaming")
+    assert model.streaming
+    whole = model.predict(clip)
+    np.testing.assert_allclose(ups[-1]["confidence"], list(whole.scores.values()), atol=1e-5)
+    assert ups[-1]["emotion"] == whole.label and ups[-1]["class"] == EKMAN7.index(whole.label)
+    # every update carries the answer so far: a distribution over the seven labels
+    assert all(abs(sum(u["confidence"]) - 1) < 1e-4 for u in ups)

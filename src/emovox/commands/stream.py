@@ -13,7 +13,9 @@ HELP = "classify audio incrementally: a file played as a stream, or raw 16-bit 1
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", default="-", help="audio file, or '-' for raw s16le mono PCM on stdin")
     p.add_argument("--model", default=None,
-                   help="model (default: the shipped streaming LSTM if present, else the default model)")
+                   help="model: a folder or a shipped name; 'streaming' is the shipped LSTM that runs frame by "
+                        "frame with its hidden state (less accurate); default: the default model, which "
+                        "re-classifies the last --window-s seconds at every update")
     p.add_argument("--labels", default=None, help="fold scores into another label set (basic5, app6, ...)")
     p.add_argument("--chunk-ms", type=float, default=250.0, help="chunk length fed per update (ms)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
@@ -23,12 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..audio import load_audio, pcm16_to_float
-    from ..inference import available_models, load_model
+    from ..inference import load_model
 
-    name = args.model
-    if name is None:
-        name = "streaming" if any(m["name"] == "streaming" for m in available_models()) else None
-    model = load_model(name)
+    model = load_model(args.model)
     session = model.stream(labels=args.labels, window_s=args.window_s)
     sr = model.sample_rate_hz
     chunk = max(1, int(sr * args.chunk_ms / 1000))
