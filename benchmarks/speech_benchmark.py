@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated: " + ", ".join(PROTOCOLS))
     p.add_argument("--folds", type=int, default=5, help="speaker folds for within-corpus protocols")
     p.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (default: all)")
+    p.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads, default=None,
+                   help="JSON settings for the neural families' models, e.g. '{\"input_norm\": \"utterance\"}'")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience (epochs)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -227,7 +229,7 @@ def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
     cfg = TrainConfig(model=family, epochs=args.epochs, batch_size=args.batch_size, lr_schedule="cosine",
                       warmup_epochs=2.0 if args.epochs > 10 else 0.5, augment=True,
                       early_stopping_patience=args.patience, seed=args.seed, num_workers=args.workers,
-                      model_kwargs={"backbone": args.ssl_backbone} if family == "ssl" else {},
+                      model_kwargs={"backbone": args.ssl_backbone} if family == "ssl" else dict(args.model_kwargs or {}),
                       **FAMILY_SETTINGS[family])
     res = train_model(plan, labels, cfg, out_dir, cache=cache, echo=lambda s: print(f"    {s}", flush=True))
     out = {"uar": res.metrics["uar"], "macro_f1": res.metrics["macro_f1"], "accuracy": res.metrics["accuracy"],
