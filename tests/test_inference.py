@@ -372,3 +372,35 @@ def test_shipped_streaming_lstm_streams_like_it_classifies(capsys):
     assert ups[-1]["emotion"] == whole.label and ups[-1]["class"] == EKMAN7.index(whole.label)
     # every update carries the answer so far: a distribution over the seven labels
     assert all(abs(sum(u["confidence"]) - 1) < 1e-4 for u in ups)
+
+
+@pytest.mark.parametrize("family", ["cnn", "cnn2d", "crnn"])
+def test_inference_fuses_batch_norm_without_changing_results(family, tmp_path):
+    """EmotionModel folds eval-mode batch norms into their convolutions: same scores as unfused."""
+    from emovox.modelio import load_model_dir
+    from emovox.models.common import fuse_conv_bn
+
+    d = make_model_dir(tmp_path / family, name=family)
+    loaded = load_model_dir(d)
+    for m in loaded.pipeline.modules():  # trained-looking batch-norm statistics, not the identity
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    waves = [voice(0.7 + 0.4 * i, 150 + 30 * i, seed=i) for i in range(4)]
+    n = max(len(w) for w in waves)
+    x = torch.from_numpy(np.stack([np.pad(w, (0, n - len(w))) for w in waves]))
+    lengths = torch.tensor([len(w) for w in waves])
+    def n_bn():
+        return sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in loaded.pipeline.modules())
+
+    with torch.no_grad():
+        before, bn_before = loaded.pipeline(x, lengths), n_bn()
+        fused = fuse_conv_bn(loaded.pipeline)
+        after = loaded.pipeline(x, lengths)
+    assert fused == {"cnn": 3, "cnn2d": 3, "crnn": 4}[family] and n_bn() == bn_before - fused
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    model = load_model(d)  # the inference path fuses on load and stays padding-safe
+    np.testing.assert_allclose(model.probabilities(waves), np.stack([model.probabilities([w])[0] for w in waves]),
+                               atol=1e-6)

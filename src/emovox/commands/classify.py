@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
     p.add_argument("--format", choices=["json", "jsonl", "csv", "table"], default="json", help="output format")
     p.add_argument("--threshold", type=float, default=0.70, help="flag low_confidence below this top score")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per model call")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per model call (16 keeps activations in cache on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
     p.add_argument("--max-duration-s", type=float, default=3600.0, help="reject clips longer than this")
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")

@@ -33,3 +33,28 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     if lengths is None:
         return x
     return x * length_mask(lengths, x.shape[-1], device=x.device).to(x.dtype)[:, None, :]
+
+
+def fuse_conv_bn(module: torch.nn.Module) -> int:
+    """Fold every eval-mode batch norm that directly follows a convolution inside an ``nn.Sequential``
+    into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and put an ``Identity`` in
+    its place, in place. The function computed is unchanged (batch norm in eval mode is a fixed
+    per-channel affine map); inference does one pass less over every activation. For inference
+    only: the fused module's ``state_dict`` no longer matches the saved one. Returns the number
+    of pairs fused.
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if module.training:
+        raise ValueError("fuse_conv_bn needs a model in eval mode")
+    pairs = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d))
+    fused = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if any(isinstance(conv, c) and type(bn) is b for c, b in pairs) and bn.track_running_stats:
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+                fused += 1
+    return fused
