@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ClipCache, row_path
+from .data import ClipCache, cached_lookup, row_path
 from .modelio import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -639,15 +639,8 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
     root = cache_root(cache)
     store = HiddenStateCache(root, backbone, layers, device) if root is not None else None
     paths = [row_path(r) for r in rows]
-    results: list[np.ndarray | None] = [None] * len(paths)
+    results, todo = cached_lookup(store, paths)
     errors: dict[int, str] = {}
-    todo = []
-    for i, p in enumerate(paths):
-        hit = store.get(p) if store is not None else None
-        if hit is None:
-            todo.append(i)
-        else:
-            results[i] = hit
     if todo:
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
                    dynamic_ncols=True, leave=False)

@@ -250,6 +250,12 @@ class FeatureSet:
         return len(self.features)
 
 
+def cached_lookup(store: ClipCache | None, paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[int]]:
+    """Each path's cached array (None on a miss or without a cache), and the positions still to compute."""
+    results: list[np.ndarray | None] = [store.get(p) if store is not None else None for p in paths]
+    return results, [i for i, r in enumerate(results) if r is None]
+
+
 def row_path(row: Any) -> str:
     return os.fspath(row.path if hasattr(row, "path") else row)
 
@@ -274,15 +280,8 @@ def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCach
 
     store = resolve_cache(cache, cfg)
     paths = [row_path(r) for r in rows]
-    results: list[np.ndarray | None] = [None] * len(paths)
+    results, todo = cached_lookup(store, paths)
     errors: dict[int, str] = {}
-    todo = []
-    for i, p in enumerate(paths):
-        hit = store.get(p) if store is not None else None
-        if hit is None:
-            todo.append(i)
-        else:
-            results[i] = hit
 
     def work(i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
