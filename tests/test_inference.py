@@ -376,7 +376,8 @@ def test_shipped_streaming_lstm_streams_like_it_classifies(capsys):
 
 @pytest.mark.parametrize("family", ["cnn", "cnn2d", "crnn"])
 def test_inference_fuses_batch_norm_without_changing_results(family, tmp_path):
-    """EmotionModel folds eval-mode batch norms into their convolutions: same scores as unfused."""
+    """EmotionModel folds eval-mode batch norms into their convolutions and runs 2-D convolutions
+    channels-last: same scores as the saved (unfused, NCHW) pipeline, padded or alone."""
     from emovox.modelio import load_model_dir
     from emovox.models.common import fuse_conv_bn
 
@@ -402,5 +403,10 @@ def test_inference_fuses_batch_norm_without_changing_results(family, tmp_path):
     assert fused == {"cnn": 3, "cnn2d": 3, "crnn": 4}[family] and n_bn() == bn_before - fused
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     model = load_model(d)  # the inference path fuses on load and stays padding-safe
-    np.testing.assert_allclose(model.probabilities(waves), np.stack([model.probabilities([w])[0] for w in waves]),
-                               atol=1e-6)
+    convs2d = [m for m in model.backend.pipeline.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs2d)
+    probs = model.probabilities(waves)
+    with torch.no_grad():  # a fresh load of the saved file: unfused, NCHW
+        reference = torch.softmax(load_model_dir(d).pipeline.eval()(x, lengths) / model.backend.temperature, -1)
+    np.testing.assert_allclose(probs, reference.numpy(), atol=1e-5)
+    np.testing.assert_allclose(probs, np.stack([model.probabilities([w])[0] for w in waves]), atol=1e-6)

@@ -88,6 +88,9 @@ class TorchBackend:
         self.loaded = loaded
         self.pipeline = loaded.pipeline.eval()
         fuse_conv_bn(self.pipeline)  # same function, one pass less per block
+        # 2-D convolutions and pools run ~3x faster on a CPU in NHWC (oneDNN's native layout); the
+        # models that use them (crnn) hand their input over in that layout too. Same numbers.
+        self.pipeline.to(memory_format=torch.channels_last)
         self.labels = list(self.pipeline.labels)
         self.sample_rate_hz = self.pipeline.sample_rate_hz
         self.temperature = float(self.pipeline.temperature)
@@ -312,9 +315,14 @@ class EmotionModel:
                 return e
 
         chunk = max(batch_size * 4, 64)
+        starts = range(0, len(sources), chunk)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(sources), chunk):
-                waves = list(pool.map(_load, sources[start : start + chunk]))
+            # the next chunk decodes while this one runs through the model (at most 2 chunks in memory)
+            pending = [pool.submit(_load, s) for s in sources[:chunk]]
+            for start in starts:
+                waves = [f.result() for f in pending]
+                nxt = start + chunk
+                pending = [pool.submit(_load, s) for s in sources[nxt : nxt + chunk]]
                 ok = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
                 probs = self.probabilities([waves[i] for i in ok], batch_size=batch_size) if ok else []
                 for j, i in enumerate(ok):

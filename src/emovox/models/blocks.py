@@ -63,16 +63,23 @@ def masked_sequential(blocks: nn.Sequential, x: torch.Tensor, lengths: torch.Ten
         return blocks(x), None
     for m in blocks:
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
-            x = m(x.masked_fill(~_mask_like(x, lengths), float("-inf")))
+            x = m(_masked_fill(x, ~_mask_like(x, lengths), float("-inf")))
             lengths = pooled_lengths(lengths, m)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            x = m(x.masked_fill(~_mask_like(x, lengths), 0.0))
+            x = m(_masked_fill(x, ~_mask_like(x, lengths), 0.0))
             lengths = conv_lengths(lengths, m)
         elif isinstance(m, _SHAPE_KEEPING):
             x = m(x)
         else:
             raise TypeError(f"masked_sequential cannot mask through {type(m).__name__}")
-    return x.masked_fill(~_mask_like(x, lengths), 0.0), lengths
+    return _masked_fill(x, ~_mask_like(x, lengths), 0.0), lengths
+
+
+def _masked_fill(x: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
+    """``x.masked_fill(mask, value)`` in ``x``'s memory layout: an out-of-place ``masked_fill`` with a
+    broadcast mask returns a contiguous NCHW tensor, which would undo a channels-last model;
+    ``torch.where`` keeps the layout (and is faster)."""
+    return torch.where(mask, value, x)
 
 
 def utterance_mean_norm(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

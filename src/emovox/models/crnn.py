@@ -66,7 +66,9 @@ class CRNN(nn.Module):
         """``feats``: normalised ``(batch, n_features, frames)``; ``lengths``: real frames per clip."""
         if self.input_norm == "utterance":
             feats = utterance_mean_norm(feats, lengths)
-        h, lengths = masked_sequential(self.blocks, feats.unsqueeze(1), lengths)
+        # NHWC: with channels-last weights (what inference sets) oneDNN's convolutions and pools are ~3x faster
+        x = feats.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        h, lengths = masked_sequential(self.blocks, x, lengths)
         b, c, f, t = h.shape
         h, _ = masked_sequential(self.proj, h.reshape(b, c * f, t), lengths)
         seq = h.transpose(1, 2)  # (batch, frames, proj_dim)
