@@ -18,8 +18,10 @@ from emovox.features import (
     fix_frames,
     mel_filterbank,
     nonzero_frame_mask,
+    normalize_level,
     preset,
     silence_features,
+    speech_level_db,
 )
 
 librosa = pytest.importorskip("librosa")
@@ -176,3 +178,63 @@ def test_file_and_array_input_give_the_same_features(tmp_path, speechlike):
     a = featurize(load_audio(tmp_path / "x.wav"), preset("logmel64"))[0]
     b = featurize(speechlike, preset("logmel64"))[0]
     torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speech-level normalisation
+
+
+def test_speech_level_moves_with_gain_and_normalised_features_do_not(speechlike):
+    cfg = preset("logmel128l")
+    assert cfg.level_db == 0.0 and preset("logmel128").level_db is None
+    fe = build_frontend(cfg)
+    with torch.no_grad():
+        loud, quiet = fe(torch.from_numpy(speechlike)[None]), fe(torch.from_numpy(speechlike * 0.05)[None])
+    # every frame's energy moves by 20*log10(0.05) = -26.02 dB, and so does the 90th percentile
+    shift = float(speech_level_db(quiet) - speech_level_db(loud))
+    assert shift == pytest.approx(20 * np.log10(0.05), abs=1e-3)
+    a, b = normalize_level(loud, cfg), normalize_level(quiet, cfg)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+    assert float(speech_level_db(a)) == pytest.approx(cfg.level_db, abs=1e-3)
+    # the level is a quantile over frames: the 90th percentile of the frame energies, by hand
+    energy = 10 * np.log10((10 ** (loud[0].double().numpy() / 10)).sum(axis=0))
+    expected = np.sort(energy)[int(np.floor(0.9 * (len(energy) - 1)))]
+    assert float(speech_level_db(loud)) == pytest.approx(expected, abs=1e-3)
+
+
+def test_speech_level_of_a_padded_batch_equals_each_clip_alone(speechlike):
+    cfg = preset("logmel128l")
+    fe = build_frontend(cfg)
+    with torch.no_grad():
+        feats = fe(torch.from_numpy(speechlike)[None])[0]
+    n = feats.shape[-1]
+    lengths = torch.tensor([n, n - 40, 7])
+    batch = torch.full((3, feats.shape[0], n), -100.0)  # padding: the log floor, or anything else
+    for i, k in enumerate(lengths.tolist()):
+        batch[i, :, :k] = feats[:, :k]
+    batch[2, :, 7:] = 50.0  # loud padding must not count
+    got = normalize_level(batch, cfg, lengths)
+    for i, k in enumerate(lengths.tolist()):
+        torch.testing.assert_close(got[i, :, :k], normalize_level(feats[:, :k], cfg), atol=1e-4, rtol=0)
+
+
+def test_speech_level_never_raises_near_silence_more_than_the_cap():
+    cfg = preset("logmel128l")
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 1e-5  # about -100 dBFS
+    with torch.no_grad():
+        raw = build_frontend(cfg)(torch.from_numpy(x)[None])
+    out = normalize_level(raw, cfg)
+    torch.testing.assert_close(out - raw, torch.full_like(raw, cfg.level_max_gain_db))
+    assert float(speech_level_db(out)) < cfg.level_db - 10  # still far below speech level
+
+
+def test_level_normalisation_is_for_log_mel_only():
+    with pytest.raises(ValueError, match="level_db .* applies to log-mel"):
+        FeatureConfig(kind="mfcc", level_db=0.0)
+    with pytest.raises(ValueError, match="level_max_gain_db"):
+        FeatureConfig(level_db=0.0, level_max_gain_db=-1.0)
+    cfg = preset("logmel128l")
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    # a model saved before these fields existed loads with level normalisation off
+    old = {k: v for k, v in preset("logmel128").to_dict().items() if not k.startswith("level")}
+    assert FeatureConfig.from_dict(old).level_db is None

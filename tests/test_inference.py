@@ -327,6 +327,33 @@ def test_batching_never_changes_results_for_any_front_end(cnn_dir, lstm_dir):
         np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
+def test_level_normalised_model_ignores_recording_gain(tmp_path):
+    """With ``level_db`` in its front-end, a clip 26 dB quieter (or 12 dB louder, in float) gets the
+    same scores, alone or zero-padded in a batch with clips of other lengths."""
+    d = make_model_dir(tmp_path / "crnn", name="crnn", features="logmel128l")
+    model = load_model(d)
+    waves = [voice(0.8 + 0.45 * i, 150 + 20 * i, seed=i) for i in range(4)]
+    base = model.probabilities(waves)
+    for gain in (0.05, 4.0):
+        np.testing.assert_allclose(model.probabilities([w * gain for w in waves]), base, atol=1e-5)
+    np.testing.assert_allclose(base, np.stack([model.probabilities([w])[0] for w in waves]), atol=1e-6)
+    # the same model without level normalisation does depend on the gain (what the option is for)
+    plain = load_model(make_model_dir(tmp_path / "plain", name="crnn", features="logmel128"))
+    assert np.abs(plain.probabilities([w * 0.05 for w in waves]) - plain.probabilities(waves)).max() > 1e-3
+
+
+def test_streaming_model_refuses_level_normalisation(tmp_path):
+    from emovox.modelio import load_model_dir
+
+    d = make_model_dir(tmp_path / "lstm", name="lstm", features="seed003")
+    cfg = json.loads((d / "model_config.json").read_text())
+    cfg["features"] = preset("logmel128l").to_dict()
+    cfg["model_kwargs"], cfg["normalization"] = {}, None
+    save_model(d, build_model("lstm", n_features=128, n_classes=len(EKMAN7)).eval(), cfg)
+    with pytest.raises((ModelLoadError, ValueError), match="level_db.*streaming|streaming.*level_db"):
+        load_model_dir(d)
+
+
 # ------------------------------------------------------------------------------ shipped model
 
 EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"

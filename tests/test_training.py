@@ -121,6 +121,8 @@ def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch
         np.testing.assert_array_equal(a, b)
     # another front-end has its own key; a touched file is decoded again
     assert config_hash(preset("mfcc13")) != config_hash(cfg) == config_hash(cfg.replace(num_frames=100))
+    # speech-level normalisation is applied after the cache: the same cached frames serve both
+    assert config_hash(preset("logmel128l")) == config_hash(preset("logmel128"))
     load_features(rows[:1], preset("mfcc13"), cache=tmp_path)
     assert len(calls) == 13
     path = rows[0].path
@@ -237,6 +239,25 @@ def test_cached_features_give_the_pipeline_features(synth_corpus):
         got = BatchMaker(cfg, None).eval_item(compute_logmel(wave, cfg))
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=0.1 if cfg.kind == "mfcc" else 0.02, rtol=1e-3)
+
+
+def test_training_features_with_level_normalisation_equal_the_pipeline_and_ignore_gain(synth_corpus):
+    from emovox.modelio import EmotionPipeline, make_config
+    from emovox.models import build_model
+
+    cfg = preset("logmel128l")
+    wave = emovox.audio.load_audio(sorted(synth_corpus.glob("*.wav"))[3])
+    pipe = EmotionPipeline(build_model("crnn", n_features=cfg.n_features, n_classes=4),
+                           make_config(model_name="crnn", model_kwargs={}, features=cfg, labels=list("abcd"), stats=None))
+    with torch.no_grad():
+        want = pipe.features(torch.from_numpy(wave)[None])[0][0]
+    maker = BatchMaker(cfg, None)
+    torch.testing.assert_close(maker.eval_item(compute_logmel(wave, cfg)), want, atol=0.02, rtol=1e-3)
+    torch.testing.assert_close(maker.eval_item(compute_logmel(wave * 0.05, cfg)), want, atol=0.02, rtol=1e-3)
+    # training crops: the same crop of a quieter copy gives the same features (gain cancels)
+    a = maker.train_item(compute_logmel(wave, cfg), np.random.default_rng(0))
+    b = maker.train_item(compute_logmel(wave * 0.05, cfg), np.random.default_rng(0))
+    torch.testing.assert_close(a, b, atol=0.02, rtol=1e-3)
 
 
 def test_augmentation_keeps_shapes_and_changes_values(synth_corpus):

@@ -76,6 +76,7 @@ from .features import (
     mel_filterbank,
     mel_to_hz,
     nonzero_frame_mask,
+    normalize_level,
     silence_features,
 )
 
@@ -92,11 +93,15 @@ def default_cache_dir() -> Path:
 def cached_config(cfg: FeatureConfig) -> FeatureConfig:
     """The log-mel front-end whose frames are cached for ``cfg`` (MFCC configs: the log-mel under it)."""
     return cfg.replace(kind="logmel", n_mfcc=FeatureConfig.n_mfcc, num_frames=None,
-                       skip_zero_frames=cfg.kind == "mfcc" and cfg.skip_zero_frames)
+                       skip_zero_frames=cfg.kind == "mfcc" and cfg.skip_zero_frames,
+                       level_db=None, level_max_gain_db=FeatureConfig.level_max_gain_db)
 
 
 def config_hash(cfg: FeatureConfig) -> str:
-    blob = json.dumps({"cache_version": CACHE_VERSION, **cached_config(cfg).to_dict()}, sort_keys=True)
+    frames = cached_config(cfg).to_dict()
+    for name in ("level_db", "level_max_gain_db"):  # applied after the cache (and newer than it)
+        del frames[name]
+    blob = json.dumps({"cache_version": CACHE_VERSION, **frames}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -322,7 +327,8 @@ def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCach
 
 def fit_stats(features: Sequence[np.ndarray], cfg: FeatureConfig) -> FeatureStats:
     """Per-feature mean and std of the model's features over all frames of ``features`` (cached log-mel)."""
-    return FeatureStats.fit(model_features(torch.from_numpy(f.astype(np.float32)), cfg) for f in features)
+    return FeatureStats.fit(model_features(normalize_level(torch.from_numpy(f.astype(np.float32)), cfg), cfg)
+                            for f in features)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +416,7 @@ class BatchMaker:
         f = model_features(torch.from_numpy(logmel.astype(np.float32)), self.cfg)
         if self.cfg.num_frames is not None:
             f = fix_frames(f, self.cfg.num_frames, cfg=self.cfg)
-        return (f - self.mean) / self.std
+        return (normalize_level(f, self.cfg) - self.mean) / self.std
 
     def eval_batch(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return collate([self.eval_item(c) for c in clips])
@@ -444,7 +450,8 @@ class BatchMaker:
             out = self._silence[:, None].expand(-1, self.cfg.num_frames).clone()
             out[:, left : left + x.shape[-1]] = x
             x = out
-        f = (model_features(x, self.cfg) - self.mean) / self.std
+        # level after gain and noise, as a quiet or noisy recording meets it at inference
+        f = (normalize_level(model_features(x, self.cfg), self.cfg) - self.mean) / self.std
         if aug is not None:
             f = self._spec_augment(f, rng)
         return f

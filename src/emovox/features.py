@@ -56,6 +56,11 @@ class FeatureConfig:
     skip_zero_frames: bool = False
     #: Fixed number of frames for models with a fixed input (crop/pad); None: variable.
     num_frames: int | None = None
+    #: Log-mel only: shift each clip's log-mel so that its speech level (:func:`speech_level_db`) is
+    #: this many dB, which makes the features independent of the recording's gain; None: off.
+    level_db: float | None = None
+    #: The most a quiet clip is raised by ``level_db`` (near-silence is not blown up to speech level).
+    level_max_gain_db: float = 40.0
 
     def __post_init__(self):
         if self.kind not in ("logmel", "mfcc", "waveform"):
@@ -70,6 +75,10 @@ class FeatureConfig:
             raise ValueError("n_fft, hop_length and n_mels must be positive")
         if self.kind == "mfcc" and not (0 < self.n_mfcc <= self.n_mels):
             raise ValueError(f"n_mfcc must be in 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
+        if self.level_db is not None and self.kind != "logmel":
+            raise ValueError(f"level_db (speech-level normalisation) applies to log-mel features, not {self.kind!r}")
+        if self.level_max_gain_db < 0:
+            raise ValueError(f"level_max_gain_db must not be negative, got {self.level_max_gain_db}")
 
     def _fix_waveform_fields(self) -> None:
         """Set the STFT fields to their waveform values; refuse values that ask for an STFT."""
@@ -139,6 +148,11 @@ PRESETS: dict[str, FeatureConfig] = {
     # window smears (Hann main lobe 80 Hz instead of 160 Hz) and 128 bands are ~23 Hz apart below 1 kHz.
     # On RAVDESS (speaker fold 1) it lifted the CRNN from 41 to 49 UAR.
     "logmel128": FeatureConfig(kind="logmel", n_fft=1024, win_length=800, hop_length=160, n_mels=128),
+    # logmel128 with speech-level normalisation: the same frames shifted so that every clip's speech
+    # level is 0 dB whatever the microphone gain (RAVDESS clips' levels span -12..+15 dB, 5th to 95th
+    # percentile, CREMA-D's 0..+20 dB).
+    "logmel128l": FeatureConfig(kind="logmel", n_fft=1024, win_length=800, hop_length=160, n_mels=128,
+                                level_db=0.0),
     # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
     "waveform": FeatureConfig(kind="waveform"),
 }
@@ -208,6 +222,46 @@ def _padded_window(cfg: FeatureConfig) -> torch.Tensor:
     win = torch.hann_window(wl, periodic=True, dtype=torch.float64)
     left = (cfg.n_fft - wl) // 2
     return F.pad(win, (left, cfg.n_fft - wl - left))
+
+
+# ---------------------------------------------------------------------------------------------
+# Speech-level normalisation
+
+#: The quantile of frame energies that :func:`speech_level_db` takes as a clip's level.
+LEVEL_QUANTILE = 0.9
+_DB_TO_LN = math.log(10.0) / 10.0
+
+
+def speech_level_db(logmel: torch.Tensor, lengths: torch.Tensor | None = None,
+                    quantile: float = LEVEL_QUANTILE) -> torch.Tensor:
+    """A clip's speech level in dB: the ``quantile`` of its frame energies (the mel power summed over
+    bands, in dB) over its real frames. ``logmel``: ``(n_mels, frames)`` or ``(batch, n_mels, frames)``;
+    ``lengths``: real frames per clip of a padded batch. Returns ``()`` or ``(batch,)``.
+
+    The 90th percentile sits in the loud vowels whatever share of the clip is pause, and it moves
+    by exactly ``20 log10 g`` when the waveform is scaled by ``g`` (every frame's energy does).
+    Sort-and-gather, so it exports to ONNX and Core ML.
+    """
+    energy = torch.logsumexp(logmel * _DB_TO_LN, dim=-2) / _DB_TO_LN  # (..., frames)
+    # frame counts and indices computed from the data, not Python ints: traced graphs stay dynamic
+    position = torch.ones_like(energy).cumsum(-1)  # 1, 2, ..., frames
+    if lengths is None:
+        n = position[..., -1:]
+    else:
+        n = lengths.to(energy.device, energy.dtype)[:, None]
+        energy = torch.where(position > n, torch.tensor(float("inf"), dtype=energy.dtype), energy)
+    k = torch.floor(quantile * (n - 1)).long()
+    return energy.sort(dim=-1).values.gather(-1, k)[..., 0]
+
+
+def normalize_level(logmel: torch.Tensor, cfg: FeatureConfig, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Shift log-mel dB so the clip's :func:`speech_level_db` is ``cfg.level_db`` (raised by at most
+    ``cfg.level_max_gain_db``): exactly what scaling the waveform to that level would give.
+    Identity when ``cfg.level_db`` is None."""
+    if cfg.level_db is None:
+        return logmel
+    gain = (cfg.level_db - speech_level_db(logmel, lengths)).clamp(max=cfg.level_max_gain_db)
+    return logmel + gain[..., None, None]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,15 @@ import torch
 from torch import nn
 
 from . import __version__
-from .features import FeatureConfig, FeatureStats, Normalize, build_frontend, fix_frames, nonzero_frame_mask
+from .features import (
+    FeatureConfig,
+    FeatureStats,
+    Normalize,
+    build_frontend,
+    fix_frames,
+    nonzero_frame_mask,
+    normalize_level,
+)
 from .models import build_model
 
 FORMAT = "emovox-model"
@@ -84,6 +92,9 @@ class EmotionPipeline(nn.Module):
         self.frontend = build_frontend(self.feature_config, stft_mode=stft_mode)
         self.normalize = Normalize(stats, self.feature_config.n_features)
         self.model = model
+        if self.streaming and self.feature_config.level_db is not None:
+            raise ValueError("speech-level normalisation (level_db) needs the whole clip; a streaming model "
+                             "runs frame by frame and cannot use it")
         self.labels: list[str] = list(config["labels"])
         self.register_buffer("temperature", torch.tensor(float(config.get("temperature", 1.0))), persistent=False)
 
@@ -97,7 +108,8 @@ class EmotionPipeline(nn.Module):
 
     def raw_features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Un-normalised features ``(batch, F, T)`` and frame lengths (None when all equal).
+        """Un-normalised features ``(batch, F, T)`` and frame lengths (None when all equal): before
+        speech-level normalisation (``level_db``) and standardisation, which :meth:`features` applies.
 
         ``lengths_samples`` gives each clip's real length in a zero-padded batch; frames past it
         are masked by the model's pooling (or skipped as all-zero frames by seed 003's MFCC).
@@ -136,7 +148,12 @@ class EmotionPipeline(nn.Module):
     def features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats, lengths = self.raw_features(wave, lengths_samples)
-        return self.normalize(feats), lengths
+        return self.normalize_features(feats, lengths), lengths
+
+    def normalize_features(self, raw: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw features → the model's input: speech-level normalisation (log-mel configs with
+        ``level_db``), then standardisation with the training statistics."""
+        return self.normalize(normalize_level(raw, self.feature_config, lengths))
 
     def forward_features(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised features ``(batch, F, T)`` → logits."""

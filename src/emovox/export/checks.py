@@ -82,12 +82,12 @@ def _feature_cases(ref, clips) -> list[Case]:
     for c in clips:
         raw, _ = ref.raw_features(torch.from_numpy(c)[None])
         feats.append(raw)
-        exp = ref.forward_features(ref.normalize(raw)).numpy()
+        exp = ref.forward_features(ref.normalize_features(raw)).numpy()
         cases.append(Case(f"batch 1 x {raw.shape[-1]} frames", (raw.numpy(),), exp, True))
     t = min(f.shape[-1] for f in feats)
     batch = torch.cat([f[..., :t] for f in feats])
     cases.append(Case(f"batch {len(clips)} x {t} frames", (batch.numpy(),),
-                      ref.forward_features(ref.normalize(batch)).numpy(), False))
+                      ref.forward_features(ref.normalize_features(batch)).numpy(), False))
     return cases
 
 

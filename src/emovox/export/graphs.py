@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureConfig, silence_features
+from ..features import FeatureConfig, normalize_level, silence_features
 from ..modelio import EmotionPipeline
 
 
@@ -124,7 +124,7 @@ class WaveformGraph(nn.Module):
                 feats, lengths = compact_frames(feats, keep)
         if cfg.num_frames is not None:
             feats, lengths = fix_frames(feats, lengths, cfg.num_frames, self.silence, cfg.n_features), None
-        feats = self.normalize(feats)
+        feats = self.normalize(normalize_level(feats, cfg, lengths))  # log-mel configs with level_db only
         if self.streaming:
             logits, _ = self.model(feats.transpose(1, 2), None, lengths)
             return logits
@@ -138,11 +138,12 @@ class FeatureGraph(nn.Module):
         super().__init__()
         if pipeline.streaming:
             raise ValueError("streaming models export a StreamingStepGraph for feature input")
+        self.cfg = pipeline.feature_config
         self.normalize = pipeline.normalize
         self.model = pipeline.model
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(features))
+        return self.model(self.normalize(normalize_level(features, self.cfg)))
 
 
 class StreamingStepGraph(nn.Module):

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ..features import FeatureConfig, _padded_window, dct_matrix, mel_filterbank, silence_features
+from ..features import (
+    LEVEL_QUANTILE,
+    FeatureConfig,
+    _padded_window,
+    dct_matrix,
+    mel_filterbank,
+    silence_features,
+)
 
 SPEC_FORMAT = "emovox-preprocessing"
 SPEC_VERSION = 1
@@ -82,6 +89,17 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
             "top_db": cfg.top_db,
             "top_db_note": (None if cfg.top_db is None else
                             "then x = max(x, max_over_clip(x) - top_db), the max over all mels and frames"),
+        },
+        "level": {
+            "enabled": cfg.level_db is not None,
+            "level_db": cfg.level_db,
+            "max_gain_db": cfg.level_max_gain_db if cfg.level_db is not None else None,
+            "rule": ("last, just before normalization, over the frames the model gets (after any crop/pad): "
+                     "energy[t] = 10*log10(sum_m 10**(x[m, t]/10)); "
+                     f"level = sorted(energy over the clip's frames)[floor({LEVEL_QUANTILE}*(frames-1))]; "
+                     "x += min(level_db - level, max_gain_db)"),
+            "applied_in_graph": True,
+            "note": "the waveform and the feature graphs both apply it: feed the log-mel dB from before it",
         },
         "mfcc": ({
             "n_mfcc": cfg.n_mfcc,
