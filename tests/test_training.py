@@ -91,7 +91,7 @@ def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
     torch.manual_seed(0)
     model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8).eval()
     stats = FeatureStats(mean=np.linspace(-300, 10, 13).tolist(), std=np.linspace(60, 5, 13).tolist())
-    torch.save(FullStreamingModel(model, stats, 13, 2.0, ["a", "b", "c", "d"]).eval(), tmp_path / "model_full.pth")
+    torch.save(FullStreamingModel(model, stats, preset("seed003"), 2.0, ["a", "b", "c", "d"]).eval(), tmp_path / "model_full.pth")
     full = torch.load(tmp_path / "model_full.pth", weights_only=False)  # a pickle: trusted source only
     raw = torch.tensor(stats.mean)[None, None, :] + torch.randn(1, 30, 13) * torch.tensor(stats.std)
     with torch.no_grad():

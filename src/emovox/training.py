@@ -69,7 +69,7 @@ from .evaluation import (
     softmax,
     write_report,
 )
-from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, preset
+from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset
 from .labels import LabelMap
 from .modelio import FULL_MODEL_FILE, WEIGHTS_FILE, _atomic_write, make_config, save_model, write_json
 from .models import build_model, count_parameters
@@ -355,21 +355,24 @@ class FullModel(nn.Module):
     """What ``--save-full-model`` pickles to ``model_full.pth`` for frame models (cnn, cnn2d, crnn).
 
     ``forward(feats, lengths=None) -> logits``: raw (un-normalised) features ``(batch, n_features,
-    frames)`` in, calibrated logits (divided by the fitted temperature) out; normalisation inside.
+    frames)`` in, calibrated logits (divided by the fitted temperature) out; normalisation (speech
+    level when the features have ``level_db``, then the training statistics) inside.
     Loading needs ``torch.load(path, weights_only=False)`` with ``emovox`` installed. A pickle can
     run arbitrary code when loaded: never load one from an untrusted source (emovox's own loader
     reads ``best_model.pth``, which holds tensors only).
     """
 
-    def __init__(self, model: nn.Module, stats: FeatureStats | None, n_features: int, temperature: float,
-                 labels: Sequence[str]):
+    def __init__(self, model: nn.Module, stats: FeatureStats | None, feature_config: FeatureConfig,
+                 temperature: float, labels: Sequence[str]):
         super().__init__()
         self.model = model
-        self.normalize = Normalize(stats, n_features)
+        self.feature_config = feature_config
+        self.normalize = Normalize(stats, feature_config.n_features)
         self.labels = list(labels)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        feats = normalize_level(feats, self.feature_config, lengths)
         return self.model(self.normalize(feats), lengths) / self.temperature
 
 
@@ -686,7 +689,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
         plot_training_curves(history, out / "training_curves.png")
     if save_full_model:
         cls = FullStreamingModel if streaming else FullModel
-        full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg.n_features, temperature, labels).eval()
+        full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
         _atomic_write(out / FULL_MODEL_FILE, lambda t: torch.save(full, t))
     model_meta = {
         "model": cfg.model,
