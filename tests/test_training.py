@@ -166,6 +166,14 @@ def test_resume_continues_and_matches_a_straight_run(synth_corpus, tmp_path):
     with pytest.raises(ValueError, match="checkpoint was made with other data, labels, model or features"):
         train_model(plan, labels, TrainConfig(epochs=5, **{**base, "model_kwargs": {}}), tmp_path / "resumed",
                     cache=cache, resume=True, plots=False)
+    # a checkpoint written before FeatureConfig gained fields (here: the level_* ones) still resumes
+    ck_path = tmp_path / "resumed" / "checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    ck["data"]["features"] = {k: v for k, v in ck["data"]["features"].items() if not k.startswith("level")}
+    torch.save(ck, ck_path)
+    older = train_model(plan, labels, TrainConfig(epochs=5, **base), tmp_path / "resumed", cache=cache, resume=True,
+                        plots=False)
+    assert [h["epoch"] for h in older.history] == [1, 2, 3, 4, 5]
 
 
 def test_lr_schedules():

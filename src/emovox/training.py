@@ -351,6 +351,18 @@ def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: 
     return last, per_clip
 
 
+def _comparable(data_id: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run identity with its feature config read through :class:`FeatureConfig`, so
+    that fields added to it since (at their defaults) do not make an old checkpoint look foreign."""
+    out = dict(data_id)
+    if isinstance(out.get("features"), dict):
+        try:
+            out["features"] = FeatureConfig.from_dict(out["features"]).to_dict()
+        except (TypeError, ValueError):
+            pass  # unreadable: compares unequal, and the caller says so
+    return out
+
+
 class FullModel(nn.Module):
     """What ``--save-full-model`` pickles to ``model_full.pth`` for frame models (cnn, cnn2d, crnn).
 
@@ -542,7 +554,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     ck_path = out / CHECKPOINT_FILE
     if resume and ck_path.exists():
         ck = _load_checkpoint(ck_path)
-        if ck["data"] != data_id:
+        if _comparable(ck["data"]) != data_id:
             raise TrainingError(
                 f"{ck_path}: the checkpoint was made with other data, labels, model or features; "
                 "train into a new --output_dir or drop --resume"
