@@ -30,7 +30,9 @@ def describe_input(feats: dict, streaming: bool) -> str:
     how = ("frame by frame: an LSTM carries its hidden state, so `emovox stream` and `StreamingSession` update "
            "the answer every 10 ms frame, and a whole clip gives the same result as streaming it"
            if streaming else "whole clips (variable length) at inference")
-    return f"16 kHz mono audio → {what}, normalised with statistics from the training data; {how}."
+    level = (f", each clip shifted to a speech level of {feats['level_db']:g} dB (independent of recording gain)"
+             if feats.get("level_db") is not None else "")
+    return f"16 kHz mono audio → {what}{level}, normalised with statistics from the training data; {how}."
 
 
 def weakest(rows: list[str], n: int = 3) -> list[str]:
@@ -116,6 +118,10 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "- Clips of 1–6 s hold one emotion; longer recordings should use `--timeline`.",
         f"- {_and(weakest(rows)).capitalize()} are the least reliable classes (lowest recall in the "
         "per-class table); `low_confidence` flags top scores below 0.70.",
+        *([] if feats.get("level_db") is not None else [
+            "- Recording level is a cue: the model learnt that angry speech is louder. 20 dB below a normal "
+            "recording level, most answers drift towards *neutral* and *sad* (`BENCHMARKS.md`, \"Recording "
+            "level\"); record at a normal speaking level, not far from the microphone."]),
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
         "the model has no 'no speech' class.",
         "- Not for decisions about people (hiring, health, policing): emotion expressed in a voice is not a "

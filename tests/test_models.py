@@ -83,6 +83,15 @@ def test_padding_does_not_change_logits(name):
     for i, n in enumerate(lengths):
         x[i, :, n:] = 0.0  # padding (its value must not matter either)
         x[i, :, n:] += 7.0 * (i + 1)
+    with torch.no_grad():  # inference: only the padded frames a real output reads are overwritten
+        batch = _logits(model, x, lengths)
+        alone = torch.cat([_logits(model, x[i : i + 1, :, : int(n)]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # training: every padded frame is masked out of place
+        torch.testing.assert_close(_logits(model, x, lengths).detach(), alone, atol=1e-5, rtol=1e-5)
+    # odd and even lengths, strides and pools at every length from 1 to 40 frames
+    lengths = torch.arange(40, 0, -3)
+    x = torch.randn(len(lengths), nf, 40) + 5.0 * (torch.arange(40) >= lengths[:, None])[:, None, :]
     with torch.no_grad():
         batch = _logits(model, x, lengths)
         alone = torch.cat([_logits(model, x[i : i + 1, :, : int(n)]) for i, n in enumerate(lengths)])

@@ -294,7 +294,8 @@ class _Spectrogram(nn.Module):
         if self.stft_mode == "torch":
             spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, window=self.window, center=False,
                               return_complex=True)
-            mag2 = spec.real.square() + spec.imag.square()
+            re, im = spec.real, spec.imag
+            mag2 = torch.addcmul(re * re, im, im)  # re² + im²: one pass less over the strided views
         else:
             out = F.conv1d(x.unsqueeze(1), self.basis, stride=cfg.hop_length)
             re, im = out.chunk(2, dim=1)
