@@ -119,9 +119,10 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         f"- {_and(weakest(rows)).capitalize()} are the least reliable classes (lowest recall in the "
         "per-class table); `low_confidence` flags top scores below 0.70.",
         *([] if feats.get("level_db") is not None else [
-            "- Recording level is a cue: the model learnt that angry speech is louder. 20 dB below a normal "
-            "recording level, most answers drift towards *neutral* and *sad* (`BENCHMARKS.md`, \"Recording "
-            "level\"); record at a normal speaking level, not far from the microphone."]),
+            "- Recording level is a cue: the model learnt that angry speech is louder, so 10–20 dB below a "
+            "normal recording level many answers change and accuracy drops sharply "
+            "(`python benchmarks/gain_robustness.py --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
+            "Record at a normal speaking level, not far from the microphone."]),
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
         "the model has no 'no speech' class.",
         "- Not for decisions about people (hiring, health, policing): emotion expressed in a voice is not a "
