@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     import torch
 
     from emovox.data import default_cache_dir
+    from emovox.modelio import write_json
     from emovox.training import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
@@ -71,8 +72,7 @@ def main(argv=None) -> int:
               "command": "python benchmarks/cross_corpus_crnn.py " + " ".join(argv or sys.argv[1:])}
     print(json.dumps(result, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

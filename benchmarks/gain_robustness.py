@@ -5,19 +5,20 @@ clip of the model (the speakers held out in ``model_meta.json``) by a gain in dB
 no clipping) and reports UAR per corpus (argmax over the labels each corpus has), with the number
 of clips whose top label changed against 0 dB.
 
-    python benchmarks/gain_robustness.py [--model default] [--gains -20,-10,0,6] [--json OUT]
+    python benchmarks/gain_robustness.py [--model default] [--gains=-20,-10,0,6] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from val_by_corpus import DEFAULT_DATA, validation_clips  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,21 +31,14 @@ def main(argv=None) -> int:
     from sklearn.metrics import balanced_accuracy_score
 
     import emovox
-    from emovox.corpora import scan
-    from emovox.training import map_labels
+    from emovox.modelio import write_json
 
     gains = [float(g) for g in args.gains.split(",")]
     if 0.0 not in gains:
         gains.append(0.0)
     model = emovox.load_model(args.model)
-    val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
     out = {"model": str(model.path), "gains_db": gains, "corpora": {}}
-    for corpus in ("ravdess", "crema-d"):
-        rows = [r for r in scan(args.data / corpus, corpus, with_duration=False) if r.speaker in val]
-        if not rows:
-            continue
-        kept, _, _, _ = map_labels(rows, ",".join(model.labels))
-        labs = sorted({r.label for r in kept})
+    for corpus, kept, labs in validation_clips(model, args.data):
         cols = [model.labels.index(c) for c in labs]
         waves = [model.load(r.path) for r in kept]
         y = np.array([r.label for r in kept])
@@ -60,8 +54,7 @@ def main(argv=None) -> int:
                   f"top label changed on {res[g]['changed_vs_0db']} clips")
         out["corpora"][corpus] = {"clips": len(kept), "by_gain": {str(g): v for g, v in res.items()}}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_json(args.json, out)
     return 0
 
 

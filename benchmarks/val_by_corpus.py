@@ -19,6 +19,20 @@ import numpy as np
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def validation_clips(model, data: Path):
+    """``(corpus, clips, labels)`` for each corpus with clips of the model's validation speakers (from its
+    ``model_meta.json``): the clips mapped to the model's labels, and the labels that corpus has, sorted."""
+    from emovox.corpora import scan
+    from emovox.training import map_labels
+
+    val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
+    for corpus in ("ravdess", "crema-d"):
+        rows = [r for r in scan(data / corpus, corpus, with_duration=False) if r.speaker in val]
+        if rows:
+            kept, _, _, _ = map_labels(rows, ",".join(model.labels))
+            yield corpus, kept, sorted({r.label for r in kept})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="shipped model name or folder (default: the default model)")
@@ -27,18 +41,10 @@ def main(argv=None) -> int:
     from sklearn.metrics import balanced_accuracy_score
 
     import emovox
-    from emovox.corpora import scan
-    from emovox.training import map_labels
 
     model = emovox.load_model(args.model)
-    val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
     core = ["neutral", "happy", "sad", "angry"]
-    for corpus in ("ravdess", "crema-d"):
-        rows = [r for r in scan(args.data / corpus, corpus, with_duration=False) if r.speaker in val]
-        if not rows:
-            continue
-        kept, _, _, _ = map_labels(rows, ",".join(model.labels))
-        labs = sorted({r.label for r in kept})
+    for corpus, kept, labs in validation_clips(model, args.data):
         preds = model.predict_batch([r.path for r in kept])
         y = np.array([r.label for r in kept])
         p = np.array([max(labs, key=lambda c, q=q: q.scores[c]) for q in preds])

@@ -81,7 +81,7 @@ def masked_sequential(blocks: nn.Sequential, x: torch.Tensor, lengths: torch.Ten
         else:
             raise TypeError(f"masked_sequential cannot mask through {type(m).__name__}")
         owned = True
-    return _masked_fill(x, ~_mask_like(x, lengths), 0.0), lengths
+    return _fill_padding(x, lengths, 0.0), lengths
 
 
 def _last(v) -> int:
@@ -98,7 +98,7 @@ def _fill_past(x: torch.Tensor, lengths: torch.Tensor, reach: torch.Tensor, valu
     """``x`` with its padded frames set to ``value``: all of them (out of place) when autograd or a
     tracer is watching or ``x`` is not ours to change, else only ``[length, reach)`` per clip, in place."""
     if not owned or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return _masked_fill(x, ~_mask_like(x, lengths), value)
+        return _fill_padding(x, lengths, value)
     t = x.shape[-1]
     for b, (n, r) in enumerate(zip(lengths.tolist(), reach.tolist())):
         if n < t and r > n:
@@ -106,11 +106,11 @@ def _fill_past(x: torch.Tensor, lengths: torch.Tensor, reach: torch.Tensor, valu
     return x
 
 
-def _masked_fill(x: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
-    """``x.masked_fill(mask, value)`` in ``x``'s memory layout: an out-of-place ``masked_fill`` with a
-    broadcast mask returns a contiguous NCHW tensor, which would undo a channels-last model;
-    ``torch.where`` keeps the layout (and is faster)."""
-    return torch.where(mask, value, x)
+def _fill_padding(x: torch.Tensor, lengths: torch.Tensor, value: float) -> torch.Tensor:
+    """``x`` with every frame past ``lengths`` set to ``value``, in ``x``'s memory layout (an out-of-place
+    ``masked_fill`` with a broadcast mask returns contiguous NCHW, which would undo a channels-last
+    model; ``torch.where`` keeps the layout, and is faster)."""
+    return torch.where(_mask_like(x, lengths), x, value)
 
 
 def utterance_mean_norm(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
