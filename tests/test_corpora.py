@@ -13,6 +13,7 @@ import soundfile as sf
 from emovox.cli import main
 from emovox.corpora import (
     CORPORA,
+    NEMO_EMOTIONS,
     CorpusError,
     ManifestRow,
     corpus_name,
@@ -21,6 +22,8 @@ from emovox.corpora import (
     scan,
     summarize,
 )
+from emovox.splits import resolve_speaker
+from emovox.splits import test_speaker_split as speaker_split
 
 SR = 16000
 
@@ -199,6 +202,104 @@ def test_savee_unknown_code(tmp_path):
         scan(root, "savee")
 
 
+# ------------------------------------------------------------------------------- nEMO
+
+NEMO_HEADER = "file_id\temotion\traw_text\tnormalized_text\tspeaker_id\tgender\tage\n"
+NEMO_SPEAKERS = {"EB0": "female", "WR0": "male"}
+
+
+def nemo_name(speaker: str, emotion: str, n: int) -> str:
+    return f"{speaker}_{emotion}_{n}{'.flac' if speaker == 'WR0' else '.wav'}"
+
+
+def nemo_tree(root: Path, with_tsv: bool = True) -> Path:
+    """Two speakers x nEMO's six emotions (WAV and FLAC), with a data.tsv whose speaker ids have leading spaces."""
+    rows = []
+    for spk, gender in NEMO_SPEAKERS.items():
+        for n, emotion in enumerate(NEMO_EMOTIONS, start=1):
+            name = nemo_name(spk, emotion, n)
+            wav(root / name)
+            rows.append(f"{name}\t{emotion}\tZdanie {n}.\tzdanie {n}\t        {spk}\t{gender}\t2{n}\n")
+    if with_tsv:
+        (root / "data.tsv").write_text(NEMO_HEADER + "".join(reversed(rows)), encoding="utf-8")
+    return root
+
+
+def test_nemo_data_tsv(tmp_path, capsys):
+    root = nemo_tree(tmp_path / "nemo")
+    wav(root / "extra" / "unlisted.wav")  # not in data.tsv: not a clip of the corpus
+    assert detect_corpus(root) == "nemo"
+    rows = scan(root)
+    assert [r.path for r in rows] == sorted(r.path for r in rows)
+    got = {n: (r.label, r.speaker, r.corpus) for n, r in by_name(rows).items()}
+    assert got == {nemo_name(spk, emo, n): (NEMO_EMOTIONS[emo], f"nemo_{spk}", "nemo")
+                   for spk in NEMO_SPEAKERS for n, emo in enumerate(NEMO_EMOTIONS, start=1)}
+    assert {r.label for r in rows} == {"angry", "fearful", "happy", "neutral", "sad", "surprised"}
+    assert all(abs(r.duration_s - 0.1) < 1e-6 for r in rows)
+    assert main(["datasets", str(root), "--format", "json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["corpora"]["nemo"]["clips"] == 12 and s["speakers"] == 2 and s["clips_without_speaker"] == 0
+
+
+def test_nemo_file_names_without_tsv(tmp_path):
+    with_tsv = scan(nemo_tree(tmp_path / "a"), with_duration=False)
+    root = nemo_tree(tmp_path / "b", with_tsv=False)
+    assert detect_corpus(root) == "nemo"
+    rows = scan(root, with_duration=False)
+    assert [(Path(r.path).name, r.label, r.speaker) for r in rows] == \
+        [(Path(r.path).name, r.label, r.speaker) for r in with_tsv]
+    assert by_name(scan(tree(tmp_path / "c", ["wr0_Happiness_7.wav"]), "nemo"))["wr0_Happiness_7.wav"].speaker \
+        == "nemo_WR0"  # same speaker id whatever the case of the file name
+
+
+def test_nemo_speaker_independent_split(tmp_path):
+    rows = scan(nemo_tree(tmp_path), with_duration=False)
+    assert resolve_speaker("EB0", {r.speaker for r in rows}) == "nemo_EB0"
+    split = speaker_split(rows, "EB0")
+    assert {rows[i].speaker for i in split.test} == {"nemo_EB0"}
+    assert {rows[i].speaker for i in split.train} == {"nemo_WR0"}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("EB0_disgust_13.wav", r"EB0_disgust_13\.wav': unknown nEMO emotion code 'disgust'; accepted: anger angry"),
+    ("EB0_anger.wav", r"EB0_anger\.wav': not a nEMO file name: expected SPEAKER_EMOTION_N"),
+])
+def test_nemo_bad_file_names(tmp_path, name, message):
+    root = nemo_tree(tmp_path, with_tsv=False)
+    wav(root / name)
+    with pytest.raises(CorpusError, match=message):
+        scan(root, "nemo")
+
+
+@pytest.mark.parametrize("row, message", [
+    ("EB0_disgust_1.wav\tdisgust\tx\tx\t  EB0\tfemale\t27\n",
+     r"data\.tsv' line 14: unknown nEMO emotion code 'disgust'; accepted: anger angry, fear fearful"),
+    ("EB0_anger_99.wav\tanger\tx\tx\t  EB0\tfemale\t27\n", r"data\.tsv' line 14: audio file 'EB0_anger_99.wav' not found"),
+    ("EB0_anger_1.wav\tanger\tx\tx\t  EB0\tfemale\t27\n", r"line 14: 'EB0_anger_1.wav' is listed twice \(first on line"),
+    ("EB0_anger_1.wav\tanger\n", r"data\.tsv' line 14: 2 field\(s\), the header has 7"),
+])
+def test_nemo_bad_data_tsv_rows(tmp_path, row, message):
+    root = nemo_tree(tmp_path)
+    with (root / "data.tsv").open("a", encoding="utf-8") as f:
+        f.write(row)
+    with pytest.raises(CorpusError, match=message):
+        scan(root)
+
+
+def test_nemo_detection_is_not_confused(tmp_path):
+    others = ["03-01-05-01-02-01-12.wav", "1001_DFA_ANG_XX.wav", "1040_ITH_SAD_X.wav", "OAF_back_angry.wav",
+              "YAF_dog_ps.wav", "OA_bite_neutral.wav", "03a01Fa.wav", "DC_a01.wav", "DC_sa01.wav"]
+    assert not any(CORPORA["nemo"].matches(Path(n)) for n in others)
+    for name in ["EB0_anger_1.opus", "WR0_surprised_64.opus", "MP0_fear_256.wav", "EB0_disgust_2.wav"]:
+        assert [k for k, c in CORPORA.items() if c.matches(Path(name))] == ["nemo"], name
+    # a data.tsv with other columns (e.g. Common Voice's) says nothing: the file names decide
+    root = tree(tmp_path / "r", ["Actor_01/03-01-05-01-02-01-01.wav", "Actor_01/03-01-03-01-02-01-01.wav"])
+    (root / "data.tsv").write_text("client_id\tpath\tsentence\n1\tx.mp3\thello\n")
+    assert detect_corpus(root) == "ravdess"
+    with pytest.raises(CorpusError, match=r"data\.tsv' line 1: missing column\(s\) file_id, emotion, speaker_id"):
+        scan(root, "nemo")  # forced: its data.tsv is read, and it is not nEMO's
+
+
 # ------------------------------------------------------------------------------- labels.csv
 
 
@@ -287,7 +388,8 @@ def test_empty_and_missing_folders(tmp_path):
 def test_corpus_name_spellings():
     assert corpus_name("CREMA-D") == corpus_name("cremad") == corpus_name("crema_d") == "crema-d"
     assert corpus_name("EmoDB") == corpus_name("emo-db") == "emodb"
-    assert set(CORPORA) == {"ravdess", "crema-d", "tess", "emodb", "savee", "csv", "folders"}
+    assert corpus_name("nEMO") == "nemo"
+    assert set(CORPORA) == {"ravdess", "crema-d", "tess", "emodb", "savee", "nemo", "csv", "folders"}
 
 
 def test_unreadable_audio_names_the_file(tmp_path):
@@ -376,6 +478,26 @@ def test_real_crema_d(shared_data):
     # durations from the Opus headers, on a few files
     durs = durations([rows[i].path for i in (0, 1000, 4900)])
     assert all(1.0 < d < 6.0 for d in durs)
+
+
+@pytest.mark.realdata
+def test_real_nemo(shared_data):
+    root = shared_data / "nemo"
+    if not (root / "data.tsv").is_file():
+        pytest.skip(f"real nEMO not available: {root / 'data.tsv'} is absent")
+    assert detect_corpus(root) == "nemo"
+    rows = scan(root, with_duration=False)
+    s = summarize(rows)
+    assert s["clips"] == 4481 and s["speakers"] == 9 and s["clips_without_speaker"] == 0
+    assert s["labels"] == {"neutral": 809, "happy": 749, "sad": 769, "angry": 749, "fearful": 736, "surprised": 669}
+    assert "disgust" not in s["labels"] and all(r.corpus == "nemo" for r in rows)
+    assert {r.speaker for r in rows} == {f"nemo_{spk}" for spk in ("EB0", "IC0", "KD0", "KS0", "MK0", "MP0", "SM0",
+                                                                     "TP0", "WR0")}
+    # the file names say what data.tsv says
+    parse = CORPORA["nemo"].parse_file
+    assert all(parse(Path(r.path)) == (r.label, r.speaker.removeprefix("nemo_")) for r in rows)
+    durs = durations([rows[i].path for i in (0, 2000, 4480)])  # from the Opus headers
+    assert all(0.5 < d < 15.0 for d in durs)
 
 
 @pytest.mark.realdata

@@ -72,7 +72,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import whisper
 from .data import ClipCache, cached_lookup, row_path
+from .features import WhisperLogMel
 from .modelio import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,10 @@ SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm")
 CACHE_VERSION = 1
 DEFAULT_CHUNK_S = 20.0
 DEFAULT_OVERLAP_S = 2.0
+#: Whisper's context (30 s): its encoders take windows up to this long.
+WHISPER_CHUNK_S = 30.0
+#: What marks a folder written by :meth:`WhisperBackbone.save_to`.
+WHISPER_ENCODER_JSON = "whisper_encoder.json"
 #: Seconds the TCP probe of the hub endpoint may take before the hub counts as unreachable.
 HUB_PROBE_TIMEOUT_S = 3.0
 #: Folder name of a backbone bundled inside a model folder (``--bundle-backbone``).
@@ -112,8 +118,8 @@ class BackboneError(ModelLoadError):
 class BackboneRef:
     """Where a backbone comes from and what it is; saved in the model config (``model.kwargs.backbone``)."""
 
-    source: str  # hub id, absolute folder, or BUNDLE_DIR (relative to the model folder)
-    kind: str  # "hub" | "local" | "bundled"
+    source: str  # hub id, packaged Whisper name, absolute folder, or BUNDLE_DIR (relative to the model folder)
+    kind: str  # "hub" | "package" | "local" | "bundled"
     revision: str | None = None  # hub only: branch, tag or commit
     config_hash: str = ""
     weights_hash: str = ""
@@ -132,7 +138,8 @@ class BackboneRef:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def describe(self) -> str:
-        where = {"hub": "Hugging Face model id", "local": "local folder", "bundled": "bundled in the model folder"}
+        where = {"hub": "Hugging Face model id", "package": "installed package", "local": "local folder",
+                 "bundled": "bundled in the model folder"}
         rev = f" at revision {self.revision}" if self.revision else ""
         arch = f", {self.model_type} {self.num_layers} layers x {self.hidden_size}" if self.model_type else ""
         return f"{self.source!r} ({where.get(self.kind, self.kind)}{rev}{arch})"
@@ -150,6 +157,8 @@ def parse_source(name_or_dir: str | os.PathLike, *, revision: str | None = None)
     if not s:
         raise BackboneError("no backbone given: pass a Hugging Face model id (e.g. facebook/wav2vec2-base) "
                             "or a local checkpoint folder")
+    if s in whisper.PACKAGED:
+        return BackboneRef(source=s, kind="package")
     p = Path(s).expanduser()
     if p.is_dir():
         return BackboneRef(source=str(p.resolve()), kind="local")
@@ -300,12 +309,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_backbone(source: str | os.PathLike | dict[str, Any] | BackboneRef, *, revision: str | None = None,
-                  model_dir: str | os.PathLike | None = None, chunk_s: float = DEFAULT_CHUNK_S,
+                  model_dir: str | os.PathLike | None = None, chunk_s: float | None = None,
                   overlap_s: float = DEFAULT_OVERLAP_S) -> Backbone:
-    """Load a backbone: a hub id or folder (str), or a recorded :class:`BackboneRef` (dict) to check against.
+    """Load a backbone: a packaged Whisper name, a hub id or folder (str), or a recorded :class:`BackboneRef`
+    (dict) to check against.
 
     A recorded reference must match: another architecture (``config_hash``) raises, other weights
     (``weights_hash``) warn. ``model_dir`` is where a bundled backbone (``backbone/``) lives.
+    ``chunk_s``: window length for long clips (None: 20 s, or 30 s for Whisper).
     """
     expected: BackboneRef | None = None
     if isinstance(source, dict):
@@ -314,7 +325,45 @@ def load_backbone(source: str | os.PathLike | dict[str, Any] | BackboneRef, *, r
         expected, ref = source, replace(source)
     else:
         ref = parse_source(source, revision=revision)
-    location = _locate(ref, model_dir)
+    files = _whisper_files(ref, model_dir)
+    if files is not None:
+        encoder, location = _load_whisper_files(ref, *files)
+        loaded = _whisper_ref(ref, encoder)
+        feature_extractor = model = None
+    else:
+        location = _locate(ref, model_dir)
+        model, feature_extractor, loaded = _load_hf(ref, location)
+        encoder = model if isinstance(model, whisper.WhisperEncoder) else None
+    loaded = _check_expected(expected, loaded, location)
+    if encoder is not None:
+        return WhisperBackbone(encoder, loaded, location=location, chunk_s=chunk_s or WHISPER_CHUNK_S,
+                               overlap_s=overlap_s)
+    return Backbone(model, loaded, location=location, feature_extractor=feature_extractor,
+                    chunk_s=chunk_s or DEFAULT_CHUNK_S, overlap_s=overlap_s)
+
+
+def _check_expected(expected: BackboneRef | None, loaded: BackboneRef, location: str) -> BackboneRef:
+    """Compare a loaded backbone with the one a model recorded; the recorded reference keeps how it was
+    recorded (and the input normalisation the head was trained with)."""
+    if expected is None:
+        return loaded
+    if expected.config_hash and expected.config_hash != loaded.config_hash:
+        raise BackboneError(
+            f"the backbone found at {location} is not the one this model was trained with: expected "
+            f"{expected.model_type} with {expected.num_layers} layers x {expected.hidden_size} (config hash "
+            f"{expected.config_hash}), found {loaded.model_type} with {loaded.num_layers} layers x "
+            f"{loaded.hidden_size} (config hash {loaded.config_hash})")
+    if expected.weights_hash and expected.weights_hash != loaded.weights_hash:
+        warnings.warn(f"backbone {location}: its weights differ from those the model was trained with "
+                      f"(weights hash {loaded.weights_hash}, expected {expected.weights_hash}); predictions "
+                      "are only right if this is the same checkpoint", RuntimeWarning, stacklevel=3)
+    return replace(loaded, source=expected.source, kind=expected.kind, revision=expected.revision,
+                   normalize=expected.normalize, normalize_from=expected.normalize_from or loaded.normalize_from)
+
+
+def _load_hf(ref: BackboneRef, location: str):
+    """``(model, feature extractor, loaded ref)`` through transformers' Auto classes; a Whisper checkpoint
+    gives emovox's :class:`~emovox.whisper.WhisperEncoder` with its encoder weights."""
     access = _HubAccess(ref, location)
     try:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
@@ -323,61 +372,130 @@ def load_backbone(source: str | os.PathLike | dict[str, Any] | BackboneRef, *, r
 
     config = access.load(AutoConfig.from_pretrained)
     model_type = getattr(config, "model_type", "")
+    if model_type == "whisper":
+        full = access.load(AutoModel.from_pretrained)
+        encoder = _wrap_weights_error(lambda: whisper.load_encoder(
+            whisper.EncoderDims.from_hf_config(config), full.get_encoder().state_dict(), location), ref)
+        return encoder, None, _with_revision(_whisper_ref(ref, encoder), config)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise BackboneError(f"backbone {ref.describe()} is a {model_type or 'unknown'!r} model; supported speech "
-                            f"backbones: {', '.join(SUPPORTED_MODEL_TYPES)} (wav2vec2, HuBERT and WavLM families)")
-    normalize, normalize_from = True, ""
-    has_fe = ref.kind == "hub" or (Path(location) / "preprocessor_config.json").is_file()
-    fe = None
-    if has_fe:
-        try:
-            fe = access.load(AutoFeatureExtractor.from_pretrained)
-        except BackboneError:
-            if ref.kind != "hub":
-                raise
-            fe = None
-    if fe is not None:
-        sr = int(getattr(fe, "sampling_rate", SAMPLE_RATE_HZ) or SAMPLE_RATE_HZ)
-        if sr != SAMPLE_RATE_HZ:
-            raise BackboneError(f"backbone {ref.describe()} expects {sr} Hz audio; emovox feeds it {SAMPLE_RATE_HZ} Hz")
-        normalize = bool(getattr(fe, "do_normalize", True))
-        normalize_from = f"preprocessor_config.json ({type(fe).__name__}, do_normalize={normalize})"
-    else:
-        normalize_from = ("default: no preprocessor_config.json, so zero-mean unit-variance per clip as "
-                          "Wav2Vec2FeatureExtractor(do_normalize=True)")
-        log.warning("backbone %s has no preprocessor_config.json: normalising each clip to zero mean and unit "
-                    "variance (Wav2Vec2FeatureExtractor's default)", ref.describe())
-
+                            f"backbones: {', '.join(SUPPORTED_MODEL_TYPES)} (wav2vec2, HuBERT and WavLM families) "
+                            f"and Whisper ({', '.join(whisper.PACKAGED)} installed offline, a CTranslate2 or "
+                            "Hugging Face Whisper folder, or a hub id)")
+    fe, normalize, normalize_from = _input_normalisation(ref, location, access, AutoFeatureExtractor)
     model = access.load(AutoModel.from_pretrained)
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()  # checkpoints stored in half precision: compute in float32 (bf16 autocast on GPUs)
     model.eval()
-    arch = architecture(config)
     loaded = replace(ref, config_hash=config_hash(config), weights_hash=weights_hash(model), model_type=model_type,
                      num_layers=int(config.num_hidden_layers), hidden_size=int(config.hidden_size),
                      normalize=normalize, normalize_from=normalize_from)
-    if ref.kind == "hub" and not ref.revision:
+    return model, fe, _with_revision(loaded, config)
+
+
+def _with_revision(loaded: BackboneRef, config) -> BackboneRef:
+    if loaded.kind == "hub" and not loaded.revision:
         commit = getattr(config, "_commit_hash", None)
         loaded.revision = commit if isinstance(commit, str) and commit else None
-    if expected is not None:
-        if expected.config_hash and expected.config_hash != loaded.config_hash:
-            raise BackboneError(
-                f"the backbone found at {location} is not the one this model was trained with: expected "
-                f"{expected.model_type} with {expected.num_layers} layers x {expected.hidden_size} (config hash "
-                f"{expected.config_hash}), found {loaded.model_type} with {loaded.num_layers} layers x "
-                f"{loaded.hidden_size} (config hash {loaded.config_hash}; architecture {arch})")
-        if expected.weights_hash and expected.weights_hash != loaded.weights_hash:
-            warnings.warn(f"backbone {location}: its weights differ from those the model was trained with "
-                          f"(weights hash {loaded.weights_hash}, expected {expected.weights_hash}); predictions "
-                          "are only right if this is the same checkpoint", RuntimeWarning, stacklevel=2)
-        # a recorded reference keeps how it was recorded (and the normalisation the head was trained with)
-        loaded = replace(loaded, source=expected.source, kind=expected.kind, revision=expected.revision,
-                         normalize=expected.normalize, normalize_from=expected.normalize_from or normalize_from)
-    return Backbone(model, loaded, location=location, feature_extractor=fe, chunk_s=chunk_s, overlap_s=overlap_s)
+    return loaded
+
+
+def _input_normalisation(ref: BackboneRef, location: str, access: _HubAccess, auto_fe):
+    """``(feature extractor or None, normalize, where that came from)`` for a wav2vec2-family backbone."""
+    has_fe = ref.kind == "hub" or (Path(location) / "preprocessor_config.json").is_file()
+    fe = None
+    if has_fe:
+        try:
+            fe = access.load(auto_fe.from_pretrained)
+        except BackboneError:
+            if ref.kind != "hub":
+                raise
+    if fe is None:
+        log.warning("backbone %s has no preprocessor_config.json: normalising each clip to zero mean and unit "
+                    "variance (Wav2Vec2FeatureExtractor's default)", ref.describe())
+        return None, True, ("default: no preprocessor_config.json, so zero-mean unit-variance per clip as "
+                            "Wav2Vec2FeatureExtractor(do_normalize=True)")
+    sr = int(getattr(fe, "sampling_rate", SAMPLE_RATE_HZ) or SAMPLE_RATE_HZ)
+    if sr != SAMPLE_RATE_HZ:
+        raise BackboneError(f"backbone {ref.describe()} expects {sr} Hz audio; emovox feeds it {SAMPLE_RATE_HZ} Hz")
+    normalize = bool(getattr(fe, "do_normalize", True))
+    return fe, normalize, f"preprocessor_config.json ({type(fe).__name__}, do_normalize={normalize})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper checkpoints outside transformers: packaged, CTranslate2 folders, emovox encoder folders
+
+
+def _whisper_files(ref: BackboneRef, model_dir: str | os.PathLike | None) -> tuple[str, list[Path]] | None:
+    """``(format, files)`` when ``ref`` is a Whisper checkpoint emovox reads itself, else None."""
+    if ref.kind == "package":
+        return "ct2", _wrap_weights_error(lambda: whisper.packaged_files(ref.source)[0], ref)
+    if ref.kind == "hub" or (ref.kind == "bundled" and model_dir is None):
+        return None
+    folder = Path(model_dir) / ref.source if ref.kind == "bundled" else Path(ref.source)
+    if (folder / WHISPER_ENCODER_JSON).is_file():
+        return "emovox", [folder]
+    if (folder / "model.bin").is_file():
+        return "ct2", [folder / "model.bin"]
+    return None
+
+
+def _load_whisper_files(ref: BackboneRef, fmt: str, files: list[Path]) -> tuple[whisper.WhisperEncoder, str]:
+    if fmt == "ct2":
+        return _wrap_weights_error(lambda: whisper.encoder_from_ct2(files), ref), str(files[0].parent)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = files[0]
+    try:
+        info = json.loads((folder / WHISPER_ENCODER_JSON).read_text())
+        dims = whisper.EncoderDims(**{k: int(info[k]) for k in whisper.EncoderDims.__dataclass_fields__})
+        state = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise BackboneError(f"cannot read the Whisper encoder folder {folder}: {_first_line(e)}") from None
+    return _wrap_weights_error(lambda: whisper.load_encoder(dims, state, str(folder)), ref), str(folder)
+
+
+def _wrap_weights_error(fn, ref: BackboneRef):
+    try:
+        return fn()
+    except whisper.WhisperWeightsError as e:
+        raise BackboneError(f"backbone {ref.describe()}: {e}") from e
+
+
+def _whisper_ref(ref: BackboneRef, encoder: whisper.WhisperEncoder) -> BackboneRef:
+    arch = {"model_type": "whisper", **encoder.dims.to_dict()}
+    return replace(ref, config_hash=hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16],
+                   weights_hash=weights_hash(encoder), model_type="whisper", num_layers=encoder.dims.n_layers,
+                   hidden_size=encoder.dims.d_model, normalize=False,
+                   normalize_from=f"Whisper log-mel front-end ({encoder.dims.n_mels} bins); no waveform normalisation")
 
 
 # ---------------------------------------------------------------------------------------------
 # The module
+
+
+def stitch_windows(run, x: torch.Tensor, *, stride: int, chunk: int, overlap: int, n_out: int) -> torch.Tensor:
+    """Run ``run`` on windows of ``chunk`` input steps of ``x`` (last axis) overlapping by ``overlap``, starting
+    on multiples of ``stride`` (input steps per output frame), and stitch the ``(..., frames)`` outputs:
+    each output frame comes from the window where it lies furthest from an edge (seams mid-overlap)."""
+    n, hop = x.shape[-1], chunk - overlap
+    starts = [0]
+    while starts[-1] + chunk < n:
+        starts.append(starts[-1] + hop)
+    half = (overlap // stride) // 2
+    out: torch.Tensor | None = None
+    for i, start in enumerate(starts):
+        st = run(x[..., start : start + chunk])
+        if out is None:
+            out = st.new_zeros(*st.shape[:-1], n_out)
+        g0 = start // stride
+        lo = 0 if i == 0 else half
+        hi = st.shape[-1] if i == len(starts) - 1 else hop // stride + half
+        out[..., g0 + lo : g0 + hi] = st[..., lo:hi]
+    return out
+
+
 
 
 def _conv_geometry(config) -> tuple[list[int], list[int]]:
@@ -483,23 +601,8 @@ class Backbone(nn.Module):
         return self._chunked(x, layers)
 
     def _chunked(self, x: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
-        n, s = x.shape[-1], self.stride
-        c, o = self.chunk_samples, self.overlap_samples
-        hop = c - o
-        starts = [0]
-        while starts[-1] + c < n:
-            starts.append(starts[-1] + hop)
-        half = (o // s) // 2
-        out: torch.Tensor | None = None
-        for i, start in enumerate(starts):
-            st = self.run(x[:, start : start + c], layers)
-            if out is None:
-                out = st.new_zeros(*st.shape[:3], self.num_frames(n))
-            g0 = start // s
-            lo = 0 if i == 0 else half
-            hi = st.shape[-1] if i == len(starts) - 1 else hop // s + half
-            out[..., g0 + lo : g0 + hi] = st[..., lo:hi]
-        return out
+        return stitch_windows(lambda w: self.run(w, layers), x, stride=self.stride, chunk=self.chunk_samples,
+                              overlap=self.overlap_samples, n_out=self.num_frames(x.shape[-1]))
 
     def hidden_states(self, x: torch.Tensor, layers: Sequence[int], lengths: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -537,6 +640,96 @@ class Backbone(nn.Module):
                 self.model.save_pretrained(tmp)
                 if self.feature_extractor is not None:
                     self.feature_extractor.save_pretrained(tmp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+class _EncoderHolder(nn.Module):
+    """Gives a Whisper encoder the ``model.encoder.layers`` layout the ssl model's freezing expects."""
+
+    def __init__(self, encoder: whisper.WhisperEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+
+class WhisperBackbone(Backbone):
+    """Whisper's encoder as a backbone: 16 kHz waveforms → Whisper log-mel (:class:`~emovox.features.WhisperLogMel`)
+    → every hidden state at 50 frames/s, at the clip's own length (no 30-s padding).
+
+    The log-mel is computed over the whole clip (its floor follows the clip's maximum); clips longer than
+    ``chunk_s`` (at most 30 s, Whisper's context) run through the encoder in windows of mel frames,
+    stitched as :func:`stitch_windows`. ``num_layers`` transformer layers, ``hidden_size`` = d_model.
+    """
+
+    def __init__(self, encoder: whisper.WhisperEncoder, ref: BackboneRef, *, location: str = "",
+                 chunk_s: float = WHISPER_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S, precision: str = "auto"):
+        nn.Module.__init__(self)
+        self.model = _EncoderHolder(encoder)
+        self.frontend = WhisperLogMel(encoder.dims.n_mels)
+        self.ref = ref
+        self.location = location
+        self.feature_extractor = None
+        self.stride = whisper.HOP_LENGTH * whisper.CONV_STRIDE
+        self.receptive_field = WhisperLogMel.n_fft
+        self.num_layers = encoder.dims.n_layers
+        self.hidden_size = encoder.dims.d_model
+        self.precision = precision
+        self.set_chunking(chunk_s, overlap_s)
+        self.forward_calls = 0
+
+    def set_chunking(self, chunk_s: float, overlap_s: float) -> None:
+        s = self.stride
+        chunk = int(round(chunk_s * SAMPLE_RATE_HZ / s)) * s
+        overlap = int(round(overlap_s * SAMPLE_RATE_HZ / s)) * s
+        if not (0 < overlap and 2 * overlap <= chunk <= WHISPER_CHUNK_S * SAMPLE_RATE_HZ):
+            raise ValueError(f"a Whisper backbone needs 0 < overlap_s and 2 * overlap_s <= chunk_s <= "
+                             f"{WHISPER_CHUNK_S:g} s (its context); got chunk_s={chunk_s}, overlap_s={overlap_s}")
+        self.chunk_s, self.overlap_s = chunk_s, overlap_s
+        self.chunk_samples, self.overlap_samples = chunk, overlap
+
+    def num_frames(self, num_samples: int) -> int:
+        mel = max(int(num_samples), self.min_samples) // whisper.HOP_LENGTH
+        return -(-mel // whisper.CONV_STRIDE)
+
+    def cache_key(self, layers: Sequence[int], device: torch.device | str) -> dict[str, Any]:
+        return {**super().cache_key(layers, device), "frontend": f"whisper-logmel{self.frontend.n_mels}"}
+
+    def run(self, mel: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        """One encoder pass over log-mel ``(batch, n_mels, frames)`` → ``(batch, n_layers, hidden, frames / 2)``."""
+        self.forward_calls += 1
+        bf16 = self.effective_precision(mel.device) == "bf16"
+        with torch.autocast(device_type=mel.device.type, dtype=torch.bfloat16, enabled=bf16):
+            hs = self.model.encoder(mel)
+        return torch.stack([hs[i] for i in layers], dim=1).transpose(2, 3).float()
+
+    def clip_states(self, x: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        if x.shape[-1] < self.min_samples:
+            x = torch.nn.functional.pad(x, (0, self.min_samples - x.shape[-1]))
+        mel = self.frontend(x)
+        hop = whisper.HOP_LENGTH
+        if mel.shape[-1] <= self.chunk_samples // hop:
+            return self.run(mel, layers)
+        return stitch_windows(lambda w: self.run(w, layers), mel, stride=whisper.CONV_STRIDE,
+                              chunk=self.chunk_samples // hop, overlap=self.overlap_samples // hop,
+                              n_out=self.num_frames(x.shape[-1]))
+
+    def save_to(self, dest: str | os.PathLike) -> Path:
+        """Write the encoder as an emovox Whisper folder (``whisper_encoder.json`` + ``model.safetensors``)."""
+        from safetensors.torch import save_file
+
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+        try:
+            enc = self.model.encoder
+            (tmp / WHISPER_ENCODER_JSON).write_text(json.dumps({"format": "emovox-whisper-encoder",
+                                                                **enc.dims.to_dict()}, indent=1))
+            save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp / "model.safetensors"))
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)

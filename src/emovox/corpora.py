@@ -7,12 +7,13 @@ Supported layouts (``CORPORA``):
 - ``tess``: ``OAF_back_angry.wav`` / ``YAF_dog_ps.wav`` (label from the file-name suffix).
 - ``emodb``: ``03a01Fa.wav`` (speaker, text, emotion letter, version).
 - ``savee``: ``DC_a01.wav`` flat, or ``DC/a01.wav`` inside a speaker folder.
+- ``nemo``: ``EB0_anger_1.opus`` (speaker, emotion, number); its ``data.tsv`` is read when present.
 - ``csv``: a ``labels.csv`` with header ``path,label[,speaker][,corpus]`` (paths relative to the CSV).
 - ``folders``: one sub-folder per class, the folder name is the label.
 
 Every label is a canonical emotion name (:func:`emovox.labels.canonical`). Speakers are namespaced
 by corpus (``ravdess_01``, ``crema-d_1001``, ``tess_OAF``) so corpora can be merged.
-:func:`scan` detects the corpus from file names when it is not given.
+:func:`scan` detects the corpus from file names (or nEMO's ``data.tsv``) when it is not given.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import csv
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,9 +97,62 @@ def _check_folder(root: Path) -> list[Path]:
     return files
 
 
-def _unknown_code(path: Path, corpus: str, code: str, codes: dict[str, str]) -> CorpusError:
+def _unknown_code(path: Path, corpus: str, code: str, codes: dict[str, str],
+                  line: int | None = None) -> CorpusError:
     accepted = ", ".join(f"{k} {v}" for k, v in codes.items())
-    return CorpusError(f"'{path}': unknown {corpus} emotion code {code!r}; accepted: {accepted}")
+    where = f"'{path}'" + (f" line {line}" if line is not None else "")
+    return CorpusError(f"{where}: unknown {corpus} emotion code {code!r}; accepted: {accepted}")
+
+
+def _read_table(path: Path, required: tuple[str, ...], expected: str,
+                delimiter: str = ",") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Lower-cased header columns and ``(line number, fields)`` of the non-blank rows of a label table.
+
+    Raises :class:`CorpusError` naming the file (and line) for an unreadable or empty file, a missing
+    ``required`` column or a short row; ``expected`` describes the header in those messages.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"'{path}': cannot read label file: {e}") from e
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise CorpusError(f"'{path}': empty label file (expected header {expected})")
+    cols = [h.strip().lower() for h in header]
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise CorpusError(
+            f"'{path}' line 1: missing column(s) {', '.join(missing)}; header is {','.join(header)!r}, "
+            f"expected {expected}"
+        )
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for lineno, fields in enumerate(reader, start=2):
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) < len(cols):
+                raise CorpusError(
+                    f"'{path}' line {lineno}: {len(fields)} field(s), the header has {len(cols)} ({','.join(header)})"
+                )
+            yield lineno, fields
+
+    return cols, rows()
+
+
+def _table_clip(table: Path, lineno: int, rel: str, seen: dict[str, int]) -> Path:
+    """The audio file a label table's row names (relative to the table's folder), checked to exist once."""
+    rel = rel.strip()
+    if not rel:
+        raise CorpusError(f"'{table}' line {lineno}: empty path")
+    path = Path(rel) if os.path.isabs(rel) else table.parent / rel
+    if not path.is_file():
+        raise CorpusError(f"'{table}' line {lineno}: audio file {rel!r} not found (looked for '{path}')")
+    key = os.path.normpath(os.path.abspath(path))
+    if key in seen:
+        raise CorpusError(f"'{table}' line {lineno}: {rel!r} is listed twice (first on line {seen[key]})")
+    seen[key] = lineno
+    return path
 
 
 # --------------------------------------------------------------------------- file-name corpora
@@ -254,6 +308,61 @@ class _SaveeCorpus(FileNameCorpus):
         return _savee_matches(path)
 
 
+NEMO_EMOTIONS = {"anger": "angry", "fear": "fearful", "happiness": "happy", "neutral": "neutral",
+                 "sadness": "sad", "surprised": "surprised"}
+#: nEMO's label file: one row per clip, header file_id, emotion, raw_text, normalized_text, speaker_id, ...
+NEMO_TSV = "data.tsv"
+_NEMO_COLUMNS = ("file_id", "emotion", "speaker_id")
+_NEMO_RE = re.compile(r"([A-Za-z]{2}\d+)_([A-Za-z]+)_(\d+)")
+
+
+def _nemo_label(emotion: str, where: Path, line: int | None = None) -> str:
+    key = emotion.strip().lower()
+    if key not in NEMO_EMOTIONS:
+        raise _unknown_code(where, "nEMO", emotion.strip(), NEMO_EMOTIONS, line)
+    return NEMO_EMOTIONS[key]
+
+
+def _parse_nemo(path: Path) -> tuple[str, str]:
+    m = _NEMO_RE.fullmatch(path.stem)
+    if not m:
+        raise CorpusError(
+            f"'{path}': not a nEMO file name: expected SPEAKER_EMOTION_N such as EB0_anger_1.opus "
+            f"(speaker two letters and a digit; emotion {', '.join(NEMO_EMOTIONS)})"
+        )
+    speaker, emotion, _n = m.groups()
+    return _nemo_label(emotion, path), speaker.upper()
+
+
+def _has_nemo_tsv(root: Path) -> bool:
+    """Whether ``root`` holds a ``data.tsv`` whose header has nEMO's file_id, emotion, speaker_id."""
+    try:
+        with (root / NEMO_TSV).open(encoding="utf-8-sig") as f:
+            header = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return set(_NEMO_COLUMNS) <= {c.strip().lower() for c in header.split("\t")}
+
+
+class _NemoCorpus(FileNameCorpus):
+    """nEMO: labels and speakers from ``data.tsv`` when the folder has one, else from the file names."""
+
+    def entries(self, root: Path) -> list[tuple[Path, str, str | None]]:
+        tsv = root / NEMO_TSV
+        if not tsv.is_file():
+            return super().entries(root)
+        cols, rows = _read_table(tsv, _NEMO_COLUMNS, "file_id<TAB>emotion<TAB>...<TAB>speaker_id", "\t")
+        i_file, i_emotion, i_spk = (cols.index(c) for c in _NEMO_COLUMNS)
+        out, seen = [], {}
+        for lineno, fields in rows:
+            label = _nemo_label(fields[i_emotion], tsv, lineno)
+            path = _table_clip(tsv, lineno, fields[i_file], seen)
+            out.append((path, label, _ns(self.name, fields[i_spk])))
+        if not out:
+            raise CorpusError(f"'{tsv}': no rows after the header")
+        return out
+
+
 # --------------------------------------------------------------------------- labels.csv / folders
 
 
@@ -277,47 +386,17 @@ class CsvCorpus:
             if not root.exists():
                 raise CorpusError(f"'{root}': no such folder or file")
             raise CorpusError(f"'{root}': no {LABELS_CSV} in this folder (expected header path,label[,speaker])")
-        base = csv_path.parent
-        try:
-            text = csv_path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CorpusError(f"'{csv_path}': cannot read label file: {e}") from e
-        reader = csv.reader(text.splitlines())
-        header = next(reader, None)
-        if header is None:
-            raise CorpusError(f"'{csv_path}': empty label file (expected header path,label[,speaker])")
-        cols = [h.strip().lower() for h in header]
-        missing = [c for c in ("path", "label") if c not in cols]
-        if missing:
-            raise CorpusError(
-                f"'{csv_path}' line 1: missing column(s) {', '.join(missing)}; header is {','.join(header)!r}, "
-                "expected path,label[,speaker]"
-            )
+        cols, rows = _read_table(csv_path, ("path", "label"), "path,label[,speaker]")
         i_path, i_label = cols.index("path"), cols.index("label")
         i_spk = cols.index("speaker") if "speaker" in cols else None
         i_corpus = cols.index("corpus") if "corpus" in cols else None
         out, seen = [], {}
-        for lineno, fields in enumerate(reader, start=2):
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if len(fields) < len(cols):
-                raise CorpusError(
-                    f"'{csv_path}' line {lineno}: {len(fields)} field(s), the header has {len(cols)} ({','.join(header)})"
-                )
-            rel = fields[i_path].strip()
-            if not rel:
-                raise CorpusError(f"'{csv_path}' line {lineno}: empty path")
+        for lineno, fields in rows:
             try:
                 label = canonical(fields[i_label])
             except LabelError as e:
                 raise CorpusError(f"'{csv_path}' line {lineno}: {e}") from None
-            path = Path(rel) if os.path.isabs(rel) else base / rel
-            if not path.is_file():
-                raise CorpusError(f"'{csv_path}' line {lineno}: audio file {rel!r} not found (looked for '{path}')")
-            key = os.path.normpath(os.path.abspath(path))
-            if key in seen:
-                raise CorpusError(f"'{csv_path}' line {lineno}: {rel!r} is listed twice (first on line {seen[key]})")
-            seen[key] = lineno
+            path = _table_clip(csv_path, lineno, fields[i_path], seen)
             corpus = (fields[i_corpus].strip() if i_corpus is not None else "") or self.name
             speaker = _ns(corpus, fields[i_spk]) if i_spk is not None else None
             out.append((path, label, speaker, corpus))
@@ -365,6 +444,7 @@ CORPORA: dict[str, FileNameCorpus | CsvCorpus | FoldersCorpus] = {
     "tess": FileNameCorpus("tess", "OAF_back_angry.wav", _TESS_RE, _parse_tess),
     "emodb": FileNameCorpus("emodb", "03a01Fa.wav", _EMODB_RE, _parse_emodb),
     "savee": _SaveeCorpus("savee", "DC_a01.wav or DC/a01.wav", _SAVEE_FLAT_RE, _parse_savee),
+    "nemo": _NemoCorpus("nemo", f"EB0_anger_1.opus, or nEMO's {NEMO_TSV}", _NEMO_RE, _parse_nemo),
     "csv": CsvCorpus(),
     "folders": FoldersCorpus(),
 }
@@ -388,15 +468,18 @@ def _layouts() -> str:
 def detect_corpus(root: str | os.PathLike) -> str:
     """Tell which corpus layout ``root`` holds (a key of :data:`CORPORA`), from its files' names.
 
-    A folder holding ``labels.csv`` (or a ``.csv`` file itself) is ``csv``. Otherwise the corpus whose
-    naming at least :data:`DETECT_MIN_FRACTION` of the audio files follow wins; failing that,
-    sub-folders named after emotions mean ``folders``.
+    A folder holding ``labels.csv`` (or a ``.csv`` file itself) is ``csv``; one holding a ``data.tsv``
+    with nEMO's columns is ``nemo``. Otherwise the corpus whose naming at least
+    :data:`DETECT_MIN_FRACTION` of the audio files follow wins; failing that, sub-folders named after
+    emotions mean ``folders``.
     """
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
         return "csv"
     if root.is_dir() and (root / LABELS_CSV).is_file():
         return "csv"
+    if root.is_dir() and _has_nemo_tsv(root):
+        return "nemo"
     files = _check_folder(root)
     counts = {name: sum(c.matches(p) for p in files) for name, c in CORPORA.items()
               if isinstance(c, FileNameCorpus)}

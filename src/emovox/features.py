@@ -357,6 +357,46 @@ class Waveform(nn.Module):
         return x.unsqueeze(1)
 
 
+class WhisperLogMel(nn.Module):
+    """Whisper's front-end: waveforms ``(batch, samples)`` at 16 kHz → ``(batch, n_mels, samples // 160)``.
+
+    As OpenAI's ``whisper.audio.log_mel_spectrogram`` (and transformers' ``WhisperFeatureExtractor``):
+    400-point STFT of a periodic Hann window, hop 160, centred with reflect padding, the last frame
+    dropped; power through Slaney mel filters (librosa's, 0-8 kHz); ``log10`` floored at 1e-10 and
+    at the clip's maximum minus 8; then ``(x + 4) / 4``. ``lengths`` (samples per clip of a
+    zero-padded batch) restrict each clip's maximum to its real frames.
+    """
+
+    n_fft = 400
+    hop_length = 160
+
+    def __init__(self, n_mels: int = 80, sample_rate_hz: int = 16000):
+        super().__init__()
+        if sample_rate_hz != 16000:
+            raise ValueError(f"Whisper's front-end is defined at 16 kHz, got {sample_rate_hz} Hz")
+        self.n_mels = n_mels
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        fb = mel_filterbank(sample_rate_hz, self.n_fft, n_mels)
+        self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+
+    def num_frames(self, num_samples: int) -> int:
+        return int(num_samples) // self.hop_length
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)[..., :-1]
+        power = torch.addcmul(spec.real * spec.real, spec.imag, spec.imag)
+        logmel = torch.log10(torch.matmul(self.mel_fb, power).clamp_min(1e-10))
+        if lengths is None:
+            peak = logmel.amax(dim=(-2, -1), keepdim=True)
+        else:
+            real = torch.arange(logmel.shape[-1], device=x.device)[None, :] < (lengths[:, None] // self.hop_length)
+            peak = logmel.masked_fill(~real[:, None, :], float("-inf")).amax(dim=(-2, -1), keepdim=True)
+        return (torch.maximum(logmel, peak - 8.0) + 4.0) / 4.0
+
+
 def build_frontend(cfg: FeatureConfig, *, stft_mode: str = "torch") -> nn.Module:
     if cfg.kind == "waveform":
         return Waveform(cfg, stft_mode=stft_mode)

@@ -86,7 +86,7 @@ class SSLHybrid(nn.Module):
     def __init__(self, n_features: int = 1, n_classes: int = 4, *, backbone: str | dict[str, Any],
                  revision: str | None = None, layers: str | Sequence[int] | None = None, finetune_layers: int = 0,
                  head: str = "cnn", channels: int = 128, hidden: int = 128, dropout: float = 0.2,
-                 layer_norm: bool = True, chunk_s: float = 20.0, overlap_s: float = 2.0,
+                 layer_norm: bool = True, chunk_s: float | None = None, overlap_s: float = 2.0,
                  model_dir: str | os.PathLike | None = None):
         super().__init__()
         from ..backbones import BackboneError, BackboneRef, load_backbone
@@ -125,7 +125,8 @@ class SSLHybrid(nn.Module):
         self._freeze()
         self.kwargs = {"backbone": self.backbone.ref.to_dict(), "layers": list(self.layers),
                        "finetune_layers": self.finetune_layers, "head": head, "channels": channels, "hidden": hidden,
-                       "dropout": dropout, "layer_norm": self.layer_norm, "chunk_s": chunk_s, "overlap_s": overlap_s}
+                       "dropout": dropout, "layer_norm": self.layer_norm, "chunk_s": self.backbone.chunk_s,
+                       "overlap_s": overlap_s}
         self.register_load_state_dict_pre_hook(_fill_frozen_backbone)
 
     # -- freezing and saving
@@ -139,7 +140,9 @@ class SSLHybrid(nn.Module):
             for i in range(total - n, total):
                 model.encoder.layers[i].requires_grad_(True)
                 self._saved_prefixes.append(f"backbone.model.encoder.layers.{i}.")
-            if getattr(model.config, "do_stable_layer_norm", False):  # its final norm follows the last layer
+            final_norm_last = getattr(getattr(model, "config", None), "do_stable_layer_norm", False) or \
+                self.backbone.ref.model_type == "whisper"
+            if final_norm_last:  # its final norm follows the last layer
                 model.encoder.layer_norm.requires_grad_(True)
                 self._saved_prefixes.append("backbone.model.encoder.layer_norm.")
 
