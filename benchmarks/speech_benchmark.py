@@ -7,7 +7,10 @@ Protocols (on ../shared/data, see benchmarks/README.md):
 - ``crema6``: CREMA-D, 6 classes, 5 folds by actor;
 - ``ravdess_to_crema``: train on RAVDESS, test on CREMA-D, 4 classes (``core4``: neutral, happy,
   sad, angry; RAVDESS calm counts as neutral);
-- ``crema_to_ravdess``: the reverse.
+- ``crema_to_ravdess``: the reverse;
+- ``ravdess_out``, ``crema_out``, ``nemo_out`` (optional): one corpus held out, train on the other two with
+  ``ekman7`` labels (20 % of their speakers for validation), test on every clip of the held-out corpus; UAR
+  over the classes it has, predictions over all seven.
 
 Every family trains on the same folds; its validation split (for early stopping and
 calibration) is a speaker-independent part of the training fold. The peer, openSMILE eGeMAPSv02
@@ -39,6 +42,9 @@ FAMILIES = ["cnn", "cnn2d", "lstm", "crnn", "egemaps_svm"]
 #: Families that can be asked for but are not run by default (``ssl`` needs ``--ssl-backbone``).
 OPTIONAL_FAMILIES = ["ssl"]
 PROTOCOLS = ["ravdess8", "crema6", "ravdess_to_crema", "crema_to_ravdess"]
+#: Each corpus held out in turn: train on the other two (ekman7), test on all of the held-out one.
+HELD_OUT = {"ravdess_out": "ravdess", "crema_out": "crema-d", "nemo_out": "nemo"}
+OPTIONAL_PROTOCOLS = list(HELD_OUT)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Training settings per family (learning rate, mixup); everything else is TrainConfig's default
 #: with augmentation on, a cosine schedule and early stopping on validation UAR.
@@ -59,7 +65,11 @@ def parse_args(argv=None):
                    help="comma-separated: " + ", ".join(FAMILIES + OPTIONAL_FAMILIES))
     p.add_argument("--ssl-backbone", dest="ssl_backbone", default=None,
                    help="pretrained backbone (Hugging Face id or local folder) for the optional ssl family")
-    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated: " + ", ".join(PROTOCOLS))
+    p.add_argument("--ssl-head", dest="ssl_head", default="attention", help="head of the ssl family (cnn, attention)")
+    p.add_argument("--label-scope", dest="label_scope", default="all", choices=["all", "corpus"],
+                   help="multi-corpus training: loss over all labels, or over each clip's own corpus's labels")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS),
+                   help="comma-separated: " + ", ".join(PROTOCOLS + OPTIONAL_PROTOCOLS))
     p.add_argument("--folds", type=int, default=5, help="speaker folds for within-corpus protocols")
     p.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (default: all)")
     p.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads, default=None,
@@ -88,8 +98,8 @@ def parse_args(argv=None):
     if "ssl" in args.families and not args.ssl_backbone:
         p.error("the ssl family needs --ssl-backbone (a Hugging Face id or a local checkpoint folder)")
     for x in args.protocols:
-        if x not in PROTOCOLS:
-            p.error(f"unknown protocol {x!r}; choose from {', '.join(PROTOCOLS)}")
+        if x not in PROTOCOLS + OPTIONAL_PROTOCOLS:
+            p.error(f"unknown protocol {x!r}; choose from {', '.join(PROTOCOLS + OPTIONAL_PROTOCOLS)}")
     return args
 
 
@@ -124,7 +134,7 @@ def subsample(rows, limit: int | None, seed: int):
 def load_corpus(args, name: str):
     from emovox.corpora import scan
 
-    folder = {"ravdess": "ravdess", "crema-d": "crema-d"}[name]
+    folder = {"ravdess": "ravdess", "crema-d": "crema-d", "nemo": "nemo"}[name]
     rows = scan(args.data / folder, name, with_duration=False)
     limit = args.limit
     if args.quick:
@@ -145,6 +155,8 @@ def protocol_plans(args, protocol: str, corpora: dict):
         if args.run_folds:
             plans = plans[: args.run_folds]
         return labels, plans, f"{len(kept)} clips, {args.folds} speaker folds"
+    if protocol in HELD_OUT:
+        return held_out_plan(args, protocol, corpora)
     src, dst = ("ravdess", "crema-d") if protocol == "ravdess_to_crema" else ("crema-d", "ravdess")
     train_rows, labels, _, _ = map_labels(corpora[src], "core4")
     test_rows, test_labels, dropped, _ = map_labels(corpora[dst], "core4")
@@ -154,6 +166,23 @@ def protocol_plans(args, protocol: str, corpora: dict):
                      kind="speaker", message=f"cross-corpus: train {src}, test {dst} (core4)",
                      val_message=tv.message, val_speakers=list(tv.test_speakers), name="cross")
     return labels, [plan], f"train {len(train_rows)} {src} clips, test {len(test_rows)} {dst} clips (core4)"
+
+
+def held_out_plan(args, protocol: str, corpora: dict):
+    from emovox.splits import train_val_split
+    from emovox.training import SplitPlan, map_labels
+
+    test_name = HELD_OUT[protocol]
+    train_names = [n for n in sorted(corpora) if n != test_name]
+    train_rows, labels, _, _ = map_labels([r for n in train_names for r in corpora[n]], "ekman7")
+    test_rows, _, _, _ = map_labels(corpora[test_name], "ekman7")
+    tv = train_val_split(train_rows, 0.2, seed=args.seed)
+    plan = SplitPlan(train=[train_rows[i] for i in tv.train], val=[train_rows[i] for i in tv.val], test=test_rows,
+                     kind="speaker", message=f"held out: train {' + '.join(train_names)}, test {test_name} (ekman7)",
+                     val_message=tv.message, val_speakers=list(tv.test_speakers), name="held_out")
+    present = sorted({r.label for r in test_rows}, key=labels.index)
+    return labels, [plan], (f"train {len(train_rows)} clips of {' + '.join(train_names)}, test {len(test_rows)} "
+                            f"{test_name} clips (ekman7; its classes: {', '.join(present)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,11 +255,14 @@ def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
     result_file = out_dir / "result.json"
     if result_file.exists() and not args.force:
         return json.loads(result_file.read_text())
+    kwargs = dict(args.model_kwargs or {})
+    if family == "ssl":
+        kwargs = {"backbone": args.ssl_backbone, "head": args.ssl_head, **kwargs}
+    scope = {"label_scope": args.label_scope} if args.label_scope != "all" else {}
     cfg = TrainConfig(model=family, epochs=args.epochs, batch_size=args.batch_size, lr_schedule="cosine",
-                      warmup_epochs=2.0 if args.epochs > 10 else 0.5, augment=True,
+                      warmup_epochs=2.0 if args.epochs > 10 else 0.5, augment=family != "ssl",  # ssl: cached states
                       early_stopping_patience=args.patience, seed=args.seed, num_workers=args.workers,
-                      model_kwargs={"backbone": args.ssl_backbone} if family == "ssl" else dict(args.model_kwargs or {}),
-                      **FAMILY_SETTINGS[family])
+                      model_kwargs=kwargs, **scope, **FAMILY_SETTINGS[family])
     res = train_model(plan, labels, cfg, out_dir, cache=cache, echo=lambda s: print(f"    {s}", flush=True))
     out = {"uar": res.metrics["uar"], "macro_f1": res.metrics["macro_f1"], "accuracy": res.metrics["accuracy"],
            "n_test": res.metrics["n"], "training_time_s": res.training_time_s,
@@ -310,7 +342,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     needed = set()
     for p in args.protocols:
-        needed |= {"ravdess"} if p == "ravdess8" else {"crema-d"} if p == "crema6" else {"ravdess", "crema-d"}
+        needed |= ({"ravdess"} if p == "ravdess8" else {"crema-d"} if p == "crema6"
+                   else {"ravdess", "crema-d", "nemo"} if p in HELD_OUT else {"ravdess", "crema-d"})
     corpora = {name: load_corpus(args, name) for name in sorted(needed)}
     for name, rows in corpora.items():
         print(f"{name}: {len(rows)} clips, {len({r.speaker for r in rows})} speakers, "

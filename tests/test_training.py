@@ -329,3 +329,112 @@ def test_streaming_objectives_train_and_lower_the_loss(objective, synth_corpus, 
 def test_streaming_loss_is_checked():
     with pytest.raises(ValueError, match="streaming_loss must be frames or last"):
         TrainConfig(streaming_loss="middle").validate()
+
+
+def _rows_of_two_corpora():
+    from emovox.corpora import ManifestRow
+
+    def row(i, label, corpus):
+        return ManifestRow(path=f"/x/{i}.wav", label=label, speaker=None, corpus=corpus, duration_s=None)
+
+    return [row(0, "neutral", "crema-d"), row(1, "angry", "crema-d"), row(2, "sad", "nemo"),
+            row(3, "neutral", "nemo"), row(4, "surprised", "nemo"), row(5, "angry", "csv"), row(6, "sad", None)]
+
+
+def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
+    from emovox.cli import build_parser
+    from emovox.training import corpus_label_gaps, corpus_label_mask, label_scope_message
+
+    rows = _rows_of_two_corpora()
+    labels = ["neutral", "calm", "sad", "angry", "surprised"]  # calm: no training clip at all, masked nowhere
+    inf = float("-inf")
+    want = torch.tensor([
+        [0, 0, inf, 0, inf],  # crema-d: neutral, angry
+        [0, 0, inf, 0, inf],
+        [0, 0, 0, inf, 0],  # nemo: sad, neutral, surprised
+        [0, 0, 0, inf, 0],
+        [0, 0, 0, inf, 0],
+        [inf, 0, 0, 0, inf],  # "csv" and no corpus are one group: angry, sad
+        [inf, 0, 0, 0, inf],
+    ])
+    mask = corpus_label_mask(rows, labels)
+    assert mask.shape == (7, 5) and mask.dtype == torch.float32
+    assert torch.equal(mask, want)
+    assert corpus_label_gaps(rows, labels) == {"crema-d": ["sad", "surprised"], "nemo": ["angry"],
+                                               "csv": ["neutral", "surprised"]}
+    assert label_scope_message(rows, labels) == ("label scope corpus: crema-d lacks sad, surprised; "
+                                                 "csv lacks neutral, surprised; nemo lacks angry")
+    # one corpus: nothing is masked, and the log line says so
+    one = [r for r in rows if r.corpus == "nemo"]
+    assert torch.equal(corpus_label_mask(one, labels), torch.zeros(3, 5))
+    assert label_scope_message(one, labels) == "label scope corpus: every corpus (nemo) has every label; the loss is unchanged"
+    # the option: checked, and on the command line with TrainConfig's default
+    with pytest.raises(ValueError, match="label_scope must be all or corpus, got 'speaker'"):
+        TrainConfig(label_scope="speaker").validate()
+    assert TrainConfig().label_scope == "all"
+    assert build_parser().parse_args(["train", "--data_dir", "d"]).label_scope == "all"
+    assert build_parser().parse_args(["train", "--data_dir", "d", "--label-scope", "corpus"]).label_scope == "corpus"
+
+
+def test_corpus_label_scope_gives_absent_labels_no_gradient():
+    import emovox.distributed as ddp
+    from emovox.training import _frame_objective, corpus_label_mask
+
+    rows = _rows_of_two_corpora()[:5]
+    labels = ["neutral", "sad", "angry", "surprised"]
+    mask = corpus_label_mask(rows, labels)  # crema-d lacks sad, surprised; nemo lacks angry
+    target = torch.tensor([labels.index(r.label) for r in rows])
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, requires_grad=True)
+    ddp.global_mean_cross_entropy(logits + mask, target, target, weight=torch.tensor([1.0, 2.0, 0.5, 1.5])).backward()
+    grad = logits.grad
+    assert torch.isfinite(grad).all()
+    assert (grad[:2, 1] == 0).all() and (grad[:2, 3] == 0).all() and (grad[2:, 2] == 0).all()  # exactly zero
+    assert (grad[:2, [0, 2]] != 0).all() and (grad[2:, [0, 1, 3]] != 0).all()
+    # the loss is the cross-entropy over the corpus's own labels
+    with torch.no_grad():
+        alone = -torch.log_softmax(logits[0, [0, 2]], 0)[0]
+        loss0 = torch.nn.functional.cross_entropy(logits[:1] + mask[:1], target[:1])
+    assert float(loss0) == pytest.approx(float(alone), abs=1e-6)
+    # mixup: a crema-d clip mixed with a nemo clip is scored over both corpora's labels
+    union = torch.maximum(mask[0], mask[4])
+    assert torch.equal(union, torch.zeros(4))
+    # streaming frame objective: the mask is added to every frame, only in the loss
+    frames = torch.randn(5, 12, 4, requires_grad=True)
+    lengths = torch.tensor([12, 7, 12, 3, 9])
+    last, per_clip = _frame_objective(frames, target, lengths, skip=2, scope=mask)
+    per_clip.sum().backward()
+    assert torch.isfinite(per_clip).all() and torch.isfinite(last).all()
+    assert (frames.grad[:2, :, [1, 3]] == 0).all() and (frames.grad[2:, :, 2] == 0).all()
+    assert (frames.grad[0, 2:, 0] != 0).all()
+    plain_last, plain = _frame_objective(frames, target, lengths, skip=2)
+    assert torch.equal(last, plain_last)  # returned logits (accuracy) are not masked
+    assert (per_clip <= plain + 1e-6).all() and not torch.allclose(per_clip, plain)
+
+
+def test_training_with_corpus_label_scope(synth_corpus, tmp_path):
+    from dataclasses import replace
+
+    rows = scan(synth_corpus, with_duration=False)
+    speakers = sorted({r.speaker for r in rows})
+    # two 'corpora': the first two speakers' clips, without angry, and the other two's
+    rows = [replace(r, corpus="a") if r.speaker in speakers[:2] else replace(r, corpus="b") for r in rows]
+    rows = [r for r in rows if not (r.corpus == "a" and r.label == "angry")]
+    rows, labels, _, _ = map_labels(rows, None)
+    cfg = TrainConfig(model="cnn", model_kwargs=TINY_CNN, epochs=2, batch_size=16, seed=0, mixup_alpha=0.2,
+                      label_scope="corpus", early_stopping_patience=None)
+    plan = plan_splits(rows, cfg)[0]
+    said = []
+    res = train_model(plan, labels, cfg, tmp_path / "out", cache=tmp_path / "cache", plots=False, echo=said.append)
+    assert {r.corpus for r in plan.train} == {"a", "b"}
+    assert said.count("label scope corpus: a lacks angry") == 1
+    assert len(res.history) == 2 and all(np.isfinite(h["train_loss"]) for h in res.history)
+    assert json.loads((tmp_path / "out" / "model_config.json").read_text())["training"]["label_scope"] == "corpus"
+    assert json.loads((tmp_path / "out" / "model_meta.json").read_text())["train_config"]["label_scope"] == "corpus"
+    ck = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert ck["train_config"]["label_scope"] == "corpus" and ck["data"]["label_scope"] == "corpus"
+    assert TrainConfig.from_dict(ck["train_config"]).label_scope == "corpus"
+    # another label scope does not resume this checkpoint
+    with pytest.raises(ValueError, match="trained with label scope 'corpus', this run asks for 'all'"):
+        train_model(plan, labels, replace(cfg, label_scope="all", epochs=3), tmp_path / "out", cache=tmp_path / "cache",
+                    resume=True, plots=False)

@@ -10,6 +10,10 @@ Choices, and why:
   configs (``num_frames``, seed 000's ``--time_steps``) crop/pad to that size everywhere.
 - **Imbalance.** ``class_balance="loss"`` (default): cross-entropy weighted by ``n / (C * n_c)``;
   ``"sampler"``: classes drawn equally often; ``"none"``.
+- **Label scope.** Merged corpora lack classes (CREMA-D has no surprised, nEMO no disgust); with
+  ``label_scope="corpus"`` each training clip's cross-entropy runs over the labels its corpus has
+  (the others' logits get -inf in the loss only), so a corpus never teaches "not X" for an X it
+  cannot show (:func:`corpus_label_mask`). ``"all"`` (default): every label everywhere.
 - **Optimiser and schedule.** AdamW; the learning rate warms up linearly over ``warmup_epochs``
   then decays as ``1/sqrt(step)`` ("noam", the default) or by a cosine to 1 % at ``epochs``
   ("cosine"). The noam schedule does not depend on the number of epochs, so extending a finished
@@ -81,6 +85,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "emovox-checkpoint"
 #: Feature preset used when none is given, per model family.
 DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
+#: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
+LABEL_SCOPES = ("all", "corpus")
 #: Order of labels in a model when the data decides them.
 LABEL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
 
@@ -113,6 +119,7 @@ class TrainConfig:
     augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     mixup_alpha: float = 0.0  # Beta(a, a) mixup on frame models; 0: off
     class_balance: str = "loss"  # "loss", "sampler" or "none"
+    label_scope: str = "all"  # "all" or "corpus": each clip's loss over its corpus's labels only
     crop_s: float | None = 3.0  # training crop for frame models; None: whole clips
     max_train_s: float = 8.0  # longest training sequence for streaming models
     # streaming models: "frames" trains the clip's label at every frame after the first
@@ -165,6 +172,7 @@ class TrainConfig:
             (self.class_balance in ("loss", "sampler", "none"),
              f"class_balance must be loss, sampler or none, got {self.class_balance!r}"),
             (self.lr_schedule in ("noam", "cosine"), f"lr_schedule must be noam or cosine, got {self.lr_schedule!r}"),
+            (self.label_scope in LABEL_SCOPES, f"label_scope must be all or corpus, got {self.label_scope!r}"),
             (self.folds is None or self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
             (not (self.folds and self.test_speakers), "give either test speakers or folds, not both"),
             (self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds),
@@ -317,6 +325,39 @@ def class_weights(y: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def _corpus_of(row) -> str:
+    return getattr(row, "corpus", None) or "csv"  # rows without a corpus are one group with the CSV ones
+
+
+def corpus_label_gaps(rows: Sequence[Any], labels: Sequence[str]) -> dict[str, list[str]]:
+    """Per corpus of ``rows`` (in order of appearance), the ``labels`` that other rows have and its
+    own rows do not. Labels no row has are nobody's gap."""
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        seen.setdefault(_corpus_of(r), set()).add(r.label)
+    union = set().union(*seen.values()) if seen else set()
+    return {c: [lab for lab in labels if lab in union and lab not in have] for c, have in seen.items()}
+
+
+def corpus_label_mask(rows: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
+    """Additive loss mask ``(len(rows), len(labels))`` for ``label_scope="corpus"``: -inf where the
+    row's corpus lacks the label (:func:`corpus_label_gaps`), 0 elsewhere. Added to the logits in
+    the training loss only: a masked class gets no gradient from the clip, up or down. A row's own
+    label is never masked, and with one corpus the mask is all zeros."""
+    gaps = corpus_label_gaps(rows, labels)
+    lacks = torch.tensor([[lab in gaps[_corpus_of(r)] for lab in labels] for r in rows], dtype=torch.bool)
+    return torch.zeros(len(rows), len(labels)).masked_fill(lacks.view(len(rows), len(labels)), float("-inf"))
+
+
+def label_scope_message(rows: Sequence[Any], labels: Sequence[str]) -> str:
+    """One line on what ``label_scope="corpus"`` masks, e.g. ``crema-d lacks calm, surprised; ...``."""
+    gaps = corpus_label_gaps(rows, labels)
+    lacking = "; ".join(f"{c} lacks {', '.join(g)}" for c, g in sorted(gaps.items()) if g)
+    if lacking:
+        return f"label scope corpus: {lacking}"
+    return f"label scope corpus: every corpus ({', '.join(sorted(gaps))}) has every label; the loss is unchanged"
+
+
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
     out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(out) > 1 and len(out[-1]) < 2:
@@ -337,12 +378,15 @@ def _frame_forward(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor 
 
 
 def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor | None,
-                     skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     skip: int, scope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Last-frame logits ``(batch, classes)`` and each clip's mean cross-entropy over its frames from
-    ``skip`` on (clips shorter than that: the last frame only); padding is masked out."""
+    ``skip`` on (clips shorter than that: the last frame only); padding is masked out. ``scope``
+    (``(batch, classes)``, see :func:`corpus_label_mask`) is added to every frame's logits in the
+    cross-entropy only, not to the returned logits."""
     b, t, _ = frame_logits.shape
     n = lengths.to(frame_logits.device).clamp(1, t) if lengths is not None else torch.full((b,), t, device=frame_logits.device)
-    ce = F.cross_entropy(frame_logits.transpose(1, 2), target[:, None].expand(b, t), reduction="none")  # (b, t)
+    scoped = frame_logits if scope is None else frame_logits + scope[:, None, :]
+    ce = F.cross_entropy(scoped.transpose(1, 2), target[:, None].expand(b, t), reduction="none")  # (b, t)
     pos = torch.arange(t, device=ce.device)[None, :]
     start = torch.minimum(torch.full_like(n, skip), n - 1)[:, None]
     mask = (pos >= start) & (pos < n[:, None])
@@ -353,14 +397,27 @@ def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: 
 
 def _comparable(data_id: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's run identity with its feature config read through :class:`FeatureConfig`, so
-    that fields added to it since (at their defaults) do not make an old checkpoint look foreign."""
-    out = dict(data_id)
+    that fields added to it since (at their defaults) do not make an old checkpoint look foreign;
+    checkpoints from before ``label_scope`` were trained with ``"all"``."""
+    out = {"label_scope": "all", **data_id}
     if isinstance(out.get("features"), dict):
         try:
             out["features"] = FeatureConfig.from_dict(out["features"]).to_dict()
         except (TypeError, ValueError):
             pass  # unreadable: compares unequal, and the caller says so
     return out
+
+
+def _check_resumable(ck_path: Path, saved: dict[str, Any], data_id: dict[str, Any]) -> None:
+    saved = _comparable(saved)
+    if saved == data_id:
+        return
+    if saved["label_scope"] != data_id["label_scope"]:
+        raise TrainingError(f"{ck_path}: the checkpoint was trained with label scope {saved['label_scope']!r}, "
+                            f"this run asks for {data_id['label_scope']!r}; train into a new --output_dir, "
+                            "drop --resume or keep the label scope")
+    raise TrainingError(f"{ck_path}: the checkpoint was made with other data, labels, model or features; "
+                        "train into a new --output_dir or drop --resume")
 
 
 class FullModel(nn.Module):
@@ -545,7 +602,12 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = class_weights(y["train"], n_classes).to(device) if cfg.class_balance == "loss" else None
     data_id = {"train": _hash_rows(sets["train"].rows), "val": _hash_rows(sets["val"].rows), "labels": labels,
-               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict()}
+               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict(),
+               "label_scope": cfg.label_scope}
+    scope_mask = None  # label_scope="corpus": -inf on the logits (in the loss) of labels a clip's corpus lacks
+    if cfg.label_scope == "corpus":
+        scope_mask = corpus_label_mask(sets["train"].rows, labels).to(device)
+        say(label_scope_message(sets["train"].rows, labels))
 
     history: list[dict[str, Any]] = []
     start_epoch, step, best_uar, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
@@ -554,11 +616,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     ck_path = out / CHECKPOINT_FILE
     if resume and ck_path.exists():
         ck = _load_checkpoint(ck_path)
-        if _comparable(ck["data"]) != data_id:
-            raise TrainingError(
-                f"{ck_path}: the checkpoint was made with other data, labels, model or features; "
-                "train into a new --output_dir or drop --resume"
-            )
+        _check_resumable(ck_path, ck["data"], data_id)
         try:
             model.load_state_dict(ck["model_state"])
             opt.load_state_dict(ck["optimizer_state"])
@@ -598,6 +656,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
             feats = feats.to(device, non_blocking=True)
             lengths = lengths.to(device) if lengths is not None else None
             target = torch.as_tensor(y["train"][idx]).to(device)
+            scope = scope_mask[idx] if scope_mask is not None else None
             mixed = None
             if mixup:
                 lam = float(rng.beta(mixup, mixup))
@@ -606,18 +665,21 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
                 mixed = target[perm]
                 if lengths is not None:
                     lengths = torch.maximum(lengths, lengths[perm])
+                if scope is not None:  # both clips' labels, for both terms
+                    scope = torch.maximum(scope, scope[perm])
             # the global batch is built alike on every rank; each keeps its rows (no-op in one process)
             global_target, global_mixed = target, mixed
-            feats, lengths, target, mixed = ddp.shard_batch(feats, lengths, target, mixed)
+            feats, lengths, target, mixed, scope = ddp.shard_batch(feats, lengths, target, mixed, scope)
             logits = train_forward(feats, lengths)
             if frame_loss:
-                logits, per_clip = _frame_objective(logits, target, lengths, skip_frames)
+                logits, per_clip = _frame_objective(logits, target, lengths, skip_frames, scope)
                 loss = ddp.global_mean_loss(per_clip, target, global_target, weight=weights)
             else:
-                loss = ddp.global_mean_cross_entropy(logits, target, global_target, weight=weights)
-            if mixup:
-                loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(logits, mixed, global_mixed,
-                                                                              weight=weights)
+                scoped = logits if scope is None else logits + scope  # the loss only; accuracy reads logits
+                loss = ddp.global_mean_cross_entropy(scoped, target, global_target, weight=weights)
+                if mixup:  # frame models only (mixup is off for streaming ones)
+                    loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(scoped, mixed, global_mixed,
+                                                                                  weight=weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

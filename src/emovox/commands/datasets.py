@@ -8,7 +8,7 @@ HELP = "summarise a corpus folder: clips, hours, speakers and clips per label"
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="corpus folder (or a labels .csv file)")
     parser.add_argument("--corpus", default=None,
-                        help="corpus layout: ravdess, crema-d, tess, emodb, savee, csv, folders "
+                        help="corpus layout: ravdess, crema-d, tess, emodb, savee, nemo, csv, folders "
                              "(detected from the file names when not given)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 

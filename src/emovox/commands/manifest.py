@@ -10,7 +10,7 @@ FIELDS = ("path", "label", "speaker", "corpus", "duration_s")
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="corpus folder (or a labels .csv file)")
     parser.add_argument("--corpus", default=None,
-                        help="corpus layout: ravdess, crema-d, tess, emodb, savee, csv, folders "
+                        help="corpus layout: ravdess, crema-d, tess, emodb, savee, nemo, csv, folders "
                              "(detected from the file names when not given)")
     parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
     parser.add_argument("--no-duration", action="store_true",

@@ -19,7 +19,7 @@ real corpora: --use_augmentation --mixup 0.2 --lr 0.003 --lr-schedule cosine --e
 --early_stopping_patience 12 (and --threads 1 on a busy machine).
 
 --data_dir with a labels.csv inside reads it (paths relative to the CSV); otherwise the corpus is
-recognised from its file names (ravdess, crema-d, tess, emodb, savee) or class folders.
+recognised from its file names (ravdess, crema-d, tess, emodb, savee, nemo) or class folders.
 Features are cached in --cache-dir (default $EMOVOX_CACHE_DIR or ~/.cache/emovox/features).
 --model ssl: a pretrained wav2vec2 / HuBERT / WavLM backbone (a Hugging Face id, downloaded when the hub is
 reachable, or a save_pretrained folder) with a small trained head; frozen by default, its hidden states are
@@ -35,6 +35,7 @@ def _add(p, *names, **kw):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..features import PRESETS
+    from ..training import LABEL_SCOPES, TrainConfig
 
     p.epilog = EPILOG
     g = p.add_argument_group("data (seed 000)")
@@ -43,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add(g, "--csv_path", "--csv-path", dest="csv_path", default=None,
          help="labels CSV (path,label[,speaker]); default DATA_DIR/labels.csv when present")
     _add(g, "--corpus", nargs="+", action="extend", default=None, metavar="NAME",
-         help="corpus layout per data dir (ravdess, crema-d, tess, emodb, savee, csv, folders); default: detected")
+         help="corpus layout per data dir (ravdess, crema-d, tess, emodb, savee, nemo, csv, folders); "
+              "default: detected")
     _add(g, "--labels", default=None,
          help="target labels: a taxonomy (ravdess8, ekman7, crema6, basic5, app6, core4), a list 'a,b,c' or merges "
               "'disgust=angry,calm=neutral'; clips it cannot express are dropped and counted")
@@ -87,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add(g, "--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(ALPHA, ALPHA) (frame models); 0: off")
     _add(g, "--class-balance", dest="class_balance", choices=["loss", "sampler", "none"], default="loss",
          help="counter class imbalance by a weighted loss or a balanced sampler")
+    _add(g, "--label-scope", dest="label_scope", choices=LABEL_SCOPES, default=TrainConfig.label_scope,
+         help="corpus: each clip's loss covers only the labels its corpus has in the training data, so merged "
+              "corpora that lack a class (CREMA-D: surprised) do not teach 'never that class'; all: every label")
     _add(g, "--crop-seconds", dest="crop_s", type=float, default=3.0,
          help="training crop length for frame models (evaluation uses whole clips)")
     _add(g, "--streaming-loss", dest="streaming_loss", choices=["frames", "last"], default="frames",
@@ -210,7 +215,8 @@ def _run(args, *, rank0: bool = True) -> int:
         val_split=args.val_split, split=args.split,
         test_speakers=[s for s in args.test_speakers.split(",") if s.strip()] if args.test_speakers else None,
         folds=args.folds, fold=args.fold, seed=args.seed, augment=args.use_augmentation, mixup_alpha=args.mixup,
-        class_balance=args.class_balance, crop_s=args.crop_s, streaming_loss=args.streaming_loss, early_stopping_patience=args.patience,
+        class_balance=args.class_balance, label_scope=args.label_scope, crop_s=args.crop_s,
+        streaming_loss=args.streaming_loss, early_stopping_patience=args.patience,
         num_workers=args.num_workers, device=args.device,
     )
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
