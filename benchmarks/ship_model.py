@@ -19,6 +19,27 @@ FILES = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json"
          "metrics_report.csv", "training_history.json", "confusion_matrix.npy", "confusion_matrix_rownorm.png"]
 
 
+#: What the card says of each training corpus (source, licence) and of its speakers (for the limits).
+CORPUS_TEXT = {
+    "ravdess": ("RAVDESS speech, actors 1–20 (Livingstone & Russo 2018, CC BY-NC-SA 4.0)",
+                "20 North-American actors, English"),
+    "crema-d": ("CREMA-D, actors 1001–1060 (Cao et al. 2014, ODbL / DbCL)", "60 North-American actors, English"),
+    "nemo": ("nEMO, 9 actors (Christop 2024, LREC-COLING; CC BY-NC-SA 4.0)", "9 Polish actors, Polish"),
+}
+
+
+def describe_backbone(kwargs: dict) -> str:
+    """The input line of a model on a pretrained backbone (``ssl``)."""
+    bb = kwargs["backbone"]
+    layers = kwargs.get("layers") or []
+    front = ("Whisper's log-mel (80 bins, 25 ms windows, 10 ms hop)" if bb.get("model_type") == "whisper"
+             else "the raw waveform")
+    return (f"16 kHz mono audio → {front} → frozen `{bb['source']}` encoder ({bb['model_type']}, {bb['num_layers']} "
+            f"layers × {bb['hidden_size']}; weights from the installed package, not stored in this folder) → its "
+            f"{len(layers)} hidden states at 50 frames/s, each normalised and mixed with learned layer weights → "
+            f"`{kwargs.get('head', 'cnn')}` head → classifier; whole clips at their own length (no padding to 30 s).")
+
+
 def describe_input(feats: dict, streaming: bool) -> str:
     win = feats.get("win_length") or feats["n_fft"]
     if feats["kind"] == "mfcc":
@@ -58,6 +79,7 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
     feats = cfg["features"]
     split = meta.get("split", {})
     sizes = m.get("sizes", {})
+    corpora = [c for c in CORPUS_TEXT if c in (meta.get("corpora") or ["ravdess", "crema-d"])]
     lines = [
         f"# emovox speech emotion model `{name}`",
         "",
@@ -67,15 +89,16 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "",
         f"- Architecture: `{cfg['model']['name']}` ({meta.get('parameters', 0):,} parameters, "
         f"{(run / 'best_model.pth').stat().st_size / 1024:.0f} KB), settings `{json.dumps(cfg['model']['kwargs'])}`.",
-        f"- Input: {describe_input(feats, cfg['model']['name'] == 'lstm')}",
+        f"- Input: {describe_backbone(cfg['model']['kwargs']) if cfg['model']['name'] == 'ssl' else describe_input(feats, cfg['model']['name'] == 'lstm')}",
         f"- Output: softmax over the labels with temperature scaling (T = {cfg['temperature']:.3f}, fitted on the "
         "validation speakers).",
         "",
         "## Data and licence",
         "",
-        "- Trained on RAVDESS speech, actors 1–20 (Livingstone & Russo 2018, CC BY-NC-SA 4.0) and CREMA-D, actors "
-        "1001–1060 (Cao et al. 2014, ODbL / DbCL), as provided in `../shared/data` (16 kHz).",
-        "- **Licence: non-commercial use only** (CC BY-NC-SA 4.0 inherited from RAVDESS). The code is Apache-2.0.",
+        f"- Trained on {_and([CORPUS_TEXT[c][0] for c in corpora])}, as provided in `../shared/data` (16 kHz).",
+        "- **Licence: non-commercial use only** (CC BY-NC-SA 4.0 inherited from RAVDESS"
+        + (" and nEMO" if "nemo" in corpora else "") + "). The code is Apache-2.0."
+        + (" The Whisper encoder's weights are OpenAI's, MIT licence." if cfg["model"]["name"] == "ssl" else ""),
         f"- Split: {split.get('message', '')}. Sizes: {sizes}.",
         "",
         "## Measured",
@@ -113,7 +136,7 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "",
         "## Known limits",
         "",
-        "- Acted English speech from 80 North-American actors (two corpora, studio and lab recordings): expect "
+        f"- Acted speech only ({_and([CORPUS_TEXT[c][1] for c in corpora])}; studio and lab recordings): expect "
         "lower accuracy on spontaneous speech, other languages, children, noisy or far-field audio, and phone codecs.",
         "- Clips of 1–6 s hold one emotion; longer recordings should use `--timeline`.",
         f"- {_and(weakest(rows)).capitalize()} are the least reliable classes (lowest recall in the "

@@ -1,4 +1,4 @@
-"""A shipped model's validation speakers, scored corpus by corpus (RAVDESS and CREMA-D separately).
+"""A shipped model's validation speakers, scored corpus by corpus (RAVDESS, CREMA-D and nEMO separately).
 
     python benchmarks/val_by_corpus.py [--model default] [--data ../shared/data]
 
@@ -26,7 +26,7 @@ def validation_clips(model, data: Path):
     from emovox.training import map_labels
 
     val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
-    for corpus in ("ravdess", "crema-d"):
+    for corpus in ("ravdess", "crema-d", "nemo"):
         rows = [r for r in scan(data / corpus, corpus, with_duration=False) if r.speaker in val]
         if rows:
             kept, _, _, _ = map_labels(rows, ",".join(model.labels))

@@ -271,11 +271,11 @@ class EncoderDims:
 
 
 class _SelfAttention(nn.Module):
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, device=None):
         super().__init__()
         self.heads = heads
-        self.q_proj, self.k_proj = nn.Linear(d, d), nn.Linear(d, d, bias=False)
-        self.v_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.q_proj, self.k_proj = nn.Linear(d, d, device=device), nn.Linear(d, d, bias=False, device=device)
+        self.v_proj, self.out_proj = nn.Linear(d, d, device=device), nn.Linear(d, d, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -288,10 +288,12 @@ class _SelfAttention(nn.Module):
 class _EncoderLayer(nn.Module):
     """Pre-norm transformer layer; parameter names as transformers' ``WhisperEncoderLayer``."""
 
-    def __init__(self, d: int, heads: int, ffn: int):
+    def __init__(self, d: int, heads: int, ffn: int, device=None):
         super().__init__()
-        self.self_attn_layer_norm, self.self_attn = nn.LayerNorm(d), _SelfAttention(d, heads)
-        self.final_layer_norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, ffn), nn.Linear(ffn, d)
+        self.self_attn_layer_norm = nn.LayerNorm(d, device=device)
+        self.self_attn = _SelfAttention(d, heads, device)
+        self.final_layer_norm = nn.LayerNorm(d, device=device)
+        self.fc1, self.fc2 = nn.Linear(d, ffn, device=device), nn.Linear(ffn, d, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x))
@@ -308,15 +310,16 @@ class WhisperEncoder(nn.Module):
     call. ``tests/test_whisper.py`` checks it against transformers' encoder on the same weights.
     """
 
-    def __init__(self, dims: EncoderDims):
+    def __init__(self, dims: EncoderDims, device=None):
         super().__init__()
         d = dims.d_model
         self.dims = dims
-        self.conv1 = nn.Conv1d(dims.n_mels, d, 3, padding=1)
-        self.conv2 = nn.Conv1d(d, d, 3, stride=CONV_STRIDE, padding=1)
-        self.embed_positions = nn.Embedding(dims.max_positions, d)
-        self.layers = nn.ModuleList(_EncoderLayer(d, dims.n_heads, dims.ffn_dim) for _ in range(dims.n_layers))
-        self.layer_norm = nn.LayerNorm(d)
+        self.conv1 = nn.Conv1d(dims.n_mels, d, 3, padding=1, device=device)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=CONV_STRIDE, padding=1, device=device)
+        self.embed_positions = nn.Embedding(dims.max_positions, d, device=device)
+        self.layers = nn.ModuleList(_EncoderLayer(d, dims.n_heads, dims.ffn_dim, device)
+                                    for _ in range(dims.n_layers))
+        self.layer_norm = nn.LayerNorm(d, device=device)
 
     def forward(self, mel: torch.Tensor) -> list[torch.Tensor]:
         """Log-mel ``(batch, n_mels, frames)`` → every hidden state ``(batch, ceil(frames/2), d_model)``: the
@@ -364,8 +367,9 @@ def _hf_state_dict(variables: dict[str, np.ndarray], n_layers: int) -> dict[str,
 
 def load_encoder(dims: EncoderDims, state_dict: dict[str, torch.Tensor], where: str) -> WhisperEncoder:
     """An eval-mode :class:`WhisperEncoder` holding ``state_dict`` (transformers' parameter names)."""
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-        encoder = WhisperEncoder(dims)
+    # built on the CPU and overwritten (torch's first use of the "meta" device, which would skip the random
+    # initialisation, costs ~3 s here: more than the initialisation itself)
+    encoder = WhisperEncoder(dims)
     try:
         encoder.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
     except RuntimeError as e:

@@ -12,6 +12,8 @@ examples:
   emovox train --data_dir ravdess crema-d --labels core4 --model crnn --folds 5 --output_dir runs/cv
   emovox train --data_dir ravdess --model lstm --test-speakers 1,2,3,4 --save-full-model
   emovox train --data_dir ravdess --model ssl --backbone facebook/wav2vec2-base --labels core4   (seed 002)
+  emovox train --data_dir ravdess crema-d nemo --labels ekman7 --model ssl --backbone whisper-base --ssl-head attention \
+      --label-scope corpus --lr-schedule cosine --epochs 25   (like the default model)
   torchrun --nproc_per_node 4 -m emovox.cli train --data_dir ravdess --model crnn ...   (DistributedDataParallel)
 
 The defaults are seed 000's. The benchmark's recipe (benchmarks/speech_benchmark.py), better on
@@ -21,9 +23,10 @@ real corpora: --use_augmentation --mixup 0.2 --lr 0.003 --lr-schedule cosine --e
 --data_dir with a labels.csv inside reads it (paths relative to the CSV); otherwise the corpus is
 recognised from its file names (ravdess, crema-d, tess, emodb, savee, nemo) or class folders.
 Features are cached in --cache-dir (default $EMOVOX_CACHE_DIR or ~/.cache/emovox/features).
---model ssl: a pretrained wav2vec2 / HuBERT / WavLM backbone (a Hugging Face id, downloaded when the hub is
-reachable, or a save_pretrained folder) with a small trained head; frozen by default, its hidden states are
-cached per clip in --cache-dir (float16); see docs/ssl.md. Under torchrun, --batch_size is the global batch.
+--model ssl: a pretrained speech backbone with a small trained head: Whisper (whisper-base, whisper-tiny.en:
+installed packages, offline; or a CTranslate2 / Hugging Face Whisper folder) or wav2vec2 / HuBERT / WavLM (a
+Hugging Face id, downloaded when the hub is reachable, or a save_pretrained folder); frozen by default, its
+hidden states are cached per clip in --cache-dir (float16); see docs/ssl.md. Under torchrun, --batch_size is the global batch.
 --save-full-model writes model_full.pth, a pickle: loading it runs code, only load it from a
 trusted source (best_model.pth holds tensors only and loads with weights_only=True).
 """
@@ -64,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="sample rate in Hz (overrides the preset's 16000)")
     g = p.add_argument_group("pretrained backbone (--model ssl, seed 002)")
     _add(g, "--backbone", default=None, metavar="NAME_OR_DIR",
-         help="Hugging Face model id (facebook/wav2vec2-base, facebook/hubert-base-ls960, microsoft/wavlm-base-plus) "
-              "or a local save_pretrained folder")
+         help="whisper-base or whisper-tiny.en (installed packages: offline), a CTranslate2 Whisper folder, a "
+              "Hugging Face model id (openai/whisper-base, facebook/wav2vec2-base, facebook/hubert-base-ls960, "
+              "microsoft/wavlm-base-plus) or a local save_pretrained folder")
     _add(g, "--backbone-revision", dest="backbone_revision", default=None, help="hub branch, tag or commit")
     _add(g, "--finetune-backbone", dest="finetune_backbone", type=int, default=0, metavar="N",
          help="train the top N transformer layers too (0: frozen backbone, hidden states cached once per clip)")
