@@ -132,7 +132,11 @@ def test_evaluate_command_says_how_many_clips_were_left_out(calm_corpus, tmp_pat
     metrics = json.loads((tmp_path / "out" / "metrics_overall.json").read_text())
     assert metrics["dropped_unexpressible"] == {"angry": 4} and metrics["temperature"] == 1.5
     rc = main(["evaluate", "--model", str(tmp_path / "nope"), str(calm_corpus), "--output-dir", str(tmp_path / "o")])
-    assert rc == 2 and "model not found" in capsys.readouterr().err
+    assert rc == 2 and "neither a folder nor a shipped model" in capsys.readouterr().err
+    # a shipped model by name, as classify takes it
+    rc = main(["evaluate", "--model", "crnn", str(calm_corpus), "--output-dir", str(tmp_path / "shipped"),
+               "--no-cache"])
+    assert rc == 0 and json.loads((tmp_path / "shipped" / "metrics_overall.json").read_text())["n"] == 16
 
 
 @pytest.mark.parametrize("features", ["logmel64", "seed000", "seed003"])

@@ -15,7 +15,8 @@ and labels.json to --output-dir.
 
 def add_arguments(p) -> None:
     p.epilog = EPILOG
-    p.add_argument("--model", required=True, help="model folder (or its best_model.pth)")
+    p.add_argument("--model", required=True,
+                   help="a shipped model's name (default, crnn, streaming), a model folder or its best_model.pth")
     p.add_argument("data_dir", nargs="+", metavar="DATA_DIR", help="corpus folder(s) or labels .csv file(s)")
     p.add_argument("--corpus", nargs="+", action="extend", default=None, metavar="NAME",
                    help="corpus layout per data dir; default: detected")
@@ -40,7 +41,12 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    loaded = load_model_dir(args.model)
+    from pathlib import Path
+
+    from ..inference import resolve_model_path
+
+    model = args.model if Path(args.model).exists() else resolve_model_path(args.model)[1]
+    loaded = load_model_dir(model)
     rows = load_rows(args.data_dir, args.corpus)
     if args.speakers:
         known = {r.speaker for r in rows if r.speaker}
