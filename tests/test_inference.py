@@ -364,14 +364,26 @@ def test_shipped_default_model_loads_from_package_data_and_answers():
 
     shipped = {m["name"]: m for m in available_models()}
     assert "default" in shipped and shipped["default"]["labels"] == list(EKMAN7)
+    assert shipped["default"]["model"] == "ssl"  # a head on the packaged Whisper-base encoder
     model = load_model()  # no argument: the default, through importlib.resources
     assert model.name == "default" and model.labels == list(EKMAN7)
+    backbone = json.loads((model.path / "model_config.json").read_text())["model"]["kwargs"]["backbone"]
+    assert backbone["source"] == "whisper-base" and backbone["kind"] == "package"  # installed, offline
     assert (model.path / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
     p = model.predict(EXAMPLES / "ravdess_03-01-05-02-01-01-12.flac")  # an angry clip (training speaker)
     assert sum(p.scores.values()) == pytest.approx(1.0)
     assert p.label == "angry" or "angry" in dict(p.top_k(2))
     q = model.predict(EXAMPLES / "crema-d_1012_IEO_HAP_HI.opus")  # Opus, another corpus
     assert q.scores != p.scores and sum(q.scores.values()) == pytest.approx(1.0)
+
+
+def test_shipped_crnn_is_kept_under_its_own_name():
+    from emovox.inference import available_models
+
+    shipped = {m["name"]: m for m in available_models()}
+    assert shipped["crnn"]["model"] == "crnn" and shipped["crnn"]["labels"] == list(EKMAN7)
+    p = load_model("crnn").predict(EXAMPLES / "ravdess_03-01-05-02-01-01-12.flac")
+    assert p.label == "angry" or "angry" in dict(p.top_k(2))
 
 
 def test_readme_main_job_prints_the_json_record(capsys):
