@@ -148,6 +148,8 @@ def test_predict_emotion_is_seed002_schema_and_equals_the_library(client, refere
     p = reference.predict(clip)
     assert body["emotion"] == p.label and body["confidence"] == pytest.approx(p.score, abs=1e-6)
     assert body["all_probabilities"] == pytest.approx(p.scores, abs=1e-6)
+    bare = client.post("/predict-emotion", **_multipart("file", clip))  # no trailing slash: same answer, no 307
+    assert bare.status_code == 200 and bare.json() == body
     assert body["music_mood"] == MUSIC_MOODS[p.label]
     assert body["low_confidence"] is (p.score < 0.70) and body["threshold"] == 0.70
     assert body["duration_s"] == pytest.approx(3.0)

@@ -240,7 +240,23 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
     _add_routes(app)
+    # the seeds' clients call "/predict-emotion" as often as "/predict-emotion/": serve both, not a 307
+    app.add_middleware(SlashAliases, paths={r.path for r in app.routes if r.path.endswith("/") and r.path != "/"})
     return app
+
+
+class SlashAliases:
+    """ASGI middleware: a request for ``/path`` is routed to ``/path/`` when only the latter exists
+    (Starlette would answer 307 with an empty body, which a POST client does not follow with its file)."""
+
+    def __init__(self, app, paths: set[str]):
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and scope.get("path", "") + "/" in self.paths:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        await self.app(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI, mock: bool) -> None:
