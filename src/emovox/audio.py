@@ -131,6 +131,15 @@ def audio_info(source) -> AudioInfo:
     return _info_from_bytes(data, _describe(source))
 
 
+def _decoder_said(e: BaseException) -> str:
+    """libsndfile's own message, without soundfile's "Error opening <_io.BytesIO object at 0x...>" prefix
+    (the caller names the file or upload itself)."""
+    import re
+
+    text = getattr(e, "error_string", None) or str(e)
+    return re.sub(r"^Error opening <[^>]*>: ", "", re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the data", text))
+
+
 def _info_from_bytes(data: bytes, desc: str) -> AudioInfo:
     if len(data) == 0:
         raise AudioError(f"{desc}: empty file (0 bytes)")
@@ -139,7 +148,7 @@ def _info_from_bytes(data: bytes, desc: str) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(
             f"{desc}: not a recognised audio file (supported: WAV, FLAC, Ogg/Vorbis, Opus, MP3, AIFF); "
-            f"decoder said: {e}"
+            f"decoder said: {_decoder_said(e)}"
         ) from e
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 
@@ -234,7 +243,7 @@ def load_audio(
         try:
             x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {e}") from e
+            raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {_decoder_said(e)}") from e
         if info.frames > 0 and x.shape[0] < info.frames:
             raise AudioError(
                 f"{desc}: truncated {info.format} file: header declares {info.frames} frames, "
