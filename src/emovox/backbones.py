@@ -516,34 +516,40 @@ class Backbone(nn.Module):
     def __init__(self, model: nn.Module, ref: BackboneRef, *, location: str = "", feature_extractor=None,
                  chunk_s: float = DEFAULT_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S, precision: str = "auto"):
         super().__init__()
-        self.model = model
-        self.ref = ref
-        self.location = location
-        self.feature_extractor = feature_extractor
         self.kernels, self.strides = _conv_geometry(model.config)
-        self.stride = math.prod(self.strides)
         rf, jump = 1, 1
         for k, s in zip(self.kernels, self.strides):
             rf += (k - 1) * jump
             jump *= s
-        self.receptive_field = rf
-        self.num_layers = int(model.config.num_hidden_layers)
-        self.hidden_size = int(model.config.hidden_size)
+        self._setup(model, ref, location, feature_extractor, stride=math.prod(self.strides), receptive_field=rf,
+                    num_layers=int(model.config.num_hidden_layers), hidden_size=int(model.config.hidden_size),
+                    chunk_s=chunk_s, overlap_s=overlap_s, precision=precision)
+
+    def _setup(self, model: nn.Module, ref: BackboneRef, location: str, feature_extractor, *, stride: int,
+               receptive_field: int, num_layers: int, hidden_size: int, chunk_s: float, overlap_s: float,
+               precision: str) -> None:
+        self.model, self.ref, self.location, self.feature_extractor = model, ref, location, feature_extractor
+        self.stride, self.receptive_field = stride, receptive_field
+        self.num_layers, self.hidden_size = num_layers, hidden_size
         self.precision = precision
         self.set_chunking(chunk_s, overlap_s)
         self.forward_calls = 0
 
     def set_chunking(self, chunk_s: float, overlap_s: float) -> None:
+        """Windows for long clips, in samples snapped to the frame stride (checked by :meth:`_check_chunking`)."""
         s = self.stride
-        chunk = int(round(chunk_s * SAMPLE_RATE_HZ / s)) * s
-        overlap = int(round(overlap_s * SAMPLE_RATE_HZ / s)) * s
+        chunk, overlap = (int(round(v * SAMPLE_RATE_HZ / s)) * s for v in (chunk_s, overlap_s))
+        self._check_chunking(chunk, overlap, chunk_s, overlap_s)
+        self.chunk_s, self.overlap_s = chunk_s, overlap_s
+        self.chunk_samples, self.overlap_samples = chunk, overlap
+
+    def _check_chunking(self, chunk: int, overlap: int, chunk_s: float, overlap_s: float) -> None:
+        s = self.stride
         need = 2 * math.ceil(self.receptive_field / s)
         if overlap // s < need or chunk - overlap < overlap:
             raise ValueError(f"chunking needs overlap_s >= {need * s / SAMPLE_RATE_HZ:g} s (the backbone's receptive "
                              f"field on both sides of a seam) and chunk_s >= 2 * overlap_s; got chunk_s={chunk_s}, "
                              f"overlap_s={overlap_s}")
-        self.chunk_s, self.overlap_s = chunk_s, overlap_s
-        self.chunk_samples, self.overlap_samples = chunk, overlap
 
     @property
     def frame_rate_hz(self) -> float:
@@ -669,28 +675,15 @@ class WhisperBackbone(Backbone):
     def __init__(self, encoder: whisper.WhisperEncoder, ref: BackboneRef, *, location: str = "",
                  chunk_s: float = WHISPER_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S, precision: str = "auto"):
         nn.Module.__init__(self)
-        self.model = _EncoderHolder(encoder)
         self.frontend = WhisperLogMel(encoder.dims.n_mels)
-        self.ref = ref
-        self.location = location
-        self.feature_extractor = None
-        self.stride = whisper.HOP_LENGTH * whisper.CONV_STRIDE
-        self.receptive_field = WhisperLogMel.n_fft
-        self.num_layers = encoder.dims.n_layers
-        self.hidden_size = encoder.dims.d_model
-        self.precision = precision
-        self.set_chunking(chunk_s, overlap_s)
-        self.forward_calls = 0
+        self._setup(_EncoderHolder(encoder), ref, location, None, stride=whisper.HOP_LENGTH * whisper.CONV_STRIDE,
+                    receptive_field=WhisperLogMel.n_fft, num_layers=encoder.dims.n_layers,
+                    hidden_size=encoder.dims.d_model, chunk_s=chunk_s, overlap_s=overlap_s, precision=precision)
 
-    def set_chunking(self, chunk_s: float, overlap_s: float) -> None:
-        s = self.stride
-        chunk = int(round(chunk_s * SAMPLE_RATE_HZ / s)) * s
-        overlap = int(round(overlap_s * SAMPLE_RATE_HZ / s)) * s
+    def _check_chunking(self, chunk: int, overlap: int, chunk_s: float, overlap_s: float) -> None:
         if not (0 < overlap and 2 * overlap <= chunk <= WHISPER_CHUNK_S * SAMPLE_RATE_HZ):
             raise ValueError(f"a Whisper backbone needs 0 < overlap_s and 2 * overlap_s <= chunk_s <= "
                              f"{WHISPER_CHUNK_S:g} s (its context); got chunk_s={chunk_s}, overlap_s={overlap_s}")
-        self.chunk_s, self.overlap_s = chunk_s, overlap_s
-        self.chunk_samples, self.overlap_samples = chunk, overlap
 
     def num_frames(self, num_samples: int) -> int:
         mel = max(int(num_samples), self.min_samples) // whisper.HOP_LENGTH
