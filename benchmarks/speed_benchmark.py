@@ -9,7 +9,9 @@ Measures, on a folder of 3–4 s clips (default: RAVDESS actors 1 and 2, 120 FLA
 - peer 1: the classic openSMILE eGeMAPSv02 functionals + RBF SVM pipeline (extraction + prediction);
 - peer 2: seed 003's per-frame librosa MFCC loop (its dataset ``__getitem__``), features only.
 
-Targets (issue 4): ≥ 200 clips/s, ≥ 10× the eGeMAPS pipeline, < 2 s for the one-clip command.
+Targets (issue 4, for the CRNN): ≥ 200 clips/s, ≥ 10× the eGeMAPS pipeline, < 2 s for the one-clip command;
+the Whisper default (issue 13): a few tenths of a second of model time per clip. ``--compare crnn`` times
+other shipped models in the same run.
 Ratios are what count: the machine is shared, so absolute figures move between runs.
 
     python benchmarks/speed_benchmark.py [--model M] [--clips-dir DIR] [--max-clips N] [--json OUT]
@@ -118,6 +120,7 @@ def bench_seed003_loop(files):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="shipped model name or folder (default: the shipped default)")
+    ap.add_argument("--compare", default="", help="comma-separated shipped models also timed in-process (e.g. crnn)")
     ap.add_argument("--clips-dir", type=Path, default=None)
     ap.add_argument("--max-clips", type=int, default=120)
     ap.add_argument("--peer-clips", type=int, default=40, help="clips timed for the (slow) peers")
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
     res["emovox_in_process"] = bench_emovox(args.model, files)
     res["emovox_cli_folder"] = bench_cli_folder(model_args, folder, len(files))
     res["emovox_cli_one_clip"] = bench_cli_one(model_args, files[0])
+    res["compare_in_process"] = {name: bench_emovox(name, files) for name in filter(None, args.compare.split(","))}
     peer_files = files[: args.peer_clips]
     res["peer_egemaps_svm"] = bench_egemaps(peer_files, files[-20:])
     res["peer_seed003_librosa_loop"] = bench_seed003_loop(peer_files[:10])
@@ -162,6 +166,9 @@ def main(argv=None) -> int:
           f"emovox is {res['ratios']['vs_egemaps']:.0f}× faster |")
     print(f"| seed 003 per-frame librosa MFCC loop (peer, features only) | "
           f"{res['peer_seed003_librosa_loop']['clips_per_s']:.2f} | emovox is {res['ratios']['vs_seed003_loop']:.0f}× faster |")
+    for name, r in res["compare_in_process"].items():
+        print(f"| emovox `{name}` model, in-process `predict_batch` | {r['clips_per_s']:.0f} | first pass "
+              f"{r['clips_per_s_first_pass']:.0f}; single clip median {r['latency_ms_median']:.1f} ms |")
     print(f"\nsingle clip in-process: median {res['emovox_in_process']['latency_ms_median']:.1f} ms; "
           f"`emovox classify one.wav` whole process: median {res['emovox_cli_one_clip']['seconds_median']:.2f} s")
     if args.json:
