@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--backbone", default="whisper-base")
     p.add_argument("--head", default="attention")
+    p.add_argument("--head-options", dest="head_options", type=json.loads, default={},
+                   help='JSON head settings, e.g. \'{"dropout": 0.5, "channels": 64}\'')
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-2)
     p.add_argument("--labels", default="ekman7")
     p.add_argument("--label-scope", dest="label_scope", default="corpus", choices=["all", "corpus"])
     p.add_argument("--epochs", type=int, default=25)
@@ -96,9 +99,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     plan, labels = per_corpus_plan(args.data, args.labels, args.val_fraction, args.seed)
     print(f"{len(plan.train)} training clips, {len(plan.val)} validation clips; {plan.message}", flush=True)
-    cfg = TrainConfig(model="ssl", model_kwargs={"backbone": args.backbone, "head": args.head}, labels=args.labels,
-                      epochs=args.epochs, lr=args.lr, lr_schedule="cosine", warmup_epochs=1.0,
-                      early_stopping_patience=args.patience, seed=args.seed, label_scope=args.label_scope)
+    cfg = TrainConfig(model="ssl", model_kwargs={"backbone": args.backbone, "head": args.head, **args.head_options},
+                      labels=args.labels, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                      lr_schedule="cosine", warmup_epochs=1.0, early_stopping_patience=args.patience, seed=args.seed,
+                      label_scope=args.label_scope)
     command = "python -m benchmarks.train_default " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "corpora": list(CORPORA), "data_dirs": [str(args.data / c) for c in CORPORA]}
     res = train_model(plan, labels, cfg, args.out, cache=True, resume=args.resume, meta=meta,

@@ -246,3 +246,28 @@ def test_packaged_whisper_base_matches_ctranslate2(tmp_path):
     # float16 weights computed in float32 by both; measured max |diff| 5.8e-4 on states of magnitude up to 24
     assert np.abs(ours - ref).max() < 5e-3
     assert np.abs(ours - ref).mean() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# A model on a Whisper backbone, end to end
+
+
+def test_whisper_head_model_exports_to_onnx_matching_pytorch(ct2_folder, tmp_path):
+    """The waveform-input graph holds Whisper's front-end as a DFT convolution (ONNX has no complex STFT)."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from emovox.cli import main
+    from emovox.features import preset
+    from emovox.modelio import make_config, save_model
+    from emovox.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("ssl", n_features=1, n_classes=4, backbone=str(ct2_folder), head="attention").eval()
+    save_model(tmp_path / "m", model, make_config(model_name="ssl", model_kwargs=model.kwargs,
+                                                  features=preset("waveform"), labels=["neutral", "happy", "sad",
+                                                                                       "angry"], stats=None))
+    assert main(["export", "--model", str(tmp_path / "m"), "--format", "onnx", "--output-dir",
+                 str(tmp_path / "x")]) == 0
+    check = json.loads((tmp_path / "x" / "export.json").read_text())["checks"]["waveform"]["onnx"]
+    assert check["ok"] and check["max_abs_diff"] < 1e-4 and len(check["cases"]) >= 3

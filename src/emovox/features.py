@@ -376,6 +376,9 @@ class WhisperLogMel(nn.Module):
             raise ValueError(f"Whisper's front-end is defined at 16 kHz, got {sample_rate_hz} Hz")
         self.n_mels = n_mels
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        # exported graphs (ONNX has no complex STFT) compute the same spectrum as a convolution with the DFT basis
+        self.traceable = _Spectrogram(FeatureConfig(kind="logmel", n_fft=self.n_fft, win_length=self.n_fft,
+                                                    hop_length=self.hop_length, n_mels=n_mels, center=False), "conv")
         fb = mel_filterbank(sample_rate_hz, self.n_fft, n_mels)
         self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
 
@@ -385,9 +388,13 @@ class WhisperLogMel(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 1:
             x = x.unsqueeze(0)
-        spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)[..., :-1]
-        power = torch.addcmul(spec.real * spec.real, spec.imag, spec.imag)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            padded = F.pad(x[:, None], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0]
+            power = self.traceable(padded)[..., :-1]
+        else:
+            spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect",
+                              return_complex=True)[..., :-1]
+            power = torch.addcmul(spec.real * spec.real, spec.imag, spec.imag)
         logmel = torch.log10(torch.matmul(self.mel_fb, power).clamp_min(1e-10))
         if lengths is None:
             peak = logmel.amax(dim=(-2, -1), keepdim=True)
