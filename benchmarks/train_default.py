@@ -24,7 +24,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CORPORA = ("ravdess", "crema-d", "nemo")
 
 
-def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int):
+def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int, corpora=CORPORA):
     """A SplitPlan whose validation speakers are ~``val_fraction`` of each corpus's speakers."""
     from emovox.corpora import scan
     from emovox.splits import train_val_split
@@ -32,7 +32,7 @@ def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int
 
     train, val, speakers, messages = [], [], [], []
     labels: list[str] = []
-    for corpus in CORPORA:
+    for corpus in corpora:
         rows, labs, _, _ = map_labels(scan(data / corpus, corpus, with_duration=False), labels_spec)
         labels = sorted(set(labels) | set(labs), key=lambda x: labs.index(x) if x in labs else 99)
         split = train_val_split(rows, val_fraction, seed=seed)
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpora", default=",".join(CORPORA), help="training corpora (validation speakers from each)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -97,14 +98,15 @@ def main(argv=None) -> int:
     from emovox.training import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
-    plan, labels = per_corpus_plan(args.data, args.labels, args.val_fraction, args.seed)
+    corpora = tuple(args.corpora.split(","))
+    plan, labels = per_corpus_plan(args.data, args.labels, args.val_fraction, args.seed, corpora)
     print(f"{len(plan.train)} training clips, {len(plan.val)} validation clips; {plan.message}", flush=True)
     cfg = TrainConfig(model="ssl", model_kwargs={"backbone": args.backbone, "head": args.head, **args.head_options},
                       labels=args.labels, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                       lr_schedule="cosine", warmup_epochs=1.0, early_stopping_patience=args.patience, seed=args.seed,
                       label_scope=args.label_scope)
     command = "python -m benchmarks.train_default " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    meta = {"command": command, "corpora": list(CORPORA), "data_dirs": [str(args.data / c) for c in CORPORA]}
+    meta = {"command": command, "corpora": list(corpora), "data_dirs": [str(args.data / c) for c in corpora]}
     res = train_model(plan, labels, cfg, args.out, cache=True, resume=args.resume, meta=meta,
                       echo=lambda s: print(f"  {s}", flush=True))
     print(f"validation UAR {100 * res.metrics['uar']:.1f}, ECE {res.metrics['ece']:.3f} -> "
