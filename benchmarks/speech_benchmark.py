@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience (epochs)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None,
+                   help="AdamW weight decay (default: TrainConfig's)")
     p.add_argument("--limit", type=int, default=None, help="use at most N clips per corpus (stratified by speaker and label)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/speech_benchmark"))
@@ -259,6 +261,8 @@ def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
     if family == "ssl":
         kwargs = {"backbone": args.ssl_backbone, "head": args.ssl_head, **kwargs}
     scope = {"label_scope": args.label_scope} if args.label_scope != "all" else {}
+    if args.weight_decay is not None:
+        scope["weight_decay"] = args.weight_decay
     cfg = TrainConfig(model=family, epochs=args.epochs, batch_size=args.batch_size, lr_schedule="cosine",
                       warmup_epochs=2.0 if args.epochs > 10 else 0.5, augment=family != "ssl",  # ssl: cached states
                       early_stopping_patience=args.patience, seed=args.seed, num_workers=args.workers,
