@@ -22,10 +22,17 @@ FILES = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json"
 #: What the card says of each training corpus (source, licence) and of its speakers (for the limits).
 CORPUS_TEXT = {
     "ravdess": ("RAVDESS speech, actors 1–20 (Livingstone & Russo 2018, CC BY-NC-SA 4.0)",
-                "20 North-American actors, English"),
-    "crema-d": ("CREMA-D, actors 1001–1060 (Cao et al. 2014, ODbL / DbCL)", "60 North-American actors, English"),
-    "nemo": ("nEMO, 9 actors (Christop 2024, LREC-COLING; CC BY-NC-SA 4.0)", "9 Polish actors, Polish"),
+                "RAVDESS's 20 North-American actors, English"),
+    "crema-d": ("CREMA-D, actors 1001–1060 (Cao et al. 2014, ODbL / DbCL)", "CREMA-D's 60 actors, English"),
+    "nemo": ("nEMO, 9 actors (Christop 2024, LREC-COLING; CC BY-NC-SA 4.0)", "nEMO's 9 actors, Polish"),
 }
+
+
+def backbone_parameters(cfg: dict) -> int:
+    """Parameters of the frozen backbone a model config references (loaded to count them)."""
+    from emovox.backbones import load_backbone
+
+    return sum(p.numel() for p in load_backbone(cfg["model"]["kwargs"]["backbone"]).model.parameters())
 
 
 def describe_backbone(kwargs: dict) -> str:
@@ -87,8 +94,11 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "",
         "## What it is",
         "",
-        f"- Architecture: `{cfg['model']['name']}` ({meta.get('parameters', 0):,} parameters, "
-        f"{(run / 'best_model.pth').stat().st_size / 1024:.0f} KB), settings `{json.dumps(cfg['model']['kwargs'])}`.",
+        f"- Architecture: `{cfg['model']['name']}` ({meta.get('parameters', 0):,} parameters"
+        + (f", of which {meta.get('parameters', 0) - backbone_parameters(cfg):,} trained and the rest the frozen encoder's"
+           if cfg["model"]["name"] == "ssl" else "")
+        + f"; weights file {(run / 'best_model.pth').stat().st_size / 1024:.0f} KB), settings "
+        f"`{json.dumps(cfg['model']['kwargs'])}`.",
         f"- Input: {describe_backbone(cfg['model']['kwargs']) if cfg['model']['name'] == 'ssl' else describe_input(feats, cfg['model']['name'] == 'lstm')}",
         f"- Output: softmax over the labels with temperature scaling (T = {cfg['temperature']:.3f}, fitted on the "
         "validation speakers).",
@@ -141,11 +151,14 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "- Clips of 1–6 s hold one emotion; longer recordings should use `--timeline`.",
         f"- {_and(weakest(rows)).capitalize()} are the least reliable classes (lowest recall in the "
         "per-class table); `low_confidence` flags top scores below 0.70.",
-        *([] if feats.get("level_db") is not None else [
+        *([] if feats.get("level_db") is not None or cfg["model"]["name"] == "ssl" else [
             "- Recording level is a cue: the model learnt that angry speech is louder, so 10–20 dB below a "
             "normal recording level many answers change and accuracy drops sharply "
             "(`python benchmarks/gain_robustness.py --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
             "Record at a normal speaking level, not far from the microphone."]),
+        *(["- Recording level: not yet measured for this model (`python benchmarks/gain_robustness.py --model NAME` "
+           "measured the CRNN, whose answers change 10–20 dB below a normal level). Whisper's log-mel is not "
+           "normalised for level, so record at a normal speaking level."] if cfg["model"]["name"] == "ssl" else []),
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
         "the model has no 'no speech' class.",
         "- Not for decisions about people (hiring, health, policing): emotion expressed in a voice is not a "
