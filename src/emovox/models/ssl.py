@@ -191,8 +191,7 @@ class SSLHybrid(nn.Module):
         w = torch.softmax(self.layer_weights, dim=0).view(1, -1, 1)
         if not self.layer_norm:
             return (states * w[..., None]).sum(dim=1)
-        mean = states.mean(dim=2)  # (batch, layers, frames)
-        var = (states.square().mean(dim=2) - mean.square()).clamp_min(0.0)
+        var, mean = torch.var_mean(states, dim=2, unbiased=False)  # (batch, layers, frames)
         scale = w * torch.rsqrt(var + 1e-5)
         h = states[:, 0] * scale[:, 0, None]
         for i in range(1, states.shape[1]):
