@@ -5,6 +5,8 @@ each corpus's speakers for validation). A reference for the trained heads: it is
 measured the encoders. Reads the cache that ``benchmarks/whisper_cache.py`` fills.
 
     python -m benchmarks.whisper_probe --backbone whisper-base --C 0.001,0.01,0.1
+    python -m benchmarks.whisper_probe --protocol ravdess8 --C 0.01     # the 5 speaker folds of speech_benchmark
+    python -m benchmarks.whisper_probe --protocol cross --C 0.01        # core4, RAVDESS <-> CREMA-D
 """
 
 from __future__ import annotations
@@ -27,33 +29,72 @@ def layer_means(rows, store) -> np.ndarray:
     return np.stack(out)
 
 
+def probe_uar(c: float, train: tuple, test: tuple) -> tuple[float, np.ndarray]:
+    """Fit the probe on ``(features, labels)`` and return the test UAR and predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train[0])
+    clf = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(scaler.transform(train[0]), train[1])
+    pred = clf.predict(scaler.transform(test[0]))
+    return float(balanced_accuracy_score(test[1], pred)), pred
+
+
+def xy(rows, labels, store) -> tuple[np.ndarray, np.ndarray]:
+    return layer_means(rows, store), np.array([labels.index(r.label) for r in rows])
+
+
+def run_protocol(protocol: str, data, store, cs) -> None:
+    """The speech_benchmark protocols ``ravdess8`` (5 speaker folds) and ``cross`` (core4 both ways)."""
+    from emovox.corpora import scan
+    from emovox.training import TrainConfig, map_labels, plan_splits
+
+    if protocol == "ravdess8":
+        kept, labels, _, _ = map_labels(scan(data / "ravdess", "ravdess", with_duration=False), "ravdess8")
+        plans = plan_splits(kept, TrainConfig(folds=5, seed=0))
+        for c in cs:
+            uars = [probe_uar(c, xy(p.train + p.val, labels, store), xy(p.test, labels, store))[0] for p in plans]
+            print(f"C={c:g}: ravdess8 UAR {100 * np.mean(uars):.1f} ± {100 * np.std(uars):.1f} "
+                  f"(folds {', '.join(f'{100 * u:.1f}' for u in uars)})", flush=True)
+        return
+    sets = {}
+    for corpus in ("ravdess", "crema-d"):
+        rows, labels, _, _ = map_labels(scan(data / corpus, corpus, with_duration=False), "core4")
+        sets[corpus] = xy(rows, labels, store)
+    for c in cs:
+        for src, dst in (("ravdess", "crema-d"), ("crema-d", "ravdess")):
+            print(f"C={c:g}: {src} -> {dst} (core4) UAR {100 * probe_uar(c, sets[src], sets[dst])[0]:.1f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="whisper-base")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--C", default="0.001,0.01,0.1", help="inverse regularisation strengths to try")
+    p.add_argument("--protocol", default="default", choices=["default", "ravdess8", "cross"])
     args = p.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
+    from pathlib import Path
+
     from sklearn.metrics import balanced_accuracy_score
-    from sklearn.preprocessing import StandardScaler
 
     from emovox.backbones import HiddenStateCache, load_backbone
     from emovox.data import default_cache_dir
 
-    plan, labels = per_corpus_plan(args.data, "ekman7", 0.1, 0)
     backbone = load_backbone(args.backbone)
     store = HiddenStateCache(default_cache_dir(), backbone, list(range(backbone.num_layers + 1)))
-    scaler = StandardScaler().fit(x_train := layer_means(plan.train, store))
-    x_train, x_val = scaler.transform(x_train), scaler.transform(layer_means(plan.val, store))
-    y_train = np.array([labels.index(r.label) for r in plan.train])
-    y_val = np.array([labels.index(r.label) for r in plan.val])
+    cs = [float(v) for v in args.C.split(",")]
+    if args.protocol != "default":
+        run_protocol(args.protocol, Path(args.data), store, cs)
+        return 0
+    plan, labels = per_corpus_plan(Path(args.data), "ekman7", 0.1, 0)
+    train, val = xy(plan.train, labels, store), xy(plan.val, labels, store)
     corpus = np.array([r.corpus for r in plan.val])
-    for c in (float(v) for v in args.C.split(",")):
-        pred = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(x_train, y_train).predict(x_val)
-        parts = [f"{name} {100 * balanced_accuracy_score(y_val[corpus == name], pred[corpus == name]):.1f}"
+    for c in cs:
+        uar, pred = probe_uar(c, train, val)
+        parts = [f"{name} {100 * balanced_accuracy_score(val[1][corpus == name], pred[corpus == name]):.1f}"
                  for name in ("ravdess", "crema-d", "nemo")]
-        print(f"C={c:g}: validation UAR {100 * balanced_accuracy_score(y_val, pred):.1f}; " + ", ".join(parts),
-              flush=True)
+        print(f"C={c:g}: validation UAR {100 * uar:.1f}; " + ", ".join(parts), flush=True)
     return 0
 
 
