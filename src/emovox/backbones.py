@@ -629,30 +629,38 @@ class Backbone(nn.Module):
     # -- bundling
     def save_to(self, dest: str | os.PathLike) -> Path:
         """Write a self-contained copy (config, weights, preprocessor config) to ``dest``, atomically."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-        try:
-            src = Path(self.location)
-            if self.ref.kind != "hub" and src.is_dir():
-                for name in ("config.json", "preprocessor_config.json", *_WEIGHT_FILES):
-                    if (src / name).is_file():
-                        shutil.copy2(src / name, tmp / name)
-                index = next((src / n for n in _WEIGHT_FILES[2:] if (src / n).is_file()), None)
-                if index is not None:  # sharded checkpoint: copy the shards too
-                    for shard in set(json.loads(index.read_text()).get("weight_map", {}).values()):
-                        shutil.copy2(src / shard, tmp / shard)
-            else:
-                self.model.save_pretrained(tmp)
-                if self.feature_extractor is not None:
-                    self.feature_extractor.save_pretrained(tmp)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dest
+        return write_folder_atomically(dest, self._fill_copy)
+
+    def _fill_copy(self, tmp: Path) -> None:
+        src = Path(self.location)
+        if self.ref.kind != "hub" and src.is_dir():
+            for name in ("config.json", "preprocessor_config.json", *_WEIGHT_FILES):
+                if (src / name).is_file():
+                    shutil.copy2(src / name, tmp / name)
+            index = next((src / n for n in _WEIGHT_FILES[2:] if (src / n).is_file()), None)
+            if index is not None:  # sharded checkpoint: copy the shards too
+                for shard in set(json.loads(index.read_text()).get("weight_map", {}).values()):
+                    shutil.copy2(src / shard, tmp / shard)
+        else:
+            self.model.save_pretrained(tmp)
+            if self.feature_extractor is not None:
+                self.feature_extractor.save_pretrained(tmp)
+
+
+def write_folder_atomically(dest: str | os.PathLike, fill) -> Path:
+    """Build a folder with ``fill(tmp)`` beside ``dest`` and rename it into place (a failure leaves nothing)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        fill(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
 
 
 class _EncoderHolder(nn.Module):
@@ -715,21 +723,14 @@ class WhisperBackbone(Backbone):
         """Write the encoder as an emovox Whisper folder (``whisper_encoder.json`` + ``model.safetensors``)."""
         from safetensors.torch import save_file
 
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-        try:
-            enc = self.model.encoder
-            (tmp / WHISPER_ENCODER_JSON).write_text(json.dumps({"format": "emovox-whisper-encoder",
-                                                                **enc.dims.to_dict()}, indent=1))
+        enc = self.model.encoder
+
+        def fill(tmp: Path) -> None:
+            info = {"format": "emovox-whisper-encoder", **enc.dims.to_dict()}
+            (tmp / WHISPER_ENCODER_JSON).write_text(json.dumps(info, indent=1))
             save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp / "model.safetensors"))
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dest
+
+        return write_folder_atomically(dest, fill)
 
 
 # ---------------------------------------------------------------------------------------------
