@@ -256,6 +256,12 @@ def test_classify_cli_json_for_one_file(cnn_dir, clips, capsys):
     assert rec["path"].endswith("a.wav") and rec["emotion"] in EKMAN7
     assert {"emotion", "confidence"} <= set(rec)  # seed 001's JSON is a subset
     assert set(rec["scores"]) == set(EKMAN7) and "music_mood" in rec and "low_confidence" in rec
+    # seed 001's classify_audio.py prints exactly {"emotion": ..., "confidence": ...}
+    code, out, _ = run_cli(["classify", str(clips / "a.wav"), "--model", str(cnn_dir), "--fields",
+                            "emotion,confidence"], capsys)
+    assert code == 0 and json.loads(out) == {"emotion": rec["emotion"], "confidence": rec["confidence"]}
+    code, _, err = run_cli(["classify", str(clips / "a.wav"), "--model", str(cnn_dir), "--fields", "mood"], capsys)
+    assert code == 2 and "unknown field(s) mood" in err and "music_mood" in err
 
 
 def test_classify_cli_folders_globs_formats_and_failures(cnn_dir, clips, tmp_path, capsys):

@@ -13,6 +13,24 @@ from pathlib import Path
 HELP = "classify the emotion of audio files with the shipped default model (or --model)"
 
 
+#: What a record can hold (``Prediction.to_dict`` plus the path), for ``--fields``.
+FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "silent")
+
+
+def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
+    """``--fields`` → the record keys to keep (None: all); a clear error for unknown names or formats."""
+    if spec is None:
+        return None
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FIELDS]
+    if not names or unknown:
+        raise ValueError(f"--fields {spec!r}: unknown field(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(FIELDS)}")
+    if fmt not in ("json", "jsonl"):
+        raise ValueError(f"--fields works with --format json or jsonl, not {fmt}")
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the shipped default)")
@@ -22,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or a mapping like disgust=angry")
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
     p.add_argument("--format", choices=["json", "jsonl", "csv", "table"], default="json", help="output format")
+    p.add_argument("--fields", default=None, metavar="NAMES",
+                   help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (seed 001's "
+                        f"output); any of {', '.join(FIELDS)} (an 'error' field is always kept)")
     p.add_argument("--threshold", type=float, default=0.70, help="flag low_confidence below this top score")
     p.add_argument("--batch-size", type=int, default=16, help="clips per model call (16 keeps activations in cache on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
@@ -86,6 +107,11 @@ def run(args) -> int:
     from ..audio import AudioError
     from ..inference import load_model
 
+    try:
+        fields = parse_fields(args.fields, args.format)
+    except ValueError as e:
+        print(f"emovox classify: error: {e}", file=sys.stderr)
+        return 2
     model = load_model(args.model, backend=args.backend, threshold=args.threshold,
                        max_duration_s=args.max_duration_s)
     files = expand_paths(args.paths)
@@ -120,6 +146,9 @@ def run(args) -> int:
                 records.append({"path": f, "error": str(r)})
             else:
                 records.append({"path": f, **r.to_dict(top_k=args.top_k)})
+    if fields is not None and not args.timeline:
+        records = [{k: r[k] for k in fields if k in r} | ({"error": r["error"]} if "error" in r else {})
+                   for r in records]
     _write(records, args.format, labels)
     failed = sum("error" in r for r in records)
     if failed:
