@@ -271,3 +271,26 @@ def test_whisper_head_model_exports_to_onnx_matching_pytorch(ct2_folder, tmp_pat
                  str(tmp_path / "x")]) == 0
     check = json.loads((tmp_path / "x" / "export.json").read_text())["checks"]["waveform"]["onnx"]
     assert check["ok"] and check["max_abs_diff"] < 1e-4 and len(check["cases"]) >= 3
+
+
+def test_mean_head_standardises_layer_means_and_trains(ct2_folder, synth_corpus, tmp_path):
+    """--ssl-head mean: the training clips' per-layer time means fix the scaling; padding changes nothing."""
+    import json
+
+    from emovox.cli import main
+    from emovox.inference import load_model
+
+    out = tmp_path / "m"
+    assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
+                 "--ssl-head", "mean", "--epochs", "2", "--batch_size", "16", "--val_split", "0.25", "--seed", "0",
+                 "--threads", "1", "--no-progress", "--output_dir", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert json.loads((out / "model_config.json").read_text())["model"]["kwargs"]["head"] == "mean"
+    model = load_model(out)
+    net = next(m for m in model.backend.pipeline.modules() if hasattr(m, "pooled_mean"))
+    assert float(net.pooled_std.min()) >= 1e-3 and float(net.pooled_mean.abs().sum()) > 0  # fitted, and saved
+    states = torch.randn(2, 3, TINY.d_model, 40)
+    short = states[1:, ..., :25]
+    with torch.no_grad():
+        both = net.head(torch.cat([states[:1], torch.nn.functional.pad(short, (0, 15))]), torch.tensor([40, 25]))
+        alone = net.head(short)
+    assert torch.allclose(both[1], alone[0], atol=1e-5)

@@ -568,6 +568,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     torch.manual_seed(cfg.seed)  # inside torch.random.fork_rng (see train_model): global state is restored
     if hooks is not None:
         model = hooks.model
+        hooks.prepare(sets["train"])
     else:
         model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
     device = cfg.torch_device()

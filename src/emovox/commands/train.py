@@ -79,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add(g, "--ssl-layers", dest="ssl_layers", default=None, metavar="LAYERS",
          help="hidden layers the head weighs: a range '6-12' or a list '0,4,8' (0: the transformer input; "
               "None: all); fewer layers, smaller cache")
-    _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention"], default="cnn",
-         help="1D CNN with mean/std pooling, or attentive statistics pooling")
+    _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention", "mean"], default="cnn",
+         help="1D CNN with mean/std pooling, attentive statistics pooling, or mean: standardised per-layer time "
+              "means and one linear layer (a linear probe)")
     g = p.add_argument_group("training")
     _add(g, "--epochs", type=int, default=50)
     _add(g, "--batch_size", "--batch-size", dest="batch_size", type=int, default=32)

@@ -41,7 +41,7 @@ from .common import length_mask
 
 log = logging.getLogger(__name__)
 
-HEADS = ("cnn", "attention")
+HEADS = ("cnn", "attention", "mean")
 
 
 def _stats_pool(h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -112,15 +112,24 @@ class SSLHybrid(nn.Module):
         self.layer_norm = bool(layer_norm)
         dim = self.hidden_dim = self.backbone.hidden_size
         self.layer_weights = nn.Parameter(torch.zeros(len(self.layers)))
-        if head == "cnn":
-            self.convs = nn.Sequential(nn.Conv1d(dim, channels, 5, padding=2), nn.ReLU(), nn.Dropout(dropout * 0.5),
-                                       nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU())
-            self.pool = None
+        self.head_kind = head
+        if head == "mean":  # a linear probe: standardised per-layer time means → one linear layer
+            self.layer_weights.requires_grad_(False)  # the linear layer weighs the layers itself
+            self.convs = self.pool = None
+            self.register_buffer("pooled_mean", torch.zeros(len(self.layers) * dim))
+            self.register_buffer("pooled_std", torch.ones(len(self.layers) * dim))
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(len(self.layers) * dim, n_classes))
         else:
-            self.convs = nn.Sequential(nn.Conv1d(dim, channels, 1), nn.ReLU())
-            self.pool = AttentiveStatsPool(channels, max(16, channels // 2))
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels, hidden), nn.ReLU(),
-                                        nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+            if head == "cnn":
+                self.convs = nn.Sequential(nn.Conv1d(dim, channels, 5, padding=2), nn.ReLU(),
+                                           nn.Dropout(dropout * 0.5), nn.Conv1d(channels, channels, 3, padding=1),
+                                           nn.ReLU())
+                self.pool = None
+            else:
+                self.convs = nn.Sequential(nn.Conv1d(dim, channels, 1), nn.ReLU())
+                self.pool = AttentiveStatsPool(channels, max(16, channels // 2))
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels, hidden), nn.ReLU(),
+                                            nn.Dropout(dropout), nn.Linear(hidden, n_classes))
         self._freeze()
         self.kwargs = {"backbone": self.backbone.ref.to_dict(), "layers": list(self.layers),
                        "finetune_layers": self.finetune_layers, "head": head, "channels": channels, "hidden": hidden,
@@ -176,10 +185,27 @@ class SSLHybrid(nn.Module):
     # -- computing
     def head(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states ``(batch, n_layers, hidden, frames)`` (+ frames per clip) → logits."""
+        if self.head_kind == "mean":
+            return self.classifier((self.layer_means(states.float(), lengths) - self.pooled_mean) / self.pooled_std)
         h = self.mix_layers(states.float())
         h, lengths = masked_sequential(self.convs, h, lengths)
         pooled = _stats_pool(h, lengths) if self.pool is None else self.pool(h, lengths)
         return self.classifier(pooled)
+
+    @staticmethod
+    def layer_means(states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, n_layers, hidden, frames)`` → each layer's mean over the real frames, ``(batch, n_layers * hidden)``."""
+        if lengths is None:
+            return states.mean(dim=-1).flatten(1)
+        m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
+        return ((states * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)).flatten(1)
+
+    def fit_pooled_stats(self, features) -> None:
+        """The ``mean`` head's standardisation: mean and standard deviation of the training clips' layer means
+        (``features``: ``(n_layers, hidden, frames)`` arrays, as cached), like a probe's StandardScaler."""
+        rows = np.stack([np.asarray(f, dtype=np.float32).mean(axis=-1).reshape(-1) for f in features])
+        self.pooled_mean.copy_(torch.from_numpy(rows.mean(axis=0)))
+        self.pooled_std.copy_(torch.from_numpy(rows.std(axis=0)).clamp_min(1e-3))
 
     def mix_layers(self, states: torch.Tensor) -> torch.Tensor:
         """``(batch, n_layers, hidden, frames)`` → each layer normalised over ``hidden`` (LayerNorm without
@@ -338,6 +364,13 @@ class SSLTraining:
         else:
             self.train_batches = StateBatches(None if crop is None else max(1, round(crop * backbone.frame_rate_hz)))
             self.eval_batches = StateBatches(None)
+
+    def prepare(self, train_set) -> None:
+        """Fit what the head computes from the training data before training (the ``mean`` head's scaling)."""
+        if self.model.head_kind == "mean":
+            if self.finetune:
+                raise ValueError("the 'mean' head standardises frozen states: it cannot fine-tune the backbone")
+            self.model.fit_pooled_stats(train_set.features)
 
     @property
     def uses_cache(self) -> bool:
