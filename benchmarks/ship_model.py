@@ -41,10 +41,12 @@ def describe_backbone(kwargs: dict) -> str:
     layers = kwargs.get("layers") or []
     front = ("Whisper's log-mel (80 bins, 25 ms windows, 10 ms hop)" if bb.get("model_type") == "whisper"
              else "the raw waveform")
+    head = kwargs.get("head", "cnn")
+    how = ("each averaged over the clip, standardised with the training clips' statistics → one linear layer"
+           if head == "mean" else f"each normalised and mixed with learned layer weights → `{head}` head → classifier")
     return (f"16 kHz mono audio → {front} → frozen `{bb['source']}` encoder ({bb['model_type']}, {bb['num_layers']} "
             f"layers × {bb['hidden_size']}; weights from the installed package, not stored in this folder) → its "
-            f"{len(layers)} hidden states at 50 frames/s, each normalised and mixed with learned layer weights → "
-            f"`{kwargs.get('head', 'cnn')}` head → classifier; whole clips at their own length (no padding to 30 s).")
+            f"{len(layers)} hidden states at 50 frames/s, {how}; whole clips at their own length (no padding to 30 s).")
 
 
 def describe_input(feats: dict, streaming: bool) -> str:
