@@ -12,8 +12,8 @@ examples:
   emovox train --data_dir ravdess crema-d --labels core4 --model crnn --folds 5 --output_dir runs/cv
   emovox train --data_dir ravdess --model lstm --test-speakers 1,2,3,4 --save-full-model
   emovox train --data_dir ravdess --model ssl --backbone facebook/wav2vec2-base --labels core4   (seed 002)
-  emovox train --data_dir ravdess crema-d nemo --labels ekman7 --model ssl --backbone whisper-base --ssl-head attention \
-      --label-scope corpus --lr-schedule cosine --epochs 25   (like the default model)
+  emovox train --data_dir ravdess crema-d nemo --labels ekman7 --model ssl --backbone whisper-base --ssl-head mean \
+      --lr-schedule cosine --epochs 12   (like the default model)
   torchrun --nproc_per_node 4 -m emovox.cli train --data_dir ravdess --model crnn ...   (DistributedDataParallel)
 
 The defaults are seed 000's. The benchmark's recipe (benchmarks/speech_benchmark.py), better on
