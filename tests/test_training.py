@@ -119,19 +119,26 @@ def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch
     assert len(calls) == 12 and second.decoded == 0 and cache.hits == 12
     for a, b in zip(first.features, second.features):
         np.testing.assert_array_equal(a, b)
-    # another front-end has its own key; a touched file is decoded again
+    # another front-end has its own key; entries follow a clip's content, not its path or timestamps
     assert config_hash(preset("mfcc13")) != config_hash(cfg) == config_hash(cfg.replace(num_frames=100))
     # speech-level normalisation is applied after the cache: the same cached frames serve both
     assert config_hash(preset("logmel128l")) == config_hash(preset("logmel128"))
     load_features(rows[:1], preset("mfcc13"), cache=tmp_path)
     assert len(calls) == 13
-    path = rows[0].path
+    import dataclasses
     import os
+    import shutil
 
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    load_features(rows[:2], cfg, cache=tmp_path)
-    assert calls[-1] == path and len(calls) == 14
+    copy = shutil.copy(rows[0].path, tmp_path / "copied.wav")
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**12))
+    load_features([dataclasses.replace(rows[0], path=str(copy))], cfg, cache=tmp_path)
+    assert len(calls) == 13  # a moved, re-timestamped copy of a clip hits
+    with open(copy, "r+b") as fh:  # an edited clip misses
+        fh.seek(-2, os.SEEK_END)
+        fh.write(b"\x01\x02")
+    load_features([dataclasses.replace(rows[0], path=str(copy))], cfg, cache=tmp_path)
+    assert calls[-1] == str(copy) and len(calls) == 14
 
 
 def test_training_epochs_read_the_cache_not_the_audio(synth_corpus, tmp_path, monkeypatch):

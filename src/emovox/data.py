@@ -135,7 +135,11 @@ def model_features(logmel: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 
 
 class ClipCache:
-    """One ``.npy`` per clip under ``dir``, keyed by the clip's absolute path, size and mtime.
+    """One ``.npy`` per clip under ``dir``, keyed by a hash of the clip file's bytes.
+
+    Keying by content, not by path and modification time, keeps the cache valid when a corpus is
+    copied, moved or re-mounted with new timestamps (hashing a clip costs milliseconds, its
+    features seconds); an edited clip gets a new key.
 
     Writes are atomic (temporary file, then rename), so an interrupted job never leaves a torn
     entry; a file that is missing, unreadable or of the wrong shape reads as a miss. ``hits`` and
@@ -149,6 +153,7 @@ class ClipCache:
         self.dir = Path(directory).expanduser()
         self.hits = 0
         self.misses = 0
+        self._keys: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> content key, per process
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir)!r})"
@@ -156,7 +161,10 @@ class ClipCache:
     def file_for(self, path: str | os.PathLike) -> Path:
         p = os.path.abspath(os.fspath(path))
         st = os.stat(p)
-        key = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        stamp = (p, st.st_size, st.st_mtime_ns)
+        key = self._keys.get(stamp)
+        if key is None:
+            key = self._keys[stamp] = content_key(p)
         return self.dir / key[:2] / f"{key}.npy"
 
     def _valid(self, arr: np.ndarray) -> bool:
@@ -188,7 +196,7 @@ class ClipCache:
 
 
 class FeatureCache(ClipCache):
-    """One float16 ``.npy`` of log-mel frames per clip, keyed by path + size + mtime + config hash."""
+    """One float16 ``.npy`` of log-mel frames per clip, keyed by the clip's content, in a folder per config hash."""
 
     def __init__(self, root: str | os.PathLike, cfg: FeatureConfig):
         self.root = Path(root).expanduser()
@@ -200,6 +208,15 @@ class FeatureCache(ClipCache):
 
     def _describe(self) -> dict[str, Any]:
         return {"cache_version": CACHE_VERSION, "stored": "log-mel float16", "features": cached_config(self.cfg).to_dict()}
+
+
+def content_key(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes (read in chunks), the cache key of a clip."""
+    digest = hashlib.sha1(b"emovox-clip\0")
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_bytes(path: Path, data: bytes) -> None:
