@@ -273,8 +273,9 @@ def test_whisper_head_model_exports_to_onnx_matching_pytorch(ct2_folder, tmp_pat
     assert check["ok"] and check["max_abs_diff"] < 1e-4 and len(check["cases"]) >= 3
 
 
-def test_mean_head_standardises_layer_means_and_trains(ct2_folder, synth_corpus, tmp_path):
-    """--ssl-head mean: the training clips' per-layer time means fix the scaling; padding changes nothing."""
+def test_mean_head_is_a_probe_fit_per_c_and_padding_changes_nothing(ct2_folder, synth_corpus, tmp_path):
+    """--ssl-head mean: the training clips' per-layer time means fix the scaling, a logistic regression is fit
+    for each --probe-c and the best on validation kept; the saved torch head gives the probe's own figures."""
     import json
 
     from emovox.cli import main
@@ -282,9 +283,17 @@ def test_mean_head_standardises_layer_means_and_trains(ct2_folder, synth_corpus,
 
     out = tmp_path / "m"
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
-                 "--ssl-head", "mean", "--epochs", "2", "--batch_size", "16", "--val_split", "0.25", "--seed", "0",
+                 "--ssl-head", "mean", "--probe-c", "0.01,1", "--val_split", "0.25", "--seed", "0",
                  "--threads", "1", "--no-progress", "--output_dir", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
     assert json.loads((out / "model_config.json").read_text())["model"]["kwargs"]["head"] == "mean"
+    history = json.loads((out / "training_history.json").read_text())
+    assert [h["C"] for h in history] == [0.01, 1.0] and all(h["iterations"] > 0 for h in history)
+    assert history[1]["train_loss"] < history[0]["train_loss"]  # weaker L2, closer fit
+    metrics = json.loads((out / "metrics_overall.json").read_text())
+    assert metrics["split"] == "val" and metrics["best_val_uar"] == max(h["val_uar"] for h in history)
+    assert abs(metrics["uar"] - metrics["best_val_uar"]) < 1e-9  # the torch head on cached states = the probe
+    with pytest.raises(SystemExit):  # argparse: "expected positive numbers separated by commas"
+        main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--probe-c", "0,x"])
     model = load_model(out)
     net = next(m for m in model.backend.pipeline.modules() if hasattr(m, "pooled_mean"))
     assert float(net.pooled_std.min()) >= 1e-3 and float(net.pooled_mean.abs().sum()) > 0  # fitted, and saved

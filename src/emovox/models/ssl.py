@@ -42,6 +42,8 @@ from .common import length_mask
 log = logging.getLogger(__name__)
 
 HEADS = ("cnn", "attention", "mean")
+#: Inverse L2 strengths tried when the ``mean`` head is fit as a linear probe; validation UAR picks one.
+PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
 def _stats_pool(h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -200,12 +202,27 @@ class SSLHybrid(nn.Module):
         m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
         return ((states * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)).flatten(1)
 
-    def fit_pooled_stats(self, features) -> None:
-        """The ``mean`` head's standardisation: mean and standard deviation of the training clips' layer means
-        (``features``: ``(n_layers, hidden, frames)`` arrays, as cached), like a probe's StandardScaler."""
-        rows = np.stack([np.asarray(f, dtype=np.float32).mean(axis=-1).reshape(-1) for f in features])
+    @staticmethod
+    def pooled_rows(features) -> np.ndarray:
+        """Cached ``(n_layers, hidden, frames)`` arrays → each clip's layer means, ``(clips, n_layers * hidden)``
+        float32: what the ``mean`` head reads, before its standardisation."""
+        return np.stack([np.asarray(f, dtype=np.float32).mean(axis=-1).reshape(-1) for f in features])
+
+    def fit_pooled_stats(self, rows: np.ndarray) -> None:
+        """The ``mean`` head's standardisation: mean and standard deviation of the training clips' pooled
+        rows (:meth:`pooled_rows`), like a probe's StandardScaler."""
         self.pooled_mean.copy_(torch.from_numpy(rows.mean(axis=0)))
         self.pooled_std.copy_(torch.from_numpy(rows.std(axis=0)).clamp_min(1e-3))
+
+    def standardise(self, rows: np.ndarray) -> np.ndarray:
+        return (rows - self.pooled_mean.numpy()) / self.pooled_std.numpy()
+
+    def set_linear(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Load the ``mean`` head's linear layer, ``weight`` ``(n_classes, n_layers * hidden)``."""
+        linear = self.classifier[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+            linear.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
 
     def mix_layers(self, states: torch.Tensor) -> torch.Tensor:
         """``(batch, n_layers, hidden, frames)`` → each layer normalised over ``hidden`` (LayerNorm without
@@ -354,6 +371,7 @@ class SSLTraining:
             distributed.barrier()
             say(f"backbone bundled into {dest}")
         self.cache = cache_root(cache)
+        self._pooled: dict[int, np.ndarray] = {}
         self.num_workers = num_workers
         self.progress = progress
         self.finetune = self.model.finetune_layers > 0
@@ -365,12 +383,25 @@ class SSLTraining:
             self.train_batches = StateBatches(None if crop is None else max(1, round(crop * backbone.frame_rate_hz)))
             self.eval_batches = StateBatches(None)
 
+    @property
+    def is_probe(self) -> bool:
+        """The ``mean`` head is a linear probe: fit in closed form on pooled states, not by epochs of SGD."""
+        return self.model.head_kind == "mean"
+
     def prepare(self, train_set) -> None:
         """Fit what the head computes from the training data before training (the ``mean`` head's scaling)."""
-        if self.model.head_kind == "mean":
+        if self.is_probe:
             if self.finetune:
                 raise ValueError("the 'mean' head standardises frozen states: it cannot fine-tune the backbone")
-            self.model.fit_pooled_stats(train_set.features)
+            self.model.fit_pooled_stats(self.pooled(train_set))
+
+    def pooled(self, feature_set) -> np.ndarray:
+        """A FeatureSet's pooled rows for the ``mean`` head (computed once per set: reading the cached states
+        is what costs)."""
+        key = id(feature_set)
+        if key not in self._pooled:
+            self._pooled[key] = self.model.pooled_rows(feature_set.features)
+        return self._pooled[key]
 
     @property
     def uses_cache(self) -> bool:
