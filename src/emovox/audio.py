@@ -25,6 +25,8 @@ import soxr
 SAMPLE_RATE_HZ = 16000
 #: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.
 DEFAULT_MAX_DURATION_S = 3600.0
+#: Source sample rates emovox accepts (a header claiming 0, 1 or 10**9 Hz is corrupt or hostile).
+SOURCE_RATE_RANGE_HZ = (1000, 768_000)
 #: Peak level (dBFS) under which a clip counts as silent.
 SILENCE_THRESHOLD_DBFS = -60.0
 
@@ -172,6 +174,56 @@ def _check_truncation(data: bytes, info: AudioInfo, desc: str) -> None:
             )
 
 
+def _check_header_limits(path, desc: str, max_duration_s: float | None) -> None:
+    """A file's header (libsndfile reads only the header) against the limits; unreadable headers are left
+    to the full decode, which names the problem."""
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return
+    _check_source_rate(int(info.samplerate), desc, "header declares a sample rate of")
+    if max_duration_s is not None and info.frames / info.samplerate > max_duration_s:
+        raise AudioError(f"{desc}: too long: {info.frames / info.samplerate:.1f} s exceeds the maximum of "
+                         f"{max_duration_s:g} s")
+
+
+def _check_source_rate(rate: int, desc: str, what: str) -> None:
+    low, high = SOURCE_RATE_RANGE_HZ
+    if not low <= rate <= high:
+        raise AudioError(f"{desc}: {what} {rate} Hz; emovox reads audio sampled at {low} Hz to {high} Hz")
+
+
+def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_duration_s: float | None) -> np.ndarray:
+    """Decode to mono float32 at ``sample_rate_hz``, one second at a time, each block mixed down and resampled
+    (soxr's stream gives the same samples as one call) as it comes: memory follows the output, never what a
+    header claims, and decoding stops as soon as the clip passes ``max_duration_s``."""
+    sr = info.sample_rate_hz
+    limit = None if max_duration_s is None else int(max_duration_s * sr)
+    stream = None if sr == sample_rate_hz else soxr.ResampleStream(sr, sample_rate_hz, 1, dtype="float32",
+                                                                  quality="HQ")
+    out, frames, bad = [], 0, 0
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            while len(block := f.read(sr, dtype="float32", always_2d=True)):
+                frames += len(block)
+                if limit is not None and frames > limit:
+                    raise AudioError(f"{desc}: too long: more than {max_duration_s:g} s of audio (the maximum)")
+                mono = _to_mono_float(block)
+                bad += int(mono.size - np.isfinite(mono).sum())
+                if not bad:
+                    out.append(mono if stream is None else stream.resample_chunk(mono))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {_decoder_said(e)}") from e
+    if bad:
+        raise AudioError(f"{desc}: contains {bad} NaN or infinite sample(s)")
+    if info.frames > 0 and frames < info.frames:
+        raise AudioError(f"{desc}: truncated {info.format} file: header declares {info.frames} frames, "
+                         f"only {frames} could be decoded")
+    if stream is not None and frames:
+        out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def _to_mono_float(x: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
@@ -228,28 +280,19 @@ def load_audio(
     )
     if is_array:
         x, sr = _array_input(source, source_sample_rate_hz, desc)
-        if sr <= 0:
-            raise AudioError(f"{desc}: source sample rate must be positive, got {sr}")
+        _check_source_rate(sr, desc, "source sample rate")
     else:
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+            _check_header_limits(source, desc, max_duration_s)  # before reading a file that may be huge
         data = _read_bytes(source)
         info = _info_from_bytes(data, desc)
-        if info.sample_rate_hz <= 0:
-            raise AudioError(f"{desc}: header declares an invalid sample rate ({info.sample_rate_hz})")
+        _check_source_rate(info.sample_rate_hz, desc, "header declares a sample rate of")
         if max_duration_s is not None and info.duration_s > max_duration_s:
             raise AudioError(
                 f"{desc}: too long: {info.duration_s:.1f} s exceeds the maximum of {max_duration_s:g} s"
             )
         _check_truncation(data, info, desc)
-        try:
-            x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {_decoder_said(e)}") from e
-        if info.frames > 0 and x.shape[0] < info.frames:
-            raise AudioError(
-                f"{desc}: truncated {info.format} file: header declares {info.frames} frames, "
-                f"only {x.shape[0]} could be decoded"
-            )
-        x = _to_mono_float(x)
+        x, sr = _decode(data, info, desc, sample_rate_hz, max_duration_s), sample_rate_hz
     if x.size == 0:
         raise AudioError(f"{desc}: contains zero audio samples")
     if not np.isfinite(x).all():
