@@ -445,3 +445,23 @@ def test_training_with_corpus_label_scope(synth_corpus, tmp_path):
     with pytest.raises(ValueError, match="trained with label scope 'corpus', this run asks for 'all'"):
         train_model(plan, labels, replace(cfg, label_scope="all", epochs=3), tmp_path / "out", cache=tmp_path / "cache",
                     resume=True, plots=False)
+
+
+def test_corrupted_or_truncated_cache_entries_are_detected_and_recomputed(synth_corpus, tmp_path, monkeypatch):
+    calls = []
+    real = emovox.data.load_audio
+    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    rows, _, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    rows, cfg = rows[:3], preset("logmel64")
+    first = load_features(rows, cfg, cache=tmp_path)
+    cache = FeatureCache(tmp_path, cfg)
+    flipped, cut = cache.file_for(rows[0].path), cache.file_for(rows[1].path)
+    blob = bytearray(flipped.read_bytes())
+    blob[len(blob) // 2] ^= 0x10  # one bit in the float16 data: np.load alone would not notice
+    flipped.write_bytes(bytes(blob))
+    cut.write_bytes(cut.read_bytes()[:-100])
+    again = load_features(rows, cfg, cache=cache)
+    assert sorted(calls[3:]) == sorted([rows[0].path, rows[1].path]) and cache.hits == 1
+    for a, b in zip(first.features, again.features):
+        np.testing.assert_array_equal(a, b)
+    assert load_features(rows, cfg, cache=tmp_path).decoded == 0  # rewritten whole

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -142,7 +143,9 @@ class ClipCache:
     features seconds); an edited clip gets a new key.
 
     Writes are atomic (temporary file, then rename), so an interrupted job never leaves a torn
-    entry; a file that is missing, unreadable or of the wrong shape reads as a miss. ``hits`` and
+    entry; each entry carries a SHA-1 of its bytes, so one truncated or corrupted later (a full disk,
+    a bad copy) is detected; a file that is missing, corrupt or of the wrong shape reads as a miss and
+    is recomputed. ``hits`` and
     ``misses`` count lookups since construction. Subclasses say what they store (:meth:`_valid`,
     :meth:`_describe`).
     """
@@ -175,7 +178,10 @@ class ClipCache:
 
     def get(self, path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray | None:
         try:
-            arr = np.load(self.file_for(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+            f = self.file_for(path)
+            if not checksum_ok(f):  # torn, truncated or corrupted on disk: a miss, recomputed and rewritten
+                raise ValueError(f"{f}: checksum mismatch")
+            arr = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             self.misses += 1
             return None
@@ -191,7 +197,9 @@ class ClipCache:
         info = self.dir / self.info_name
         if not info.exists():
             atomic_bytes(info, json.dumps(self._describe(), indent=2).encode())
-        atomic_npy(f, np.asarray(arr, dtype=np.float16))
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(arr, dtype=np.float16), allow_pickle=False)
+        atomic_bytes(f, with_checksum(buf.getvalue()))
         return f
 
 
@@ -231,16 +239,29 @@ def atomic_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_npy(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` (no pickles) to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Cache entries end with this tag and the SHA-1 of every byte before it; ``np.load`` ignores bytes after the array.
+CHECKSUM_TAG = b"EMVXSHA1"
+_TRAILER_BYTES = len(CHECKSUM_TAG) + 20
+
+
+def with_checksum(payload: bytes) -> bytes:
+    return payload + CHECKSUM_TAG + hashlib.sha1(payload).digest()
+
+
+def checksum_ok(path: Path, chunk_bytes: int = 1 << 20) -> bool:
+    """True when ``path`` ends with a checksum trailer (:func:`with_checksum`) matching its contents."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size - _TRAILER_BYTES
+        if size <= 0:
+            return False
+        digest, left = hashlib.sha1(), size
+        while left > 0:
+            block = fh.read(min(chunk_bytes, left))
+            if not block:
+                return False
+            digest.update(block)
+            left -= len(block)
+        return fh.read(_TRAILER_BYTES) == CHECKSUM_TAG + digest.digest()
 
 
 def resolve_cache(cache: FeatureCache | str | os.PathLike | bool | None, cfg: FeatureConfig) -> FeatureCache | None:
