@@ -171,8 +171,10 @@ def test_realtime_and_seed001_routes(client, reference, clip):
     p = reference.predict(clip)
     r = client.post("/predict-realtime/", **_multipart("audio_buffer", clip))
     assert r.status_code == 200, r.text
+    assert p.score < 0.70  # the tiny random model is unsure: seed 002's warning is shown
     assert r.json() == {"emotion": p.label, "confidence": pytest.approx(p.score, abs=1e-6),
-                        "music_mood": MUSIC_MOODS[p.label]}
+                        "music_mood": MUSIC_MOODS[p.label], "low_confidence": True, "warning": p.warning}
+    assert p.label in p.warning and f"{p.score:.2f}" in p.warning and "0.70" in p.warning
     for field in ("file", "audio"):
         r = client.post("/api/classify-emotion", **_multipart(field, clip))
         assert r.status_code == 200, r.text
@@ -314,7 +316,7 @@ def test_mock_mode_is_labelled_everywhere_and_deterministic(clip, long_clip):
             c.post("/predict-realtime/", **_multipart("audio_buffer", clip)),
             c.post("/api/classify-emotion", **_multipart("audio", clip)),
             c.post("/predict-timeline/", **_multipart("file", long_clip)),
-            c.get("/emotions/"), c.get("/music-moods/"),
+            c.get("/emotions/"),
             c.post("/predict-text/", json={"text": "thank you so much"}),
             c.post("/predict-text/", json={"texts": ["a", "b"]}),
             c.post("/predict-emotion/", **_multipart("file", b"not audio")),  # errors too
@@ -324,11 +326,14 @@ def test_mock_mode_is_labelled_everywhere_and_deterministic(clip, long_clip):
             assert r.json()["mock"] is True, (r.request.url, r.text)
             assert r.headers["X-Emovox-Mock"] == "true"
         assert [r.status_code for r in answers[-2:]] == [415, 422]
+        # /music-moods/ is seed 002's bare {emotion: mood} mapping: no "mock" key inside it, the header says it
+        moods = c.get("/music-moods/")
+        assert moods.json() == {e: MUSIC_MOODS[e] for e in EKMAN7} and moods.headers["X-Emovox-Mock"] == "true"
         first = answers[0].json()
         assert c.post("/predict-emotion/", **_multipart("file", clip)).json() == first  # same bytes, same answer
         assert list(first["all_probabilities"]) == list(EKMAN7)
         assert sum(first["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert list(answers[6].json()["scores"]) == list(GOEMOTIONS28)
+        assert list(answers[5].json()["scores"]) == list(GOEMOTIONS28)
         with c.websocket_connect("/stream") as ws:
             ws.send_bytes(np.zeros(1600, "<i2").tobytes())
             assert ws.receive_json()["mock"] is True
