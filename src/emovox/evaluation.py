@@ -271,8 +271,11 @@ def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
 
     from . import __version__
 
-    own = Path(loaded_model.path) / "model_meta.json"
-    trained = json.loads(own.read_text()) if own.is_file() else {}
+    try:  # the model's own provenance, when it has readable one
+        trained = json.loads((Path(loaded_model.path) / "model_meta.json").read_text())
+    except (OSError, ValueError):
+        trained = {}
+    trained = trained if isinstance(trained, dict) else {}
     return {
         "model_name": Path(loaded_model.path).name,
         "model_path": str(loaded_model.path),
