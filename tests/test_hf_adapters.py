@@ -325,3 +325,16 @@ def test_text_evaluate_writes_seed004_names(bert_dir, tmp_path, capsys):
     used = json.loads((out / "inference_config.json").read_text())
     assert used["thresholds"]["admiration"] == 0.02 and used["top_k"] == 2 and used["max_length"] == 16
     assert used["labels"] == list(GOEMOTIONS28)
+
+
+def test_cli_classify_takes_a_hf_folder(wav2vec2_dir, tmp_path, capsys):
+    clip = _clip(1.0, 0)
+    sf.write(tmp_path / "a.wav", clip, SR, subtype="FLOAT")
+    want = load_model(wav2vec2_dir).predict(clip, sample_rate_hz=SR)
+    assert main(["classify", str(tmp_path / "a.wav"), "--model", str(wav2vec2_dir), "--fields",
+                 "emotion,confidence"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"emotion": want.label,
+                                                   "confidence": pytest.approx(want.score, abs=1e-5)}
+    # evaluate needs an emovox model folder, and says so
+    assert main(["evaluate", "--model", str(wav2vec2_dir), str(tmp_path), "--output-dir", str(tmp_path / "e")]) == 2
+    assert "Hugging Face config.json" in capsys.readouterr().err

@@ -270,7 +270,9 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
         raise ModelLoadError(f"model not found: {p}")
     weights = p / WEIGHTS_FILE if p.is_dir() else p
     if p.is_dir() and not weights.exists():
-        raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE})")
+        hf = " (it holds a Hugging Face config.json: classify, stream and serve take such folders through " \
+             "emovox.load_model; this command needs an emovox model)" if (p / "config.json").is_file() else ""
+        raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE}){hf}")
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
     try:
