@@ -1,6 +1,6 @@
 """Seed 004's adapters: Hugging Face checkpoint folders served as emovox models.
 
-- ``AUDIO_MODEL_DIR`` / ``load_model``: a ``save_pretrained`` audio classifier (wav2vec2, whisper)
+- ``AUDIO_MODEL_DIR`` / ``load_model``: a ``save_pretrained`` audio classifier (wav2vec2, HuBERT, WavLM, Whisper)
   with its feature extractor config and ``id2label`` (or ``labels.json``);
 - ``TEXT_MODEL_DIR`` / ``load_text_model``: a ``save_pretrained`` sequence classifier (BERT) with
   seed 004's ``labels.json`` and ``inference_config.json`` in its various spellings.
@@ -66,21 +66,27 @@ def _sharpen(model, seed: int) -> None:
 
 # -- checkpoints ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def wav2vec2_dir(tmp_path_factory):
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+def _ssl_classifier(kind: str, path, labels: list[str]):
+    """A tiny wav2vec2 / HuBERT / WavLM sequence classifier with its feature extractor, saved."""
+    from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 
-    path = tmp_path_factory.mktemp("hf") / "wav2vec2-er"
     torch.manual_seed(0)
-    cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
-                         num_conv_pos_embedding_groups=2, classifier_proj_size=8, num_labels=4,
-                         id2label=dict(enumerate(IEMOCAP4)), label2id={lab: i for i, lab in enumerate(IEMOCAP4)})
-    model = Wav2Vec2ForSequenceClassification(cfg)
+    extra = {"num_buckets": 8, "max_bucket_distance": 16} if kind == "wavlm" else {}
+    cfg = AutoConfig.for_model(kind, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                               conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+                               num_conv_pos_embedding_groups=2, classifier_proj_size=8, num_labels=len(labels),
+                               id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+                               **extra)
+    model = AutoModelForAudioClassification.from_config(cfg)
     _sharpen(model, 1)
     model.save_pretrained(path)
     Wav2Vec2FeatureExtractor(sampling_rate=SR, return_attention_mask=True).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def wav2vec2_dir(tmp_path_factory):
+    return _ssl_classifier("wav2vec2", tmp_path_factory.mktemp("hf") / "wav2vec2-er", IEMOCAP4)
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +121,16 @@ def _reference_probs(folder, clip: np.ndarray) -> np.ndarray:
 
 # -- audio ----------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")  # torch, in WavLM
 @pytest.mark.parametrize("which, labels", [("wav2vec2", ["neutral", "happy", "angry", "sad"]),
-                                           ("whisper", ["angry", "calm", "happy"])])
-def test_hf_audio_folder_loads_and_answers_like_transformers(which, labels, wav2vec2_dir, whisper_dir):
-    folder = {"wav2vec2": wav2vec2_dir, "whisper": whisper_dir}[which]
+                                           ("whisper", ["angry", "calm", "happy"]),
+                                           ("hubert", ["neutral", "happy", "sad"]),
+                                           ("wavlm", ["neutral", "happy", "sad"])])
+def test_hf_audio_folder_loads_and_answers_like_transformers(which, labels, wav2vec2_dir, whisper_dir, tmp_path):
+    if which in ("hubert", "wavlm"):
+        folder = _ssl_classifier(which, tmp_path / which, ["Neutral", "Happy", "Sad"])
+    else:
+        folder = {"wav2vec2": wav2vec2_dir, "whisper": whisper_dir}[which]
     model = load_model(folder)
     assert model.labels == labels  # id2label (IEMOCAP spellings made emovox's) or labels.json
     assert model.sample_rate_hz == SR and model.streaming is False
