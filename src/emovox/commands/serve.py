@@ -16,9 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--model", default=None,
-                   help="speech model folder or shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
+                   help="speech model: an emovox model folder, a Hugging Face audio-classification folder, or a "
+                        "shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
     p.add_argument("--text-model", default=None,
-                   help="text model folder, or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
+                   help="text model folder (emovox's, or a Hugging Face sequence classifier with labels.json and "
+                        "inference_config.json), or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default 0.70)")
     p.add_argument("--max-upload-mb", type=float, default=None,
