@@ -201,6 +201,11 @@ def test_hf_audio_folder_problems_are_named(wav2vec2_dir, tmp_path):
     (wrong / "labels.json").write_text(json.dumps(["sad", "neu", "hap", "ang"]))
     with pytest.raises(ModelLoadError, match="differ from config.json's id2label"):
         load_model(wrong)
+    speechbrain = tmp_path / "speechbrain"  # seed 004's ai/models/audio/checkpoint
+    speechbrain.mkdir()
+    (speechbrain / "hyperparams.yaml").write_text("sample_rate: 16000\n")
+    with pytest.raises(ModelLoadError, match="SpeechBrain checkpoint, which emovox cannot run"):
+        load_model(speechbrain)
 
 
 # -- text -----------------------------------------------------------------------------------------
