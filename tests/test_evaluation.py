@@ -129,11 +129,17 @@ def test_evaluate_maps_labels_drops_unexpressible_and_restricts_the_argmax(calm_
     assert ev.logits.shape == (12, 4) and (ev.logits.argmax(1) == 3).all()  # unrestricted: always fearful
     assert set(ev.y_pred.tolist()) <= {0, 1, 2}
     assert np.array_equal(ev.y_true, [{"calm": 0, "happy": 1, "sad": 2}[r.label] for r in ev.rows])
-    for name in ("metrics_overall.json", "metrics_report.csv", "confusion_matrix.npy", "confusion_matrix.png",
-                 "confusion_matrix_rownorm.png", "labels.json"):
+    # seed 004's names (confusion_matrix.png kept for emovox's earlier readers)
+    for name in ("metrics_overall.json", "metrics_report.csv", "confusion_matrix.npy", "confusion_matrix_counts.png",
+                 "confusion_matrix.png", "confusion_matrix_rownorm.png", "labels.json", "model_meta.json"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert json.loads((tmp_path / "eval" / "labels.json").read_text()) == ["neutral", "happy", "sad"]
     assert np.load(tmp_path / "eval" / "confusion_matrix.npy").sum() == 12
+    counts = (tmp_path / "eval" / "confusion_matrix_counts.png").read_bytes()
+    assert counts[:8] == b"\x89PNG\r\n\x1a\n" and counts == (tmp_path / "eval" / "confusion_matrix.png").read_bytes()
+    meta = json.loads((tmp_path / "eval" / "model_meta.json").read_text())
+    assert meta["model_name"] == "m" and meta["architecture"] == "cnn" and meta["classes"] == ["neutral", "happy", "sad"]
+    assert meta["dataset"]["n_clips"] == 12 and meta["dataset"]["n_dropped"] == 4 and meta["date"]
 
 
 def test_evaluate_command_says_how_many_clips_were_left_out(calm_corpus, tmp_path, capsys):

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocketDisconnect  # noqa: E402
 from emovox.cli import main  # noqa: E402
 from emovox.features import FeatureStats, preset  # noqa: E402
 from emovox.inference import load_model  # noqa: E402
-from emovox.labels import BASIC5, EKMAN7, GOEMOTIONS28, MUSIC_MOODS  # noqa: E402
+from emovox.labels import BASIC5, EKMAN7, GOEMOTIONS28, MUSIC_MOODS, RAVDESS8  # noqa: E402
 from emovox.modelio import ModelLoadError, make_config, save_model  # noqa: E402
 from emovox.models import build_model  # noqa: E402
 from emovox.server import Settings, create_app  # noqa: E402
@@ -171,8 +171,10 @@ def test_realtime_and_seed001_routes(client, reference, clip):
     p = reference.predict(clip)
     r = client.post("/predict-realtime/", **_multipart("audio_buffer", clip))
     assert r.status_code == 200, r.text
+    assert p.score < 0.70  # the tiny random model is unsure: seed 002's warning is shown
     assert r.json() == {"emotion": p.label, "confidence": pytest.approx(p.score, abs=1e-6),
-                        "music_mood": MUSIC_MOODS[p.label]}
+                        "music_mood": MUSIC_MOODS[p.label], "low_confidence": True, "warning": p.warning}
+    assert p.label in p.warning and f"{p.score:.2f}" in p.warning and "0.70" in p.warning
     for field in ("file", "audio"):
         r = client.post("/api/classify-emotion", **_multipart(field, clip))
         assert r.status_code == 200, r.text
@@ -314,7 +316,7 @@ def test_mock_mode_is_labelled_everywhere_and_deterministic(clip, long_clip):
             c.post("/predict-realtime/", **_multipart("audio_buffer", clip)),
             c.post("/api/classify-emotion", **_multipart("audio", clip)),
             c.post("/predict-timeline/", **_multipart("file", long_clip)),
-            c.get("/emotions/"), c.get("/music-moods/"),
+            c.get("/emotions/"),
             c.post("/predict-text/", json={"text": "thank you so much"}),
             c.post("/predict-text/", json={"texts": ["a", "b"]}),
             c.post("/predict-emotion/", **_multipart("file", b"not audio")),  # errors too
@@ -324,11 +326,14 @@ def test_mock_mode_is_labelled_everywhere_and_deterministic(clip, long_clip):
             assert r.json()["mock"] is True, (r.request.url, r.text)
             assert r.headers["X-Emovox-Mock"] == "true"
         assert [r.status_code for r in answers[-2:]] == [415, 422]
+        # /music-moods/ is seed 002's bare {emotion: mood} mapping: no "mock" key inside it, the header says it
+        moods = c.get("/music-moods/")
+        assert moods.json() == {e: MUSIC_MOODS[e] for e in EKMAN7} and moods.headers["X-Emovox-Mock"] == "true"
         first = answers[0].json()
         assert c.post("/predict-emotion/", **_multipart("file", clip)).json() == first  # same bytes, same answer
         assert list(first["all_probabilities"]) == list(EKMAN7)
         assert sum(first["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert list(answers[6].json()["scores"]) == list(GOEMOTIONS28)
+        assert list(answers[5].json()["scores"]) == list(GOEMOTIONS28)
         with c.websocket_connect("/stream") as ws:
             ws.send_bytes(np.zeros(1600, "<i2").tobytes())
             assert ws.receive_json()["mock"] is True
@@ -371,6 +376,98 @@ def test_settings_from_environment():
         Settings.from_env({"CONFIDENCE_THRESHOLD": "high"})
     with pytest.raises(ValueError, match="threshold"):
         Settings(threshold=1.5)
+
+
+SETTINGS_VARS = ("AUDIO_MODEL_DIR", "TEXT_MODEL_DIR", "CONFIDENCE_THRESHOLD", "EMOVOX_MAX_CONCURRENCY",
+                 "USE_MOCK_MODELS", "EMOVOX_ENV_FILE")
+
+
+def test_dotenv_file_then_environment_then_flags(tmp_path, monkeypatch, capsys):
+    for name in SETTINGS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "# server/.env as in seed 004\n"
+        "TEXT_MODEL_DIR=none\n"
+        "AUDIO_MODEL_DIR='from-dotenv'\n"
+        "export CONFIDENCE_THRESHOLD=0.6  # a comment\n"
+        "USE_MOCK_MODELS=false\n"
+        "UNRELATED_SECRET=x\n")
+    s = Settings.from_env()
+    assert (s.model, s.text_disabled, s.threshold, s.use_mock_models) == ("from-dotenv", True, 0.6, False)
+    monkeypatch.setenv("CONFIDENCE_THRESHOLD", "0.8")  # the environment wins over the file
+    assert Settings.from_env().threshold == 0.8 and Settings.from_env().model == "from-dotenv"
+    assert Settings.from_env(threshold=0.9).threshold == 0.9  # flags win over both
+    assert Settings.from_env({}).model is None  # an explicit environment is the whole environment
+    (tmp_path / "other.env").write_text("AUDIO_MODEL_DIR=from-other\n")
+    assert Settings.from_env(env_file=tmp_path / "other.env").model == "from-other"
+    monkeypatch.setenv("EMOVOX_ENV_FILE", "none")
+    assert Settings.from_env().model is None
+    monkeypatch.delenv("EMOVOX_ENV_FILE")
+    # emovox serve reads it too (here the model it names is missing: one line, exit 2, before binding a port)
+    assert main(["serve", "--port", "1"]) == 2
+    assert "from-dotenv" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--model", str(tmp_path / "flag-model")]) == 2
+    err = capsys.readouterr().err
+    assert "flag-model" in err and "from-dotenv" not in err
+
+
+def test_mock_auto_only_replaces_what_cannot_load(model_dir, clip, tmp_path, caplog):
+    assert Settings.from_env({"USE_MOCK_MODELS": "auto"}).use_mock_models == "auto"
+    assert Settings.from_env(Settings(use_mock_models="auto").to_env()).use_mock_models == "auto"
+    with pytest.raises(ValueError, match="USE_MOCK_MODELS must be true, false or auto"):
+        Settings.from_env({"USE_MOCK_MODELS": "sometimes"})
+    upload = _multipart("file", clip)
+    # a real speech model loads: no mock anywhere
+    with TestClient(create_app(settings_for(model_dir, use_mock_models="auto"))) as c:
+        assert c.get("/").json()["mock"] is False
+        r = c.post("/predict-emotion/", **upload)
+        assert "mock" not in r.json() and "X-Emovox-Mock" not in r.headers
+    # no speech model can be loaded: its mock answers, said loudly and marked in every answer
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="emovox.server.services"):
+        with TestClient(create_app(settings_for(tmp_path / "missing", use_mock_models="auto"))) as c:
+            h = c.get("/").json()
+            assert h["mock"] is True and h["models"]["audio"]["mock"] is True
+            assert "missing" in h["models"]["audio"]["mock_reason"]
+            for r in (c.post("/predict-emotion/", **upload), c.post("/predict-realtime/", **_multipart("audio_buffer", clip)),
+                      c.get("/emotions/"), c.post("/predict-emotion/", **_multipart("file", b"junk"))):
+                assert r.json()["mock"] is True and r.headers["X-Emovox-Mock"] == "true", r.text
+            assert c.get("/music-moods/").json() == {e: MUSIC_MOODS[e] for e in EKMAN7}
+    assert any("NO REAL SPEECH MODEL COULD BE LOADED" in rec.getMessage() for rec in caplog.records)
+    # the speech model loads, the configured text model does not: only text is mocked
+    with TestClient(create_app(settings_for(model_dir, text_model=str(tmp_path / "no-text"), use_mock_models="auto"))) as c:
+        h = c.get("/").json()
+        assert h["mock"] is True and "mock" not in h["models"]["audio"] and h["models"]["text"]["mock"] is True
+        assert "mock" not in c.post("/predict-emotion/", **upload).json()
+        assert c.post("/predict-text/", json={"text": "thanks"}).json()["mock"] is True
+    # false (the default) still refuses to start
+    with pytest.raises(ModelLoadError, match="USE_MOCK_MODELS=auto"):
+        with TestClient(create_app(settings_for(tmp_path / "missing"))):
+            pass
+
+
+def test_warning_and_unsupported_labels_in_every_answer(client, reference, clip, long_clip):
+    """Seed 002: predictions under 0.70 show a warning; labels the model cannot express are named."""
+    p = reference.predict(clip, labels="ravdess8")
+    assert p.low_confidence and p.unsupported_labels == ("calm",) and p.scores["calm"] == 0.0
+    assert p.to_dict()["warning"] == p.warning and p.to_dict()["unsupported_labels"] == ["calm"]
+    body = client.post("/predict-emotion/?labels=ravdess8", **_multipart("file", clip)).json()
+    assert body["low_confidence"] is True and body["warning"] == p.warning
+    assert body["unsupported_labels"] == ["calm"] and body["all_probabilities"]["calm"] == 0.0
+    assert client.get("/emotions/?labels=ravdess8").json() == {"emotions": list(RAVDESS8), "count": 8,
+                                                                "unsupported_labels": ["calm"]}
+    plain = client.post("/predict-emotion/?labels=basic5", **_multipart("file", clip)).json()
+    assert "unsupported_labels" not in plain  # every basic5 label is reachable from ekman7
+    tl = client.post("/predict-timeline/?labels=ravdess8", **_multipart("file", long_clip)).json()
+    for w in tl["windows"]:
+        assert w["unsupported_labels"] == ["calm"] and ("warning" in w) == w["low_confidence"]
+    with client.websocket_connect("/stream?labels=ravdess8") as ws:
+        ws.send_bytes((voice(1.0) * 32767).astype("<i2").tobytes())
+        update = ws.receive_json()
+    assert update["unsupported_labels"] == ["calm"] and ("warning" in update) == update["low_confidence"]
+    confident = load_model(client.app.state.settings.model, threshold=0.01).predict(clip)
+    assert confident.warning is None and "warning" not in confident.to_dict()
 
 
 # -- text -----------------------------------------------------------------------------------------

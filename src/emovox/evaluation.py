@@ -7,8 +7,9 @@ calibration error (ECE, 15 equal-width confidence bins, top label).
 
 Artifacts written by :func:`write_report` (names from seed 004): ``metrics_overall.json``,
 ``metrics_report.csv``, ``confusion_matrix.npy`` (rows: true, columns: predicted, in
-``labels`` order), ``confusion_matrix.png`` (counts), ``confusion_matrix_rownorm.png`` and
-``labels.json`` when evaluating into a folder that is not the model's own.
+``labels`` order), ``confusion_matrix_counts.png`` (also as ``confusion_matrix.png``),
+``confusion_matrix_rownorm.png``; and by :func:`evaluate_model`, when evaluating into a folder
+that is not the model's own, ``labels.json`` and ``model_meta.json`` (what was evaluated on what).
 """
 
 from __future__ import annotations
@@ -256,10 +257,40 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], *, title: 
     _atomic_write(out / "metrics_report.csv", lambda t: Path(t).write_text(buf.getvalue()))
     _atomic_write(out / "confusion_matrix.npy", lambda t: _save_npy(t, cm))
     if plots:
-        plot_confusion(cm, labels, out / "confusion_matrix.png", "none", title=title)
+        counts = plot_confusion(cm, labels, out / "confusion_matrix_counts.png", "none", title=title)
+        _atomic_write(out / "confusion_matrix.png", lambda t: Path(t).write_bytes(counts.read_bytes()))
         plot_confusion(cm, labels, out / "confusion_matrix_rownorm.png", "row",
                        title=title and f"{title} (row-normalised)")
     return out
+
+
+def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Seed 004's ``model_meta.json`` for an evaluation: model, classes, data, seed, date, notes."""
+    import json
+    from datetime import datetime, timezone
+
+    from . import __version__
+
+    try:  # the model's own provenance, when it has readable one
+        trained = json.loads((Path(loaded_model.path) / "model_meta.json").read_text())
+    except (OSError, ValueError):
+        trained = {}
+    trained = trained if isinstance(trained, dict) else {}
+    return {
+        "model_name": Path(loaded_model.path).name,
+        "model_path": str(loaded_model.path),
+        "architecture": loaded_model.config["model"]["name"],
+        "classes": list(metrics["labels"]),
+        "model_labels": list(metrics["model_labels"]),
+        "dataset": {"corpora": metrics["corpora"], "n_clips": metrics["n"], "n_dropped": metrics["n_dropped"],
+                    "n_unreadable": metrics["n_unreadable"]},
+        "seed": trained.get("seed"),
+        "trained": {k: trained.get(k) for k in ("date", "emovox_version", "best_epoch")} if trained else None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "emovox_version": __version__,
+        "notes": "evaluation written by emovox evaluate: metrics in metrics_overall.json and metrics_report.csv, "
+                 "confusion matrix (rows true, columns predicted, in labels.json order) in confusion_matrix.npy",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +407,8 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
         from .modelio import write_json
 
         write_report(out_dir, metrics)
-        if Path(out_dir).resolve() != Path(loaded_model.path).resolve():  # never touch the model's own labels.json
+        if Path(out_dir).resolve() != Path(loaded_model.path).resolve():  # never touch the model's own files
             write_json(Path(out_dir) / "labels.json", present)
+            write_json(Path(out_dir) / "model_meta.json", evaluation_meta(loaded_model, metrics))
     return Evaluation(metrics=metrics, labels=present, logits=logits, y_true=y_true, y_pred=y_pred,
                       rows=list(fs.rows), dropped=dict(dropped), errors=fs.errors)

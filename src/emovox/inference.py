@@ -39,6 +39,8 @@ class Prediction:
     scores: dict[str, float]
     threshold: float = DEFAULT_THRESHOLD
     silent: bool = False
+    #: requested labels (``labels=``) the model cannot express: their score is always 0
+    unsupported_labels: tuple[str, ...] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -52,6 +54,14 @@ class Prediction:
     def low_confidence(self) -> bool:
         return self.score < self.threshold
 
+    @property
+    def warning(self) -> str | None:
+        """Seed 002's warning for predictions under the threshold (``None`` when confident)."""
+        if not self.low_confidence:
+            return None
+        return (f"low confidence: {self.label} at {self.score:.2f} is below the {self.threshold:.2f} threshold; "
+                "the emotion may be wrong")
+
     def top_k(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
 
@@ -64,7 +74,9 @@ class Prediction:
             "scores": {k: round(v, 6) for k, v in scores.items()},
             "music_mood": self.music_mood,
             "low_confidence": self.low_confidence,
+            **({"warning": self.warning} if self.low_confidence else {}),
             **({"silent": True} if self.silent else {}),
+            **({"unsupported_labels": list(self.unsupported_labels)} if self.unsupported_labels else {}),
         }
 
 
@@ -250,16 +262,22 @@ class EmotionModel:
             self._maps[key] = lm
         return self._maps[key]
 
+    def unsupported_labels(self, labels=None) -> list[str]:
+        """Labels of ``labels=`` that this model cannot express (e.g. ``calm`` in ``ravdess8`` for a model
+        without it): their folded probability is always 0."""
+        return list(self._label_map(labels).unreachable) if labels is not None else []
+
     def _to_prediction(self, probs: np.ndarray, labels=None, *, silent: bool = False) -> Prediction:
+        unsupported: tuple[str, ...] = ()
         if labels is not None:
             lm = self._label_map(labels)
-            probs, names = lm.fold(probs), list(lm.target)
+            probs, names, unsupported = lm.fold(probs), list(lm.target), lm.unreachable
         else:
             names = self.labels
         i = int(np.argmax(probs))
         return Prediction(label=names[i], score=float(probs[i]),
                           scores={n: float(p) for n, p in zip(names, probs)}, threshold=self.threshold,
-                          silent=silent)
+                          silent=silent, unsupported_labels=unsupported)
 
     # -- audio
     def load(self, source, *, sample_rate_hz: int | None = None) -> np.ndarray:
@@ -514,7 +532,8 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Pat
 def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "torch",
                threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
                allow_pickle: bool = False) -> EmotionModel:
-    """Load the default shipped model (``None``), a shipped model by name, or a trained model folder.
+    """Load the default shipped model (``None``), a shipped model by name, a trained model folder, or a
+    Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
 
     ``backend="onnx"`` runs an exported ONNX model (a folder written by ``emovox export``)
     through onnxruntime, without PyTorch.
@@ -528,9 +547,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
         return EmotionModel(OnnxModel(p), name=p.name, path=p, threshold=threshold, max_duration_s=max_duration_s)
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+    from .hf_audio import HFAudioBackend, is_hf_audio_folder
     from .modelio import load_model_dir
 
     name, folder = resolve_model_path(name_or_path)
+    if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
+        return EmotionModel(HFAudioBackend(folder), name=name, path=folder, threshold=threshold,
+                            max_duration_s=max_duration_s)
     loaded = load_model_dir(folder, allow_pickle=allow_pickle)
     return EmotionModel(TorchBackend(loaded), name=name, path=folder, threshold=threshold,
                         max_duration_s=max_duration_s)

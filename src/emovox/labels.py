@@ -147,6 +147,12 @@ class LabelMap:
     def lossless(self) -> bool:
         return not self.unmapped
 
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        """Target labels that no source label maps to: the model cannot express them (always 0)."""
+        hit = set(self.mapping.values())
+        return tuple(t for t in self.target if t not in hit)
+
     def __call__(self, label: str) -> str | None:
         return self.mapping.get(label)
 

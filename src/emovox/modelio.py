@@ -256,6 +256,17 @@ def build_from_config(config: dict[str, Any], *, model_dir: str | os.PathLike | 
                        model_dir=model_dir, **config["model"].get("kwargs", {}))
 
 
+def _folder_hint(p: Path) -> str:
+    """What a non-emovox model folder looks like, for the error message."""
+    if (p / "config.json").is_file():
+        return (" (it holds a Hugging Face config.json: classify, stream and serve take such folders through "
+                "emovox.load_model; this command needs an emovox model)")
+    if (p / "hyperparams.yaml").is_file():
+        return (" (it looks like a SpeechBrain checkpoint, which emovox cannot run: train an emovox model with "
+                "`emovox train`, or save a Hugging Face audio classifier with save_pretrained)")
+    return ""
+
+
 @dataclass
 class LoadedModel:
     pipeline: EmotionPipeline
@@ -270,7 +281,7 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
         raise ModelLoadError(f"model not found: {p}")
     weights = p / WEIGHTS_FILE if p.is_dir() else p
     if p.is_dir() and not weights.exists():
-        raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE})")
+        raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE}){_folder_hint(p)}")
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
     try:

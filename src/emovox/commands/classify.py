@@ -14,7 +14,8 @@ HELP = "classify the emotion of audio files with the shipped default model (or -
 
 
 #: What a record can hold (``Prediction.to_dict`` plus the path), for ``--fields``.
-FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "silent")
+FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "warning", "silent",
+          "unsupported_labels")
 
 
 def parse_fields(spec: str | None, fmt: str) -> list[str] | None:

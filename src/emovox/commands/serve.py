@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables)"
+HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
 log = logging.getLogger("emovox.serve")
 
@@ -16,9 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--model", default=None,
-                   help="speech model folder or shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
+                   help="speech model: an emovox model folder, a Hugging Face audio-classification folder, or a "
+                        "shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
     p.add_argument("--text-model", default=None,
-                   help="text model folder, or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
+                   help="text model folder (emovox's, or a Hugging Face sequence classifier with labels.json and "
+                        "inference_config.json), or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default 0.70)")
     p.add_argument("--max-upload-mb", type=float, default=None,
@@ -39,9 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads per inference (env EMOVOX_TORCH_THREADS; default 1: requests run "
                         "in parallel instead, which is much faster on a busy CPU)")
-    p.add_argument("--mock", action="store_true",
-                   help="front-end development only: deterministic fake answers labelled \"mock\": true "
-                        "(env USE_MOCK_MODELS=true)")
+    p.add_argument("--mock", nargs="?", const="true", default=None, choices=("true", "false", "auto"),
+                   help="front-end development only: deterministic fake answers labelled \"mock\": true; 'auto': "
+                        "real models, a mock only for a model that cannot be loaded (env USE_MOCK_MODELS; "
+                        "default false)")
+    p.add_argument("--env-file", default=None,
+                   help="KEY=value file read for the settings above, below the environment and flags "
+                        "('none': no file; default: $EMOVOX_ENV_FILE, else ./.env when it exists)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
 
@@ -54,15 +60,15 @@ def run(args) -> int:
         return 2
     from ..server.app import create_app
     from ..server.services import load_services
-    from ..server.settings import Settings
+    from ..server.settings import ENV_FILE_VARIABLE, Settings
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     settings = Settings.from_env(
         model=args.model, text_model=args.text_model, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration_s, api_key=args.api_key, cors_origins=args.cors_origins,
-        max_concurrency=args.max_concurrency, use_mock_models=True if args.mock else None,
-        torch_threads=args.torch_threads,
+        max_concurrency=args.max_concurrency, use_mock_models=args.mock, torch_threads=args.torch_threads,
+        env_file=args.env_file,
     )
     if settings.torch_threads is None:
         settings = settings.replace(torch_threads=1)
@@ -72,14 +78,16 @@ def run(args) -> int:
     # Load the models before binding the port: a missing or broken model is one clear line, exit 2.
     services = load_services(settings)
     host = f"[{args.host}]" if ":" in args.host else args.host
+    mocks = [what for what, m in (("speech", services.mock), ("text", services.text_mock)) if m]
     print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs)"
-          f"{'  [MOCK MODELS]' if settings.use_mock_models else ''}", file=sys.stderr)
+          f"{'  [MOCK MODELS: ' + ', '.join(mocks) + ']' if mocks else ''}", file=sys.stderr)
     if args.workers == 1:
         uvicorn.run(create_app(settings, services=services), host=args.host, port=args.port, log_level=args.log_level,
                     limit_concurrency=args.limit_concurrency)
     else:
         del services  # each worker loads its own, from the same settings passed through the environment
         os.environ.update(settings.to_env())
+        os.environ[ENV_FILE_VARIABLE] = "none"  # the settings are all in the environment now
         uvicorn.run("emovox.server.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, limit_concurrency=args.limit_concurrency)
     return 0

@@ -88,10 +88,19 @@ def _settings(request: Request | WebSocket) -> Settings:
     return request.app.state.settings
 
 
-def _out(request: Request | WebSocket, payload: dict[str, Any]) -> dict[str, Any]:
-    if _services(request).mock:
+def _out(request: Request | WebSocket, payload: dict[str, Any], *, mock: bool | None = None) -> dict[str, Any]:
+    """Mark an answer ``"mock": true`` when the model that gave it is a mock (default: the speech model)."""
+    if _services(request).mock if mock is None else mock:
         payload["mock"] = True
     return payload
+
+
+def _mock_flag(app: FastAPI) -> Callable[[], bool]:
+    """Whether the running service serves any mock model (known once the models are loaded)."""
+    def flag() -> bool:
+        services = getattr(app.state, "services", None)
+        return bool(services is not None and services.any_mock)
+    return flag
 
 
 async def _in_thread(request: Request | WebSocket, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -210,9 +219,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             app.state.services = services
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
         s = app.state.services
-        log.info("emovox server ready: speech model %s (%s)%s, text %s", s.audio_info["name"],
+        log.info("emovox server ready: speech model %s (%s)%s, text %s%s", s.audio_info["name"],
                  s.audio_info["version"], " [MOCK]" if s.mock else "",
-                 s.text_info.get("name") if s.text_info["available"] else "unavailable")
+                 s.text_info.get("name") if s.text_info["available"] else "unavailable", " [MOCK]" if s.text_mock else "")
         yield
 
     app = FastAPI(
@@ -225,14 +234,15 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    mock = settings.use_mock_models
+    mock = _mock_flag(app)
     _install_error_handlers(app, mock)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, mock=mock)
-    if mock:
+    if settings.use_mock_models:  # true or auto
         @app.middleware("http")
         async def _mock_header(request: Request, call_next):
             response = await call_next(request)
-            response.headers["X-Emovox-Mock"] = "true"
+            if mock():
+                response.headers["X-Emovox-Mock"] = "true"
             return response
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -259,13 +269,13 @@ class SlashAliases:
         await self.app(scope, receive, send)
 
 
-def _install_error_handlers(app: FastAPI, mock: bool) -> None:
+def _install_error_handlers(app: FastAPI, mock: Callable[[], bool]) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if isinstance(exc, ApiError):
-            body = error_body(exc.message, exc.extra, mock=mock)
+            body = error_body(exc.message, exc.extra, mock=mock())
         else:
-            body = error_body(str(exc.detail), None, mock=mock)
+            body = error_body(str(exc.detail), None, mock=mock())
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -274,12 +284,12 @@ def _install_error_handlers(app: FastAPI, mock: bool) -> None:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'validation failed')}"
-        return JSONResponse(error_body(message, errors, mock=mock), 422)
+        return JSONResponse(error_body(message, errors, mock=mock()), 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal server error", type(exc).__name__, mock=mock), 500)
+        return JSONResponse(error_body("internal server error", type(exc).__name__, mock=mock()), 500)
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -290,7 +300,7 @@ def _add_routes(app: FastAPI) -> None:
     async def health(request: Request):
         s, st = _services(request), _settings(request)
         return {
-            "status": "ok", "service": "emovox", "version": __version__, "mock": s.mock,
+            "status": "ok", "service": "emovox", "version": __version__, "mock": s.any_mock,
             "models": {"audio": {**s.audio_info, **({"mock": True} if s.mock else {})}, "text": s.text_info},
             "labels": s.audio.labels, "text_available": bool(s.text_info.get("available")),
             "limits": {"max_upload_mb": st.max_upload_mb, "max_duration_s": st.max_duration_s,
@@ -330,8 +340,9 @@ def _add_routes(app: FastAPI) -> None:
         return _out(request, {
             "emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood,
             "all_probabilities": {k: _round(v) for k, v in pred.scores.items()}, "status": "success",
-            "low_confidence": pred.low_confidence, "threshold": st.threshold, "duration_s": round(duration, 3),
-            "silent": True if pred.silent else None, "model": s.audio.name,
+            "low_confidence": pred.low_confidence, "warning": pred.warning, "threshold": st.threshold,
+            "duration_s": round(duration, 3), "silent": True if pred.silent else None, "model": s.audio.name,
+            "unsupported_labels": list(pred.unsupported_labels) or None,
         })
 
     @app.post("/predict-realtime/", response_model=schemas.RealtimeResponse, response_model_exclude_none=True,
@@ -339,7 +350,8 @@ def _add_routes(app: FastAPI) -> None:
               summary="Classify a short buffer (seed 002)")
     async def predict_realtime(request: Request, labels: str | None = LABELS_QUERY):
         pred, _ = await classify_upload(request, labels, ("audio_buffer",))
-        return _out(request, {"emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood})
+        return _out(request, {"emotion": pred.label, "confidence": _round(pred.score), "music_mood": pred.music_mood,
+                              "low_confidence": pred.low_confidence, "warning": pred.warning})
 
     @app.post("/api/classify-emotion", response_model=schemas.ClassifyResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file", "audio"), tags=["speech"],
@@ -362,16 +374,19 @@ def _add_routes(app: FastAPI) -> None:
              summary="The model's labels (seed 002)")
     async def emotions(request: Request, labels: str | None = LABELS_QUERY):
         s = _services(request)
-        names = s.audio.output_labels(_check_labels(s, labels))
-        return _out(request, {"emotions": names, "count": len(names)})
+        labels = _check_labels(s, labels)
+        names = s.audio.output_labels(labels)
+        return _out(request, {"emotions": names, "count": len(names),
+                              "unsupported_labels": s.audio.unsupported_labels(labels) or None})
 
-    @app.get("/music-moods/", response_model=dict[str, str | bool],
+    @app.get("/music-moods/", response_model=dict[str, str],
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
-             summary='Music mood per label (seed 002): {emotion: mood}, plus "mock": true in mock mode')
+             summary="Music mood per label (seed 002): {emotion: mood}; in mock mode the mapping stays the "
+                     "same and the X-Emovox-Mock: true header says so")
     async def music_moods(request: Request, labels: str | None = LABELS_QUERY):
         s = _services(request)
         names = s.audio.output_labels(_check_labels(s, labels))
-        return _out(request, {n: music_mood(n) for n in names})
+        return {n: music_mood(n) for n in names}  # the bare mapping, as seed 002's clients read it
 
     # -- text ---------------------------------------------------------------------------------
     @app.post("/predict-text/", response_model=schemas.TextResponse | schemas.TextBatchResponse,
@@ -393,8 +408,9 @@ def _add_routes(app: FastAPI) -> None:
         rows = [{k: r.to_dict()[k] for k in schemas.TextResult.model_fields} for r in results]
         name = s.text_info.get("name") or "text"
         if body.text is not None:
-            return _out(request, {**rows[0], "status": "success", "model": name})
-        return _out(request, {"status": "success", "results": rows, "count": len(rows), "model": name})
+            return _out(request, {**rows[0], "status": "success", "model": name}, mock=s.text_mock)
+        return _out(request, {"status": "success", "results": rows, "count": len(rows), "model": name},
+                    mock=s.text_mock)
 
     # -- streaming ----------------------------------------------------------------------------
     @app.websocket("/stream")

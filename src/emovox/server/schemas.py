@@ -1,7 +1,8 @@
 """Response (and request) models of the HTTP API; they are what ``/docs`` shows.
 
-Every prediction carries ``"mock": true`` when the service runs with ``USE_MOCK_MODELS`` (the
-field is absent otherwise); errors are :class:`ErrorResponse`.
+Every prediction from a mock model carries ``"mock": true`` (``USE_MOCK_MODELS``; the field is
+absent otherwise), except ``/music-moods/``, whose bare ``{emotion: mood}`` mapping stays as seed
+002 reads it (the ``X-Emovox-Mock: true`` header says so); errors are :class:`ErrorResponse`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MOCK_FIELD = Field(None, description='true when the service runs mock models (USE_MOCK_MODELS); absent otherwise')
+MOCK_FIELD = Field(None, description='true when a mock model gave this answer (USE_MOCK_MODELS); absent otherwise')
+WARNING_FIELD = Field(None, description="a human-readable warning when low_confidence is true (seed 002: predictions "
+                                        "under 0.70 show a warning); absent otherwise")
+UNSUPPORTED_FIELD = Field(None, description="labels of labels= that this model cannot express (their score is always "
+                                            "0), e.g. calm for ravdess8 on a model without calm; absent when none")
 
 #: Longest batch and longest text accepted by ``POST /predict-text/``.
 MAX_TEXTS = 256
@@ -33,19 +38,23 @@ class EmotionResponse(BaseModel):
     all_probabilities: dict[str, float] = Field(description="every label's probability, in the model's order")
     status: str = Field("success", description='"success"')
     low_confidence: bool = Field(description="confidence is below the service's threshold")
+    warning: str | None = WARNING_FIELD
     threshold: float = Field(description="the confidence threshold (CONFIDENCE_THRESHOLD)")
     duration_s: float = Field(description="duration of the decoded clip, seconds")
     silent: bool | None = Field(None, description="true when the clip is (near) digital silence")
     model: str = Field(description="name of the speech model that answered")
+    unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
     mock: bool | None = MOCK_FIELD
 
 
 class RealtimeResponse(BaseModel):
-    """Seed 002's ``/predict-realtime/`` answer."""
+    """Seed 002's ``/predict-realtime/`` answer, plus ``low_confidence`` and its ``warning``."""
 
     emotion: str
     confidence: float
     music_mood: str
+    low_confidence: bool = Field(description="confidence is below the service's threshold")
+    warning: str | None = WARNING_FIELD
     mock: bool | None = MOCK_FIELD
 
 
@@ -60,6 +69,7 @@ class ClassifyResponse(BaseModel):
 class EmotionsResponse(BaseModel):
     emotions: list[str] = Field(description="labels in the model's output order (or of labels=)")
     count: int
+    unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
     mock: bool | None = MOCK_FIELD
 
 
@@ -80,6 +90,8 @@ class TimelineWindow(BaseModel):
     scores: dict[str, float]
     music_mood: str
     low_confidence: bool
+    warning: str | None = WARNING_FIELD
+    unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
 
 
 class TimelineResponse(BaseModel):
@@ -168,7 +180,8 @@ class Health(BaseModel):
     status: str = Field("ok", description='"ok"')
     service: str = "emovox"
     version: str = Field(description="emovox version")
-    mock: bool = Field(description="true when running mock models (USE_MOCK_MODELS)")
+    mock: bool = Field(description="true when any model is a mock (USE_MOCK_MODELS; models.audio.mock and "
+                                   "models.text.mock say which)")
     models: dict[str, Any] = Field(description='{"audio": AudioModelInfo, "text": TextModelInfo}')
     labels: list[str] = Field(description="the speech model's labels")
     text_available: bool

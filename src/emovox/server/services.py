@@ -5,6 +5,8 @@ start, with the loader's message) and the text model (optional: when none is con
 shipped, text is reported unavailable and ``/predict-text/`` answers 503). With
 ``USE_MOCK_MODELS=true`` both are replaced by deterministic fakes whose answers depend only on
 the input (a hash of the decoded samples, or of the text); every answer then says ``"mock": true``.
+With ``USE_MOCK_MODELS=auto`` real models load as usual, and only a model that cannot be loaded
+is replaced by its mock (a loud warning in the log; its answers say ``"mock": true``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ class Services:
     audio_info: dict[str, Any]
     text: Any = None  # an emovox.text.TextModel, or None
     text_info: dict[str, Any] = field(default_factory=lambda: {"available": False, "reason": "not loaded"})
+    #: the speech model is a mock (its answers carry "mock": true)
     mock: bool = False
+    #: the text model is a mock
+    text_mock: bool = False
+
+    @property
+    def any_mock(self) -> bool:
+        return self.mock or self.text_mock
 
 
 def _sha256_prefix(path: Path, n: int = 12) -> str:
@@ -48,7 +57,7 @@ def _audio_info(model: EmotionModel, *, mock: bool = False) -> dict[str, Any]:
     cfg = model.config or {}
     version = "mock"
     if not mock and model.path is not None:
-        weights = Path(model.path) / WEIGHTS_FILE
+        weights = getattr(model.backend, "weights_file", None) or Path(model.path) / WEIGHTS_FILE
         version = _sha256_prefix(weights) if weights.is_file() else "unknown"
     return {
         "name": model.name,
@@ -62,31 +71,70 @@ def _audio_info(model: EmotionModel, *, mock: bool = False) -> dict[str, Any]:
 
 
 def load_services(settings: Settings) -> Services:
-    """Load the models the settings name. Raises :class:`ModelLoadError` when the service cannot run."""
-    if settings.use_mock_models:
+    """Load the models the settings name. Raises :class:`ModelLoadError` when the service cannot run.
+
+    ``USE_MOCK_MODELS=true``: both models are mocks. ``auto``: each model that cannot be loaded (the
+    speech model, or a text model when none loads) is replaced by its mock, with a loud warning.
+    """
+    if settings.use_mock_models is True:
         log.warning("USE_MOCK_MODELS is on: answers are deterministic fakes, labelled \"mock\": true")
         audio = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s)
-        text, text_info = None, {"available": False, "reason": "text mock needs the emovox.text package"}
-        if not settings.text_disabled:
-            try:
-                text = MockTextModel.create()
-                text_info = {"available": True, "name": "mock", "version": "mock", "labels": list(text.labels)}
-            except ImportError as e:
-                text_info = {"available": False, "reason": f"emovox.text is not importable ({e})"}
+        if settings.text_disabled:
+            text, text_info = None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
         else:
-            text_info = {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
-        return Services(audio, _audio_info(audio, mock=True), text, text_info, mock=True)
-
+            text, text_info = _mock_text()
+        return Services(audio, _audio_info(audio, mock=True), text, text_info, mock=True, text_mock=text is not None)
     try:
         audio = load_model(settings.model, threshold=settings.threshold, max_duration_s=settings.max_duration_s)
+        audio_info, audio_mock = _audio_info(audio), False
     except (ModelLoadError, FileNotFoundError) as e:
-        raise ModelLoadError(
-            f"cannot start the service without a speech model: {e}. Give one with --model or AUDIO_MODEL_DIR "
-            "(a model folder written by `emovox train`, or a shipped model's name); for front-end development "
-            "only, USE_MOCK_MODELS=true serves deterministic fake answers labelled \"mock\": true"
-        ) from e
-    text, text_info = load_text(settings)
-    return Services(audio, _audio_info(audio), text, text_info, mock=False)
+        if not settings.mock_auto:
+            raise ModelLoadError(
+                f"cannot start the service without a speech model: {e}. Give one with --model or AUDIO_MODEL_DIR "
+                "(a model folder written by `emovox train`, a Hugging Face audio-classification folder, or a "
+                "shipped model's name); for front-end development only, USE_MOCK_MODELS=true serves deterministic "
+                "fake answers labelled \"mock\": true (USE_MOCK_MODELS=auto: only when no model loads)"
+            ) from e
+        _warn_mock("speech", str(e))
+        audio, audio_mock = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s), True
+        audio_info = {**_audio_info(audio, mock=True), "mock_reason": str(e)}
+    if settings.mock_auto:
+        text, text_info, text_mock = _text_or_mock(settings)
+    else:
+        (text, text_info), text_mock = load_text(settings), False
+    return Services(audio, audio_info, text, text_info, mock=audio_mock, text_mock=text_mock)
+
+
+def _warn_mock(what: str, reason: str) -> None:
+    bar = "!" * 78
+    log.warning("\n%s\nUSE_MOCK_MODELS=auto: NO REAL %s MODEL COULD BE LOADED; SERVING A MOCK.\n"
+                "Its answers are deterministic fakes, labelled \"mock\": true. Why: %s\n%s",
+                bar, what.upper(), reason, bar)
+
+
+def _text_or_mock(settings: Settings) -> tuple[Any, dict[str, Any], bool]:
+    """``USE_MOCK_MODELS=auto``: the text model, else (unless text is switched off) its mock."""
+    if settings.text_disabled:
+        return (*load_text(settings), False)
+    try:
+        text, info = load_text(settings)
+    except ModelLoadError as e:
+        text, reason = None, str(e)
+    else:
+        reason = info.get("reason", "")
+    if text is not None:
+        return text, info, False
+    _warn_mock("text", reason)
+    text, info = _mock_text()
+    return text, {**info, "mock_reason": reason}, text is not None
+
+
+def _mock_text() -> tuple[Any, dict[str, Any]]:
+    try:
+        text = MockTextModel.create()
+    except ImportError as e:
+        return None, {"available": False, "reason": f"text mock needs emovox.text, which is not importable ({e})"}
+    return text, {"available": True, "name": "mock", "version": "mock", "labels": list(text.labels), "mock": True}
 
 
 def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
@@ -110,8 +158,8 @@ def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
         model = load_text_model(path)
     except (TextModelError, OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the text model {str(path)!r}: {e} (TEXT_MODEL_DIR=none switches text off)") from e
-    head = Path(model.path) / model.config.get("head", {}).get("file", "head.safetensors")
-    version = _sha256_prefix(head) if head.is_file() else "unknown"
+    weights = model.weights_path
+    version = _sha256_prefix(weights) if weights.is_file() else "unknown"
     return model, {"available": True, "name": Path(model.path).name, "version": version,
                    "labels": list(model.labels)}
 

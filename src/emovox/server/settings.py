@@ -1,31 +1,44 @@
-"""Service settings: from ``emovox serve`` flags and the environment (flags win).
+"""Service settings: from ``emovox serve`` flags, the environment and a ``.env`` file.
+
+Precedence: flags win over environment variables, which win over the ``.env`` file in the
+working directory (``KEY=value`` lines, ``#`` comments, quotes and ``export`` allowed: read with
+python-dotenv; ``EMOVOX_ENV_FILE`` or ``emovox serve --env-file PATH`` names another file, ``none`` none).
 
 | variable | default | what |
 |---|---|---|
-| ``AUDIO_MODEL_DIR`` | shipped default | speech model: a model folder or a shipped model's name |
-| ``TEXT_MODEL_DIR`` | shipped default if any | text model folder; ``none`` switches text off |
-| ``CONFIDENCE_THRESHOLD`` | 0.70 | top scores below it are flagged ``low_confidence`` |
+| ``AUDIO_MODEL_DIR`` | shipped default | speech model: a model folder, a shipped model's name, or a Hugging Face audio-classification folder |
+| ``TEXT_MODEL_DIR`` | shipped default if any | text model folder (emovox's, or a Hugging Face sequence classifier); ``none`` switches text off |
+| ``CONFIDENCE_THRESHOLD`` | 0.70 | top scores below it are flagged ``low_confidence``, with a ``warning`` |
 | ``EMOVOX_MAX_UPLOAD_MB`` | 25 | largest request body (MiB), enforced while reading |
 | ``EMOVOX_MAX_DURATION_S`` | 600 | longest clip (and longest WebSocket stream), seconds |
 | ``EMOVOX_API_KEY`` | unset | when set, API calls need ``X-API-Key`` or ``Authorization: Bearer`` |
 | ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any) |
 | ``EMOVOX_MAX_CONCURRENCY`` | min(4, cores) | inferences run at once in worker threads |
 | ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | torch intra-op threads, set when the service starts |
-| ``USE_MOCK_MODELS`` | false | front-end development: deterministic fake outputs, labelled ``"mock": true`` |
+| ``USE_MOCK_MODELS`` | false | ``true``: deterministic fake outputs, labelled ``"mock": true`` (front-end development); ``auto``: real models, and a mock only for a model that cannot be loaded (logged loudly, labelled the same way) |
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 DEFAULT_MAX_DURATION_S = 600.0
 DEFAULT_THRESHOLD = 0.70
 #: ``TEXT_MODEL_DIR`` values that switch the text model off.
 TEXT_OFF = ("none", "off", "disabled")
+#: The ``.env`` file read from the working directory, unless ``$EMOVOX_ENV_FILE`` names another (or ``none``).
+DEFAULT_ENV_FILE = ".env"
+ENV_FILE_VARIABLE = "EMOVOX_ENV_FILE"
+#: ``USE_MOCK_MODELS`` value: mock only the models that cannot be loaded.
+MOCK_AUTO = "auto"
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -50,7 +63,8 @@ class Settings:
     max_duration_s: float = DEFAULT_MAX_DURATION_S
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
-    use_mock_models: bool = False
+    #: True, False or ``"auto"`` (a mock only for a model that cannot be loaded)
+    use_mock_models: bool | str = False
     max_concurrency: int = field(default_factory=_default_concurrency)
     #: torch intra-op threads, applied when the service starts (``None``: leave torch as it is). One
     #: thread per inference, with requests in parallel, is far faster on a busy CPU than OpenMP teams
@@ -74,6 +88,7 @@ class Settings:
             object.__setattr__(self, "api_key", None)
         if isinstance(self.cors_origins, str):
             object.__setattr__(self, "cors_origins", parse_origins(self.cors_origins))
+        object.__setattr__(self, "use_mock_models", parse_mock("USE_MOCK_MODELS", self.use_mock_models))
 
     @property
     def max_upload_bytes(self) -> int:
@@ -83,10 +98,20 @@ class Settings:
     def text_disabled(self) -> bool:
         return self.text_model is not None and self.text_model.strip().lower() in TEXT_OFF
 
+    @property
+    def mock_auto(self) -> bool:
+        return self.use_mock_models == MOCK_AUTO
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from environment variables; keyword ``overrides`` that are not ``None`` win."""
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str] | None = None, *, env_file: str | os.PathLike | None = None,
+                 **overrides: Any) -> Settings:
+        """Settings from ``env`` (default: ``os.environ`` over the variables of the ``.env`` file, when
+        it exists); keyword ``overrides`` that are not ``None`` win. ``env_file``: the file (default
+        ``$EMOVOX_ENV_FILE``, else ``.env`` in the working directory; ``"none"``: no file). An explicit
+        ``env`` mapping is the whole environment: no file is read."""
+        if env is None:
+            path = env_file if env_file is not None else os.environ.get(ENV_FILE_VARIABLE, DEFAULT_ENV_FILE)
+            env = {**read_env_file(None if str(path).strip().lower() == "none" else path), **os.environ}
         values: dict[str, Any] = {}
 
         def get(name: str) -> str | None:
@@ -112,7 +137,7 @@ class Settings:
         if (v := get("EMOVOX_TORCH_THREADS")) is not None:
             values["torch_threads"] = int(_number("EMOVOX_TORCH_THREADS", v))
         if (v := env.get("USE_MOCK_MODELS")) is not None:
-            values["use_mock_models"] = parse_bool("USE_MOCK_MODELS", v)
+            values["use_mock_models"] = parse_mock("USE_MOCK_MODELS", v)
         known = {f.name for f in fields(cls)}
         for k, v in overrides.items():
             if k not in known:
@@ -128,7 +153,7 @@ class Settings:
             "EMOVOX_MAX_UPLOAD_MB": repr(float(self.max_upload_mb)),
             "EMOVOX_MAX_DURATION_S": repr(float(self.max_duration_s)),
             "EMOVOX_MAX_CONCURRENCY": str(int(self.max_concurrency)),
-            "USE_MOCK_MODELS": "true" if self.use_mock_models else "false",
+            "USE_MOCK_MODELS": MOCK_AUTO if self.mock_auto else ("true" if self.use_mock_models else "false"),
             "EMOVOX_CORS_ORIGINS": ",".join(self.cors_origins),
         }
         if self.model is not None:
@@ -152,6 +177,35 @@ def parse_bool(name: str, value: str) -> bool:
     if v in _FALSE:
         return False
     raise SettingsError(f"{name} must be true or false (accepted: {', '.join(_TRUE + _FALSE[:-1])}), got {value!r}")
+
+
+def parse_mock(name: str, value: bool | str) -> bool | str:
+    """``USE_MOCK_MODELS``: a boolean, or ``"auto"``."""
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() == MOCK_AUTO:
+        return MOCK_AUTO
+    try:
+        return parse_bool(name, str(value))
+    except SettingsError:
+        raise SettingsError(f"{name} must be true, false or {MOCK_AUTO} (accepted: {', '.join(_TRUE + _FALSE[:-1])}, "
+                            f"{MOCK_AUTO}), got {value!r}") from None
+
+
+def read_env_file(path: str | os.PathLike | None) -> dict[str, str]:
+    """The variables a ``.env`` file sets (empty when ``path`` is None or the file does not exist)."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        from dotenv import dotenv_values
+    except ImportError as e:
+        raise SettingsError(f"{path}: reading a .env file needs python-dotenv (pip install 'emovox[serve]')") from e
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path}: not valid UTF-8 at byte offset {e.start}") from e
+    log.info("settings: read %s", path)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def parse_origins(value: str) -> tuple[str, ...]:

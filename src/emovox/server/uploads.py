@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,14 @@ def too_large(n_bytes: int | None, max_bytes: int) -> ApiError:
 class BodyLimitMiddleware:
     """Reject bodies over ``max_bytes``: up front from ``Content-Length``, else while reading."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, mock: bool = False):
-        self.app, self.max_bytes, self.mock = app, int(max_bytes), mock
+    def __init__(self, app: ASGIApp, max_bytes: int, mock: bool | Callable[[], bool] = False):
+        """``mock``: whether error bodies say ``"mock": true`` (a callable is asked per request)."""
+        self.app, self.max_bytes = app, int(max_bytes)
+        self._mock = mock if callable(mock) else (lambda: bool(mock))
+
+    @property
+    def mock(self) -> bool:
+        return self._mock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -129,6 +129,30 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Token ids (truncated at ``max_length``), full token counts and truncation flags."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    n_tokens = np.array([len(x) for x in ids], dtype=np.int64)
+    truncated = np.zeros(len(ids), dtype=bool)
+    at_limit = [i for i, n in enumerate(n_tokens) if n >= max_length]
+    if at_limit:  # only these can have been cut: count their full length
+        full = tokenizer([texts[i] for i in at_limit], truncation=False, verbose=False)["input_ids"]
+        for i, f in zip(at_limit, full):
+            n_tokens[i] = len(f)
+            truncated[i] = len(f) > max_length
+    return ids, n_tokens, truncated
+
+
+def padded_batches(tokenizer, ids: list[list[int]], batch_size: int, device: torch.device
+                   ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Length-sorted padded batches: (original indices, ``input_ids`` and ``attention_mask`` tensors)."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        yield idx, {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
 class Encoder:
     """Tokenizer + transformer; ``embed`` gives mean-pooled sentence vectors."""
 
@@ -139,18 +163,14 @@ class Encoder:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
         self.ref = ref
         self.device = torch.device(device)
-        from transformers.utils import logging as hf_logging
+        from ..hfcheckpoint import quiet_loading
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr for a local folder
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(ref.path), local_files_only=True)
+            with quiet_loading():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True)
+                self.model = AutoModel.from_pretrained(str(ref.path), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise TextModelError(f"{ref.path}: cannot load the encoder ({type(e).__name__}: {e})") from e
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         self.model.to(self.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and max_length > limit:
@@ -163,24 +183,11 @@ class Encoder:
     # -- tokenising ---------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
         """Token ids (truncated at ``max_length``), full token counts and truncation flags."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        n_tokens = np.array([len(x) for x in ids], dtype=np.int64)
-        truncated = np.zeros(len(ids), dtype=bool)
-        at_limit = [i for i, n in enumerate(n_tokens) if n >= self.max_length]
-        if at_limit:  # only these can have been cut: count their full length
-            full = self.tokenizer([texts[i] for i in at_limit], truncation=False, verbose=False)["input_ids"]
-            for i, f in zip(at_limit, full):
-                n_tokens[i] = len(f)
-                truncated[i] = len(f) > self.max_length
-        return ids, n_tokens, truncated
+        return tokenize(self.tokenizer, texts, self.max_length)
 
     def batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Length-sorted padded batches: (original indices, tensors for the model)."""
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            yield idx, {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return padded_batches(self.tokenizer, ids, batch_size, self.device)
 
     # -- encoding -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from .data import TextDataset, read_tsv
 from .grouping import groups_for
 from .metrics import crossfit_macro_f1, evaluate, grouped_metrics, write_per_class_csv
-from .model import METRICS_FILE, PER_CLASS_FILE, TextModel, write_json
+from .model import CONFIG_FILE, METRICS_FILE, PER_CLASS_FILE, TextModel, write_json
 
 
 def dataset_probabilities(model: TextModel, data: TextDataset, *, batch_size: int = 64) -> np.ndarray:
@@ -19,14 +20,22 @@ def dataset_probabilities(model: TextModel, data: TextDataset, *, batch_size: in
     return probs
 
 
+def split_name(path: str | os.PathLike) -> str:
+    """A split's name from its file (``goemotions/test.tsv`` → ``test``), safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "data"
+
+
 def evaluate_text_model(model: TextModel, data: str | os.PathLike | TextDataset, *,
                         out_dir: str | os.PathLike | None = None, probs: np.ndarray | None = None,
-                        batch_size: int = 64, crossfit: bool = False, seed: int = 0) -> dict:
+                        batch_size: int = 64, crossfit: bool = False, seed: int = 0, split: str | None = None) -> dict:
     """Metrics of ``model`` (its own thresholds, never re-tuned) on a labelled TSV split.
 
-    Writes ``metrics_overall.json`` and ``per_class_metrics.csv`` into ``out_dir`` when given.
-    ``crossfit`` adds the threshold-honest estimate (see :func:`metrics.crossfit_macro_f1`),
-    meaningful on the split the thresholds were tuned on.
+    Writes ``metrics_overall.json``, ``per_class_metrics.csv`` and (seed 004's names)
+    ``per_class_metrics_<split>.csv`` into ``out_dir`` when given (``split``: default the data
+    file's name, ``test`` for ``test.tsv``), and, unless ``out_dir`` is the model's own folder, the
+    ``inference_config.json`` the scores were decided with. ``crossfit`` adds the threshold-honest
+    estimate (see :func:`metrics.crossfit_macro_f1`), meaningful on the split the thresholds were
+    tuned on.
     """
     if not isinstance(data, TextDataset):
         data = read_tsv(data, len(model.labels))
@@ -61,4 +70,7 @@ def evaluate_text_model(model: TextModel, data: str | os.PathLike | TextDataset,
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / METRICS_FILE, report)
         write_per_class_csv(out / PER_CLASS_FILE, rows)
+        write_per_class_csv(out / f"per_class_metrics_{split_name(split or data.path)}.csv", rows)
+        if out.resolve() != Path(model.path).resolve():  # never overwrite the model's own config
+            write_json(out / CONFIG_FILE, model.config)
     return report

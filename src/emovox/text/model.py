@@ -117,6 +117,11 @@ class TextModel:
         enc = self.config["encoder"]["name"]
         return f"TextModel({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
 
+    @property
+    def weights_path(self) -> Path:
+        """The file whose content identifies this model's weights (the head)."""
+        return Path(self.path) / self.config.get("head", {}).get("file", HEAD_FILE)
+
     # -- scores --------------------------------------------------------------------------------
     @torch.inference_mode()
     def scores_from_embeddings(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -220,7 +225,9 @@ def _check_config(cfg: Any, path: Path) -> None:
 
 def load_text_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
                     encoder: str | os.PathLike | None = None, check_encoder: bool = True) -> TextModel:
-    """Load a text model folder (default: the shipped GoEmotions model).
+    """Load a text model folder (default: the shipped GoEmotions model), or a Hugging Face
+    sequence-classification folder with seed 004's ``labels.json`` and ``inference_config.json``
+    (see :mod:`emovox.text.hf_classifier`).
 
     ``encoder`` overrides where the encoder is found (a moved checkpoint folder); its
     fingerprint must still match the one recorded at training unless ``check_encoder=False``.
@@ -229,6 +236,10 @@ def load_text_model(path: str | os.PathLike | None = None, *, device: str | torc
     root = default_model_path() if path is None else Path(path)
     if not root.is_dir():
         raise TextModelError(f"{root}: not a text model folder (it should hold {CONFIG_FILE})")
+    from .hf_classifier import is_hf_classifier_folder, load_hf_classifier
+
+    if is_hf_classifier_folder(root):  # seed 004: a save_pretrained() sequence classifier
+        return load_hf_classifier(root, device=device)
     cfg_path = root / CONFIG_FILE
     cfg = _read_json(cfg_path)
     _check_config(cfg, cfg_path)

@@ -95,7 +95,8 @@ function showResult(res, { live = false } = {}) {
   const notes = [];
   if (live) notes.push(res.final ? `final, ${res.time_s.toFixed(1)} s streamed` : `live, ${res.time_s.toFixed(1)} s`);
   if (res.duration_s !== undefined) notes.push(`${res.duration_s.toFixed(1)} s clip`);
-  if (res.low_confidence) notes.push("low confidence (below the service's threshold)");
+  if (res.low_confidence) notes.push(res.warning || "low confidence (below the service's threshold)");
+  if (res.unsupported_labels) notes.push("this model cannot express: " + res.unsupported_labels.join(", "));
   if (res.silent) notes.push("the clip is (near) silent");
   if (res.mock) notes.push("MOCK answer");
   $("result-note").textContent = notes.join(" · ");
