@@ -465,3 +465,26 @@ def test_corrupted_or_truncated_cache_entries_are_detected_and_recomputed(synth_
     for a, b in zip(first.features, again.features):
         np.testing.assert_array_equal(a, b)
     assert load_features(rows, cfg, cache=tmp_path).decoded == 0  # rewritten whole
+
+
+def test_a_second_run_into_the_same_folder_is_refused(synth_corpus, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from emovox.cli import main
+    from emovox.training import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"fh = open({str(out / LOCK_FILE)!r}, 'a+'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # a first run is training into `out`
+        args = ["train", "--data_dir", str(synth_corpus), "--model", "cnn", "--epochs", "1", "--output_dir", str(out)]
+        assert main(args) == 2
+        assert "another emovox train is writing to this folder" in capsys.readouterr().err
+        assert not (out / "best_model.pth").exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -41,6 +41,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -55,6 +56,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, training folders are not guarded
+    fcntl = None
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,6 +87,7 @@ from .splits import Split, speaker_folds, stratified_split, test_speaker_split, 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".emovox-train.lock"
 CHECKPOINT_FORMAT = "emovox-checkpoint"
 #: Feature preset used when none is given, per model family.
 DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
@@ -474,6 +480,32 @@ class TrainResult:
     training_time_s: float
 
 
+_held_locks: set[str] = set()  # output folders this process trains into (run_training, then train_model)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """One training run per output folder: an exclusive ``flock`` on ``out/.emovox-train.lock``, taken by
+    rank 0 only. The OS drops it when the process ends, however it ends, so a killed run can ``--resume``."""
+    key = os.path.realpath(out)
+    if fcntl is None or not ddp.is_rank0() or key in _held_locks:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"{out}: another emovox train is writing to this folder; wait for it to finish "
+                                f"or choose another --output_dir") from None
+        _held_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_locks.discard(key)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _fit_linear_probe(hooks, sets, y, labels, cfg: TrainConfig, say) -> tuple[list[dict[str, Any]], float, int]:
     """Fit the ``mean`` head of ``--model ssl`` (standardised layer means → one linear layer) as what it is, a
     multinomial logistic regression: scikit-learn's L-BFGS to the optimum for each inverse L2 strength C,
@@ -556,7 +588,7 @@ def train_model(plan: SplitPlan, labels: Sequence[str], cfg: TrainConfig, out_di
     ``torch.random.fork_rng``, so the caller's RNG state is left as it was.
     """
     cfg.validate()
-    with torch.random.fork_rng(devices=[]):
+    with output_lock(Path(out_dir)), torch.random.fork_rng(devices=[]):
         return _train_model(plan, labels, cfg, out_dir, cache=cache, resume=resume, save_full_model=save_full_model,
                             meta=meta, progress=progress, echo=echo, plots=plots)
 
@@ -863,12 +895,14 @@ def run_training(rows: Sequence[Any], cfg: TrainConfig, out_dir: str | os.PathLi
     meta = {**(meta or {}), "label_mapping": mapping, "dropped_labels": dropped,
             "corpora": sorted({getattr(r, "corpus", "?") for r in kept})}
     results = []
-    for plan in plans:
-        say(plan.message if plan.message == plan.val_message else f"{plan.message}; validation: {plan.val_message}")
-        target = Path(out_dir) / plan.name if plan.name else Path(out_dir)
-        results.append(train_model(plan, labels, cfg, target, cache=cache, resume=resume,
-                                   save_full_model=save_full_model, meta=meta, progress=progress, echo=echo,
-                                   plots=plots))
+    with output_lock(Path(out_dir)):
+        for plan in plans:
+            say(plan.message if plan.message == plan.val_message else
+                f"{plan.message}; validation: {plan.val_message}")
+            target = Path(out_dir) / plan.name if plan.name else Path(out_dir)
+            results.append(train_model(plan, labels, cfg, target, cache=cache, resume=resume,
+                                       save_full_model=save_full_model, meta=meta, progress=progress, echo=echo,
+                                       plots=plots))
     if len(results) > 1:
         summary = cv_summary(results)
         if ddp.is_rank0():
