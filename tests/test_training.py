@@ -488,3 +488,33 @@ def test_a_second_run_into_the_same_folder_is_refused(synth_corpus, tmp_path, ca
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_model_intact(synth_corpus, tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) makes the kernel refuse writes part-way, as a full disk does."""
+    import subprocess
+    import sys
+
+    from emovox.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train", "--data_dir", str(synth_corpus), "--model", "cnn", "--epochs", "1", "--batch_size", "16",
+                 "--no-progress", "--output_dir", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    child = ("import resource, signal, sys\n"
+             "import json\n"
+             "from emovox.modelio import save_model\n"
+             "from emovox.models import build_model\n"
+             f"cfg = json.load(open({str(out / 'model_config.json')!r}))\n"
+             "big = build_model('crnn', n_features=64, n_classes=4)\n"
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+             "try:\n"
+             f"    save_model({str(out)!r}, big, cfg)\n"
+             "except OSError as e:\n"
+             "    print(e); sys.exit(3)\n")
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stderr
+    assert "cannot write" in run.stdout and "best_model.pth" in run.stdout and "unchanged" in run.stdout
+    after = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    assert after == before  # same files, same bytes, no temporary left behind

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # OSError: unreadable inputs, a full disk, no permission
         # Boundary errors (AudioError, LabelError, CorpusError, ... are ValueErrors): one line, non-zero exit.
         print(f"emovox {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -80,7 +80,15 @@ from .evaluation import (
 )
 from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset
 from .labels import LabelMap
-from .modelio import FULL_MODEL_FILE, WEIGHTS_FILE, _atomic_write, make_config, save_model, write_json
+from .modelio import (
+    FULL_MODEL_FILE,
+    WEIGHTS_FILE,
+    _atomic_write,
+    make_config,
+    save_model,
+    torch_saver,
+    write_json,
+)
 from .models import build_model, count_parameters
 from .splits import Split, speaker_folds, stratified_split, test_speaker_split, train_val_split
 
@@ -807,7 +815,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
             "training_time_s": elapsed_before + time.perf_counter() - t_loop,
         }
         if is_main:
-            _atomic_write(ck_path, lambda t, ck=ck: torch.save(ck, t))
+            _atomic_write(ck_path, torch_saver(ck))
         say(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f}, val loss {val_loss:.4f}, "
             f"val UAR {vm['uar']:.4f}, acc {vm['accuracy']:.4f}, macro-F1 {vm['macro_f1']:.4f}, lr {lr:.2e}, "
             f"{entry['time_s']:.1f} s" + (" *" if improved else ""))
@@ -848,7 +856,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     if save_full_model:
         cls = FullStreamingModel if streaming else FullModel
         full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
-        _atomic_write(out / FULL_MODEL_FILE, lambda t: torch.save(full, t))
+        _atomic_write(out / FULL_MODEL_FILE, torch_saver(full))
     model_meta = {
         "model": cfg.model,
         "labels": labels,
