@@ -65,7 +65,9 @@ def parse_args(argv=None):
                    help="comma-separated: " + ", ".join(FAMILIES + OPTIONAL_FAMILIES))
     p.add_argument("--ssl-backbone", dest="ssl_backbone", default=None,
                    help="pretrained backbone (Hugging Face id or local folder) for the optional ssl family")
-    p.add_argument("--ssl-head", dest="ssl_head", default="attention", help="head of the ssl family (cnn, attention)")
+    p.add_argument("--ssl-head", dest="ssl_head", default="mean",
+                   help="head of the ssl family: mean (a linear probe on layer means, C chosen on the validation "
+                        "speakers; the default model's), attention or cnn")
     p.add_argument("--label-scope", dest="label_scope", default="all", choices=["all", "corpus"],
                    help="multi-corpus training: loss over all labels, or over each clip's own corpus's labels")
     p.add_argument("--protocols", default=",".join(PROTOCOLS),

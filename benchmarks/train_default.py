@@ -3,8 +3,8 @@
 with about 10 % of each corpus's speakers held out for validation (early stopping, calibration, and the
 per-corpus figures of the model card). Resumable (``--resume`` continues from the checkpoint).
 
-    python -m benchmarks.train_default --out runs/default_whisper --label-scope corpus
-    python -m benchmarks.train_default --out runs/default_whisper_all --label-scope all   # the plain union
+    python -m benchmarks.train_default --out runs/default_probe                      # the shipped default
+    python -m benchmarks.train_default --out runs/default_attention --head attention --label-scope corpus
 
 Prints the validation UAR per corpus: over the classes that corpus has with the argmax over all seven
 labels (what a user gets), and with the argmax restricted to that corpus's classes.
@@ -77,12 +77,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--backbone", default="whisper-base")
-    p.add_argument("--head", default="attention")
+    p.add_argument("--head", default="mean", help="mean (the shipped default: a linear probe), attention or cnn")
     p.add_argument("--head-options", dest="head_options", type=json.loads, default={},
                    help='JSON head settings, e.g. \'{"dropout": 0.5, "channels": 64}\'')
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-2)
     p.add_argument("--labels", default="ekman7")
-    p.add_argument("--label-scope", dest="label_scope", default="corpus", choices=["all", "corpus"])
+    p.add_argument("--label-scope", dest="label_scope", default="all", choices=["all", "corpus"])
+    p.add_argument("--probe-c", dest="probe_c", default=None,
+                   help="the mean head's inverse L2 strengths, comma-separated (default: emovox's grid)")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
     cfg = TrainConfig(model="ssl", model_kwargs={"backbone": args.backbone, "head": args.head, **args.head_options},
                       labels=args.labels, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                       lr_schedule="cosine", warmup_epochs=1.0, early_stopping_patience=args.patience, seed=args.seed,
-                      label_scope=args.label_scope)
+                      label_scope=args.label_scope,
+                      probe_c=[float(c) for c in args.probe_c.split(",")] if args.probe_c else None)
     command = "python -m benchmarks.train_default " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "corpora": list(corpora), "data_dirs": [str(args.data / c) for c in corpora]}
     res = train_model(plan, labels, cfg, args.out, cache=True, resume=args.resume, meta=meta,
