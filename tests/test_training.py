@@ -518,3 +518,39 @@ def test_a_full_disk_while_saving_leaves_the_previous_model_intact(synth_corpus,
     assert "cannot write" in run.stdout and "best_model.pth" in run.stdout and "unchanged" in run.stdout
     after = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
     assert after == before  # same files, same bytes, no temporary left behind
+
+
+def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_model(synth_corpus, tmp_path):
+    """SIGKILL once the first checkpoint exists, then --resume: the same weights as a straight run, and no
+    half-written file at any point (benchmarks/faults.py kills at random moments, many times)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from emovox.cli import main
+    from emovox.modelio import load_model_dir
+
+    args = ["train", "--data_dir", str(synth_corpus), "--model", "cnn", "--epochs", "4", "--batch_size", "8",
+            "--early_stopping_patience", "0", "--seed", "5", "--no-progress", "--threads", "1",
+            "--cache-dir", str(tmp_path / "c")]
+    assert main(args + ["--output_dir", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "emovox.cli"] + args + ["--output_dir", str(out), "--resume"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL  # killed before it finished
+    for f in out.iterdir():  # what is there is whole: json parses, checkpoints load
+        if f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix in (".pt", ".pth"):
+            torch.load(f, weights_only=True)
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert not list(out.glob(".*.tmp"))
+    a, b = load_model_dir(tmp_path / "straight"), load_model_dir(out)
+    for (k, x), (_, y) in zip(a.pipeline.state_dict().items(), b.pipeline.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)

@@ -610,6 +610,9 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
         say, progress = log.debug, False
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if is_main:  # under the folder's lock: temporary files of a run that was killed mid-write
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     labels = list(labels)
     index = {lab: i for i, lab in enumerate(labels)}
     feat_cfg = cfg.feature_config()
