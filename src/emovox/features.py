@@ -404,9 +404,16 @@ class MFCC(nn.Module):
         self.logmel = LogMel(cfg, stft_mode=stft_mode)
         self.register_buffer("dct", torch.from_numpy(dct_matrix(cfg.n_mfcc, cfg.n_mels).copy()),
                              persistent=False)
+        # c0 sums n_mels values of up to ~100 dB: accumulated in float64 it stays within float32
+        # rounding of librosa's (float32 accumulation drifts by ~1e-3 over 128 mels at the floor).
+        # Exported graphs (conv STFT) stay float32: Core ML has no float64.
+        self.accumulate_float64 = stft_mode == "torch"
 
     def forward(self, x: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.matmul(self.dct, self.logmel(x, peak))
+        logmel = self.logmel(x, peak)
+        if self.accumulate_float64:
+            return torch.matmul(self.dct.double(), logmel.double()).to(logmel.dtype)
+        return torch.matmul(self.dct, logmel)
 
 
 class Waveform(nn.Module):
