@@ -10,6 +10,10 @@ Two STFT implementations give the same numbers: ``torch.stft`` (fast, used for t
 inference) and a fixed ``Conv1d`` holding the windowed DFT basis (``stft_mode="conv"``), which
 exports to ONNX, Core ML and TorchScript as plain convolutions.
 
+``librosa_per_frame`` with ``peak_normalize`` (the ``framewise-librosa-mfcc13`` preset) reproduces
+seed 003's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
+400-sample frame: here all frames go through one batched ``rfft`` (see ``docs/features.md``).
+
 ``kind="waveform"`` is the front-end of models that take raw samples (the pretrained-backbone
 ``ssl`` family, whose backbone is its own front-end): 16 kHz samples pass through unchanged as
 ``(batch, 1, samples)``. A "frame" is then one sample (``n_fft = win_length = hop_length = 1``,
