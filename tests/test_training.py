@@ -108,6 +108,7 @@ def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:'torch.load' received a zip file that looks like a TorchScript archive")
 @pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:'(aifc|audioop|sunau)' is deprecated:DeprecationWarning")  # librosa.load's audioread
 def test_save_full_model_runs_seed003_loop_literally(synth_corpus, tmp_path, capsys, seed003_loop):
     """Seed 003's backend, as written, on `emovox train --model lstm --features framewise-librosa-mfcc13
     --save-full-model`: its own librosa features, torch.load(model.pth), then frame by frame from
