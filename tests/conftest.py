@@ -35,3 +35,32 @@ def synth_corpus(tmp_path_factory) -> Path:
     from emovox.synth import make_synthetic_corpus
 
     return make_synthetic_corpus(tmp_path_factory.mktemp("synth_corpus"))
+
+
+def _seed003_librosa_loop(audio, sr: int = 16000):
+    """Seed 003's backend features, literally: peak normalisation, librosa.util.frame, and one
+    librosa.feature.mfcc call per non-zero 25 ms frame, averaged over its columns."""
+    import warnings
+
+    import librosa
+    import numpy as np
+
+    audio = audio / (np.max(np.abs(audio)) + 1e-9)
+    frames = librosa.util.frame(audio, frame_length=int(0.025 * sr), hop_length=int(0.010 * sr))
+    mfcc_features = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "n_fft=2048 is too large")  # the seed's call, as written
+        for i in range(frames.shape[1]):
+            frame = frames[:, i]
+            if np.all(frame == 0):
+                continue
+            mfccs = librosa.feature.mfcc(y=frame, sr=sr, n_mfcc=13)
+            mfcc_features.append(np.mean(mfccs, axis=1))
+    return np.array(mfcc_features)
+
+
+@pytest.fixture(scope="session")
+def seed003_loop():
+    """The function computing seed 003's features with its per-frame librosa loop (librosa: test-only)."""
+    pytest.importorskip("librosa")
+    return _seed003_librosa_loop

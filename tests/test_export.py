@@ -295,6 +295,35 @@ def test_lstm_steps_frame_by_frame_in_onnxruntime(tmp_path, clips):
     assert np.abs(logits - expected_whole).max() < TOL  # stepping ends where the whole-clip pipeline does
 
 
+def test_seed003_backend_features_export_and_torchscript_takes_seed003_hidden(tmp_path, clips):
+    """An LSTM on seed 003's exact features (framewise-librosa-mfcc13: peak normalisation, per-frame
+    top_db, a 400-sample frame in a 2048-point FFT) exports to every format within tolerance, and the
+    TorchScript feature graph is seed 003's forward(x, hidden) with hidden=None to start. (Core ML
+    conversion of these graphs is left out for time: ~12 s here, and its numbers need macOS.)"""
+    model_dir = make_model_dir(tmp_path / "model", "lstm", "framewise-librosa-mfcc13", seed=4)
+    out = tmp_path / "out"
+    report = export_model(model_dir, out, formats=("onnx", "torchscript"), check_audio=clips)
+    for kind in ("waveform", "features"):
+        for fmt in ("onnx", "torchscript"):
+            assert report.checks[kind][fmt]["ok"], (kind, fmt, report.checks[kind][fmt])
+    prep = json.loads((out / "preprocessing.json").read_text())
+    assert prep["audio"]["peak_normalize"] is True and len(prep["stft"]["window_values"]) == 400
+    assert prep["stft"]["window_values"][0] == 1.0 and "per frame" in prep["log"]["top_db_note"]
+    assert prep["frames"]["count_for_samples"].startswith("1 + (samples - 400) // hop_length")
+
+    pipe = load_model_dir(model_dir).pipeline
+    extra = {"export.json": ""}
+    model = torch.jit.load(str(out / "emotion_features.pt"), _extra_files=extra)
+    assert "model(mfcc, hidden)" in json.loads(extra["export.json"])["torchscript_call"]
+    wave = torch.from_numpy(clips[-1])[None]
+    with torch.no_grad():
+        raw, _ = pipe.raw_features(wave)
+        hidden = None
+        for i in range(raw.shape[-1]):  # seed 003's loop
+            output, hidden = model(raw[:, :, i : i + 1].transpose(1, 2), hidden)
+        assert float((output - pipe(wave)).abs().max()) < TOL and hidden[0].shape == (2, 1, 16)
+
+
 # ---------------------------------------------------------------------------------------------
 # ONNX file properties, quantisation
 

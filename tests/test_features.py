@@ -238,3 +238,57 @@ def test_level_normalisation_is_for_log_mel_only():
     # a model saved before these fields existed loads with level normalisation off
     old = {k: v for k, v in preset("logmel128").to_dict().items() if not k.startswith("level")}
     assert FeatureConfig.from_dict(old).level_db is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed 003's backend pipeline (framewise-librosa-mfcc13) against its own librosa loop
+
+SEED003_TOL = 1e-3  # MFCC units; c0 reaches ~900, so this is float32 rounding
+
+
+@pytest.fixture(scope="module")
+def seed003_real(shared_data, seed003_loop):
+    """Two real clips (RAVDESS FLAC, CREMA-D Opus; 1.5 s of each, speech and pause) and the seed's
+    loop's features of each."""
+    from emovox.audio import load_audio
+
+    files = [sorted((shared_data / "ravdess" / "Actor_05").glob("*.flac"))[9],
+             sorted((shared_data / "crema-d").glob("*.opus"))[40]]
+    waves = [load_audio(f, sample_rate_hz=SR)[SR // 2 : 2 * SR] for f in files]
+    return [(w, seed003_loop(w)) for w in waves]
+
+
+@pytest.mark.parametrize("stft_mode", ["torch", "conv"])
+def test_framewise_librosa_preset_equals_seed003_loop_on_real_clips(seed003_real, stft_mode):
+    """One batched transform (both STFT modes) equals the seed's per-frame librosa loop on real speech."""
+    cfg = preset("framewise-librosa-mfcc13")
+    for wave, want in seed003_real:
+        got = featurize(wave, cfg, build_frontend(cfg, stft_mode=stft_mode))[0].T.numpy()
+        assert got.shape == want.shape and want.shape[0] > 100
+        assert np.abs(got - want).max() < SEED003_TOL
+
+
+def test_framewise_librosa_preset_on_a_synthetic_clip(speechlike, seed003_loop):
+    """Digital silence (skipped frames, frames partly zero), a near-silent stretch (where the -100 dB
+    floor and the per-frame top_db both bite) and a clip level that peak normalisation removes."""
+    cfg = preset("framewise-librosa-mfcc13")
+    quiet = 1e-6 * speechlike[:4000]
+    x = np.concatenate([np.zeros(1234, np.float32), speechlike, np.zeros(800, np.float32), quiet]).astype(np.float32)
+    want = seed003_loop(x)
+    got = featurize(x, cfg)[0].T.numpy()
+    assert got.shape == want.shape == (cfg.num_frames_for(len(x)) - 6 - 3, 13)  # 6 + 3 all-zero frames skipped
+    assert np.abs(got - want).max() < SEED003_TOL
+    quieter = featurize(0.05 * x, cfg)[0].T.numpy()  # the clip is divided by its peak first
+    assert np.abs(quieter - got).max() < 1e-2  # float32 rounding of the scaled samples, at c0 ~ 900
+
+
+def test_framewise_librosa_preset_is_documented_and_checked():
+    cfg = preset("framewise-librosa-mfcc13")
+    assert (cfg.n_fft, cfg.window_length, cfg.hop_length, cfg.n_mels, cfg.n_mfcc, cfg.top_db) == (2048, 400, 160, 128,
+                                                                                                   13, 80.0)
+    assert cfg.peak_normalize and cfg.librosa_per_frame and cfg.skip_zero_frames and not cfg.center
+    assert (cfg.frame_span, cfg.num_frames_for(399), cfg.num_frames_for(400), cfg.samples_for(3)) == (400, 0, 1, 720)
+    with pytest.raises(ValueError, match="librosa_per_frame .* needs center=False and win_length at most"):
+        cfg.replace(center=True)
+    with pytest.raises(ValueError, match="win_length at most min"):
+        cfg.replace(win_length=600)

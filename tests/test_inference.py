@@ -27,9 +27,11 @@ def make_model_dir(path, name="cnn", features="logmel64", labels=EKMAN7, tempera
     torch.manual_seed(seed)
     cfg = preset(features)
     model = build_model(name, n_features=cfg.n_features, n_classes=len(labels))
-    # Random-but-trained-looking statistics: centre the log-mel around speech levels.
+    # Random-but-trained-looking statistics: centre the log-mel around speech levels (seed 003's
+    # librosa MFCC: c0 around -400, as 128 mels of an unnormalised 2048-point FFT give).
     stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features) if cfg.kind == "logmel" else \
-        FeatureStats([0.0] * cfg.n_features, [30.0] * cfg.n_features)
+        FeatureStats([-400.0 if cfg.librosa_per_frame else 0.0] + [0.0] * (cfg.n_features - 1),
+                     [200.0 if cfg.librosa_per_frame else 30.0] + [30.0] * (cfg.n_features - 1))
     config = make_config(model_name=name, model_kwargs=model.kwargs, features=cfg, labels=list(labels),
                          stats=stats, temperature=temperature)
     save_model(path, model.eval(), config)
@@ -240,6 +242,102 @@ def test_streaming_window_model_final_equals_offline(cnn_dir, clips):
         session.push(np.array([np.nan], np.float32))
 
 
+def test_every_chunk_is_answered_all_zero_and_shorter_than_a_frame_included(lstm_dir, cnn_dir, clips):
+    """A client that waits for a reply after each chunk never hangs: all-zero chunks and chunks
+    shorter than one frame get an update too (flagged silent while everything so far is silent),
+    and every update is the offline answer for the audio received so far."""
+    wave = load_model(lstm_dir).load(clips / "a.wav")
+    for d in (lstm_dir, cnn_dir):
+        model = load_model(d)
+        session = model.stream(window_s=1.0)
+        pushed = []
+        for chunk in (np.zeros(100, np.float32), np.zeros(SR, np.float32), wave[:150], wave[150:8000]):
+            ups = session.push(chunk)
+            pushed.append(chunk)
+            assert len(ups) == 1, (d.name, len(chunk))
+            so_far = np.concatenate(pushed)
+            offline = model.predict(so_far[-SR:] if d == cnn_dir else so_far, sample_rate_hz=SR)
+            np.testing.assert_allclose(ups[0]["confidence"], list(offline.scores.values()), atol=1e-5)
+            assert ups[0].get("silent", False) is offline.silent is (len(pushed) <= 2), (d.name, len(pushed))
+        assert session.push(np.zeros(0, np.float32))[0]["time_s"] == pytest.approx(so_far.size / SR, abs=1e-3)
+    fresh = load_model(lstm_dir).stream()
+    assert fresh.push(np.zeros(0, np.float32)) == [] and fresh.finish() is None
+    fresh.push(np.zeros(SR, np.float32))
+    assert fresh.finish()["silent"] is True and fresh.finish()["frames"] == 0
+
+
+def test_stream_updates_follow_the_requested_label_order(lstm_dir, clips):
+    """labels=app6: class and confidence are in app6's order (seed 003's front-end ids), as scores are."""
+    from emovox.labels import APP6
+
+    model = load_model(lstm_dir)
+    wave = model.load(clips / "b.flac")
+    session = model.stream(labels="app6")
+    ups = [u for i in range(0, len(wave), 4000) for u in session.push(wave[i : i + 4000])]
+    final = session.finish()
+    offline = model.predict(wave, sample_rate_hz=SR, labels="app6")
+    for u in (*ups, final):
+        assert list(u["scores"]) == list(APP6) and len(u["confidence"]) == 6
+        assert u["class"] == APP6.index(u["emotion"]) and u["confidence"] == list(u["scores"].values())
+    np.testing.assert_allclose(final["confidence"], list(offline.scores.values()), atol=1e-5)
+    assert final["class"] == APP6.index(offline.label)
+    with pytest.raises(ValueError, match="unknown label taxonomy 'klingon'"):
+        model.stream(labels="klingon")
+
+
+def test_final_answer_mean_averages_every_frame(lstm_dir, cnn_dir, clips):
+    """final_answer='mean' (seed 003's commented option): the mean of every frame's probabilities,
+    chunking notwithstanding; 'last' is the offline answer."""
+    model = load_model(lstm_dir)
+    pipe = model.backend.pipeline
+    wave = model.load(clips / "b.flac")
+    with torch.no_grad():
+        feats, _ = pipe.features(torch.from_numpy(wave)[None])
+        frames = softmax(pipe.model.frame_logits(feats.transpose(1, 2))[0].numpy(), pipe.temperature.item())
+    finals = {}
+    for answer in ("last", "mean"):
+        session = model.stream(final_answer=answer)
+        for i in range(0, len(wave), 1234):
+            session.push(wave[i : i + 1234])
+        finals[answer] = session.finish()["confidence"]
+    np.testing.assert_allclose(finals["mean"], frames.mean(0), atol=1e-5)
+    np.testing.assert_allclose(finals["last"], list(model.predict(wave, sample_rate_hz=SR).scores.values()), atol=1e-5)
+    assert np.abs(np.subtract(finals["mean"], finals["last"])).max() > 1e-4  # (a random model: near uniform)
+    with pytest.raises(ValueError, match="final_answer='mean' averages .* classifies windows"):
+        load_model(cnn_dir).stream(final_answer="mean")
+    with pytest.raises(ValueError, match="final_answer must be one of last, mean"):
+        model.stream(final_answer="first")
+
+
+def test_streaming_seed003_backend_features_equal_offline_as_the_peak_grows(tmp_path, clips):
+    """framewise-librosa-mfcc13 divides the clip by its peak: a stream whose peak keeps growing is run
+    again from the start when it does, so every update is still the offline answer so far."""
+    folder = make_model_dir(tmp_path / "m", name="lstm", features="framewise-librosa-mfcc13", temperature=0.1)
+    payload = torch.load(folder / "best_model.pth", weights_only=True)
+    for name, value in payload["state_dict"].items():  # a long memory (forget gates open): every frame counts
+        if name.startswith("lstm.bias_hh"):
+            value[value.shape[0] // 4 : value.shape[0] // 2] = 4.0
+    torch.save(payload, folder / "best_model.pth")
+    model = load_model(folder)
+    wave = model.load(clips / "b.flac")
+    wave = (wave * np.linspace(0.05, 1.0, len(wave))).astype(np.float32)  # louder and louder
+    session = model.stream()
+    rng = np.random.default_rng(1)
+    pos, checked = 0, 0
+    while pos < len(wave):
+        n = int(rng.integers(100, 6000))
+        (u,) = session.push(wave[pos : pos + n])
+        pos += n
+        if checked < 4 and pos > 2000 and pos < len(wave):
+            np.testing.assert_allclose(u["confidence"], list(model.predict(wave[:pos], sample_rate_hz=SR).scores.values()),
+                                       atol=1e-5)
+            checked += 1
+    final = session.finish()
+    np.testing.assert_allclose(final["confidence"], list(model.predict(wave, sample_rate_hz=SR).scores.values()),
+                               atol=1e-5)
+    assert checked == 4 and final["frames"] > 200
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 
@@ -321,6 +419,24 @@ def test_stream_cli_file_and_stdin(lstm_dir, clips, capsys):
     sf.write(buf, (np.frombuffer(pcm, "<i2") / 32768).astype(np.float32), SR, format="WAV", subtype="PCM_16")
     ref = load_model(lstm_dir).predict(buf.getvalue())
     np.testing.assert_allclose(lines[-1]["confidence"], list(ref.scores.values()), atol=1e-5)
+
+
+def test_stream_cli_answers_a_second_of_zeros_with_the_shipped_lstm(monkeypatch, capsys):
+    """`emovox stream - --model streaming` on a second of digital silence: one silent update per
+    250 ms chunk, then the final one (seed 003's front-end order with --labels app6)."""
+    from emovox.labels import APP6
+
+    pcm = np.zeros(SR, "<i2").tobytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(pcm)))
+    code, out, err = run_cli(["stream", "-", "--model", "streaming", "--labels", "app6", "--final-answer", "mean"],
+                             capsys)
+    ups = [json.loads(line) for line in out.splitlines()]
+    assert code == 0, err
+    assert len(ups) == 5 and [u["final"] for u in ups] == [False] * 4 + [True]
+    assert all(u["silent"] is True and u["frames"] == 0 and len(u["confidence"]) == 6 for u in ups)
+    assert all(u["class"] == APP6.index(u["emotion"]) for u in ups)
+    silence = load_model("streaming").predict(np.zeros(SR, np.float32), sample_rate_hz=SR, labels="app6")
+    np.testing.assert_allclose(ups[-1]["confidence"], list(silence.scores.values()), atol=1e-5)
 
 
 def test_batching_never_changes_results_for_any_front_end(cnn_dir, lstm_dir):

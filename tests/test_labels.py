@@ -12,6 +12,7 @@ from emovox.labels import (
     BASIC5,
     CORE4,
     EKMAN7,
+    FOLD_FALLBACKS,
     GOEMOTIONS28,
     MUSIC_MOODS,
     RAVDESS8,
@@ -20,6 +21,7 @@ from emovox.labels import (
     canonical,
     fold_scores,
     music_mood,
+    parse_label_spec,
     taxonomy,
 )
 
@@ -92,3 +94,42 @@ def test_music_moods_cover_every_emotion():
     assert (music_mood("neutral"), music_mood("calm"), music_mood("happy")) == ("chill", "relaxing", "upbeat")
     for lab in RAVDESS8:
         assert lab in MUSIC_MOODS
+
+
+def test_label_list_with_merges_keeps_the_list_order():
+    """Seed 003's six classes with disgust merged: the list's order, merges first, calm→neutral as usual."""
+    lm = LabelMap.build(RAVDESS8, "happy,sad,angry,neutral,fearful,surprised,disgust=angry")
+    assert lm.target == APP6 and lm.lossless
+    assert (lm("disgust"), lm("calm"), lm("happy")) == ("angry", "neutral", "happy")
+    lm = LabelMap.build(EKMAN7, "app6,fearful=sad")  # a taxonomy with merges: merged labels leave it
+    assert lm.target == ("happy", "sad", "angry", "neutral", "surprised") and lm("fearful") == "sad"
+    assert parse_label_spec(["Happiness", "ANG", "disgust=anger"]).merges == {"disgust": "angry"}
+    assert parse_label_spec({"dis": "ang"}).target is None  # merges alone: the other labels kept
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("happy,sad=", "'sad=' is not a merge 'source=target'"),
+    ("disgust==angry", "is not a merge"),
+    ("happy;sad", "'happy;sad' is not a label name"),
+    ("happy,sad,happy", "lists happy twice"),
+    ("happy,sad,disgust=angry", "merge disgust=angry sends to a label the list does not name"),
+    ("happy,disgust,disgust=happy", "disgust is both listed and merged"),
+    ("klingon", "unknown label taxonomy 'klingon'"),
+    ("missing.json", "no such JSON file"),
+    (" , ", "it names no label"),
+])
+def test_malformed_label_specs_name_the_spec_and_show_the_forms(spec, why):
+    with pytest.raises(LabelError) as e:
+        LabelMap.build(EKMAN7, spec)
+    msg = str(e.value)
+    assert msg.startswith(f"label spec {spec!r}: ") and why in msg
+    assert "Accepted forms:" in msg and "a list with merges 'happy,sad,angry,neutral,fearful,surprised,disgust=angry'" in msg
+    assert "a taxonomy name (ravdess8, ekman7, crema6, basic5, app6" in msg
+
+
+def test_app6_training_and_folding_treat_disgust_alike():
+    """Training under app6 keeps disgust clips as angry, as folding probabilities into app6 does."""
+    train = LabelMap.build(RAVDESS8, "app6")
+    fold = LabelMap.build(RAVDESS8, "app6", fallbacks=FOLD_FALLBACKS)
+    assert train.mapping == fold.mapping and train("disgust") == "angry" and train.lossless
+    assert LabelMap.build(EKMAN7, "basic5")("disgust") is None  # other taxonomies keep dropping it in training

@@ -596,6 +596,45 @@ def test_websocket_stream_limits_and_folding(client):
         assert "unknown labels" in ws.receive_json()["error"]
 
 
+def test_websocket_streaming_lstm_answers_every_chunk_in_the_requested_order(tmp_path):
+    """Seed 003's frontend waits for a reply after each chunk: all-zero chunks are answered (silent),
+    class and confidence follow ?labels=app6, and ?final_answer=mean averages every frame."""
+    from emovox.labels import APP6
+
+    torch.manual_seed(0)
+    cfg = preset("framewise-librosa-mfcc13")
+    model = build_model("lstm", n_features=13, n_classes=len(EKMAN7), hidden_size=16)
+    stats = FeatureStats([-400.0] + [0.0] * 12, [200.0] + [30.0] * 12)
+    save_model(tmp_path / "lstm", model.eval(), make_config(model_name="lstm", model_kwargs=model.kwargs, features=cfg,
+                                                            labels=list(EKMAN7), stats=stats, temperature=0.5))
+    speech = (np.clip(voice(1.0), -1, 1) * 32767).astype("<i2").tobytes()
+    with TestClient(create_app(settings_for(tmp_path / "lstm"))) as c:
+        with c.websocket_connect("/stream?labels=app6&final_answer=mean") as ws:
+            ws.send_bytes(b"")  # nothing yet: an error reply, not silence
+            assert ws.receive_json()["code"] == "bad_frame"
+            ups = []
+            for chunk in (np.zeros(SR // 2, "<i2").tobytes(), speech[:8000], speech[8000:]):
+                ws.send_bytes(chunk)
+                ups.append(ws.receive_json())
+            ws.send_text(json.dumps({"event": "end"}))
+            final = ws.receive_json()
+        assert [u.get("silent", False) for u in ups] == [True, False, False] and final["final"] is True
+        for u in (*ups, final):
+            assert u["class"] == APP6.index(u["emotion"]) and u["confidence"] == list(u["scores"].values())
+            assert list(u["scores"]) == list(APP6)
+        assert final["confidence"] == ups[-1]["confidence"] and final["frames"] == ups[-1]["frames"] > 90
+        with c.websocket_connect("/stream?final_answer=first") as ws:
+            assert "final_answer must be one of last, mean" in ws.receive_json()["error"]
+
+
+def test_websocket_final_answer_mean_needs_a_frame_model(client):
+    with client.websocket_connect("/stream?final_answer=mean") as ws:
+        assert "classifies windows" in ws.receive_json()["error"]
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_json()
+        assert e.value.code == 1008
+
+
 # -- service behaviour ------------------------------------------------------------------------------
 
 def test_inference_runs_off_the_event_loop_behind_a_limiter(model_dir, clip):

@@ -106,6 +106,56 @@ def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
     assert full.labels == ["a", "b", "c", "d"]
 
 
+@pytest.mark.filterwarnings("ignore:'torch.load' received a zip file that looks like a TorchScript archive")
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:'(aifc|audioop|sunau)' is deprecated:DeprecationWarning")  # librosa.load's audioread
+def test_save_full_model_runs_seed003_loop_literally(synth_corpus, tmp_path, capsys, seed003_loop):
+    """Seed 003's backend, as written, on `emovox train --model lstm --features framewise-librosa-mfcc13
+    --save-full-model`: its own librosa features, torch.load(model.pth), then frame by frame from
+    hidden=None. It gets emovox's answer; so do model_torchscript.pt (no emovox, no pickle) and
+    model_weights.pth (a state dict)."""
+    import librosa
+
+    from emovox.inference import load_model
+    from emovox.training import FullStreamingModel
+
+    out = tmp_path / "out"
+    rc = main(["train", "--data_dir", str(synth_corpus), "--model", "lstm", "--features", "framewise-librosa-mfcc13",
+               "--model-option", "hidden_size=16", "--epochs", "3", "--lr", "0.02", "--batch_size", "16",
+               "--save-full-model", "--cache-dir", str(tmp_path / "cache"), "--output_dir", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "model_meta.json").read_text())
+    assert (meta["full_model"], meta["full_model_weights"], meta["full_model_torchscript"]) == (
+        "model.pth", "model_weights.pth", "model_torchscript.pt")
+    assert "weights_only=False" in meta["full_model_warning"] and not (out / "model_full.pth").exists()
+    clip = sorted(synth_corpus.glob("*.wav"))[-1]
+    want = np.array(list(load_model(out).predict(clip).scores.values()))
+    assert want.max() - want.min() > 0.05  # an answer worth comparing
+
+    # --- seed 003's model_inference.py, literally (its features: the librosa loop)
+    audio, sr = librosa.load(clip, sr=16000)
+    mfcc_features = seed003_loop(audio, sr)
+    input_tensor = torch.tensor(mfcc_features, dtype=torch.float32).unsqueeze(0)
+    total_frames = input_tensor.shape[1]
+    for model_path in (out / "model.pth", out / "model_torchscript.pt"):
+        model = torch.load(model_path, weights_only=False)
+        model.eval()
+        hidden = None
+        for i in range(total_frames):
+            frame = input_tensor[:, i:i+1, :]  # (1, 1, 13)
+            output, hidden = model(frame, hidden)  # output: (1, num_classes)
+            probabilities = torch.softmax(output, dim=1)
+        # ---
+        np.testing.assert_allclose(probabilities.detach().numpy()[0], want, atol=1e-4, err_msg=model_path.name)
+        assert isinstance(hidden, tuple) and hidden[0].shape == (2, 1, 16)
+
+    weights = torch.load(out / "model_weights.pth", weights_only=True)
+    full = torch.load(out / "model.pth", weights_only=False)
+    assert weights.keys() == full.state_dict().keys() and isinstance(full, FullStreamingModel)
+    with pytest.raises(Exception, match="weights_only"):  # torch >= 2.6 refuses the pickle by default
+        torch.load(out / "model.pth")
+
+
 def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch):
     calls = []
     real = emovox.data.load_audio
@@ -198,6 +248,8 @@ def test_label_mapping_drops_and_counts(synth_corpus, tmp_path, capsys):
     assert labels == ["neutral", "happy", "sad"] and not dropped and sum(r.label == "sad" for r in kept) == 40
     kept, labels, dropped, _ = map_labels(rows, "basic5")
     assert labels == ["happy", "sad", "angry", "neutral"]  # basic5's order, labels absent from the data left out
+    kept, labels, dropped, _ = map_labels(rows, "sad,happy,neutral,angry=sad")  # a list with merges: its order
+    assert labels == ["sad", "happy", "neutral"] and not dropped and sum(r.label == "sad" for r in kept) == 40
     rc = main(["train", "--data_dir", str(synth_corpus), "--labels", "neutral,happy,sad", "--model", "cnn",
                "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--output_dir", str(tmp_path / "o")])
     assert rc == 0
@@ -205,6 +257,14 @@ def test_label_mapping_drops_and_counts(synth_corpus, tmp_path, capsys):
     assert "left out 20 clip(s) whose label the target labels cannot express: angry 20" in out
     meta = json.loads((tmp_path / "o" / "model_meta.json").read_text())
     assert meta["dropped_labels"] == {"angry": 20}
+
+
+def test_malformed_label_spec_stops_training_with_the_accepted_forms(synth_corpus, tmp_path, capsys):
+    rc = main(["train", "--data_dir", str(synth_corpus), "--labels", "happy,sad,disgust=", "--output_dir",
+               str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--labels: label spec 'happy,sad,disgust=': 'disgust=' is not a merge" in err
+    assert "a list with merges" in err and not (tmp_path / "o").exists()
 
 
 def test_splits_by_speaker_folds_and_test_speakers(synth_corpus):

@@ -78,6 +78,7 @@ from .features import (
     mel_to_hz,
     nonzero_frame_mask,
     normalize_level,
+    pad_to_one_frame,
     silence_features,
 )
 
@@ -102,6 +103,9 @@ def config_hash(cfg: FeatureConfig) -> str:
     frames = cached_config(cfg).to_dict()
     for name in ("level_db", "level_max_gain_db"):  # applied after the cache (and newer than it)
         del frames[name]
+    for name in ("peak_normalize", "librosa_per_frame"):  # newer than the cache: left out when off, so
+        if not frames[name]:  # caches written before them stay valid
+            del frames[name]
     blob = json.dumps({"cache_version": CACHE_VERSION, **frames}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -114,7 +118,7 @@ def _logmel_module(cached: FeatureConfig) -> LogMel:
 def compute_logmel(wave: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> np.ndarray:
     """Log-mel frames ``(n_mels, frames)`` (float16) of one clip at ``cfg.sample_rate_hz``: what is cached."""
     c = cached_config(cfg)
-    x = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, -1)
+    x = pad_to_one_frame(torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32)).reshape(1, -1), c)
     with torch.no_grad():
         lm = _logmel_module(c)(x)[0]
         if c.skip_zero_frames:

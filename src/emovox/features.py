@@ -10,6 +10,10 @@ Two STFT implementations give the same numbers: ``torch.stft`` (fast, used for t
 inference) and a fixed ``Conv1d`` holding the windowed DFT basis (``stft_mode="conv"``), which
 exports to ONNX, Core ML and TorchScript as plain convolutions.
 
+``librosa_per_frame`` with ``peak_normalize`` (the ``framewise-librosa-mfcc13`` preset) reproduces
+seed 003's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
+400-sample frame: here all frames go through one batched ``rfft`` (see ``docs/features.md``).
+
 ``kind="waveform"`` is the front-end of models that take raw samples (the pretrained-backbone
 ``ssl`` family, whose backbone is its own front-end): 16 kHz samples pass through unchanged as
 ``(batch, 1, samples)``. A "frame" is then one sample (``n_fft = win_length = hop_length = 1``,
@@ -30,6 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 FeatureKind = Literal["logmel", "mfcc", "waveform"]
+
+#: librosa's default STFT hop in ``librosa.feature.mfcc`` / ``melspectrogram`` (``librosa_per_frame``).
+LIBROSA_HOP = 512
+#: What ``peak_normalize`` adds to the peak (seed 003: ``audio / (np.max(np.abs(audio)) + 1e-9)``).
+PEAK_EPS = 1e-9
 
 #: What ``kind="waveform"`` fixes: a frame is one sample, one feature, no STFT.
 _WAVEFORM_FIELDS = {"n_fft": 1, "win_length": 1, "hop_length": 1, "center": False, "n_mels": 1}
@@ -54,6 +63,15 @@ class FeatureConfig:
     n_mfcc: int = 13
     #: MFCC only: drop frames whose samples are all exactly zero (seed 003).
     skip_zero_frames: bool = False
+    #: Divide each clip by ``max(|x|) + 1e-9`` before anything else (seed 003's backend).
+    peak_normalize: bool = False
+    #: Analyse each ``win_length`` frame alone, as seed 003's loop calls
+    #: ``librosa.feature.mfcc(y=frame, n_fft=n_fft)`` per frame: frames are cut without centre
+    #: padding (``librosa.util.frame``), librosa zero-pads each by ``n_fft // 2`` on both sides
+    #: (``center=True``, ``pad_mode='constant'``), so the frame's samples meet the periodic Hann
+    #: window of ``n_fft`` points from its peak on, and ``top_db`` is relative to each frame's own
+    #: maximum. Needs ``center=False`` and ``win_length`` < 512 (librosa's hop: one column per frame).
+    librosa_per_frame: bool = False
     #: Fixed number of frames for models with a fixed input (crop/pad); None: variable.
     num_frames: int | None = None
     #: Log-mel only: shift each clip's log-mel so that its speech level (:func:`speech_level_db`) is
@@ -79,6 +97,16 @@ class FeatureConfig:
             raise ValueError(f"level_db (speech-level normalisation) applies to log-mel features, not {self.kind!r}")
         if self.level_max_gain_db < 0:
             raise ValueError(f"level_max_gain_db must not be negative, got {self.level_max_gain_db}")
+        if self.librosa_per_frame:
+            self._check_librosa_per_frame()
+
+    def _check_librosa_per_frame(self) -> None:
+        wl = self.window_length
+        if self.center or wl > min(self.n_fft // 2, LIBROSA_HOP - 1):
+            raise ValueError(
+                f"librosa_per_frame analyses each win_length frame as one librosa call: it needs center=False "
+                f"and win_length at most min(n_fft // 2, {LIBROSA_HOP - 1}) (one column per call), got "
+                f"center={self.center}, win_length={wl}, n_fft={self.n_fft}")
 
     def _fix_waveform_fields(self) -> None:
         """Set the STFT fields to their waveform values; refuse values that ask for an STFT."""
@@ -89,8 +117,10 @@ class FeatureConfig:
                 raise ValueError(f"FeatureConfig(kind='waveform') passes samples through: {name} must be left at "
                                  f"its default, got {got!r}")
             object.__setattr__(self, name, value)
-        if self.num_frames is not None or self.skip_zero_frames or self.top_db is not None:
-            raise ValueError("FeatureConfig(kind='waveform') takes no num_frames, skip_zero_frames or top_db")
+        if (self.num_frames is not None or self.skip_zero_frames or self.top_db is not None or self.peak_normalize
+                or self.librosa_per_frame):
+            raise ValueError("FeatureConfig(kind='waveform') takes no num_frames, skip_zero_frames, top_db, "
+                             "peak_normalize or librosa_per_frame")
 
     @property
     def n_features(self) -> int:
@@ -104,16 +134,28 @@ class FeatureConfig:
     def frame_rate_hz(self) -> float:
         return self.sample_rate_hz / self.hop_length
 
+    @property
+    def frame_span(self) -> int:
+        """Samples one analysis frame covers: ``n_fft`` (the window centred in it), or ``win_length``
+        with ``librosa_per_frame`` (the frame is zero-padded to ``n_fft`` inside the transform)."""
+        return self.window_length if self.librosa_per_frame else self.n_fft
+
+    @property
+    def window_offset(self) -> int:
+        """Where the window's ``win_length`` samples start inside a frame of ``frame_span`` samples."""
+        return 0 if self.librosa_per_frame else (self.n_fft - self.window_length) // 2
+
     def num_frames_for(self, num_samples: int) -> int:
         if self.center:
             return 1 + num_samples // self.hop_length
-        return 0 if num_samples < self.n_fft else 1 + (num_samples - self.n_fft) // self.hop_length
+        span = self.frame_span
+        return 0 if num_samples < span else 1 + (num_samples - span) // self.hop_length
 
     def samples_for(self, num_frames: int) -> int:
         """Fewest samples that give ``num_frames`` frames."""
         if self.center:
             return (num_frames - 1) * self.hop_length
-        return self.n_fft + (num_frames - 1) * self.hop_length
+        return self.frame_span + (num_frames - 1) * self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,9 +182,19 @@ PRESETS: dict[str, FeatureConfig] = {
                              num_frames=100),
     # Seed 003's streaming MFCC: 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
-    # gives exactly the offline features.
+    # gives exactly the offline features. emovox's own 40-mel reading of the seed's plan (what the
+    # shipped `streaming` model uses), not the numbers of the seed's backend: those are
+    # "framewise-librosa-mfcc13".
     "seed003": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
                              n_mfcc=13, center=False, skip_zero_frames=True),
+    # Seed 003's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
+    # samples (librosa.util.frame), all-zero frames skipped, and per frame the column mean of
+    # librosa.feature.mfcc(y=frame, sr=16000, n_mfcc=13) with librosa's defaults (FFT 2048 of the
+    # zero-padded frame, 128 Slaney mels, power_to_db with top_db 80 per frame, ortho DCT-II).
+    # Computed in one batched transform; equal to the seed's loop within 1e-3 (tests/test_features.py).
+    "framewise-librosa-mfcc13": FeatureConfig(kind="mfcc", n_fft=2048, win_length=400, hop_length=160, n_mels=128,
+                                              n_mfcc=13, center=False, top_db=80.0, skip_zero_frames=True,
+                                              peak_normalize=True, librosa_per_frame=True),
     "mfcc13": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40, n_mfcc=13),
     # Narrow-band log-mel (the CRNN's default): 50 ms windows resolve the pitch harmonics that a 25 ms
     # window smears (Hann main lobe 80 Hz instead of 160 Hz) and 128 bands are ~23 Hz apart below 1 kHz.
@@ -218,7 +270,16 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
 
 
 def _padded_window(cfg: FeatureConfig) -> torch.Tensor:
+    """The window over one frame of ``cfg.frame_span`` samples (float64).
+
+    Usually a periodic Hann of ``win_length`` centred in ``n_fft`` zeros. With ``librosa_per_frame``:
+    the ``win_length`` values of a periodic Hann of ``n_fft`` points from its centre on, which is
+    where librosa's ``center=True`` zero padding puts a lone frame's samples (the frame's position
+    in the FFT only changes the phase, not the power).
+    """
     wl = cfg.window_length
+    if cfg.librosa_per_frame:
+        return torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64)[cfg.n_fft // 2 : cfg.n_fft // 2 + wl]
     win = torch.hann_window(wl, periodic=True, dtype=torch.float64)
     left = (cfg.n_fft - wl) // 2
     return F.pad(win, (left, cfg.n_fft - wl - left))
@@ -281,7 +342,7 @@ class _Spectrogram(nn.Module):
         self.register_buffer("window", window.float(), persistent=False)
         if stft_mode == "conv":
             n_bins = cfg.n_fft // 2 + 1
-            t = torch.arange(cfg.n_fft, dtype=torch.float64)
+            t = torch.arange(cfg.frame_span, dtype=torch.float64)
             k = torch.arange(n_bins, dtype=torch.float64)[:, None]
             ang = 2 * math.pi * k * t / cfg.n_fft
             basis = torch.cat([torch.cos(ang) * window, -torch.sin(ang) * window], dim=0)
@@ -291,7 +352,12 @@ class _Spectrogram(nn.Module):
         cfg = self.cfg
         if cfg.center:
             x = F.pad(x, (cfg.n_fft // 2, cfg.n_fft // 2))
-        if self.stft_mode == "torch":
+        if self.stft_mode == "torch" and cfg.librosa_per_frame:
+            # each win_length frame zero-padded to n_fft by the FFT itself: one batched rfft
+            spec = torch.fft.rfft(x.unfold(-1, cfg.frame_span, cfg.hop_length) * self.window, n=cfg.n_fft).transpose(-2, -1)
+            re, im = spec.real, spec.imag
+            mag2 = torch.addcmul(re * re, im, im)
+        elif self.stft_mode == "torch":
             spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, window=self.window, center=False,
                               return_complex=True)
             re, im = spec.real, spec.imag
@@ -317,14 +383,18 @@ class LogMel(nn.Module):
     def mel_power(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(self.mel_fb, self.spectrogram(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
+        """``peak`` (``peak_normalize`` only): the peak to divide by, ``(batch, 1)``; default each
+        clip's own ``max(|x|)`` (a stream passes the peak of everything received so far)."""
         if x.dim() == 1:
             x = x.unsqueeze(0)
+        if self.cfg.peak_normalize:
+            x = x / ((x.abs().amax(dim=-1, keepdim=True) if peak is None else peak) + PEAK_EPS)
         s = self.mel_power(x)
         db = 10.0 * torch.log10(torch.clamp(s, min=self.cfg.log_floor))
-        if self.cfg.top_db is not None:
-            peak = db.amax(dim=(-2, -1), keepdim=True)
-            db = torch.maximum(db, peak - self.cfg.top_db)
+        if self.cfg.top_db is not None:  # librosa_per_frame: relative to each frame's max, as one librosa call
+            peak_db = db.amax(dim=-2 if self.cfg.librosa_per_frame else (-2, -1), keepdim=True)
+            db = torch.maximum(db, peak_db - self.cfg.top_db)
         return db
 
 
@@ -338,9 +408,16 @@ class MFCC(nn.Module):
         self.logmel = LogMel(cfg, stft_mode=stft_mode)
         self.register_buffer("dct", torch.from_numpy(dct_matrix(cfg.n_mfcc, cfg.n_mels).copy()),
                              persistent=False)
+        # c0 sums n_mels values of up to ~100 dB: accumulated in float64 it stays within float32
+        # rounding of librosa's (float32 accumulation drifts by ~1e-3 over 128 mels at the floor).
+        # Exported graphs (conv STFT) stay float32: Core ML has no float64.
+        self.accumulate_float64 = stft_mode == "torch"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(self.dct, self.logmel(x))
+    def forward(self, x: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
+        logmel = self.logmel(x, peak)
+        if self.accumulate_float64:
+            return torch.matmul(self.dct.double(), logmel.double()).to(logmel.dtype)
+        return torch.matmul(self.dct, logmel)
 
 
 class Waveform(nn.Module):
@@ -410,6 +487,13 @@ def build_frontend(cfg: FeatureConfig, *, stft_mode: str = "torch") -> nn.Module
     return MFCC(cfg, stft_mode=stft_mode) if cfg.kind == "mfcc" else LogMel(cfg, stft_mode=stft_mode)
 
 
+def pad_to_one_frame(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """``(..., samples)`` zero-padded at the end to at least one frame (``cfg.samples_for(1)``), so a
+    clip shorter than one analysis frame still gives one frame instead of failing."""
+    short = cfg.samples_for(1) - x.shape[-1]
+    return F.pad(x, (0, short)) if short > 0 else x
+
+
 def nonzero_frame_mask(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """``(batch, frames)`` bool: True where the frame's samples are not all exactly zero.
 
@@ -420,9 +504,8 @@ def nonzero_frame_mask(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
         x = x.unsqueeze(0)
     if cfg.center:
         x = F.pad(x, (cfg.n_fft // 2, cfg.n_fft // 2))
-    wl = cfg.window_length
-    left = (cfg.n_fft - wl) // 2
-    frames = x.unfold(-1, cfg.n_fft, cfg.hop_length)[..., left : left + wl]
+    left = cfg.window_offset
+    frames = x.unfold(-1, cfg.frame_span, cfg.hop_length)[..., left : left + cfg.window_length]
     return frames.abs().amax(dim=-1) > 0
 
 
@@ -432,7 +515,7 @@ def featurize(x: torch.Tensor | np.ndarray, cfg: FeatureConfig, frontend: nn.Mod
 
     Applies ``skip_zero_frames`` (which makes lengths differ) but not ``num_frames``.
     """
-    x = torch.as_tensor(x, dtype=torch.float32)
+    x = pad_to_one_frame(torch.as_tensor(x, dtype=torch.float32), cfg)
     if x.dim() == 1:
         x = x.unsqueeze(0)
     frontend = frontend or build_frontend(cfg)

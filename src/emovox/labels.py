@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,12 @@ FOLD_FALLBACKS = {"calm": "neutral", "boredom": "neutral", "disgust": "angry", "
                   "surprised": "happy"}
 
 
+#: Merges a taxonomy implies when training (on top of :data:`DEFAULT_MERGES`), so that training under
+#: it treats a label as folding probabilities into it does: seed 003's six-class front-end takes
+#: disgust as angry (the document's "Option B"; :data:`FOLD_FALLBACKS` folds disgust→angry too).
+TAXONOMY_MERGES: dict[str, dict[str, str]] = {"app6": {"disgust": "angry"}}
+
+
 class LabelError(ValueError):
     """An unknown label or taxonomy; the message lists what is accepted."""
 
@@ -116,6 +124,103 @@ def canonical(label: str) -> str:
 
 def music_mood(label: str) -> str:
     return MUSIC_MOODS.get(label, MUSIC_MOODS.get(DEFAULT_MERGES.get(label, ""), "neutral"))
+
+
+#: The forms a label spec (``--labels``, ``labels=``) takes, for error messages.
+SPEC_FORMS = (
+    "a taxonomy name ({names})",
+    "a label list 'happy,sad,angry' (the model's labels, in that order)",
+    "merges 'disgust=angry,calm=neutral' (the other labels kept)",
+    "a list with merges 'happy,sad,angry,neutral,fearful,surprised,disgust=angry' (or 'app6,fearful=sad')",
+    "a .json file holding a list or a {{\"source\": \"target\"}} object",
+)
+_LABEL_RE = re.compile(r"^\w[\w .'-]*$")
+
+
+def spec_forms() -> str:
+    """The accepted label-spec forms, one per line (for error messages and --help)."""
+    return "\n".join("  - " + f.format(names=", ".join(TAXONOMIES)) for f in SPEC_FORMS)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A parsed label spec: the target labels in order (None: the merges' images decide), the
+    user's merges ``{source: target}``, and the taxonomy it names (if any)."""
+
+    target: tuple[str, ...] | None
+    merges: dict[str, str] = field(default_factory=dict)
+    taxonomy: str | None = None
+
+
+def _malformed(spec, why: str) -> LabelError:
+    return LabelError(f"label spec {spec!r}: {why}. Accepted forms:\n{spec_forms()}")
+
+
+def _label_name(spec, item: str) -> str:
+    item = item.strip()
+    if not _LABEL_RE.match(item):
+        raise _malformed(spec, f"{item!r} is not a label name")
+    return canonical(item) if item.lower() in SYNONYMS else item
+
+
+def parse_label_spec(spec: str | Sequence[str] | Mapping[str, str] | os.PathLike) -> LabelSpec:
+    """Parse any label-spec form (see :data:`SPEC_FORMS`); a malformed one raises :class:`LabelError`
+    naming the spec and showing the accepted forms."""
+    if isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise _malformed(str(spec), "no such JSON file")
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _malformed(str(path), f"unreadable JSON ({e})") from e
+        if not isinstance(spec, (list, dict)):
+            raise _malformed(str(path), "the JSON file must hold a list or an object")
+    if isinstance(spec, Mapping):
+        items = [f"{k}={v}" for k, v in spec.items()]
+    elif isinstance(spec, str):
+        if spec.strip() in TAXONOMIES:
+            return LabelSpec(TAXONOMIES[spec.strip()], {}, spec.strip())
+        items = spec.split(",")
+    else:
+        items = [str(x) for x in spec]
+    items = [it.strip() for it in items if it.strip()]
+    if not items:
+        raise _malformed(spec, "it names no label")
+    target: list[str] = []
+    merges: dict[str, str] = {}
+    names = None
+    for it in items:
+        if "=" in it:
+            parts = it.split("=")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise _malformed(spec, f"{it!r} is not a merge 'source=target'")
+            merges[_label_name(spec, parts[0])] = _label_name(spec, parts[1])
+        elif it in TAXONOMIES:
+            names = it if names is None else names
+            target += TAXONOMIES[it]
+        else:
+            target.append(_label_name(spec, it))
+    if len(items) == 1 and not merges and isinstance(spec, str):
+        raise _malformed(spec, f"unknown label taxonomy {items[0]!r}")
+    return _checked_spec(spec, target, merges, names)
+
+
+def _checked_spec(spec, target: list[str], merges: dict[str, str], names: str | None) -> LabelSpec:
+    dup = sorted({t for t in target if target.count(t) > 1})
+    if dup:
+        raise _malformed(spec, f"it lists {', '.join(dup)} twice")
+    if not target:
+        return LabelSpec(None, merges)
+    if names is not None:  # a taxonomy with merges: merged labels leave it
+        target = [t for t in target if t not in merges]
+    both = [s for s in merges if s in target]
+    if both:
+        raise _malformed(spec, f"{', '.join(both)} is both listed and merged into another label")
+    outside = [f"{s}={t}" for s, t in merges.items() if t not in target]
+    if outside:
+        raise _malformed(spec, f"merge {', '.join(outside)} sends to a label the list does not name")
+    return LabelSpec(tuple(target), merges, names)
 
 
 class LabelMap:
@@ -182,37 +287,35 @@ class LabelMap:
         - ``None``: identity.
         - a taxonomy name (``'ekman7'``) or a label list: each source label maps to itself when
           present, else through ``fallbacks`` (default :data:`DEFAULT_MERGES`, calm→neutral; chains are
-          followed), else it is unmapped. Pass ``fallbacks=FOLD_FALLBACKS`` to fold probabilities.
+          followed) and the taxonomy's own :data:`TAXONOMY_MERGES` (app6: disgust→angry), else it is
+          unmapped. Pass ``fallbacks=FOLD_FALLBACKS`` to fold probabilities.
         - a dict ``{source: target}`` (or ``'disgust=angry,calm=neutral'``, or a JSON file path):
           user merges applied first; target labels are the images of the sources, in source order.
+        - a list with merges (``'happy,sad,angry,neutral,disgust=angry'``, ``'app6,fearful=sad'``):
+          the list's labels in its order, the merges applied before the fallbacks.
+
+        Any other spec raises :class:`LabelError` naming it and showing the accepted forms.
         """
         source = tuple(source)
         if spec is None:
             return cls(source, source, {s: s for s in source})
-        if isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".json") and Path(spec).exists():
-            spec = json.loads(Path(spec).read_text())
-        if isinstance(spec, str) and "=" in spec:
-            pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
-            spec = {a.strip(): b.strip() for a, b in pairs}
-        if isinstance(spec, str):
-            target = taxonomy(spec)
-        elif isinstance(spec, Mapping):
-            merges = {canonical(k) if k.lower() in SYNONYMS else k: v for k, v in spec.items()}
+        parsed = parse_label_spec(spec)
+        if parsed.target is None:  # merges only: the other labels are kept
             target, mapping = [], {}
             for s in source:
-                t = merges.get(s, s)
+                t = parsed.merges.get(s, s)
                 mapping[s] = t
                 if t not in target:
                     target.append(t)
             return cls(source, target, mapping)
-        else:
-            target = tuple(spec)
+        target = parsed.target
+        chain = {**fallbacks, **TAXONOMY_MERGES.get(parsed.taxonomy or "", {}), **parsed.merges}
         mapping: dict[str, str | None] = {}
         for s in source:
             t, seen = s, set()
             while t is not None and t not in target and t not in seen:
                 seen.add(t)
-                t = fallbacks.get(t)
+                t = chain.get(t)
             mapping[s] = t if t in target else None
         return cls(source, target, mapping)
 

@@ -38,6 +38,7 @@ from .features import (
     fix_frames,
     nonzero_frame_mask,
     normalize_level,
+    pad_to_one_frame,
 )
 from .models import build_model
 
@@ -47,6 +48,10 @@ WEIGHTS_FILE = "best_model.pth"
 CONFIG_FILE = "model_config.json"
 LABELS_FILE = "labels.json"
 FULL_MODEL_FILE = "model_full.pth"
+#: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.
+STREAMING_FULL_MODEL_FILE = "model.pth"
+STREAMING_WEIGHTS_FILE = "model_weights.pth"
+STREAMING_TORCHSCRIPT_FILE = "model_torchscript.pt"
 
 
 class ModelLoadError(ValueError):
@@ -116,6 +121,7 @@ class EmotionPipeline(nn.Module):
         are masked by the model's pooling (or skipped as all-zero frames by seed 003's MFCC).
         """
         cfg = self.feature_config
+        wave = pad_to_one_frame(wave, cfg)
         feats = self.frontend(wave)
         lengths = None
         if lengths_samples is not None and not (cfg.kind == "mfcc" and cfg.skip_zero_frames):
@@ -123,7 +129,7 @@ class EmotionPipeline(nn.Module):
             if cfg.center:
                 lengths = 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
             else:
-                lengths = 1 + torch.div((n - cfg.n_fft).clamp_min(0), cfg.hop_length, rounding_mode="floor")
+                lengths = 1 + torch.div((n - cfg.frame_span).clamp_min(0), cfg.hop_length, rounding_mode="floor")
             lengths = lengths.clamp(1, feats.shape[-1])
             if bool((lengths == feats.shape[-1]).all()):
                 lengths = None

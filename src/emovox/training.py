@@ -82,8 +82,12 @@ from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize
 from .labels import LabelMap
 from .modelio import (
     FULL_MODEL_FILE,
+    STREAMING_FULL_MODEL_FILE,
+    STREAMING_TORCHSCRIPT_FILE,
+    STREAMING_WEIGHTS_FILE,
     WEIGHTS_FILE,
     _atomic_write,
+    atomic_write_all,
     make_config,
     save_model,
     torch_saver,
@@ -99,6 +103,8 @@ LOCK_FILE = ".emovox-train.lock"
 CHECKPOINT_FORMAT = "emovox-checkpoint"
 #: Feature preset used when none is given, per model family.
 DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
+#: The preset that reproduces seed 003's backend features (its per-frame librosa loop).
+SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
 LABEL_SCOPES = ("all", "corpus")
 #: Order of labels in a model when the data decides them.
@@ -222,25 +228,21 @@ def map_labels(rows: Sequence[Any], spec: str | None) -> tuple[list[Any], list[s
     Returns the kept rows (relabelled), the model's labels (those present, in taxonomy or
     canonical order), the clips dropped per source label and the mapping used.
     """
-    from .labels import TAXONOMIES
+    from .labels import LabelError, parse_label_spec
 
     source = _label_order({r.label for r in rows})
-    if spec is None or str(spec).strip() == "":
-        lm = LabelMap.build(source, None)
-    elif "=" not in spec and "," in spec:
-        lm = LabelMap.build(source, [s.strip() for s in spec.split(",") if s.strip()])
-    else:
+    spec = None if spec is None or str(spec).strip() == "" else spec
+    try:
         lm = LabelMap.build(source, spec)
+        ordered = spec is not None and parse_label_spec(spec).target is not None
+    except LabelError as e:
+        raise TrainingError(f"--labels: {e}") from e
     mapping = {s: lm(s) for s in source}
     dropped = Counter(r.label for r in rows if mapping[r.label] is None)
     kept = [_relabel(r, mapping[r.label]) for r in rows if mapping[r.label] is not None]
     present = {r.label for r in kept}
-    if spec in TAXONOMIES:
-        order = [lab for lab in TAXONOMIES[spec] if lab in present]
-    elif spec and "=" not in spec and "," in spec:
-        order = [lab for lab in lm.target if lab in present]
-    else:
-        order = _label_order(present)
+    # a taxonomy or a list gives the order; merges alone keep emovox's canonical order
+    order = [lab for lab in lm.target if lab in present] if ordered else _label_order(present)
     if not kept:
         raise TrainingError(f"no clip left after mapping labels {source} to {spec!r}")
     if len(order) < 2:
@@ -463,14 +465,52 @@ class FullModel(nn.Module):
 
 
 class FullStreamingModel(FullModel):
-    """Seed 003's interface: ``forward(x, hidden=None) -> (logits, hidden)`` with raw MFCC frames
-    ``x`` of shape ``(batch, frames, n_mfcc)`` — a single frame ``(1, 1, 13)`` continues the sequence
-    from ``hidden``. Normalisation and temperature inside; same warning as :class:`FullModel`."""
+    """What ``--save-full-model`` pickles to ``model.pth`` for streaming models: seed 003's interface
+    ``forward(x, hidden=None) -> (logits, hidden)`` with raw MFCC frames ``x`` of shape ``(batch,
+    frames, n_mfcc)``: a single frame ``(1, 1, 13)`` continues the sequence from ``hidden``.
+    Normalisation and temperature inside, so ``softmax(logits)`` is emovox's answer. With the
+    ``framewise-librosa-mfcc13`` features, seed 003's backend loop runs it as written; torch >= 2.6
+    loads it with ``torch.load(path, weights_only=False)`` only, and emovox must be importable
+    there (the pickle names this class). Same warning as :class:`FullModel`."""
 
     def forward(self, x: torch.Tensor, hidden=None, lengths: torch.Tensor | None = None):
         x = self.normalize(x.transpose(1, 2)).transpose(1, 2)
         logits, hidden = self.model(x, hidden, lengths)
         return logits / self.temperature, hidden
+
+
+def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, feat_cfg: FeatureConfig,
+                     temperature: float, labels: Sequence[str], say: Callable[[str], None]) -> dict[str, Any]:
+    """``--save-full-model``: frame models get ``model_full.pth`` (a :class:`FullModel` pickle);
+    streaming models get seed 003's files: ``model.pth`` (a :class:`FullStreamingModel` pickle),
+    ``model_weights.pth`` (its state dict) and ``model_torchscript.pt`` (the same model as
+    TorchScript with seed 003's ``forward(x, hidden)``: loads without emovox and without unpickling
+    Python objects). Returns the ``model_meta.json`` entries that name them."""
+    streaming = bool(getattr(model, "streaming", False))
+    cls = FullStreamingModel if streaming else FullModel
+    full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
+    if not streaming:
+        _atomic_write(out / FULL_MODEL_FILE, torch_saver(full))
+        return {"full_model": FULL_MODEL_FILE, "full_model_warning": f"{FULL_MODEL_FILE} is a pickle: loading it runs "
+                "code; load it only from a trusted source"}
+    from .export.graphs import script_seed003_step
+
+    scripted = script_seed003_step(full, calibrated=True)
+    atomic_write_all([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
+                      (out / STREAMING_WEIGHTS_FILE, torch_saver(full.state_dict())),
+                      (out / STREAMING_TORCHSCRIPT_FILE, lambda t: torch.jit.save(scripted, t))])
+    if feat_cfg != preset(SEED003_BACKEND_FEATURES):
+        say(f"note: {STREAMING_FULL_MODEL_FILE} takes this model's own raw features; seed 003's backend loop computes "
+            f"its MFCC as the {SEED003_BACKEND_FEATURES!r} preset does: train with --features "
+            f"{SEED003_BACKEND_FEATURES} for that loop to run the model unchanged")
+    return {
+        "full_model": STREAMING_FULL_MODEL_FILE,
+        "full_model_weights": STREAMING_WEIGHTS_FILE,
+        "full_model_torchscript": STREAMING_TORCHSCRIPT_FILE,
+        "full_model_warning": (f"{STREAMING_FULL_MODEL_FILE} is a pickle: torch.load(path, weights_only=False) with emovox "
+                               f"importable, and loading it runs code: only from a trusted source. "
+                               f"{STREAMING_TORCHSCRIPT_FILE} needs neither (torch.jit.load)"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -856,10 +896,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
     write_json(out / "training_history.json", history)
     if plots:
         plot_training_curves(history, out / "training_curves.png")
-    if save_full_model:
-        cls = FullStreamingModel if streaming else FullModel
-        full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
-        _atomic_write(out / FULL_MODEL_FILE, torch_saver(full))
+    full_files = write_full_model(out, model, stats, feat_cfg, temperature, labels, say) if save_full_model else {}
     model_meta = {
         "model": cfg.model,
         "labels": labels,
@@ -877,9 +914,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
         "best_epoch": best_epoch,
         "temperature": temperature,
         "train_config": cfg.to_dict(),
-        "full_model": FULL_MODEL_FILE if save_full_model else None,
-        "full_model_warning": ("model_full.pth is a pickle: loading it runs code; load it only from a trusted source"
-                               if save_full_model else None),
+        **full_files,
     }
     write_json(out / "model_meta.json", model_meta)
     say(f"{report_part} ({len(y[report_part])} clips): UAR {metrics['uar']:.4f}, accuracy {metrics['accuracy']:.4f}, "

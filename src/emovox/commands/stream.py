@@ -16,7 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model: a folder or a shipped name; 'streaming' is the shipped LSTM that runs frame by "
                         "frame with its hidden state (less accurate); default: the default model, which "
                         "re-classifies the last --window-s seconds at every update")
-    p.add_argument("--labels", default=None, help="fold scores into another label set (basic5, app6, ...)")
+    p.add_argument("--labels", default=None,
+                   help="fold scores into another label set (basic5, app6, ...); 'class' and 'confidence' follow it")
+    p.add_argument("--final-answer", dest="final_answer", choices=["last", "mean"], default="last",
+                   help="frame-by-frame models: report the answer after the last frame, or the mean of every "
+                        "frame's probabilities (seed 003's two options)")
     p.add_argument("--chunk-ms", type=float, default=250.0, help="chunk length fed per update (ms)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
     p.add_argument("--sample-rate", type=int, default=16000, help="rate of the raw PCM on stdin (Hz)")
@@ -28,7 +32,7 @@ def run(args) -> int:
     from ..inference import load_model
 
     model = load_model(args.model)
-    session = model.stream(labels=args.labels, window_s=args.window_s)
+    session = model.stream(labels=args.labels, window_s=args.window_s, final_answer=args.final_answer)
     sr = model.sample_rate_hz
     chunk = max(1, int(sr * args.chunk_ms / 1000))
 

@@ -27,8 +27,12 @@ Features are cached in --cache-dir (default $EMOVOX_CACHE_DIR or ~/.cache/emovox
 installed packages, offline; or a CTranslate2 / Hugging Face Whisper folder) or wav2vec2 / HuBERT / WavLM (a
 Hugging Face id, downloaded when the hub is reachable, or a save_pretrained folder); frozen by default, its
 hidden states are cached per clip in --cache-dir (float16); see docs/ssl.md. Under torchrun, --batch_size is the global batch.
---save-full-model writes model_full.pth, a pickle: loading it runs code, only load it from a
-trusted source (best_model.pth holds tensors only and loads with weights_only=True).
+--save-full-model writes model_full.pth (frame models) or, for --model lstm, seed 003's model.pth and
+model_weights.pth plus model_torchscript.pt: model.pth is a pickle (torch >= 2.6 loads it only with
+torch.load(path, weights_only=False), emovox must be importable, and loading it runs code: only from a
+trusted source); model_torchscript.pt takes the same forward(x, hidden) and needs neither (torch.jit.load).
+best_model.pth holds tensors only and loads with weights_only=True. For seed 003's backend loop, which
+computes its own MFCC, train with --features framewise-librosa-mfcc13 (its exact features).
 """
 
 
@@ -60,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="corpus layout per data dir (ravdess, crema-d, tess, emodb, savee, nemo, csv, folders); "
               "default: detected")
     _add(g, "--labels", default=None,
-         help="target labels: a taxonomy (ravdess8, ekman7, crema6, basic5, app6, core4), a list 'a,b,c' or merges "
-              "'disgust=angry,calm=neutral'; clips it cannot express are dropped and counted")
+         help="target labels: a taxonomy (ravdess8, ekman7, crema6, basic5, app6, core4), a list 'a,b,c' (in that "
+              "order), merges 'disgust=angry,calm=neutral', or both 'happy,sad,angry,neutral,disgust=angry'; "
+              "clips it cannot express are dropped and counted (app6 takes disgust as angry)")
     g = p.add_argument_group("model and features")
     _add(g, "--model", default="crnn",
          help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, ssl (seed 002)")
@@ -69,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
               "else a string")
     _add(g, "--features", default=None, choices=sorted(PRESETS),
-         help="feature preset (default: logmel128 for crnn, seed003 for lstm, waveform for ssl, logmel64 otherwise)")
+         help="feature preset (default: logmel128 for crnn, seed003 for lstm, waveform for ssl, logmel64 otherwise); "
+              "framewise-librosa-mfcc13 is seed 003's backend pipeline exactly")
     _add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, default=None, help="mel bands (overrides the preset)")
     _add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, default=None,
          help="fixed number of input frames (crop/pad, seed 000's fixed input); default: variable length")
@@ -131,7 +137,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output and resources")
     _add(g, "--output_dir", "--output-dir", dest="output_dir", default="outputs")
     _add(g, "--save-full-model", "--save_full_model", dest="save_full_model", action="store_true",
-         help="also write model_full.pth (torch.save(model) pickle; unsafe to load from untrusted sources)")
+         help="also write model_full.pth, or for lstm seed 003's model.pth + model_weights.pth and a pickle-free "
+              "model_torchscript.pt (pickles: unsafe to load from untrusted sources)")
     _add(g, "--cache-dir", dest="cache_dir", default=None, help="feature cache folder")
     _add(g, "--no-cache", dest="no_cache", action="store_true", help="do not read or write the feature cache")
     _add(g, "--num-workers", "--num_workers", dest="num_workers", type=int, default=None,

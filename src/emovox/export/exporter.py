@@ -268,7 +268,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
             write_torchscript(spec, path, config=config, metadata=meta, preprocessing=prep)
             report.files.setdefault("torchscript", {})[spec.kind] = path.name
             if cases:
-                checks["torchscript"] = check_runner(spec, TorchScriptRunner(path), cases, tolerance=tolerance)
+                checks["torchscript"] = check_runner(spec, TorchScriptRunner(path, spec), cases, tolerance=tolerance)
         if "coreml" in formats:
             from .coreml_export import CoreMLRunner, can_predict, write_coreml
 

@@ -46,8 +46,8 @@ def nonzero_frames(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     if cfg.center:
         wave = F.pad(wave, (cfg.n_fft // 2, cfg.n_fft // 2))
     wl = cfg.window_length
-    left = (cfg.n_fft - wl) // 2
-    right = cfg.n_fft - wl - left
+    left = cfg.window_offset
+    right = cfg.frame_span - wl - left
     x = wave[:, left:] if right == 0 else wave[:, left:-right]
     peak = F.max_pool1d(x.abs().unsqueeze(1), kernel_size=wl, stride=cfg.hop_length).squeeze(1)
     return peak > 0
@@ -151,22 +151,83 @@ class StreamingStepGraph(nn.Module):
 
     The state is the model's ``hidden`` flattened to tensors (``(h, c)`` for an LSTM); zeros are
     the initial state. Feeding frames one by one with the returned state equals the whole sequence.
+    ``pipeline``: an :class:`EmotionPipeline`, or anything with its ``normalize``, ``model`` and
+    ``temperature`` (:class:`emovox.training.FullStreamingModel`); ``calibrated`` divides the logits
+    by the temperature (seed 003's drop-in, whose ``softmax`` must give emovox's probabilities).
     """
 
-    def __init__(self, pipeline: EmotionPipeline, state_is_tuple: bool):
+    def __init__(self, pipeline: EmotionPipeline | nn.Module, state_is_tuple: bool, *, calibrated: bool = False):
         super().__init__()
-        if not pipeline.streaming:
+        if not getattr(pipeline.model, "streaming", False):
             raise ValueError("StreamingStepGraph is for streaming models")
         self.normalize = pipeline.normalize
         self.model = pipeline.model
         self.state_is_tuple = state_is_tuple
+        self.register_buffer("scale", 1.0 / pipeline.temperature.detach().clone() if calibrated else torch.tensor(1.0),
+                             persistent=False)
 
     def forward(self, features: torch.Tensor, *state: torch.Tensor):
         x = self.normalize(features.transpose(1, 2)).transpose(1, 2)
         hidden = tuple(state) if self.state_is_tuple else state[0]
         logits, new = self.model(x, hidden)
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
-        return (logits, *new)
+        return (logits * self.scale, *new)
+
+
+class Seed003Step(nn.Module):
+    """Seed 003's interface around a traced :class:`StreamingStepGraph` of an LSTM, for TorchScript:
+    ``forward(x, hidden=None) -> (logits, (h, c))`` with ``x`` ``(batch, frames, n_features)``
+    and ``hidden`` the ``(h, c)`` tuple of the previous call, or None (zeros) to start.
+
+    Scripted (:func:`script_seed003_step`), so ``torch.jit.load`` (or ``torch.load(path,
+    weights_only=False)``, which hands TorchScript archives to it) gives a module that seed 003's loop
+    ``output, hidden = model(frame, hidden)`` runs unchanged, without emovox and without unpickling
+    Python objects.
+    """
+
+    def __init__(self, step: nn.Module, state_shapes: list[tuple[int, ...]], batch_axes: list[int]):
+        super().__init__()
+        if len(state_shapes) != 2:
+            raise ValueError(f"seed 003's (h, c) interface needs an LSTM-like state of two tensors, got "
+                             f"{len(state_shapes)}")
+        self.step = step
+        self.h_shape = [int(d) for d in state_shapes[0]]
+        self.c_shape = [int(d) for d in state_shapes[1]]
+        self.h_axis = int(batch_axes[0])
+        self.c_axis = int(batch_axes[1])
+
+    def _zeros(self, shape: list[int], axis: int, x: torch.Tensor) -> torch.Tensor:
+        size = list(shape)
+        size[axis] = x.size(0)
+        return torch.zeros(size, dtype=x.dtype, device=x.device)
+
+    def forward(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if hidden is None:
+            h, c = self._zeros(self.h_shape, self.h_axis, x), self._zeros(self.c_shape, self.c_axis, x)
+        else:
+            h, c = hidden
+        logits, h_out, c_out = self.step(x, h, c)
+        return logits, (h_out, c_out)
+
+
+def script_seed003_step(pipeline: EmotionPipeline | nn.Module, *, calibrated: bool = False) -> torch.jit.ScriptModule:
+    """The :class:`Seed003Step` TorchScript module of a streaming LSTM (a pipeline, or a
+    :class:`emovox.training.FullStreamingModel` with ``calibrated=True``)."""
+    import warnings
+
+    is_tuple, shapes, axes = streaming_state_layout(pipeline)
+    if not is_tuple or len(shapes) != 2:
+        raise ValueError("seed 003's forward(x, hidden) with hidden = (h, c) needs an LSTM-like model")
+    n = pipeline.feature_config.n_features
+    example = (torch.zeros(2, 3, n), *(torch.zeros(*[2 if i == ax else d for i, d in enumerate(s)])
+                                       for s, ax in zip(shapes, axes)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter and TorchScript's deprecation notice
+        with torch.no_grad():
+            step = torch.jit.trace(StreamingStepGraph(pipeline, True, calibrated=calibrated).eval(), example,
+                                   check_trace=False)
+        return torch.jit.script(Seed003Step(step, shapes, axes))
 
 
 def streaming_state_layout(pipeline: EmotionPipeline) -> tuple[bool, list[tuple[int, ...]], list[int]]:

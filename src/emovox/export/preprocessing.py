@@ -15,6 +15,7 @@ import numpy as np
 
 from ..features import (
     LEVEL_QUANTILE,
+    PEAK_EPS,
     FeatureConfig,
     _padded_window,
     dct_matrix,
@@ -40,7 +41,6 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
     if cfg.kind == "waveform":
         return _waveform_spec(config, cfg)
     wl = cfg.window_length
-    left = (cfg.n_fft - wl) // 2
     n_bins = cfg.n_fft // 2 + 1
     fb = mel_filterbank(cfg.sample_rate_hz, cfg.n_fft, cfg.n_mels, cfg.fmin_hz, cfg.fmax_hz)
     norm = config.get("normalization")
@@ -57,9 +57,7 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
             "hop_length": cfg.hop_length,
             "window": "hann",
             "window_periodic": True,
-            "window_formula": "w[n] = 0.5 - 0.5*cos(2*pi*n/win_length), n = 0..win_length-1 (periodic Hann)",
-            "window_padding": {"left": left, "right": cfg.n_fft - wl - left,
-                               "note": "the win_length window is zero-padded to n_fft, centred"},
+            **_window_spec(cfg),
             "window_values": _f32(_padded_window(cfg).numpy()),
             "center": cfg.center,
             "center_padding": ({"left": cfg.n_fft // 2, "right": cfg.n_fft // 2, "mode": "constant zeros"}
@@ -88,6 +86,8 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
             "reference": 1.0,
             "top_db": cfg.top_db,
             "top_db_note": (None if cfg.top_db is None else
+                            "then x[m, t] = max(x[m, t], max_over_mels(x[:, t]) - top_db), per frame t"
+                            if cfg.librosa_per_frame else
                             "then x = max(x, max_over_clip(x) - top_db), the max over all mels and frames"),
         },
         "level": {
@@ -141,6 +141,28 @@ def _audio_spec(cfg: FeatureConfig) -> dict[str, Any]:
         "dtype": "float32",
         "range": "[-1, 1] (full-scale PCM divided by 32768 for 16-bit)",
         "note": "resample to sample_rate_hz and mix to mono before anything else",
+        "peak_normalize": cfg.peak_normalize,
+        "peak_normalize_rule": (f"x = x / (max(|x|) + {PEAK_EPS:g}) over the whole clip, before framing; the waveform "
+                                "graph does it inside" if cfg.peak_normalize else None),
+    }
+
+
+def _window_spec(cfg: FeatureConfig) -> dict[str, Any]:
+    """How the window lies over one frame: centred in n_fft, or (librosa_per_frame) a lone frame as librosa pads it."""
+    wl = cfg.window_length
+    if cfg.librosa_per_frame:
+        return {
+            "window_formula": (f"w[n] = 0.5 - 0.5*cos(2*pi*(n + n_fft//2)/n_fft), n = 0..win_length-1: the second half of "
+                               f"a periodic Hann of n_fft points, where librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}, "
+                               "center=True) puts a lone frame's samples"),
+            "window_padding": {"left": 0, "right": cfg.n_fft - wl,
+                               "note": "each win_length frame times w, zero-padded to n_fft (FFT of n_fft points)"},
+        }
+    left = cfg.window_offset
+    return {
+        "window_formula": "w[n] = 0.5 - 0.5*cos(2*pi*n/win_length), n = 0..win_length-1 (periodic Hann)",
+        "window_padding": {"left": left, "right": cfg.n_fft - wl - left,
+                           "note": "the win_length window is zero-padded to n_fft, centred"},
     }
 
 
@@ -183,6 +205,11 @@ def _summary(cfg: FeatureConfig) -> str:
     s = (f"{what}: {cfg.sample_rate_hz} Hz mono, periodic Hann {wl} samples ({1000 * wl / cfg.sample_rate_hz:g} ms) "
          f"in an {cfg.n_fft}-point FFT, hop {cfg.hop_length} ({1000 * cfg.hop_length / cfg.sample_rate_hz:g} ms), "
          f"{'centred with zero padding' if cfg.center else 'no centre padding'}")
+    if cfg.librosa_per_frame:
+        s += (f"; each frame as one librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}) call (seed 003's loop): the "
+              f"second half of an {cfg.n_fft}-point Hann" + ("" if cfg.top_db is None else f", top_db {cfg.top_db:g} per frame"))
+    if cfg.peak_normalize:
+        s = "peak-normalised clip; " + s
     if cfg.num_frames:
         s += (f"; {cfg.num_frames} frames x hop {cfg.hop_length} = "
               f"{cfg.num_frames * cfg.hop_length / cfg.sample_rate_hz:g} s of audio")
@@ -192,7 +219,7 @@ def _summary(cfg: FeatureConfig) -> str:
 def _frames(cfg: FeatureConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "count_for_samples": ("1 + samples // hop_length" if cfg.center
-                              else "1 + (samples - n_fft) // hop_length (0 when samples < n_fft)"),
+                              else f"1 + (samples - {cfg.frame_span}) // hop_length (0 when samples < {cfg.frame_span})"),
         "num_frames": cfg.num_frames,
     }
     if cfg.num_frames:

@@ -103,7 +103,7 @@ def build_graph_spec(pipeline: EmotionPipeline, kind: str, *, input_name: str | 
     if kind == "waveform":
         name = check_name(input_name or io.get("waveform_input") or "waveform", "input name")
         sr = cfg.sample_rate_hz
-        lower = max(cfg.hop_length, cfg.n_fft if not cfg.center else 1)
+        lower = max(cfg.hop_length, cfg.frame_span if not cfg.center else 1)
         upper = int(coreml_max_seconds * sr)
         default = cfg.samples_for(cfg.num_frames) if cfg.num_frames else 3 * sr
         fixed = (f"; cropped or padded inside to {cfg.num_frames} frames = {cfg.samples_for(cfg.num_frames)} "

@@ -48,8 +48,13 @@ class EmotionLSTM(nn.Module):
         (the frames after it are to be masked). Training on every frame (``streaming_loss="frames"``)
         gives gradients at every step instead of only through the last one.
         """
-        out, _ = self.lstm(x)
-        return self.fc(self.dropout(out))
+        return self.steps(x)[0]
+
+    def steps(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``(logits after every frame (batch, frames, n_classes), hidden after the last)``: a stream
+        continuing from ``hidden`` that needs every frame's answer (``final_answer="mean"``)."""
+        out, hidden = self.lstm(x, hidden)
+        return self.fc(self.dropout(out)), hidden
 
     def padded_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of a zero-padded batch ``(batch, frames, n_features)`` read at each clip's last real frame.

@@ -415,17 +415,20 @@ def _add_routes(app: FastAPI) -> None:
     # -- streaming ----------------------------------------------------------------------------
     @app.websocket("/stream")
     async def stream(ws: WebSocket, labels: str | None = None, sample_rate_hz: int = 16000,
-                     api_key: str | None = None):
-        await _stream(ws, labels, sample_rate_hz, api_key)
+                     api_key: str | None = None, final_answer: str = "last"):
+        await _stream(ws, labels, sample_rate_hz, api_key, final_answer)
 
 
-async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None) -> None:
+async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
+                  final_answer: str = "last") -> None:
     """``WS /stream``: binary 16-bit little-endian PCM chunks in, one JSON update per chunk out.
 
     Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
     the server closes (1000). ``{"event": "reset"}`` starts over. A frame with an odd byte count
-    is answered with an error message and dropped; the connection stays usable. Streams longer
-    than ``EMOVOX_MAX_DURATION_S`` are closed with 1009; a wrong API key or bad parameters with 1008.
+    (or no bytes before any audio) is answered with an error message and dropped; the connection
+    stays usable. Streams longer than ``EMOVOX_MAX_DURATION_S`` are closed with 1009; a wrong API
+    key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models): every update
+    and the final one report the mean of every frame's probabilities instead of the last frame's.
     """
     s, st = _services(ws), _settings(ws)
     await ws.accept()
@@ -453,7 +456,12 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
         import soxr
 
         resampler = soxr.ResampleStream(sample_rate_hz, model_sr, 1, dtype="float32")
-    session = s.audio.stream(labels=labels, window_s=st.stream_window_s, max_buffer_s=st.max_duration_s)
+    try:
+        session = s.audio.stream(labels=labels, window_s=st.stream_window_s, max_buffer_s=st.max_duration_s,
+                                 final_answer=final_answer)
+    except ValueError as e:
+        await fail(str(e), WS_POLICY)
+        return
     max_samples = int(st.max_duration_s * sample_rate_hz)
     received = 0
 
@@ -486,7 +494,11 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
                     await fail(f"stream too long: more than {st.max_duration_s:g} s of audio "
                                "(EMOVOX_MAX_DURATION_S)", WS_TOO_BIG)
                     return
-                for update in await _in_thread(ws, push, pcm16_to_float(data)):
+                updates = await _in_thread(ws, push, pcm16_to_float(data))
+                if not updates:  # an empty frame before any audio: nothing to answer yet
+                    await ws.send_json(_out(ws, {**error_body("bad frame: no audio samples yet; frame dropped",
+                                                             {"bytes": 0}), "code": "bad_frame"}))
+                for update in updates:
                     await ws.send_json(_out(ws, {**update, "status": "success", "final": False}))
             elif text is not None:
                 try:
