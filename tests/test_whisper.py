@@ -273,7 +273,8 @@ def test_whisper_head_model_exports_to_onnx_matching_pytorch(ct2_folder, tmp_pat
     assert check["ok"] and check["max_abs_diff"] < 1e-4 and len(check["cases"]) >= 3
 
 
-def test_mean_head_is_a_probe_fit_per_c_and_padding_changes_nothing(ct2_folder, synth_corpus, tmp_path):
+@pytest.mark.parametrize("head", ["mean", "stats"])
+def test_probe_heads_are_fit_per_c_and_padding_changes_nothing(head, ct2_folder, synth_corpus, tmp_path):
     """--ssl-head mean: the training clips' per-layer time means fix the scaling, a logistic regression is fit
     for each --probe-c and the best on validation kept; the saved torch head gives the probe's own figures."""
     import json
@@ -283,9 +284,9 @@ def test_mean_head_is_a_probe_fit_per_c_and_padding_changes_nothing(ct2_folder, 
 
     out = tmp_path / "m"
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
-                 "--ssl-head", "mean", "--probe-c", "0.01,1", "--val_split", "0.25", "--seed", "0",
+                 "--ssl-head", head, "--probe-c", "0.01,1", "--val_split", "0.25", "--seed", "0",
                  "--threads", "1", "--no-progress", "--output_dir", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
-    assert json.loads((out / "model_config.json").read_text())["model"]["kwargs"]["head"] == "mean"
+    assert json.loads((out / "model_config.json").read_text())["model"]["kwargs"]["head"] == head
     history = json.loads((out / "training_history.json").read_text())
     assert [h["C"] for h in history] == [0.01, 1.0] and all(h["iterations"] > 0 for h in history)
     assert history[1]["train_loss"] < history[0]["train_loss"]  # weaker L2, closer fit
@@ -302,4 +303,7 @@ def test_mean_head_is_a_probe_fit_per_c_and_padding_changes_nothing(ct2_folder, 
     with torch.no_grad():
         both = net.head(torch.cat([states[:1], torch.nn.functional.pad(short, (0, 15))]), torch.tensor([40, 25]))
         alone = net.head(short)
+        pooled = net.pool_states(short).numpy()
     assert torch.allclose(both[1], alone[0], atol=1e-5)
+    assert pooled.shape[1] == net.pooled_mean.numel()  # what training fit on = what inference computes
+    np.testing.assert_allclose(pooled, net.pooled_rows([short[0].numpy()]), rtol=1e-4, atol=1e-4)

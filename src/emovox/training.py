@@ -152,7 +152,7 @@ class TrainConfig:
     num_workers: int | None = None
     eval_batch_size: int = 32
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    # --model ssl with the 'mean' head (a linear probe): inverse L2 strengths tried, the best on validation
+    # --model ssl with the 'mean' or 'stats' head (a linear probe): inverse L2 strengths tried, the best on validation
     # UAR kept; None: emovox.models.ssl.PROBE_C
     probe_c: list[float] | None = None
 
@@ -555,7 +555,8 @@ def output_lock(out: Path):
 
 
 def _fit_linear_probe(hooks, sets, y, labels, cfg: TrainConfig, say) -> tuple[list[dict[str, Any]], float, int]:
-    """Fit the ``mean`` head of ``--model ssl`` (standardised layer means → one linear layer) as what it is, a
+    """Fit a probe head of ``--model ssl`` (``mean``/``stats``: standardised per-layer time statistics → one linear
+    layer) as what it is, a
     multinomial logistic regression: scikit-learn's L-BFGS to the optimum for each inverse L2 strength C,
     class-balanced unless ``class_balance`` is "none", keeping the C with the best validation UAR.
 
@@ -565,12 +566,13 @@ def _fit_linear_probe(hooks, sets, y, labels, cfg: TrainConfig, say) -> tuple[li
 
     from .models.ssl import PROBE_C
 
+    model_head = hooks.model.head_kind
     if cfg.label_scope != "all":
-        raise TrainingError("--label-scope corpus needs a loss trained by epochs; the 'mean' head is fit as a "
+        raise TrainingError(f"--label-scope corpus needs a loss trained by epochs; the {model_head!r} head is fit as a "
                             "linear probe over all labels: leave --label-scope at 'all'")
     model, n = hooks.model, len(labels)
     x = {part: model.standardise(hooks.pooled(sets[part])) for part in ("train", "val")}
-    say(f"'mean' head: a linear probe on {x['train'].shape[1]} pooled features, fit by L-BFGS for each C "
+    say(f"{model_head!r} head: a linear probe on {x['train'].shape[1]} pooled features, fit by L-BFGS for each C "
         f"(--epochs, --lr, --crop-seconds and --mixup do not apply)")
     history, fits = [], []
     for i, c in enumerate(cfg.probe_c or PROBE_C):

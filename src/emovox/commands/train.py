@@ -95,11 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add(g, "--ssl-layers", dest="ssl_layers", default=None, metavar="LAYERS",
          help="hidden layers the head weighs: a range '6-12' or a list '0,4,8' (0: the transformer input; "
               "None: all); fewer layers, smaller cache")
-    _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention", "mean"], default="cnn",
-         help="1D CNN with mean/std pooling, attentive statistics pooling, or mean: standardised per-layer time "
-              "means and one linear layer (a linear probe)")
+    _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention", "mean", "stats"], default="cnn",
+         help="1D CNN with mean/std pooling, attentive statistics pooling, mean: standardised per-layer time "
+              "means and one linear layer (a linear probe), or stats: means and log standard deviations (a probe)")
     _add(g, "--probe-c", dest="probe_c", type=_floats, default=None, metavar="C,C,...",
-         help="the 'mean' head is fit as a logistic-regression probe: inverse L2 strengths to try, the best on "
+         help="the 'mean' and 'stats' heads are fit as a logistic-regression probe: inverse L2 strengths to try, "
+              "the best on "
               "validation UAR kept (default: five from 0.001 to 0.1, listed in the training log)")
     g = p.add_argument_group("training")
     _add(g, "--epochs", type=int, default=50)

@@ -41,7 +41,9 @@ from .common import length_mask
 
 log = logging.getLogger(__name__)
 
-HEADS = ("cnn", "attention", "mean")
+HEADS = ("cnn", "attention", "mean", "stats")
+#: Heads that are linear probes on pooled states (fit in closed form, not by epochs)
+PROBE_HEADS = ("mean", "stats")
 #: Inverse L2 strengths tried when the ``mean`` head is fit as a linear probe; validation UAR picks one.
 PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1)
 
@@ -115,12 +117,13 @@ class SSLHybrid(nn.Module):
         dim = self.hidden_dim = self.backbone.hidden_size
         self.layer_weights = nn.Parameter(torch.zeros(len(self.layers)))
         self.head_kind = head
-        if head == "mean":  # a linear probe: standardised per-layer time means → one linear layer
+        if head in PROBE_HEADS:  # a linear probe: standardised per-layer time statistics → one linear layer
             self.layer_weights.requires_grad_(False)  # the linear layer weighs the layers itself
             self.convs = self.pool = None
-            self.register_buffer("pooled_mean", torch.zeros(len(self.layers) * dim))
-            self.register_buffer("pooled_std", torch.ones(len(self.layers) * dim))
-            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(len(self.layers) * dim, n_classes))
+            n_pooled = len(self.layers) * dim * (2 if head == "stats" else 1)
+            self.register_buffer("pooled_mean", torch.zeros(n_pooled))
+            self.register_buffer("pooled_std", torch.ones(n_pooled))
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_pooled, n_classes))
         else:
             if head == "cnn":
                 self.convs = nn.Sequential(nn.Conv1d(dim, channels, 5, padding=2), nn.ReLU(),
@@ -187,26 +190,39 @@ class SSLHybrid(nn.Module):
     # -- computing
     def head(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states ``(batch, n_layers, hidden, frames)`` (+ frames per clip) → logits."""
-        if self.head_kind == "mean":
-            return self.classifier((self.layer_means(states.float(), lengths) - self.pooled_mean) / self.pooled_std)
+        if self.head_kind in PROBE_HEADS:
+            return self.classifier((self.pool_states(states.float(), lengths) - self.pooled_mean) / self.pooled_std)
         h = self.mix_layers(states.float())
         h, lengths = masked_sequential(self.convs, h, lengths)
         pooled = _stats_pool(h, lengths) if self.pool is None else self.pool(h, lengths)
         return self.classifier(pooled)
 
-    @staticmethod
-    def layer_means(states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, n_layers, hidden, frames)`` → each layer's mean over the real frames, ``(batch, n_layers * hidden)``."""
+    def pool_states(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, n_layers, hidden, frames)`` → each layer's mean over the real frames, ``(batch, n_layers *
+        hidden)``; the ``stats`` head adds each layer's log standard deviation, ``log(std + 1e-3)``, after them."""
         if lengths is None:
-            return states.mean(dim=-1).flatten(1)
-        m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
-        return ((states * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)).flatten(1)
+            m, n = None, torch.tensor(float(states.shape[-1]))
+        else:
+            m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
+            n = m.sum(dim=-1).clamp_min(1.0)
+        mean = (states if m is None else states * m).sum(dim=-1) / n
+        if self.head_kind != "stats":
+            return mean.flatten(1)
+        centred = states - mean[..., None]
+        var = ((centred if m is None else centred * m) ** 2).sum(dim=-1) / n
+        return torch.cat([mean.flatten(1), torch.log(var.sqrt() + 1e-3).flatten(1)], dim=1)
 
-    @staticmethod
-    def pooled_rows(features) -> np.ndarray:
-        """Cached ``(n_layers, hidden, frames)`` arrays → each clip's layer means, ``(clips, n_layers * hidden)``
-        float32: what the ``mean`` head reads, before its standardisation."""
-        return np.stack([np.asarray(f, dtype=np.float32).mean(axis=-1).reshape(-1) for f in features])
+    def pooled_rows(self, features) -> np.ndarray:
+        """Cached ``(n_layers, hidden, frames)`` arrays → each clip's pooled row, float32 (:meth:`pool_states`,
+        computed in NumPy): what a probe head reads, before its standardisation."""
+        def row(f):
+            x = np.asarray(f, dtype=np.float32)
+            parts = [x.mean(axis=-1).reshape(-1)]
+            if self.head_kind == "stats":
+                parts.append(np.log(x.std(axis=-1) + 1e-3).reshape(-1))
+            return np.concatenate(parts)
+
+        return np.stack([row(f) for f in features])
 
     def fit_pooled_stats(self, rows: np.ndarray) -> None:
         """The ``mean`` head's standardisation: mean and standard deviation of the training clips' pooled
@@ -386,13 +402,14 @@ class SSLTraining:
     @property
     def is_probe(self) -> bool:
         """The ``mean`` head is a linear probe: fit in closed form on pooled states, not by epochs of SGD."""
-        return self.model.head_kind == "mean"
+        return self.model.head_kind in PROBE_HEADS
 
     def prepare(self, train_set) -> None:
         """Fit what the head computes from the training data before training (the ``mean`` head's scaling)."""
         if self.is_probe:
             if self.finetune:
-                raise ValueError("the 'mean' head standardises frozen states: it cannot fine-tune the backbone")
+                raise ValueError(f"the {self.model.head_kind!r} head standardises frozen states: it cannot fine-tune "
+                                 f"the backbone")
             self.model.fit_pooled_stats(self.pooled(train_set))
 
     def pooled(self, feature_set) -> np.ndarray:
