@@ -173,6 +173,46 @@ def test_corrupt_and_hostile_model_files(cnn_dir, tmp_path):
         load_model(bad)
 
 
+def test_model_folders_that_lie_are_refused_before_anything_is_built(cnn_dir, tmp_path):
+    import os
+    import shutil
+    import tracemalloc
+
+    def damaged(name, change):
+        d = tmp_path / name
+        shutil.copytree(cnn_dir, d)
+        ck = torch.load(d / "best_model.pth", weights_only=True)
+        change(ck)
+        torch.save(ck, d / "best_model.pth")
+        return d
+
+    def nan(ck):
+        key = next(iter(ck["state_dict"]))
+        ck["state_dict"][key] = torch.full_like(ck["state_dict"][key], float("nan"))
+
+    with pytest.raises(ModelLoadError, match="holds NaN or infinite values"):
+        load_model(damaged("nan", nan))
+    fewer = damaged("labels", lambda ck: ck["config"].update(labels=ck["config"]["labels"][:2]))
+    with pytest.raises(ModelLoadError, match="do not match the model config: .* in the file"):
+        load_model(fewer)
+    huge = damaged("huge", lambda ck: ck["config"]["model"]["kwargs"].update(channels=[100_000, 100_000, 100_000]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelLoadError, match="do not match the model config"):
+            load_model(huge)  # the config claims ~10^11 parameters: nothing of that size is allocated
+        assert tracemalloc.get_traced_memory()[1] < 200e6
+    finally:
+        tracemalloc.stop()
+    outside = tmp_path / "outside"
+    shutil.copytree(cnn_dir, outside)
+    linked = tmp_path / "linked"
+    shutil.copytree(cnn_dir, linked)
+    os.remove(linked / "best_model.pth")
+    os.symlink(outside / "best_model.pth", linked / "best_model.pth")
+    with pytest.raises(ModelLoadError, match="outside the model folder"):
+        load_model(linked)
+
+
 def test_silent_clip_is_classified_and_flagged(cnn_dir):
     p = load_model(cnn_dir).predict(np.zeros(SR, np.float32), sample_rate_hz=SR)
     assert p.silent and p.to_dict()["silent"] is True

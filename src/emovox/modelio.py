@@ -289,6 +289,32 @@ def build_from_config(config: dict[str, Any], *, model_dir: str | os.PathLike | 
                        model_dir=model_dir, **config["model"].get("kwargs", {}))
 
 
+def _check_weights(weights: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Before a model is built: every saved tensor is finite, and (for models whose weights are all saved) the
+    config's architecture, built on the meta device (no memory), has exactly the saved shapes, so a config
+    that lies about its size cannot make emovox allocate it."""
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise ModelLoadError(f"{weights}: state_dict entry {key!r} is a {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelLoadError(f"{weights}: weight {key!r} holds NaN or infinite values (a diverged or damaged "
+                                 f"model)")
+    name = (config.get("model") or {}).get("name")
+    if name == "ssl":  # its frozen backbone is referenced, not saved, and loads from its own source
+        return
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - any failure here is a config that cannot build
+        raise ModelLoadError(f"{weights}: invalid model config: {e}") from e
+    for key in sorted(set(shapes) | set(state)):
+        saved = tuple(state[key].shape) if key in state else None
+        if saved != shapes.get(key):
+            raise ModelLoadError(f"{weights}: weights do not match the model config: {key!r} is "
+                                 f"{saved if saved is not None else 'missing'} in the file, "
+                                 f"{shapes.get(key, 'absent')} in the config's architecture")
+
+
 def _folder_hint(p: Path) -> str:
     """What a non-emovox model folder looks like, for the error message."""
     if (p / "config.json").is_file():
@@ -315,8 +341,12 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
     weights = p / WEIGHTS_FILE if p.is_dir() else p
     if p.is_dir() and not weights.exists():
         raise ModelLoadError(f"{p}: not an emovox model folder (missing {WEIGHTS_FILE}){_folder_hint(p)}")
+    if p.is_dir() and not weights.resolve().is_relative_to(p.resolve()):
+        raise ModelLoadError(f"{weights}: a symbolic link to {weights.resolve()}, outside the model folder; emovox "
+                             f"reads only files inside it: copy the file in")
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
+    _check_weights(weights, ckpt["state_dict"], config)
     try:
         model = build_from_config(config, model_dir=weights.parent)
     except ModelLoadError as e:  # e.g. an ssl model's backbone that cannot be found: the message says it all
