@@ -167,7 +167,7 @@ def test_a_request_waiting_past_its_timeout_gets_503_and_is_not_run(model_dir, c
     queued, running_one, after, exposition = asyncio.run(scenario())
     for r in (queued, running_one):
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
-        assert "timed out after 0.3 s" in r.json()["error"] and r.json()["detail"]["reason"] == "timeout"
+        assert "no answer within 0.3 s" in r.json()["error"] and r.json()["detail"]["reason"] == "timeout"
     assert after.status_code == 200
     m = metrics(exposition)
     assert m[("emovox_requests_shed_total", (("reason", "timeout"),))] == 2

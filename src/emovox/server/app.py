@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -41,7 +42,7 @@ from ..labels import TAXONOMIES, LabelError, music_mood
 from . import schemas
 from .batching import DynamicBatcher, Overloaded
 from .clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
-from .observability import Metrics, ObservabilityMiddleware
+from .observability import ARRIVED, Metrics, ObservabilityMiddleware
 from .services import Services, load_services
 from .settings import Settings
 from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
@@ -145,12 +146,21 @@ def _check_labels(services: Services, labels: str | None) -> str | None:
     return labels
 
 
+def _time_left(request: Request) -> float:
+    """Seconds left of the request's timeout, counted from its arrival (reading its upload included)."""
+    arrived = getattr(request.state, ARRIVED, None)
+    waited = 0.0 if arrived is None else time.monotonic() - arrived
+    return _settings(request).request_timeout_s - waited
+
+
 @contextlib.contextmanager
 def _model_slot(request: Request) -> Iterator[DynamicBatcher]:
     """A place in the queue for one request's model work (decoding, batching, inference): 503 with
     ``Retry-After`` when none is free, when the request waits too long, or while shutting down."""
     batcher: DynamicBatcher = request.app.state.batcher
     try:
+        if _time_left(request) <= 0:  # it waited its whole time before reaching the queue: shed it now
+            raise batcher.timed_out()
         with batcher.admit():
             yield batcher
     except Overloaded as e:  # TimedOut too
@@ -376,7 +386,7 @@ def _add_routes(app: FastAPI) -> None:
         with _model_slot(request) as batcher:
             job, duration = await _in_thread(request, decode_clip, s.audio, upload.data, labels=labels,
                                              max_duration_s=st.max_duration_s)
-            return await batcher.run(job), duration
+            return await batcher.run(job, timeout_s=_time_left(request)), duration
 
     # -- predictions -------------------------------------------------------------------------
     @app.post("/predict-emotion/", response_model=schemas.EmotionResponse, response_model_exclude_none=True,

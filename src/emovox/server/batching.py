@@ -145,19 +145,25 @@ class DynamicBatcher(Generic[Item, Result]):
         finally:
             self._change_depth(-1)
 
-    async def run(self, item: Item) -> Result:
-        """Queue ``item`` for the next batch and wait for its result (within ``timeout_s``)."""
+    def timed_out(self) -> TimedOut:
+        return TimedOut(f"request timed out: no answer within {self.timeout_s:g} s of its arrival "
+                        "(EMOVOX_REQUEST_TIMEOUT_S); the service is overloaded, retry later", self.retry_after_s())
+
+    async def run(self, item: Item, *, timeout_s: float | None = None) -> Result:
+        """Queue ``item`` for the next batch and wait for its result, at most ``timeout_s`` (default: the
+        batcher's; what is left of a request's time when it has already waited elsewhere)."""
         if self._closed or self._dispatcher is None:
             raise Overloaded("the service is not running", MIN_RETRY_S, "closed")
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if timeout_s is not None and timeout_s <= 0:
+            raise self.timed_out()
         job: _Job = _Job(item, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._arrived.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except asyncio.TimeoutError:
-            raise TimedOut(f"request timed out after {self.timeout_s:g} s waiting for the model (queue and "
-                           "inference; EMOVOX_REQUEST_TIMEOUT_S): the service is overloaded, retry later",
-                           self.retry_after_s()) from None
+            raise self.timed_out() from None
         finally:
             job.future.cancel()  # no-op when answered; else a queued job is skipped, a running one's result dropped
 

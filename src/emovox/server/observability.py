@@ -46,6 +46,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("emovox.access")
 
+#: ``request.state`` key: when the request arrived (``time.monotonic()``), for timeouts counted from then.
+ARRIVED = "emovox_arrived"
 #: The environment variable prometheus-client reads for its multiprocess mode.
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -114,6 +116,7 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        scope.setdefault("state", {})[ARRIVED] = time.monotonic()
         request_id = _request_id(scope)
         answer = {"status": 500, "bytes": 0}  # an exception escaping the app becomes a 500
 
