@@ -638,8 +638,8 @@ def test_websocket_final_answer_mean_needs_a_frame_model(client):
 # -- service behaviour ------------------------------------------------------------------------------
 
 def test_inference_runs_off_the_event_loop_behind_a_limiter(model_dir, clip):
-    """With one inference slot and a slow model, health answers at once and predictions queue."""
-    app = create_app(settings_for(model_dir).replace(max_concurrency=1))
+    """With one inference thread, no batching and a slow model, health answers at once and predictions queue."""
+    app = create_app(settings_for(model_dir).replace(max_concurrency=1, max_batch=1))
     done_at: dict[str, float] = {}
 
     async def timed(name, request):
@@ -650,13 +650,13 @@ def test_inference_runs_off_the_event_loop_behind_a_limiter(model_dir, clip):
     async def scenario():
         async with app.router.lifespan_context(app):
             model = app.state.services.audio
-            real = model.predict
+            real = model.probabilities
 
-            def slow_predict(*a, **k):
+            def slow_probabilities(*a, **k):
                 time.sleep(0.6)  # blocking, as real inference is
                 return real(*a, **k)
 
-            model.predict = slow_predict
+            model.probabilities = slow_probabilities
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
                 preds = [asyncio.create_task(timed(f"p{i}", ac.post("/predict-emotion/", files={"file": ("a.wav", clip)})))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
@@ -32,12 +34,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "since flags show in the process list")
     p.add_argument("--cors-origins", default=None,
                    help="comma-separated origins allowed to call the API from browsers (env EMOVOX_CORS_ORIGINS)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own models and batches (see docs/server.md for when "
+                        "more than one helps)")
     p.add_argument("--limit-concurrency", type=int, default=None,
                    help="uvicorn: connections at once per worker before answering 503 (bounds the memory held "
                         "by simultaneous uploads, each up to --max-upload-mb)")
     p.add_argument("--max-concurrency", type=int, default=None,
-                   help="inferences at once per worker (env EMOVOX_MAX_CONCURRENCY; default min(4, cores))")
+                   help="inference threads per worker, each running one batch at a time, and as many decoding "
+                        "threads (env EMOVOX_MAX_CONCURRENCY; default min(4, cores))")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most clips from concurrent requests classified together; 1 switches batching off "
+                        "(env EMOVOX_MAX_BATCH; default 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=None,
+                   help="longest a clip waits for others to join its batch (env EMOVOX_BATCH_WAIT_MS; default 5)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="clip and timeline requests in a worker at once (decoding, queued, running); past it 503 "
+                        "with Retry-After (env EMOVOX_MAX_QUEUE; default 64)")
+    p.add_argument("--request-timeout-s", type=float, default=None,
+                   help="longest a request waits for the model, queue and inference; past it 503 "
+                        "(env EMOVOX_REQUEST_TIMEOUT_S; default 30)")
+    p.add_argument("--load-in-background", action="store_const", const=True, default=None,
+                   help="bind the port first and load the models after: /healthz answers at once, /readyz and "
+                        "the model routes 503 until they are loaded (env EMOVOX_LOAD_IN_BACKGROUND; default: "
+                        "load first, and refuse to start without a usable model)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads per inference (env EMOVOX_TORCH_THREADS; default 1: requests run "
                         "in parallel instead, which is much faster on a busy CPU)")
@@ -50,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "('none': no file; default: $EMOVOX_ENV_FILE, else ./.env when it exists)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
+    p.add_argument("--access-log", default="json", choices=["json", "off"],
+                   help="one JSON line per request on stdout (method, path, route, status, duration_ms, bytes, "
+                        "client, request_id), or none")
 
 
 def run(args) -> int:
@@ -59,8 +82,9 @@ def run(args) -> int:
         print("emovox serve: error: the server needs its extras: pip install 'emovox[serve]'", file=sys.stderr)
         return 2
     from ..server.app import create_app
+    from ..server.observability import log_config
     from ..server.services import load_services
-    from ..server.settings import ENV_FILE_VARIABLE, Settings
+    from ..server.settings import Settings
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -68,7 +92,8 @@ def run(args) -> int:
         model=args.model, text_model=args.text_model, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration_s, api_key=args.api_key, cors_origins=args.cors_origins,
         max_concurrency=args.max_concurrency, use_mock_models=args.mock, torch_threads=args.torch_threads,
-        env_file=args.env_file,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout_s, load_in_background=args.load_in_background, env_file=args.env_file,
     )
     if settings.torch_threads is None:
         settings = settings.replace(torch_threads=1)
@@ -76,18 +101,36 @@ def run(args) -> int:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the service "
                     "(set EMOVOX_API_KEY)", args.host)
     # Load the models before binding the port: a missing or broken model is one clear line, exit 2.
-    services = load_services(settings)
+    services = None if settings.load_in_background else load_services(settings)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    mocks = [what for what, m in (("speech", services.mock), ("text", services.text_mock)) if m]
-    print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs)"
-          f"{'  [MOCK MODELS: ' + ', '.join(mocks) + ']' if mocks else ''}", file=sys.stderr)
+    mocks = [what for what, m in (("speech", services.mock), ("text", services.text_mock)) if services and m]
+    print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs, probes /healthz /readyz, "
+          f"metrics /metrics){'  [MOCK MODELS: ' + ', '.join(mocks) + ']' if mocks else ''}", file=sys.stderr)
+    uv = {"host": args.host, "port": args.port, "log_level": args.log_level, "limit_concurrency": args.limit_concurrency,
+          "access_log": False, "log_config": log_config(access=args.access_log == "json")}
     if args.workers == 1:
-        uvicorn.run(create_app(settings, services=services), host=args.host, port=args.port, log_level=args.log_level,
-                    limit_concurrency=args.limit_concurrency)
+        uvicorn.run(create_app(settings, services=services), **uv)
     else:
         del services  # each worker loads its own, from the same settings passed through the environment
-        os.environ.update(settings.to_env())
-        os.environ[ENV_FILE_VARIABLE] = "none"  # the settings are all in the environment now
-        uvicorn.run("emovox.server.app:create_app", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=args.log_level, limit_concurrency=args.limit_concurrency)
+        _run_workers(settings, args.workers, uv)
     return 0
+
+
+def _run_workers(settings, workers: int, uv: dict) -> None:
+    """``uvicorn --workers``: the settings travel in the environment; the workers' metrics are merged
+    through prometheus-client's multiprocess folder (a fresh one, removed afterwards, unless set)."""
+    import uvicorn
+
+    from ..server.observability import MULTIPROC_VARIABLE
+    from ..server.settings import ENV_FILE_VARIABLE
+
+    os.environ.update(settings.to_env())
+    os.environ[ENV_FILE_VARIABLE] = "none"  # the settings are all in the environment now
+    own_metrics_dir = MULTIPROC_VARIABLE not in os.environ
+    if own_metrics_dir:
+        os.environ[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="emovox-metrics-")
+    try:
+        uvicorn.run("emovox.server.app:create_app", factory=True, workers=workers, **uv)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(os.environ.pop(MULTIPROC_VARIABLE), ignore_errors=True)

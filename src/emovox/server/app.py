@@ -5,18 +5,24 @@
 
 ``uvicorn emovox.server.app:create_app --factory`` serves it with settings from the
 environment; ``emovox serve`` does the same from flags. Models load once, when the service
-starts (the lifespan), never at import. Inference runs in worker threads behind a capacity
-limiter, so a slow request never stalls the event loop. Uploads are parsed in memory within
-``EMOVOX_MAX_UPLOAD_MB``; no client input is ever used as a file path.
+starts (the lifespan; or just after, with ``load_in_background``), never at import. Uploads are
+parsed in memory within ``EMOVOX_MAX_UPLOAD_MB``; no client input is ever used as a file path.
+Clips are decoded in worker threads and classified in batches across requests
+(:mod:`.batching`, :mod:`.clips`) on inference threads, so the event loop never waits for a
+model; a bounded queue answers 503 with ``Retry-After`` past its limit. ``/healthz``,
+``/readyz`` and ``/metrics`` (:mod:`.observability`) are for operators.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
@@ -31,9 +37,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..audio import AudioError, audio_info, pcm16_to_float
+from ..audio import AudioError, pcm16_to_float
 from ..labels import TAXONOMIES, LabelError, music_mood
 from . import schemas
+from .batching import DynamicBatcher, Overloaded
+from .clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
+from .observability import ARRIVED, Metrics, ObservabilityMiddleware
 from .services import Services, load_services
 from .settings import Settings
 from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
@@ -41,15 +50,15 @@ from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Routes that stay open when an API key is set: health, the web page and the API docs.
-OPEN_ROUTES = ("/", "/ui", "/ui/app.js", "/ui/style.css", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+#: Routes that stay open when an API key is set: health, probes, metrics, the web page and the API docs.
+OPEN_ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/ui", "/ui/app.js", "/ui/style.css", "/docs",
+               "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 #: Static files of the web page (name -> media type); nothing else is ever read from disk.
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}
 UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
           "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
           "frame-ancestors 'none'")
-AUDIO_FORMATS = "WAV, FLAC, Ogg/Vorbis, Ogg/Opus, MP3, AIFF"
 #: Most windows one timeline request may compute (duration / hop_s), so one request cannot pin a CPU for minutes.
 MAX_TIMELINE_WINDOWS = 1200
 #: WebSocket close codes.
@@ -64,6 +73,8 @@ ERRORS = {
     413: {"model": schemas.ErrorResponse, "description": "upload larger than EMOVOX_MAX_UPLOAD_MB, or audio longer than EMOVOX_MAX_DURATION_S"},
     415: {"model": schemas.ErrorResponse, "description": f"not an audio file (accepted: {AUDIO_FORMATS})"},
     422: {"model": schemas.ErrorResponse, "description": "missing multipart field or invalid parameters"},
+    503: {"model": schemas.ErrorResponse, "description": "overloaded (the queue is full, or the request waited longer "
+                                                          "than EMOVOX_REQUEST_TIMEOUT_S) or still loading; see Retry-After"},
 }
 
 
@@ -81,7 +92,20 @@ def _multipart_doc(*names: str) -> dict[str, Any]:
 
 
 def _services(request: Request | WebSocket) -> Services:
-    return request.app.state.services
+    """The loaded models; 503 with ``Retry-After`` while they load in the background."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        request.app.state.metrics.shed.labels("loading").inc()
+        raise _not_ready(request.app)
+    return services
+
+
+def _not_ready(app: FastAPI) -> ApiError:
+    failed = getattr(app.state, "load_error", None)
+    if failed:
+        return ApiError(503, f"the models failed to load: {failed}", {"reason": "load_failed"})
+    return ApiError(503, "the service is starting: the models are still loading; retry shortly",
+                    {"reason": "loading", "retry_after_s": 1}, headers={"Retry-After": "1"})
 
 
 def _settings(request: Request | WebSocket) -> Settings:
@@ -122,38 +146,31 @@ def _check_labels(services: Services, labels: str | None) -> str | None:
     return labels
 
 
-def _audio_error(e: AudioError) -> ApiError:
-    msg = str(e)
-    if "too long" in msg:
-        return ApiError(413, msg)
-    return ApiError(400, msg)
+def _time_left(request: Request) -> float:
+    """Seconds left of the request's timeout, counted from its arrival (reading its upload included)."""
+    arrived = getattr(request.state, ARRIVED, None)
+    waited = 0.0 if arrived is None else time.monotonic() - arrived
+    return _settings(request).request_timeout_s - waited
 
 
-def _decode_check(data: bytes, settings: Settings) -> float:
-    """Header checks before decoding: 400 empty, 415 not audio, 413 too long. Returns the duration (s)."""
-    if not data:
-        raise ApiError(400, "empty upload: the audio file has 0 bytes")
+@contextlib.contextmanager
+def _model_slot(request: Request) -> Iterator[DynamicBatcher]:
+    """A place in the queue for one request's model work (decoding, batching, inference): 503 with
+    ``Retry-After`` when none is free, when the request waits too long, or while shutting down."""
+    batcher: DynamicBatcher = request.app.state.batcher
     try:
-        info = audio_info(data)
-    except AudioError as e:
-        raise ApiError(415, f"unsupported or unrecognised audio: {e}", {"accepted": AUDIO_FORMATS}) from e
-    if info.duration_s > settings.max_duration_s:
-        raise ApiError(413, f"audio too long: {info.duration_s:.1f} s exceeds the maximum of "
-                            f"{settings.max_duration_s:g} s (EMOVOX_MAX_DURATION_S)",
-                       {"duration_s": round(info.duration_s, 3), "max_duration_s": settings.max_duration_s})
-    return info.duration_s
-
-
-def _predict(services: Services, settings: Settings, data: bytes, labels: str | None):
-    duration = _decode_check(data, settings)
-    try:
-        return services.audio.predict(data, labels=labels), duration
-    except AudioError as e:
-        raise _audio_error(e) from e
+        if _time_left(request) <= 0:  # it waited its whole time before reaching the queue: shed it now
+            raise batcher.timed_out()
+        with batcher.admit():
+            yield batcher
+    except Overloaded as e:  # TimedOut too
+        request.app.state.metrics.shed.labels(e.reason).inc()
+        raise ApiError(503, str(e), {"reason": e.reason, "retry_after_s": e.retry_after_s},
+                       headers={"Retry-After": str(e.retry_after_s)}) from e
 
 
 def _timeline(services: Services, settings: Settings, data: bytes, labels: str | None, window_s: float, hop_s: float):
-    duration = _decode_check(data, settings)
+    duration = check_header(data, max_duration_s=settings.max_duration_s)
     n_windows = 1 + max(0.0, duration - window_s) / hop_s
     if n_windows > MAX_TIMELINE_WINDOWS:
         raise ApiError(400, f"too many timeline windows: {duration:.0f} s with hop_s={hop_s:g} gives {n_windows:.0f}, "
@@ -162,7 +179,7 @@ def _timeline(services: Services, settings: Settings, data: bytes, labels: str |
     try:
         return services.audio.timeline(data, labels=labels, window_s=window_s, hop_s=hop_s)
     except AudioError as e:
-        raise _audio_error(e) from e
+        raise audio_error(e) from e
 
 
 def _round(x: float) -> float:
@@ -209,20 +226,21 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             import torch
 
             torch.set_num_threads(int(settings.torch_threads))
-        if services is None:
-            try:
-                app.state.services = await anyio.to_thread.run_sync(load_services, settings)
-            except Exception as e:
-                log.error("emovox server cannot start: %s", e)
-                raise
-        else:
-            app.state.services = services
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
-        s = app.state.services
-        log.info("emovox server ready: speech model %s (%s)%s, text %s%s", s.audio_info["name"],
-                 s.audio_info["version"], " [MOCK]" if s.mock else "",
-                 s.text_info.get("name") if s.text_info["available"] else "unavailable", " [MOCK]" if s.text_mock else "")
-        yield
+        app.state.batcher = _batcher(app, settings)
+        await app.state.batcher.start()
+        loading = None
+        try:
+            if services is None and settings.load_in_background:
+                loading = asyncio.create_task(_load_in_background(app, settings))
+            else:
+                await _load(app, settings, services)
+            yield
+        finally:
+            if loading is not None and not loading.done():
+                loading.cancel()
+            await app.state.batcher.close()
+            Metrics.process_exited()
 
     app = FastAPI(
         title="emovox",
@@ -234,6 +252,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     mock = _mock_flag(app)
     _install_error_handlers(app, mock)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, mock=mock)
@@ -250,9 +269,45 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
     _add_routes(app)
+    _add_operations_routes(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics, router=app.router)
     # the seeds' clients call "/predict-emotion" as often as "/predict-emotion/": serve both, not a 307
     app.add_middleware(SlashAliases, paths={r.path for r in app.routes if r.path.endswith("/") and r.path != "/"})
     return app
+
+
+def _batcher(app: FastAPI, settings: Settings) -> DynamicBatcher:
+    """Clips from concurrent requests, classified together on ``max_concurrency`` inference threads."""
+    metrics: Metrics = app.state.metrics
+    return DynamicBatcher(lambda jobs: classify_clips(app.state.services.audio, jobs),
+                          max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000,
+                          max_queue=settings.max_queue, workers=settings.max_concurrency,
+                          timeout_s=settings.request_timeout_s, on_batch=metrics.observe_batch,
+                          on_depth=metrics.change_depth)
+
+
+async def _load(app: FastAPI, settings: Settings, services: Services | None) -> None:
+    """Load the models (unless given) and publish them: from here on the service is ready."""
+    if services is None:
+        try:
+            services = await anyio.to_thread.run_sync(load_services, settings)
+        except Exception as e:
+            log.error("emovox server cannot start: %s", e)
+            raise
+    for name, seconds in services.load_s.items():
+        app.state.metrics.model_load.labels(name).set(seconds)
+    app.state.services = s = services
+    log.info("emovox server ready: speech model %s (%s)%s, text %s%s", s.audio_info["name"],
+             s.audio_info["version"], " [MOCK]" if s.mock else "",
+             s.text_info.get("name") if s.text_info["available"] else "unavailable", " [MOCK]" if s.text_mock else "")
+
+
+async def _load_in_background(app: FastAPI, settings: Settings) -> None:
+    """``load_in_background``: a failed load is logged and kept; /healthz and /readyz then answer 503 with it."""
+    try:
+        await _load(app, settings, None)
+    except Exception as e:
+        app.state.load_error = f"{type(e).__name__}: {e}"
 
 
 class SlashAliases:
@@ -322,13 +377,16 @@ def _add_routes(app: FastAPI) -> None:
             raise ApiError(404, f"no such page asset: {name!r}")
         return Response(_static(name), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
-    async def classify_upload(request: Request, labels: str | None, fields: tuple[str, ...], work=None, *args):
-        """Check the labels, read the upload from one of ``fields`` and run ``work`` (default: one
-        prediction) off the event loop on its bytes."""
+    async def classify_upload(request: Request, labels: str | None, fields: tuple[str, ...]):
+        """Check the labels, read the upload from one of ``fields``, decode it in a worker thread and
+        classify it in the next batch. -> (prediction, duration in seconds)"""
         s, st = _services(request), _settings(request)
         labels = _check_labels(s, labels)
         upload = await read_upload(request, fields)
-        return await _in_thread(request, work or _predict, s, st, upload.data, labels, *args)
+        with _model_slot(request) as batcher:
+            job, duration = await _in_thread(request, decode_clip, s.audio, upload.data, labels=labels,
+                                             max_duration_s=st.max_duration_s)
+            return await batcher.run(job, timeout_s=_time_left(request)), duration
 
     # -- predictions -------------------------------------------------------------------------
     @app.post("/predict-emotion/", response_model=schemas.EmotionResponse, response_model_exclude_none=True,
@@ -366,8 +424,12 @@ def _add_routes(app: FastAPI) -> None:
     async def predict_timeline(request: Request, labels: str | None = LABELS_QUERY,
                                window_s: float = Query(3.0, ge=0.5, le=30.0, description="window length, seconds"),
                                hop_s: float = Query(1.0, ge=0.25, le=30.0, description="hop between windows, seconds")):
-        tl = await classify_upload(request, labels, ("file",), _timeline, window_s, hop_s)
-        return _out(request, {**tl.to_dict(), "status": "success", "model": _services(request).audio.name})
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("file",))
+        with _model_slot(request):  # its windows are batched within the request
+            tl = await _in_thread(request, _timeline, s, st, upload.data, labels, window_s, hop_s)
+        return _out(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
 
     @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
@@ -417,6 +479,32 @@ def _add_routes(app: FastAPI) -> None:
     async def stream(ws: WebSocket, labels: str | None = None, sample_rate_hz: int = 16000,
                      api_key: str | None = None, final_answer: str = "last"):
         await _stream(ws, labels, sample_rate_hz, api_key, final_answer)
+
+
+def _add_operations_routes(app: FastAPI) -> None:
+    """Probes and metrics for orchestrators and monitoring (open, like ``GET /``)."""
+
+    @app.get("/healthz", response_model=schemas.Probe, tags=["service"], summary="Liveness: the process answers",
+             responses={503: {"model": schemas.ErrorResponse, "description": "the models failed to load"}})
+    async def healthz(request: Request):
+        failed = getattr(request.app.state, "load_error", None)
+        if failed:
+            raise _not_ready(request.app)
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=schemas.Probe, tags=["service"],
+             summary="Readiness: the models are loaded and requests are taken",
+             responses={503: {"model": schemas.ErrorResponse, "description": "still loading (Retry-After), or failed"}})
+    async def readyz(request: Request):
+        if getattr(request.app.state, "services", None) is None:
+            raise _not_ready(request.app)
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics (text format)",
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics(request: Request) -> Response:
+        body, content_type = request.app.state.metrics.exposition()
+        return Response(body, media_type=content_type)
 
 
 async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,

@@ -5,12 +5,14 @@
 
 The listening socket is bound here (port 0: the kernel picks a free port) and handed to uvicorn
 with ``--fd``, so there is no race for the port. Settings travel as environment variables
-(:meth:`Settings.to_env`). The child is stopped (SIGTERM, then SIGKILL) on exit.
+(:meth:`Settings.to_env`). It is up when ``/readyz`` answers 200 (models loaded). The child is
+stopped (SIGTERM, then SIGKILL) on exit.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from .observability import MULTIPROC_VARIABLE
 
 
 class ServerStartError(RuntimeError):
@@ -52,6 +56,9 @@ def server_process(env: Mapping[str, str] | None = None, *, host: str = "127.0.0
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
     child_env = {**os.environ, **(env or {})}
+    metrics_dir = None
+    if workers > 1 and not child_env.get(MULTIPROC_VARIABLE):  # every worker's metrics at any worker's /metrics
+        metrics_dir = child_env[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="emovox-metrics-")
     log = tempfile.NamedTemporaryFile(prefix="emovox-server-", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "uvicorn", "emovox.server.app:create_app", "--factory", "--fd", str(sock.fileno()),
            "--log-level", log_level, "--no-access-log"]
@@ -66,7 +73,7 @@ def server_process(env: Mapping[str, str] | None = None, *, host: str = "127.0.0
             if proc.poll() is not None:
                 raise ServerStartError(f"server exited with code {proc.returncode} before answering:\n{srv.log()[-4000:]}")
             try:
-                with urllib.request.urlopen(srv.url + "/", timeout=2) as r:
+                with urllib.request.urlopen(srv.url + "/readyz", timeout=2) as r:
                     if r.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -88,3 +95,5 @@ def server_process(env: Mapping[str, str] | None = None, *, host: str = "127.0.0
             os.unlink(log.name)
         except OSError:
             pass
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

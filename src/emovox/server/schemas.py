@@ -188,3 +188,9 @@ class Health(BaseModel):
     limits: dict[str, float] = Field(description="max_upload_mb, max_duration_s, confidence_threshold")
     auth: dict[str, Any] = Field(description="whether an API key is required and which routes stay open")
     links: dict[str, str]
+
+
+class Probe(BaseModel):
+    """``/healthz`` and ``/readyz`` when they pass (a failing probe answers 503 with an ErrorResponse)."""
+
+    status: str = Field("ok", description='"ok"')

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class Services:
     mock: bool = False
     #: the text model is a mock
     text_mock: bool = False
+    #: seconds each model took to load ("speech", "text")
+    load_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def any_mock(self) -> bool:
@@ -76,14 +79,20 @@ def load_services(settings: Settings) -> Services:
     ``USE_MOCK_MODELS=true``: both models are mocks. ``auto``: each model that cannot be loaded (the
     speech model, or a text model when none loads) is replaced by its mock, with a loud warning.
     """
+    t0 = time.perf_counter()
+    services = _load_speech(settings)
+    t1 = time.perf_counter()
+    services = _load_text(settings, services)
+    services.load_s = {"speech": t1 - t0, "text": time.perf_counter() - t1}
+    return services
+
+
+def _load_speech(settings: Settings) -> Services:
+    """The speech model (or its mock), in Services without a text model yet."""
     if settings.use_mock_models is True:
         log.warning("USE_MOCK_MODELS is on: answers are deterministic fakes, labelled \"mock\": true")
         audio = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s)
-        if settings.text_disabled:
-            text, text_info = None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
-        else:
-            text, text_info = _mock_text()
-        return Services(audio, _audio_info(audio, mock=True), text, text_info, mock=True, text_mock=text is not None)
+        return Services(audio, _audio_info(audio, mock=True), mock=True)
     try:
         audio = load_model(settings.model, threshold=settings.threshold, max_duration_s=settings.max_duration_s)
         audio_info, audio_mock = _audio_info(audio), False
@@ -98,11 +107,23 @@ def load_services(settings: Settings) -> Services:
         _warn_mock("speech", str(e))
         audio, audio_mock = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s), True
         audio_info = {**_audio_info(audio, mock=True), "mock_reason": str(e)}
-    if settings.mock_auto:
+    return Services(audio, audio_info, mock=audio_mock)
+
+
+def _load_text(settings: Settings, services: Services) -> Services:
+    """``services`` with the text model the settings name (or its mock, or none)."""
+    if settings.use_mock_models is True:
+        if settings.text_disabled:
+            text, text_info = None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
+        else:
+            text, text_info = _mock_text()
+        text_mock = text is not None
+    elif settings.mock_auto:
         text, text_info, text_mock = _text_or_mock(settings)
     else:
         (text, text_info), text_mock = load_text(settings), False
-    return Services(audio, audio_info, text, text_info, mock=audio_mock, text_mock=text_mock)
+    services.text, services.text_info, services.text_mock = text, text_info, text_mock
+    return services
 
 
 def _warn_mock(what: str, reason: str) -> None:

@@ -15,6 +15,11 @@ python-dotenv; ``EMOVOX_ENV_FILE`` or ``emovox serve --env-file PATH`` names ano
 | ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any) |
 | ``EMOVOX_MAX_CONCURRENCY`` | min(4, cores) | inferences run at once in worker threads |
 | ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | torch intra-op threads, set when the service starts |
+| ``EMOVOX_MAX_BATCH`` | 16 | most clips classified together (1: no batching) |
+| ``EMOVOX_BATCH_WAIT_MS`` | 5 | longest a clip waits for others to join its batch, ms |
+| ``EMOVOX_MAX_QUEUE`` | 64 | clip requests in the service at once; past it 503 with ``Retry-After`` |
+| ``EMOVOX_REQUEST_TIMEOUT_S`` | 30 | longest a request waits for the model (queue and inference); past it 503 |
+| ``EMOVOX_LOAD_IN_BACKGROUND`` | false | serve at once and load the models after (``/readyz`` 503 until loaded) |
 | ``USE_MOCK_MODELS`` | false | ``true``: deterministic fake outputs, labelled ``"mock": true`` (front-end development); ``auto``: real models, and a mock only for a model that cannot be loaded (logged loudly, labelled the same way) |
 """
 
@@ -32,6 +37,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_MB = 25.0
 DEFAULT_MAX_DURATION_S = 600.0
 DEFAULT_THRESHOLD = 0.70
+DEFAULT_MAX_BATCH = 16
+DEFAULT_BATCH_WAIT_MS = 5.0
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 #: ``TEXT_MODEL_DIR`` values that switch the text model off.
 TEXT_OFF = ("none", "off", "disabled")
 #: The ``.env`` file read from the working directory, unless ``$EMOVOX_ENV_FILE`` names another (or ``none``).
@@ -65,6 +74,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     #: True, False or ``"auto"`` (a mock only for a model that cannot be loaded)
     use_mock_models: bool | str = False
+    #: inference threads (each runs one batch at a time) and decoding threads
     max_concurrency: int = field(default_factory=_default_concurrency)
     #: torch intra-op threads, applied when the service starts (``None``: leave torch as it is). One
     #: thread per inference, with requests in parallel, is far faster on a busy CPU than OpenMP teams
@@ -72,6 +82,16 @@ class Settings:
     torch_threads: int | None = None
     #: non-streaming models on ``WS /stream``: seconds classified per update
     stream_window_s: float = 3.0
+    #: most clips (from different requests) run through the model together; 1 switches batching off
+    max_batch: int = DEFAULT_MAX_BATCH
+    #: longest a clip waits for others to join its batch, milliseconds
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    #: clip and timeline requests admitted at once (decoding, waiting, running); past it 503 + Retry-After
+    max_queue: int = DEFAULT_MAX_QUEUE
+    #: longest a request waits for the model (queue and inference), seconds; past it 503
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    #: answer /healthz at once and load the models after (``/readyz`` and model routes 503 until loaded)
+    load_in_background: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.threshold) < 1.0:
@@ -84,6 +104,12 @@ class Settings:
             raise SettingsError(f"max concurrency must be at least 1, got {self.max_concurrency}")
         if self.torch_threads is not None and int(self.torch_threads) < 1:
             raise SettingsError(f"torch threads must be at least 1, got {self.torch_threads}")
+        if int(self.max_batch) < 1 or int(self.max_queue) < 1:
+            raise SettingsError(f"max batch and max queue must be at least 1, got {self.max_batch} and {self.max_queue}")
+        if not 0.0 <= float(self.batch_wait_ms) <= 1000.0:
+            raise SettingsError(f"batch wait must be between 0 and 1000 ms, got {self.batch_wait_ms}")
+        if not float(self.request_timeout_s) > 0:
+            raise SettingsError(f"request timeout must be positive (seconds), got {self.request_timeout_s}")
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
         if isinstance(self.cors_origins, str):
@@ -138,6 +164,9 @@ class Settings:
             values["torch_threads"] = int(_number("EMOVOX_TORCH_THREADS", v))
         if (v := env.get("USE_MOCK_MODELS")) is not None:
             values["use_mock_models"] = parse_mock("USE_MOCK_MODELS", v)
+        for name, key, kind in _BATCHING_VARIABLES:
+            if (v := get(name)) is not None:
+                values[key] = parse_bool(name, v) if kind is bool else kind(_number(name, v))
         known = {f.name for f in fields(cls)}
         for k, v in overrides.items():
             if k not in known:
@@ -164,10 +193,19 @@ class Settings:
             env["EMOVOX_API_KEY"] = self.api_key
         if self.torch_threads is not None:
             env["EMOVOX_TORCH_THREADS"] = str(int(self.torch_threads))
+        for name, key, kind in _BATCHING_VARIABLES:
+            value = getattr(self, key)
+            env[name] = ("true" if value else "false") if kind is bool else repr(kind(value))
         return env
 
     def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+#: (variable, setting, type) of the batching, queueing and loading settings.
+_BATCHING_VARIABLES = (("EMOVOX_MAX_BATCH", "max_batch", int), ("EMOVOX_BATCH_WAIT_MS", "batch_wait_ms", float),
+                       ("EMOVOX_MAX_QUEUE", "max_queue", int), ("EMOVOX_REQUEST_TIMEOUT_S", "request_timeout_s", float),
+                       ("EMOVOX_LOAD_IN_BACKGROUND", "load_in_background", bool))
 
 
 def parse_bool(name: str, value: str) -> bool:
