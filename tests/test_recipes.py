@@ -55,7 +55,7 @@ def test_mobile_recipe_writes_seed000_outputs(five_label_corpus, tmp_path, capsy
                "--threads", "1", "--output_dir", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     said = capsys.readouterr().out
-    assert "recipe mobile (seed 000" in said and "overridden by the config file or flags: batch_size, epochs" in said
+    assert "recipe mobile (seed 000" in said and "changed by the config file or flags: epochs=2, batch_size=8" in said
     for name in ("best_model.pth", "emotion_classifier.onnx", "EmotionClassifier.mlmodel", "confusion_matrix.png",
                  "training_history.json", "model_config.json", "labels.json", "metrics_overall.json",
                  "export/export.json", "export/preprocessing.json"):

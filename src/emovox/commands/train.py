@@ -346,8 +346,9 @@ def run(args) -> int:
         distributed.destroy()
 
 
-def _announce(sources: dict, say) -> None:
-    """Say which settings the recipe and the config file gave, and which flags overrode them."""
+def _announce(a, sources: dict, say) -> None:
+    """Say which settings the recipe and the config file gave, and which of the recipe's the config file
+    or flags changed (``a``: the resolved options)."""
     from ..recipes import recipe
 
     def listed(layer):
@@ -355,9 +356,9 @@ def _announce(sources: dict, say) -> None:
 
     if sources["recipe"]:
         r = recipe(sources["recipe"])
-        over = sorted(k for k in sources["recipe_options"] if k in sources["explicit"] or k in sources["config_options"])
+        changed = {k: getattr(a, k) for k, v in sources["recipe_options"].items() if getattr(a, k) != v}
         say(f"recipe {r.name} ({r.source}): {listed(sources['recipe_options'])}"
-            + (f"; overridden by the config file or flags: {', '.join(over)}" if over else ""))
+            + (f"; changed by the config file or flags: {listed(changed)}" if changed else ""))
     if sources["config_options"]:
         say(f"config file {sources['explicit']['config']}: {listed(sources['config_options'])}")
 
@@ -399,7 +400,7 @@ def _run(args, *, rank0: bool = True) -> int:
 
     a, sources = settings(args)
     say = print if rank0 else (lambda *_: None)
-    _announce(sources, say)
+    _announce(a, sources, say)
     if a.threads:
         import torch
 
