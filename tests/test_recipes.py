@@ -96,6 +96,9 @@ def test_explicit_flags_beat_the_recipe_even_when_equal_to_the_default(tmp_path)
     a = _settings(["--recipe", "hybrid", "--data_dir", "d", "--batch_size", "16"], tmp_path,
                   "batch_size: 4\nepochs: 3\n")
     assert (a.batch_size, a.epochs) == (16, 3)  # flag > config file > recipe
+    a = _settings(["--recipe", "hybrid", "--data_dir", "d", "--model-option", "hidden=32", "--model-option",
+                   "dropout=0.1"])
+    assert a.model_options == ["channels=18", "hidden=32", "dropout=0.1"]  # model options add up, KEY by KEY
     # another model family: the hybrid's backbone options are not applied, so the crnn trains
     a = _settings(["--recipe", "hybrid", "--data_dir", "d", "--model", "crnn"])
     assert a.backbone is None and a.model_options is None and a.batch_size == 8
@@ -140,6 +143,8 @@ def test_seed002_dataset_config_keys(tmp_path):
                                 "model_option: {channels: [8, 8, 8]}\nexport: onnx\n")
     assert (a.data_dir, a.use_augmentation, a.labels, a.model_options, a.export) == (
         ["ravdess", "crema-d"], True, "happy,sad", ["channels=[8, 8, 8]"], ["onnx"])
+    a = _settings(["--data_dir", "d"], tmp_path, "recipe: mobile\nbatch_size: 16\n")  # a recipe named in the file
+    assert (a.model, a.features, a.batch_size, a.export) == ("cnn", "seed000", 16, ["onnx", "coreml"])
 
 
 @pytest.mark.parametrize("text, message", [

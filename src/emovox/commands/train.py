@@ -153,7 +153,7 @@ def _model_arguments(opts, p) -> None:
              help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, ssl (seed 002)")
     opts.add(g, "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
              help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
-                  "else a string")
+                  "else a string; added to a recipe's or config file's, KEY by KEY")
     opts.add(g, "--features", choices=sorted(PRESETS),
              shown="per model: " + ", ".join(f"{m} {f}" for m, f in DEFAULT_FEATURES.items()),
              help="feature preset; seed000/seed001 are those seeds' inputs, framewise-librosa-mfcc13 is seed "
@@ -280,6 +280,11 @@ def settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
         from_recipe = {d: opts.convert(d, v, f"recipe {name}: {d}") for d, v in r.layer(model).items()}
         layers.append(from_recipe)
     resolved = opts.resolve([*layers, config, explicit])
+    # model options add up KEY by KEY (a later layer's KEY wins), so '--recipe hybrid --model-option
+    # dropout=0.1' keeps the recipe's head size
+    merged = {o.partition("=")[0].strip(): o for layer in (*layers, config, explicit)
+              for o in layer.get("model_options") or []}
+    resolved.model_options = list(merged.values()) or None
     if not resolved.data_dir:
         raise OptionError("no data: give --data_dir DIR (or data_dir in the --config file)")
     return resolved, {"recipe": name, "recipe_options": from_recipe, "config_options": config, "explicit": explicit}
@@ -424,11 +429,14 @@ def _run(args, *, rank0: bool = True) -> int:
 
 
 def _export(out_dir, formats, inputs, verbose: int, say) -> None:
-    from ..export import TRAIN_EXPORT_DIR, export_trained_model
+    from ..export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
     from .export import quiet_converters
 
-    with quiet_converters(verbose):
-        report, top = export_trained_model(out_dir, formats=formats, inputs=inputs)
+    try:
+        with quiet_converters(verbose):
+            report, top = export_trained_model(out_dir, formats=formats, inputs=inputs)
+    except ExportError as e:
+        raise ExportError(f"the model is trained and saved in {out_dir}, but --export failed: {e}") from e
     worst = [c["max_abs_diff"] for per in report.checks.values() for c in per.values() if "max_abs_diff" in c]
     checked = f"; largest |logit - PyTorch| {max(worst):.1e}" if worst else ""
     say(f"exported {', '.join(formats)} ({inputs} input) to {out_dir}/{TRAIN_EXPORT_DIR} in {report.seconds:.1f} s"
