@@ -439,8 +439,11 @@ def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
     with pytest.raises(ValueError, match="label_scope must be all or corpus, got 'speaker'"):
         TrainConfig(label_scope="speaker").validate()
     assert TrainConfig().label_scope == "all"
-    assert build_parser().parse_args(["train", "--data_dir", "d"]).label_scope == "all"
-    assert build_parser().parse_args(["train", "--data_dir", "d", "--label-scope", "corpus"]).label_scope == "corpus"
+    from emovox.commands.train import settings
+
+    assert settings(build_parser().parse_args(["train", "--data_dir", "d"]))[0].label_scope == "all"
+    assert settings(build_parser().parse_args(["train", "--data_dir", "d", "--label-scope", "corpus"]))[0].label_scope \
+        == "corpus"
 
 
 def test_corpus_label_scope_gives_absent_labels_no_gradient():

@@ -28,10 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_info, find_audio_files
-from .labels import SYNONYMS, LabelError, canonical
+from .labels import CANONICAL_ORDER, SYNONYMS, LabelError, canonical
 
-#: Order in which labels are listed in summaries.
-LABEL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
 #: Name of the label file the ``csv`` layout looks for inside a folder.
 LABELS_CSV = "labels.csv"
 #: Fraction of a folder's audio files that must follow one corpus's naming for auto-detection.
@@ -546,7 +544,7 @@ def summarize(rows: Iterable[ManifestRow]) -> dict:
     def block(rs: list[ManifestRow]) -> dict:
         durs = [r.duration_s for r in rs if r.duration_s is not None]
         labels = Counter(r.label for r in rs)
-        order = [lab for lab in LABEL_ORDER if lab in labels] + sorted(set(labels) - set(LABEL_ORDER))
+        order = [lab for lab in CANONICAL_ORDER if lab in labels] + sorted(set(labels) - set(CANONICAL_ORDER))
         speakers = {r.speaker for r in rs if r.speaker is not None}
         return {
             "clips": len(rs),

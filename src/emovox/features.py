@@ -180,6 +180,10 @@ PRESETS: dict[str, FeatureConfig] = {
     # 100 frames x 512 samples = 51,200 samples = 3.2 s at 16 kHz (the document's "~1 s" is wrong).
     "seed000": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
                              num_frames=100),
+    # Seed 001's Keras CNN input: 64 mel bins x about 32 frames, i.e. 1 s at hop 512 (32 x 512 samples
+    # = 1.02 s at 16 kHz), FFT 2048.
+    "seed001": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
+                             num_frames=32),
     # Seed 003's streaming MFCC: 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
     # gives exactly the offline features. emovox's own 40-mel reading of the seed's plan (what the

@@ -45,6 +45,10 @@ GOEMOTIONS_EKMAN = {
 TEXT_EKMAN_TO_AUDIO = {"anger": "angry", "disgust": "disgust", "fear": "fearful", "joy": "happy",
                        "sadness": "sad", "surprise": "surprised", "neutral": "neutral"}
 
+#: emovox's canonical order of emotion names: how a model orders its labels when the data decides them
+#: and their set is no taxonomy's (see :func:`order_labels`), and how summaries list them.
+CANONICAL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
+
 TAXONOMIES: dict[str, tuple[str, ...]] = {
     "ravdess8": RAVDESS8,
     "ekman7": EKMAN7,
@@ -109,6 +113,23 @@ def taxonomy(name: str) -> tuple[str, ...]:
         return TAXONOMIES[name]
     except KeyError:
         raise LabelError(f"unknown label taxonomy {name!r}; available: {', '.join(TAXONOMIES)}") from None
+
+
+def order_labels(labels) -> tuple[list[str], str]:
+    """The order of a model's labels when the data decides them (no ``--labels`` list or taxonomy), and
+    the rule that chose it, in words.
+
+    When the labels are exactly the set of a named taxonomy (:data:`TAXONOMIES`, first match), its
+    order: a ``labels.csv`` with seed 000's five labels gives basic5's happy, sad, angry, surprised,
+    neutral. Otherwise :data:`CANONICAL_ORDER` for the names it knows, then any others alphabetically.
+    Neither depends on the order of files or rows, so the same label set always gives the same order.
+    """
+    present = set(labels)
+    for name, tax in TAXONOMIES.items():
+        if set(tax) == present:
+            return list(tax), f"the {name} taxonomy's order (the data holds exactly its labels)"
+    order = [lab for lab in CANONICAL_ORDER if lab in present] + sorted(present - set(CANONICAL_ORDER))
+    return order, "emovox's canonical order (" + ", ".join(CANONICAL_ORDER) + "), other labels alphabetically after"
 
 
 def canonical(label: str) -> str:

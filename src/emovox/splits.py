@@ -309,3 +309,36 @@ def train_val_split(rows: Sequence, val_fraction: float, *, seed: int = 0) -> Sp
            f"{len(train)} train / {len(test)} validation clips ({_pct(len(test), n)}, requested "
            f"{100 * val_fraction:.1f}%)" + note + _unknown_note(unknown))
     return Split(train, test, SPEAKER, msg, _real(s for s in names if s not in chosen_set), _real(best))
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+def balanced_subset(rows: Sequence, n: int, *, seed: int = 0) -> list[int]:
+    """Indices (ascending) of at most ``n`` rows, spread as evenly as the data allows: labels take turns
+    (a label that runs out leaves its turns to the others), and within a label its speakers take turns,
+    each speaker's clips in a random order fixed by ``seed``. All rows when ``n >= len(rows)``.
+
+    Keeping every speaker (rather than the first few) leaves speaker-independent splits possible.
+    """
+    if n < 1:
+        raise ValueError(f"a subset needs at least 1 row, got n={n}")
+    if n >= len(rows):
+        return list(range(len(rows)))
+    rng = random.Random(seed)
+    by_label: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, r in enumerate(rows):
+        by_label[str(_get(r, "label"))][str(_get(r, "speaker"))].append(i)
+    queues = []
+    for label in sorted(by_label):
+        speakers = [by_label[label][s] for s in sorted(by_label[label])]
+        for clips in speakers:
+            rng.shuffle(clips)
+        longest = max(len(c) for c in speakers)
+        queues.append([c[k] for k in range(longest) for c in speakers if k < len(c)])
+    picked: list[int] = []
+    for k in range(max(len(q) for q in queues)):
+        picked += [q[k] for q in queues if k < len(q)][: n - len(picked)]
+        if len(picked) == n:
+            break
+    return sorted(picked)

@@ -79,7 +79,7 @@ from .evaluation import (
     write_report,
 )
 from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset
-from .labels import LabelMap
+from .labels import CANONICAL_ORDER, LabelMap, order_labels
 from .modelio import (
     FULL_MODEL_FILE,
     STREAMING_FULL_MODEL_FILE,
@@ -94,7 +94,14 @@ from .modelio import (
     write_json,
 )
 from .models import build_model, count_parameters
-from .splits import Split, speaker_folds, stratified_split, test_speaker_split, train_val_split
+from .splits import (
+    Split,
+    balanced_subset,
+    speaker_folds,
+    stratified_split,
+    test_speaker_split,
+    train_val_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +114,6 @@ DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128",
 SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
 LABEL_SCOPES = ("all", "corpus")
-#: Order of labels in a model when the data decides them.
-LABEL_ORDER = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
 
 
 class TrainingError(ValueError):
@@ -123,6 +128,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     features: str | dict[str, Any] | None = None  # preset name or FeatureConfig dict; None: per family
     labels: str | None = None  # taxonomy name, 'a=b,c=d' merges, label list 'x,y,z', or None (as in the data)
+    max_samples: int | None = None  # at most this many clips, spread evenly over labels and speakers; None: all
     epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-3
@@ -198,6 +204,8 @@ class TrainConfig:
             (self.label_scope in LABEL_SCOPES, f"label_scope must be all or corpus, got {self.label_scope!r}"),
             (self.folds is None or self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
             (not (self.folds and self.test_speakers), "give either test speakers or folds, not both"),
+            (self.max_samples is None or self.max_samples >= 2,
+             f"max_samples must be at least 2, got {self.max_samples}"),
             (self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds),
              f"fold must be between 1 and folds ({self.folds}), got {self.fold}"),
             (self.crop_s is None or self.crop_s > 0, f"crop_s must be positive, got {self.crop_s}"),
@@ -217,32 +225,41 @@ class TrainConfig:
 # Labels and splits
 
 
-def _label_order(labels) -> list[str]:
+def _canonical_order(labels) -> list[str]:
     labels = set(labels)
-    return [lab for lab in LABEL_ORDER if lab in labels] + sorted(labels - set(LABEL_ORDER))
+    return [lab for lab in CANONICAL_ORDER if lab in labels] + sorted(labels - set(CANONICAL_ORDER))
+
+
+def _spec_orders(spec: str | None) -> bool:
+    """Whether a label spec gives the model's label order (a taxonomy or a list; merges alone do not)."""
+    from .labels import parse_label_spec
+
+    return spec is not None and str(spec).strip() != "" and parse_label_spec(spec).target is not None
 
 
 def map_labels(rows: Sequence[Any], spec: str | None) -> tuple[list[Any], list[str], dict[str, int], dict[str, str | None]]:
     """Apply a label spec to manifest rows.
 
-    Returns the kept rows (relabelled), the model's labels (those present, in taxonomy or
-    canonical order), the clips dropped per source label and the mapping used.
+    Returns the kept rows (relabelled), the model's labels (those present, in the order the spec
+    gives, else by :func:`emovox.labels.order_labels`), the clips dropped per source label and the
+    mapping used.
     """
-    from .labels import LabelError, parse_label_spec
+    from .labels import LabelError
 
-    source = _label_order({r.label for r in rows})
+    source = _canonical_order({r.label for r in rows})
     spec = None if spec is None or str(spec).strip() == "" else spec
     try:
         lm = LabelMap.build(source, spec)
-        ordered = spec is not None and parse_label_spec(spec).target is not None
+        ordered = _spec_orders(spec)
     except LabelError as e:
         raise TrainingError(f"--labels: {e}") from e
     mapping = {s: lm(s) for s in source}
     dropped = Counter(r.label for r in rows if mapping[r.label] is None)
     kept = [_relabel(r, mapping[r.label]) for r in rows if mapping[r.label] is not None]
     present = {r.label for r in kept}
-    # a taxonomy or a list gives the order; merges alone keep emovox's canonical order
-    order = [lab for lab in lm.target if lab in present] if ordered else _label_order(present)
+    # a taxonomy or a list gives the order; otherwise the data's label set decides (a taxonomy's order
+    # when it is exactly one's set, else the canonical order)
+    order = [lab for lab in lm.target if lab in present] if ordered else order_labels(present)[0]
     if not kept:
         raise TrainingError(f"no clip left after mapping labels {source} to {spec!r}")
     if len(order) < 2:
@@ -938,9 +955,14 @@ def run_training(rows: Sequence[Any], cfg: TrainConfig, out_dir: str | os.PathLi
     if dropped:
         say(f"left out {sum(dropped.values())} clip(s) whose label the target labels cannot express: "
             + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
-    say(f"{len(kept)} clips, labels: {', '.join(labels)}")
+    if cfg.max_samples is not None and len(kept) > cfg.max_samples:
+        say(f"--max-samples {cfg.max_samples}: kept {cfg.max_samples} of {len(kept)} clips, spread evenly over "
+            "labels and, within each label, over speakers")
+        kept = [kept[i] for i in balanced_subset(kept, cfg.max_samples, seed=cfg.seed)]
+    order_rule = "the order --labels gives" if _spec_orders(cfg.labels) else order_labels(labels)[1]
+    say(f"{len(kept)} clips, labels (output order, written to labels.json): {', '.join(labels)}; {order_rule}")
     plans = plan_splits(kept, cfg)
-    meta = {**(meta or {}), "label_mapping": mapping, "dropped_labels": dropped,
+    meta = {**(meta or {}), "label_mapping": mapping, "dropped_labels": dropped, "label_order": order_rule,
             "corpora": sorted({getattr(r, "corpus", "?") for r in kept})}
     results = []
     with output_lock(Path(out_dir)):

@@ -61,14 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     _, folder = resolve_model_path(args.model)
     formats = [f for group in (args.format or [["all"]]) for f in group]
-    quiet = contextlib.nullcontext()
-    if args.verbose == 0:
-        # coremltools logs warnings about converters emovox does not use (scikit-learn, untested torch
-        # versions) and draws progress bars on stderr with no switch to turn them off; the report
-        # below says what happened, and errors still end the command with one line.
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        quiet = contextlib.redirect_stderr(io.StringIO())
-    with quiet:
+    with quiet_converters(args.verbose):
         report = export_model(
             folder, args.output_dir, formats=formats, inputs=args.input, input_name=args.input_name,
             output_name=args.output_name, quantize=args.quantize, opset=args.opset,
@@ -82,6 +75,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _summary(report)
     return 0
+
+
+def quiet_converters(verbose: int):
+    """A context that hides the converters' chatter unless ``-v``: coremltools logs warnings about
+    converters emovox does not use (scikit-learn, untested torch versions) and draws progress bars on
+    stderr with no switch to turn them off; the export report says what happened, and errors still
+    end the command with one line."""
+    if verbose:
+        return contextlib.nullcontext()
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return contextlib.redirect_stderr(io.StringIO())
 
 
 def _summary(report) -> None:

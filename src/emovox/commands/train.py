@@ -7,18 +7,36 @@ import argparse
 HELP = "train a speech emotion model (cnn, cnn2d, lstm, crnn, ssl) on one or more corpora"
 
 EPILOG = """\
+recipes (--recipe NAME: the model, features, labels and training settings of one source system):
+{recipes}
+
+Every option is settled in layers: emovox's defaults (shown with each option) < the --recipe <
+the --config file < the flags given on the command line, so a flag you type always wins.
+
 examples:
-  emovox train --data_dir data --epochs 50 --batch_size 32 --use_augmentation      (seed 000)
+  emovox train --recipe mobile --data_dir data --epochs 50 --batch_size 32 --use_augmentation   (seed 000)
+  emovox train --recipe backend --data_dir dataset                                (seed 001's class folders)
+  emovox train --recipe hybrid --data_dir ravdess --config data/dataset_config.yaml             (seed 002)
+  emovox train --recipe streaming --data_dir data/RAVDESS --output_dir src/api                  (seed 003)
   emovox train --data_dir ravdess crema-d --labels core4 --model crnn --folds 5 --output_dir runs/cv
-  emovox train --data_dir ravdess --model lstm --test-speakers 1,2,3,4 --save-full-model
-  emovox train --data_dir ravdess --model ssl --backbone facebook/wav2vec2-base --labels core4   (seed 002)
   emovox train --data_dir ravdess crema-d nemo --labels ekman7 --model ssl --backbone whisper-base --ssl-head mean
       (like the default model: a linear probe on Whisper-base's layer means, fit in seconds once states are cached)
   torchrun --nproc_per_node 4 -m emovox.cli train --data_dir ravdess --model crnn ...   (DistributedDataParallel)
 
-The defaults are seed 000's. The benchmark's recipe (benchmarks/speech_benchmark.py), better on
-real corpora: --use_augmentation --mixup 0.2 --lr 0.003 --lr-schedule cosine --epochs 60
---early_stopping_patience 12 (and --threads 1 on a busy machine).
+The defaults are emovox's own (a crnn on 128-band log-mel), not any source system's: a recipe gives
+those. The benchmark's settings (benchmarks/speech_benchmark.py), better on real corpora:
+--use_augmentation --mixup 0.2 --lr 0.003 --lr-schedule cosine --epochs 60 --early_stopping_patience 12
+(and --threads 1 on a busy machine).
+
+--config FILE: a YAML mapping of option names to values (batch_size: 8, use_augmentation: true,
+labels: [happy, sad], model_option: {{channels: 16}}); names as the flags' without dashes. Seed 002's
+dataset_config.yaml keys work too: max_samples, batch_size, train_split (= 1 - val_split), and
+num_epochs, learning_rate, wav2vec_model (= --backbone). Unknown keys are an error listing the valid ones.
+
+Label order: a taxonomy or list in --labels gives it; otherwise, when the data's labels are exactly a
+taxonomy's set (seed 000's five: basic5), that taxonomy's order; else emovox's canonical order
+(neutral, calm, happy, sad, angry, fearful, disgust, surprised, boredom), other labels alphabetically
+after. The run prints the order and writes it to labels.json.
 
 --data_dir with a labels.csv inside reads it (paths relative to the CSV); otherwise the corpus is
 recognised from its file names (ravdess, crema-d, tess, emodb, savee, nemo) or class folders.
@@ -27,6 +45,8 @@ Features are cached in --cache-dir (default $EMOVOX_CACHE_DIR or ~/.cache/emovox
 installed packages, offline; or a CTranslate2 / Hugging Face Whisper folder) or wav2vec2 / HuBERT / WavLM (a
 Hugging Face id, downloaded when the hub is reachable, or a save_pretrained folder); frozen by default, its
 hidden states are cached per clip in --cache-dir (float16); see docs/ssl.md. Under torchrun, --batch_size is the global batch.
+--export writes OUTPUT_DIR/export/ (what emovox export writes, Core ML as .mlmodel) and links its
+feature-input graph beside best_model.pth as seed 000's emotion_classifier.onnx and EmotionClassifier.mlmodel.
 --save-full-model writes model_full.pth (frame models) or, for --model lstm, seed 003's model.pth and
 model_weights.pth plus model_torchscript.pt: model.pth is a pickle (torch >= 2.6 loads it only with
 torch.load(path, weights_only=False), emovox must be importable, and loading it runs code: only from a
@@ -34,6 +54,10 @@ trusted source); model_torchscript.pt takes the same forward(x, hidden) and need
 best_model.pth holds tensors only and loads with weights_only=True. For seed 003's backend loop, which
 computes its own MFCC, train with --features framewise-librosa-mfcc13 (its exact features).
 """
+
+#: Options that configure the pretrained backbone (--model ssl only).
+SSL_OPTIONS = ("backbone", "backbone_revision", "finetune_backbone", "bundle_backbone", "ssl_layers", "ssl_head")
+EXPORT_FORMATS = ("onnx", "coreml", "torchscript")
 
 
 def _floats(text: str) -> list[float]:
@@ -46,110 +70,225 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _add(p, *names, **kw):
-    p.add_argument(*names, **kw)
+def _export_formats(text: str) -> list[str]:
+    parts = [v.strip() for v in str(text).split(",") if v.strip()]
+    bad = [v for v in parts if v not in EXPORT_FORMATS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"unknown export format {', '.join(bad) or repr(text)}; choose from "
+                                         f"{', '.join(EXPORT_FORMATS)} (comma-separated)")
+    return parts
+
+
+def _fraction(value) -> float:
+    v = float(value)
+    if not 0 < v < 1:
+        raise ValueError(f"expected a fraction between 0 and 1, got {value!r}")
+    return round(1.0 - v, 10)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..features import PRESETS
-    from ..training import LABEL_SCOPES, TrainConfig
+    from ..options import Options
+    from ..recipes import recipes_help
 
-    p.epilog = EPILOG
-    g = p.add_argument_group("data (seed 000)")
-    _add(g, "--data_dir", "--data-dir", dest="data_dir", nargs="+", action="extend", required=True, metavar="DIR",
-         help="corpus folder(s); several are merged (repeat the flag or list them)")
-    _add(g, "--csv_path", "--csv-path", dest="csv_path", default=None,
-         help="labels CSV (path,label[,speaker]); default DATA_DIR/labels.csv when present")
-    _add(g, "--corpus", nargs="+", action="extend", default=None, metavar="NAME",
-         help="corpus layout per data dir (ravdess, crema-d, tess, emodb, savee, nemo, csv, folders); "
-              "default: detected")
-    _add(g, "--labels", default=None,
-         help="target labels: a taxonomy (ravdess8, ekman7, crema6, basic5, app6, core4), a list 'a,b,c' (in that "
-              "order), merges 'disgust=angry,calm=neutral', or both 'happy,sad,angry,neutral,disgust=angry'; "
-              "clips it cannot express are dropped and counted (app6 takes disgust as angry)")
+    opts = Options()
+    p.set_defaults(_train_options=opts)
+    p.epilog = EPILOG.format(recipes=recipes_help())
+    _layer_arguments(opts, p)
+    _data_arguments(opts, p)
+    _model_arguments(opts, p)
+    _backbone_arguments(opts, p)
+    _training_arguments(opts, p)
+    _split_arguments(opts, p)
+    _output_arguments(opts, p)
+    # seed 002's dataset_config.yaml and train.py constants, accepted in --config files
+    opts.alias("train_split", "val_split", _fraction)
+    opts.alias("num_epochs", "epochs")
+    opts.alias("learning_rate", "lr")
+    opts.alias("wav2vec_model", "backbone")
+
+
+def _tc(name: str):
+    """TrainConfig's default for a field: the one owner of every training default."""
+    from dataclasses import fields
+
+    from ..training import TrainConfig
+
+    return {f.name: f.default for f in fields(TrainConfig)}[name]
+
+
+def _layer_arguments(opts, p) -> None:
+    from ..recipes import RECIPES
+
+    g = p.add_argument_group("recipe and config file")
+    opts.add(g, "--recipe", choices=list(RECIPES), shown="none: emovox's own defaults",
+             help="the settings of one source system (listed below); flags given explicitly still win")
+    opts.add(g, "--config", metavar="FILE", help="a YAML file of option values (names as the flags'); "
+             "flags given on the command line win over it")
+
+
+def _data_arguments(opts, p) -> None:
+    g = p.add_argument_group("data")
+    opts.add(g, "--data_dir", "--data-dir", dest="data_dir", nargs="+", action="extend", metavar="DIR",
+             shown="none: required, here or as data_dir in --config",
+             help="corpus folder(s); several are merged (repeat the flag or list them)")
+    opts.add(g, "--csv_path", "--csv-path", dest="csv_path", shown="DATA_DIR/labels.csv when present",
+             help="labels CSV (path,label[,speaker])")
+    opts.add(g, "--corpus", nargs="+", action="extend", metavar="NAME", shown="detected",
+             help="corpus layout per data dir (ravdess, crema-d, tess, emodb, savee, nemo, csv, folders)")
+    opts.add(g, "--labels", default=_tc("labels"), shown="the data's labels, in the order described below",
+             help="target labels: a taxonomy (ravdess8, ekman7, crema6, basic5, app6, core4), a list 'a,b,c' (in that "
+                  "order), merges 'disgust=angry,calm=neutral', or both 'happy,sad,angry,neutral,disgust=angry'; "
+                  "clips it cannot express are dropped and counted (app6 takes disgust as angry)")
+    opts.add(g, "--max-samples", "--max_samples", dest="max_samples", type=int, default=_tc("max_samples"),
+             shown="every clip", help="use at most N clips, chosen deterministically (--seed) and spread evenly "
+             "over labels and, within each label, over speakers (seed 002's max_samples)")
+
+
+def _model_arguments(opts, p) -> None:
+    from ..features import PRESETS
+    from ..training import DEFAULT_FEATURES
+
     g = p.add_argument_group("model and features")
-    _add(g, "--model", default="crnn",
-         help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, ssl (seed 002)")
-    _add(g, "--model-option", dest="model_options", action="append", default=None, metavar="KEY=VALUE",
-         help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
-              "else a string")
-    _add(g, "--features", default=None, choices=sorted(PRESETS),
-         help="feature preset (default: logmel128 for crnn, seed003 for lstm, waveform for ssl, logmel64 otherwise); "
-              "framewise-librosa-mfcc13 is seed 003's backend pipeline exactly")
-    _add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, default=None, help="mel bands (overrides the preset)")
-    _add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, default=None,
-         help="fixed number of input frames (crop/pad, seed 000's fixed input); default: variable length")
-    _add(g, "--sample_rate", "--sample-rate", dest="sample_rate", type=int, default=None,
-         help="sample rate in Hz (overrides the preset's 16000)")
+    opts.add(g, "--model", default=_tc("model"),
+             help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, ssl (seed 002)")
+    opts.add(g, "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+             help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
+                  "else a string; added to a recipe's or config file's, KEY by KEY")
+    opts.add(g, "--features", choices=sorted(PRESETS),
+             shown="per model: " + ", ".join(f"{m} {f}" for m, f in DEFAULT_FEATURES.items()),
+             help="feature preset; seed000/seed001 are those seeds' inputs, framewise-librosa-mfcc13 is seed "
+                  "003's backend pipeline exactly")
+    opts.add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, shown="the preset's",
+             help="mel bands (overrides the preset)")
+    opts.add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, shown="the preset's (mostly: any length)",
+             help="fixed number of input frames (crop/pad, seed 000's fixed input)")
+    opts.add(g, "--sample_rate", "--sample-rate", dest="sample_rate", type=int, shown="the preset's, 16000",
+             help="sample rate in Hz (overrides the preset)")
+
+
+def _backbone_arguments(opts, p) -> None:
     g = p.add_argument_group("pretrained backbone (--model ssl, seed 002)")
-    _add(g, "--backbone", default=None, metavar="NAME_OR_DIR",
-         help="whisper-base or whisper-tiny.en (installed packages: offline), a CTranslate2 Whisper folder, a "
-              "Hugging Face model id (openai/whisper-base, facebook/wav2vec2-base, facebook/hubert-base-ls960, "
-              "microsoft/wavlm-base-plus) or a local save_pretrained folder")
-    _add(g, "--backbone-revision", dest="backbone_revision", default=None, help="hub branch, tag or commit")
-    _add(g, "--finetune-backbone", dest="finetune_backbone", type=int, default=0, metavar="N",
-         help="train the top N transformer layers too (0: frozen backbone, hidden states cached once per clip)")
-    _add(g, "--bundle-backbone", dest="bundle_backbone", action="store_true",
-         help="copy the backbone into OUTPUT_DIR/backbone so the model folder is self-contained (otherwise "
-              "it references the backbone by id or path)")
-    _add(g, "--ssl-layers", dest="ssl_layers", default=None, metavar="LAYERS",
-         help="hidden layers the head weighs: a range '6-12' or a list '0,4,8' (0: the transformer input; "
-              "None: all); fewer layers, smaller cache")
-    _add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention", "mean", "stats"], default="cnn",
-         help="1D CNN with mean/std pooling, attentive statistics pooling, mean: standardised per-layer time "
-              "means and one linear layer (a linear probe), or stats: means and log standard deviations (a probe)")
-    _add(g, "--probe-c", dest="probe_c", type=_floats, default=None, metavar="C,C,...",
-         help="the 'mean' and 'stats' heads are fit as a logistic-regression probe: inverse L2 strengths to try, "
-              "the best on "
-              "validation UAR kept (default: five from 0.001 to 0.1, listed in the training log)")
+    opts.add(g, "--backbone", metavar="NAME_OR_DIR", shown="none: required with --model ssl",
+             help="whisper-base or whisper-tiny.en (installed packages: offline), a CTranslate2 Whisper folder, a "
+                  "Hugging Face model id (openai/whisper-base, facebook/wav2vec2-base, facebook/hubert-base-ls960, "
+                  "microsoft/wavlm-base-plus) or a local save_pretrained folder")
+    opts.add(g, "--backbone-revision", dest="backbone_revision", shown="the hub's main",
+             help="hub branch, tag or commit")
+    opts.add(g, "--finetune-backbone", dest="finetune_backbone", type=int, default=0, metavar="N",
+             help="train the top N transformer layers too (0: frozen backbone, hidden states cached once per clip)")
+    opts.add(g, "--bundle-backbone", dest="bundle_backbone", action="store_true", default=False,
+             help="copy the backbone into OUTPUT_DIR/backbone so the model folder is self-contained (otherwise "
+                  "it references the backbone by id or path)")
+    opts.add(g, "--ssl-layers", dest="ssl_layers", metavar="LAYERS", shown="all",
+             help="hidden layers the head weighs: a range '6-12' or a list '0,4,8' (0: the transformer input); "
+                  "fewer layers, smaller cache")
+    opts.add(g, "--ssl-head", dest="ssl_head", choices=["cnn", "attention", "mean", "stats"], default="cnn",
+             help="1D CNN with mean/std pooling (--model-option channels=N hidden=N size it), attentive statistics "
+                  "pooling, mean: standardised per-layer time means and one linear layer (a linear probe), or "
+                  "stats: means and log standard deviations (a probe)")
+    opts.add(g, "--probe-c", dest="probe_c", type=_floats, metavar="C,C,...", default=_tc("probe_c"),
+             shown="five from 0.001 to 0.1, listed in the training log",
+             help="the 'mean' and 'stats' heads are fit as a logistic-regression probe: inverse L2 strengths to "
+                  "try, the best on validation UAR kept")
+
+
+def _training_arguments(opts, p) -> None:
+    from ..training import LABEL_SCOPES
+
     g = p.add_argument_group("training")
-    _add(g, "--epochs", type=int, default=50)
-    _add(g, "--batch_size", "--batch-size", dest="batch_size", type=int, default=32)
-    _add(g, "--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    _add(g, "--weight-decay", dest="weight_decay", type=float, default=1e-2)
-    _add(g, "--lr-schedule", dest="lr_schedule", choices=["noam", "cosine"], default="noam",
-         help="warmup then 1/sqrt(step) (noam) or cosine to --epochs")
-    _add(g, "--use_augmentation", "--use-augmentation", dest="use_augmentation", action="store_true",
-         help="noise, gain, time shift, speed perturbation and SpecAugment on training data")
-    _add(g, "--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(ALPHA, ALPHA) (frame models); 0: off")
-    _add(g, "--class-balance", dest="class_balance", choices=["loss", "sampler", "none"], default="loss",
-         help="counter class imbalance by a weighted loss or a balanced sampler")
-    _add(g, "--label-scope", dest="label_scope", choices=LABEL_SCOPES, default=TrainConfig.label_scope,
-         help="corpus: each clip's loss covers only the labels its corpus has in the training data, so merged "
-              "corpora that lack a class (CREMA-D: surprised) do not teach 'never that class'; all: every label")
-    _add(g, "--crop-seconds", dest="crop_s", type=float, default=3.0,
-         help="training crop length for frame models (evaluation uses whole clips)")
-    _add(g, "--streaming-loss", dest="streaming_loss", choices=["frames", "last"], default="frames",
-         help="streaming models (lstm): train the label at every frame after the first 0.5 s, or only at "
-              "the last frame (seed 003)")
-    _add(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=int, default=5,
-         help="epochs without validation UAR improvement before stopping (0: off)")
-    _add(g, "--seed", type=int, default=0)
-    _add(g, "--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    opts.add(g, "--epochs", type=int, default=_tc("epochs"), help="most epochs to train")
+    opts.add(g, "--batch_size", "--batch-size", dest="batch_size", type=int, default=_tc("batch_size"),
+             help="clips per optimiser step")
+    opts.add(g, "--lr", type=float, default=_tc("lr"), help="peak learning rate (AdamW)")
+    opts.add(g, "--weight-decay", dest="weight_decay", type=float, default=_tc("weight_decay"), help="AdamW weight decay")
+    opts.add(g, "--lr-schedule", dest="lr_schedule", choices=["noam", "cosine"], default=_tc("lr_schedule"),
+             help="warmup then 1/sqrt(step) (noam) or cosine to --epochs")
+    opts.add(g, "--use_augmentation", "--use-augmentation", dest="use_augmentation", action="store_true",
+             default=_tc("augment"), help="noise, gain, time shift, speed perturbation and SpecAugment on training data")
+    opts.add(g, "--mixup", type=float, default=_tc("mixup_alpha"), metavar="ALPHA",
+             help="mixup Beta(ALPHA, ALPHA) (frame models); 0: off")
+    opts.add(g, "--class-balance", dest="class_balance", choices=["loss", "sampler", "none"],
+             default=_tc("class_balance"), help="counter class imbalance by a weighted loss or a balanced sampler")
+    opts.add(g, "--label-scope", dest="label_scope", choices=LABEL_SCOPES, default=_tc("label_scope"),
+             help="corpus: each clip's loss covers only the labels its corpus has in the training data, so merged "
+                  "corpora that lack a class (CREMA-D: surprised) do not teach 'never that class'; all: every label")
+    opts.add(g, "--crop-seconds", dest="crop_s", type=float, default=_tc("crop_s"),
+             help="training crop length for frame models (evaluation uses whole clips)")
+    opts.add(g, "--streaming-loss", dest="streaming_loss", choices=["frames", "last"], default=_tc("streaming_loss"),
+             help="streaming models (lstm): train the label at every frame after the first 0.5 s, or only at "
+                  "the last frame (seed 003)")
+    opts.add(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=int,
+             default=_tc("early_stopping_patience"),
+             help="epochs without validation UAR improvement before stopping (0: off)")
+    opts.add(g, "--seed", type=int, default=_tc("seed"), help="random seed (splits, order, augmentation, subsets)")
+    opts.add(g, "--resume", action="store_true", default=False, help="continue from OUTPUT_DIR/checkpoint.pt")
+
+
+def _split_arguments(opts, p) -> None:
     g = p.add_argument_group("splits")
-    _add(g, "--split", choices=["speaker", "stratified"], default="speaker",
-         help="speaker-independent (default) or stratified random splits")
-    _add(g, "--val_split", "--val-split", dest="val_split", type=float, default=0.2,
-         help="share of the training data held out for validation (whole speakers when known)")
-    _add(g, "--test-speakers", "--test_speakers", dest="test_speakers", default=None,
-         help="comma-separated speakers held out as the test set (e.g. 1,2 or ravdess_01)")
-    _add(g, "--folds", type=int, default=None, help="K-fold cross-validation by speaker: one model per fold")
-    _add(g, "--fold", type=int, default=None, help="with --folds: train only this fold (1-based)")
+    opts.add(g, "--split", choices=["speaker", "stratified"], default=_tc("split"),
+             help="speaker-independent or stratified random splits")
+    opts.add(g, "--val_split", "--val-split", dest="val_split", type=float, default=_tc("val_split"),
+             help="share of the training data held out for validation (whole speakers when known)")
+    opts.add(g, "--test-speakers", "--test_speakers", dest="test_speakers", shown="none: no test split",
+             help="comma-separated speakers held out as the test set (e.g. 1,2 or ravdess_01)")
+    opts.add(g, "--folds", type=int, default=_tc("folds"), shown="none: one model",
+             help="K-fold cross-validation by speaker: one model per fold")
+    opts.add(g, "--fold", type=int, default=_tc("fold"), shown="every fold", help="with --folds: train only this fold (1-based)")
+
+
+def _output_arguments(opts, p) -> None:
     g = p.add_argument_group("output and resources")
-    _add(g, "--output_dir", "--output-dir", dest="output_dir", default="outputs")
-    _add(g, "--save-full-model", "--save_full_model", dest="save_full_model", action="store_true",
-         help="also write model_full.pth, or for lstm seed 003's model.pth + model_weights.pth and a pickle-free "
-              "model_torchscript.pt (pickles: unsafe to load from untrusted sources)")
-    _add(g, "--cache-dir", dest="cache_dir", default=None, help="feature cache folder")
-    _add(g, "--no-cache", dest="no_cache", action="store_true", help="do not read or write the feature cache")
-    _add(g, "--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
-         help="threads decoding and featurising audio on the first pass (default: min(4, CPUs))")
-    _add(g, "--device", default="auto",
-         help="auto (CUDA when available), cpu, cuda or cuda:N")
-    _add(g, "--threads", type=int, default=None,
-         help="torch intra-op threads (default: torch's choice; 1 is often fastest on a shared or busy machine)")
-    _add(g, "--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
-         help="progress bars (default: when stderr is a terminal)")
+    opts.add(g, "--output_dir", "--output-dir", dest="output_dir", default="outputs", help="the model folder to write")
+    opts.add(g, "--save-full-model", "--save_full_model", dest="save_full_model", action="store_true", default=False,
+             help="also write model_full.pth, or for lstm seed 003's model.pth + model_weights.pth and a pickle-free "
+                  "model_torchscript.pt (pickles: unsafe to load from untrusted sources)")
+    opts.add(g, "--export", nargs="?", const="onnx,coreml", type=_export_formats, metavar="FORMATS",
+             shown="off; --export alone: onnx,coreml",
+             help="after training, export to these formats (onnx, coreml, torchscript) into OUTPUT_DIR/export, "
+                  "the feature-input graph also as OUTPUT_DIR/emotion_classifier.onnx and EmotionClassifier.mlmodel")
+    opts.add(g, "--export-input", dest="export_input", choices=["waveform", "features", "both"], default="both",
+             help="graph inputs to export: 16 kHz samples, raw features, or both")
+    opts.add(g, "--cache-dir", dest="cache_dir", shown="$EMOVOX_CACHE_DIR or ~/.cache/emovox/features",
+             help="feature cache folder")
+    opts.add(g, "--no-cache", dest="no_cache", action="store_true", default=False,
+             help="do not read or write the feature cache")
+    opts.add(g, "--num-workers", "--num_workers", dest="num_workers", type=int, default=_tc("num_workers"),
+             shown="min(4, CPUs)", help="threads decoding and featurising audio on the first pass")
+    opts.add(g, "--device", default=_tc("device"), help="auto (CUDA when available), cpu, cuda or cuda:N")
+    opts.add(g, "--threads", type=int, shown="torch's choice",
+             help="torch intra-op threads (1 is often fastest on a shared or busy machine)")
+    opts.add(g, "--progress", dest="progress", action=argparse.BooleanOptionalAction,
+             shown="when stderr is a terminal", help="progress bars")
+
+
+def settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+    """Every option's value from the layers (defaults < recipe < config file < explicit flags), and
+    where the non-default ones came from (``{"recipe", "recipe_options", "config_options", "explicit"}``)."""
+    from ..options import OptionError
+    from ..recipes import recipe
+
+    opts = args._train_options
+    explicit = opts.explicit(args)
+    config = opts.read_config(explicit["config"]) if explicit.get("config") else {}
+    if "config" in config:
+        raise OptionError(f"config file {explicit['config']}: config: a config file cannot name another one")
+    name = explicit.get("recipe", config.get("recipe"))
+    layers, from_recipe = [], {}
+    if name:
+        r = recipe(name)
+        model = explicit.get("model", config.get("model", r.model))
+        from_recipe = {d: opts.convert(d, v, f"recipe {name}: {d}") for d, v in r.layer(model).items()}
+        layers.append(from_recipe)
+    resolved = opts.resolve([*layers, config, explicit])
+    # model options add up KEY by KEY (a later layer's KEY wins), so '--recipe hybrid --model-option
+    # dropout=0.1' keeps the recipe's head size
+    merged = {o.partition("=")[0].strip(): o for layer in (*layers, config, explicit)
+              for o in layer.get("model_options") or []}
+    resolved.model_options = list(merged.values()) or None
+    if not resolved.data_dir:
+        raise OptionError("no data: give --data_dir DIR (or data_dir in the --config file)")
+    return resolved, {"recipe": name, "recipe_options": from_recipe, "config_options": config, "explicit": explicit}
 
 
 def load_rows(data_dirs, corpora=None, csv_path=None):
@@ -173,7 +312,7 @@ def load_rows(data_dirs, corpora=None, csv_path=None):
     return rows
 
 
-def model_kwargs(args) -> dict:
+def model_kwargs(args, defaults: dict) -> dict:
     """``--model-option`` settings, plus the backbone options for ``--model ssl``."""
     import json
 
@@ -186,9 +325,7 @@ def model_kwargs(args) -> dict:
             kwargs[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key.strip()] = value
-    ssl_given = [f for f, v in (("--backbone", args.backbone), ("--backbone-revision", args.backbone_revision),
-                                ("--finetune-backbone", args.finetune_backbone), ("--bundle-backbone", args.bundle_backbone),
-                                ("--ssl-layers", args.ssl_layers), ("--ssl-head", args.ssl_head != "cnn")) if v]
+    ssl_given = ["--" + d.replace("_", "-") for d in SSL_OPTIONS if getattr(args, d) != defaults[d]]
     if args.model != "ssl":
         if ssl_given:
             raise ValueError(f"{', '.join(ssl_given)}: only with --model ssl")
@@ -215,39 +352,93 @@ def run(args) -> int:
         distributed.destroy()
 
 
+def _announce(a, sources: dict, say) -> None:
+    """Say which settings the recipe and the config file gave, and which of the recipe's the config file
+    or flags changed (``a``: the resolved options)."""
+    from ..recipes import recipe
+
+    def listed(layer):
+        return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in layer.items())
+
+    if sources["recipe"]:
+        r = recipe(sources["recipe"])
+        changed = {k: getattr(a, k) for k, v in sources["recipe_options"].items() if getattr(a, k) != v}
+        say(f"recipe {r.name} ({r.source}): {listed(sources['recipe_options'])}"
+            + (f"; changed by the config file or flags: {listed(changed)}" if changed else ""))
+    if sources["config_options"]:
+        say(f"config file {sources['explicit']['config']}: {listed(sources['config_options'])}")
+
+
+def _feature_config(a):
+    from ..features import preset
+    from ..training import DEFAULT_FEATURES
+
+    feats = preset(a.features or DEFAULT_FEATURES.get(a.model, "logmel64"))
+    changes = {}
+    if a.n_mels is not None:
+        changes["n_mels"] = a.n_mels
+    if a.time_steps is not None:
+        changes["num_frames"] = a.time_steps
+    if a.sample_rate is not None:
+        changes["sample_rate_hz"] = a.sample_rate
+    return feats.replace(**changes) if changes else feats
+
+
+def train_config(a, defaults: dict):
+    """The :class:`~emovox.training.TrainConfig` of resolved options ``a``."""
+    from ..training import TrainConfig
+
+    return TrainConfig(
+        model=a.model, model_kwargs=model_kwargs(a, defaults), features=_feature_config(a).to_dict(), labels=a.labels,
+        max_samples=a.max_samples, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        lr_schedule=a.lr_schedule, val_split=a.val_split, split=a.split,
+        test_speakers=[s for s in a.test_speakers.split(",") if s.strip()] if a.test_speakers else None,
+        folds=a.folds, fold=a.fold, seed=a.seed, augment=a.use_augmentation, mixup_alpha=a.mixup,
+        class_balance=a.class_balance, label_scope=a.label_scope, crop_s=a.crop_s,
+        streaming_loss=a.streaming_loss, early_stopping_patience=a.patience,
+        num_workers=a.num_workers, device=a.device, probe_c=a.probe_c,
+    )
+
+
 def _run(args, *, rank0: bool = True) -> int:
     from ..data import default_cache_dir
-    from ..features import preset
-    from ..training import DEFAULT_FEATURES, TrainConfig, run_training
+    from ..training import run_training
 
-    if args.threads:
+    a, sources = settings(args)
+    say = print if rank0 else (lambda *_: None)
+    _announce(a, sources, say)
+    if a.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    rows = load_rows(args.data_dir, args.corpus, args.csv_path)
-    feats = preset(args.features or DEFAULT_FEATURES.get(args.model, "logmel64"))
-    changes = {}
-    if args.n_mels is not None:
-        changes["n_mels"] = args.n_mels
-    if args.time_steps is not None:
-        changes["num_frames"] = args.time_steps
-    if args.sample_rate is not None:
-        changes["sample_rate_hz"] = args.sample_rate
-    if changes:
-        feats = feats.replace(**changes)
-    cfg = TrainConfig(
-        model=args.model, model_kwargs=model_kwargs(args), features=feats.to_dict(), labels=args.labels, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        val_split=args.val_split, split=args.split,
-        test_speakers=[s for s in args.test_speakers.split(",") if s.strip()] if args.test_speakers else None,
-        folds=args.folds, fold=args.fold, seed=args.seed, augment=args.use_augmentation, mixup_alpha=args.mixup,
-        class_balance=args.class_balance, label_scope=args.label_scope, crop_s=args.crop_s,
-        streaming_loss=args.streaming_loss, early_stopping_patience=args.patience,
-        num_workers=args.num_workers, device=args.device, probe_c=args.probe_c,
-    )
-    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    meta = {"data_dirs": [str(d) for d in args.data_dir], "csv_path": args.csv_path}
-    results = run_training(rows, cfg, args.output_dir, cache=cache, resume=args.resume,
-                           save_full_model=args.save_full_model, meta=meta,
-                           progress=args.progress if rank0 else False, echo=print if rank0 else None)
+        torch.set_num_threads(a.threads)
+    if a.export:
+        from ..export import check_dependencies
+
+        check_dependencies(a.export)  # before hours of training, not after
+    rows = load_rows(a.data_dir, a.corpus, a.csv_path)
+    cfg = train_config(a, args._train_options.defaults())
+    cache = None if a.no_cache else (a.cache_dir or default_cache_dir())
+    meta = {"data_dirs": [str(d) for d in a.data_dir], "csv_path": a.csv_path, "recipe": sources["recipe"],
+            "config_file": a.config}
+    results = run_training(rows, cfg, a.output_dir, cache=cache, resume=a.resume,
+                           save_full_model=a.save_full_model, meta=meta,
+                           progress=a.progress if rank0 else False, echo=print if rank0 else None)
+    if results and a.export and rank0:
+        for r in results:
+            _export(r.out_dir, a.export, a.export_input, getattr(args, "verbose", 0), say)
     return 0 if results else 1
+
+
+def _export(out_dir, formats, inputs, verbose: int, say) -> None:
+    from ..export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
+    from .export import quiet_converters
+
+    try:
+        with quiet_converters(verbose):
+            report, top = export_trained_model(out_dir, formats=formats, inputs=inputs)
+    except ExportError as e:
+        raise ExportError(f"the model is trained and saved in {out_dir}, but --export failed: {e}") from e
+    worst = [c["max_abs_diff"] for per in report.checks.values() for c in per.values() if "max_abs_diff" in c]
+    checked = f"; largest |logit - PyTorch| {max(worst):.1e}" if worst else ""
+    say(f"exported {', '.join(formats)} ({inputs} input) to {out_dir}/{TRAIN_EXPORT_DIR} in {report.seconds:.1f} s"
+        f"{checked}" + (f"; seed 000's files: {', '.join(p.name for p in top)}" if top else ""))

@@ -13,7 +13,9 @@ An export folder holds, per input kind (``waveform``, ``features``):
 
 and ``preprocessing.json`` (how to compute the features exactly), ``export.json`` (files,
 tensor names and shapes, labels, temperature, check results, versions), ``model_config.json``
-and ``labels.json``. See ``docs/device-integration.md``.
+and ``labels.json``. See ``docs/device-integration.md``. ``emovox train --export`` writes such a
+folder as ``export/`` inside the trained model folder and links the feature-in ONNX and Core ML files
+beside ``best_model.pth`` under seed 000's names (:func:`export_trained_model`).
 
 Modules: :mod:`.graphs` (trace-safe graphs), :mod:`.spec` (names and shapes), one writer per
 format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the whole run).
@@ -23,7 +25,18 @@ from __future__ import annotations
 
 from .checks import DEFAULT_TOLERANCE, synthetic_clips
 from .coreml_export import FLAVOURS as COREML_FLAVOURS
-from .exporter import FORMATS, MANIFEST_FILE, PREPROCESSING_FILE, ExportError, ExportReport, export_model
+from .exporter import (
+    FORMATS,
+    MANIFEST_FILE,
+    PREPROCESSING_FILE,
+    SEED000_FILES,
+    TRAIN_EXPORT_DIR,
+    ExportError,
+    ExportReport,
+    check_dependencies,
+    export_model,
+    export_trained_model,
+)
 from .onnx_export import DEFAULT_OPSET
 from .preprocessing import preprocessing_spec
 from .spec import INPUT_KINDS
@@ -36,9 +49,13 @@ __all__ = [
     "INPUT_KINDS",
     "MANIFEST_FILE",
     "PREPROCESSING_FILE",
+    "SEED000_FILES",
+    "TRAIN_EXPORT_DIR",
     "ExportError",
     "ExportReport",
+    "check_dependencies",
     "export_model",
+    "export_trained_model",
     "preprocessing_spec",
     "synthetic_clips",
 ]

@@ -83,7 +83,7 @@ def export_model(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise ExportError("int8 quantisation applies to ONNX: add 'onnx' to the formats")
     if input_name and len(inputs) != 1:
         raise ExportError("an input name override needs a single input kind (waveform or features)")
-    _check_dependencies(formats)
+    check_dependencies(formats)
     out = Path(output_dir)
     if out.exists() and not overwrite:
         raise ExportError(f"output folder {out} already exists; choose another or allow overwriting (--overwrite)")
@@ -135,13 +135,50 @@ def _choose(values: Sequence[str] | str, allowed: tuple[str, ...], what: str) ->
     return tuple(v for v in allowed if v in values)
 
 
-def _check_dependencies(formats: tuple[str, ...]) -> None:
+def check_dependencies(formats: Sequence[str]) -> None:
+    """Raise :class:`ExportError` naming the missing packages when ``formats`` cannot be exported here."""
     need = {"onnx": ["onnx", "onnxruntime"], "coreml": ["coremltools"], "torchscript": []}
     import importlib.util
 
     missing = sorted({m for f in formats for m in need[f] if importlib.util.find_spec(m) is None})
     if missing:
         raise ExportError(f"exporting {', '.join(formats)} needs {', '.join(missing)}: pip install 'emovox[export]'")
+
+
+#: Where ``emovox train --export`` writes the export inside the trained model folder.
+TRAIN_EXPORT_DIR = "export"
+#: Seed 000's names for the feature-input graph, placed at the top of a trained model folder.
+SEED000_FILES = {"onnx": "emotion_classifier.onnx", "coreml": "EmotionClassifier.mlmodel"}
+
+
+def export_trained_model(model_dir: str | os.PathLike, *, formats: Sequence[str] = ("onnx", "coreml"),
+                         inputs: Sequence[str] | str = INPUT_KINDS) -> tuple[ExportReport, list[Path]]:
+    """``emovox train --export``: export a trained model folder into ``model_dir/export/`` (everything
+    :func:`export_model` writes, checked against PyTorch; Core ML as ``.mlmodel``, seed 000's format) and
+    put its feature-input ONNX and Core ML files at the top of the folder under seed 000's names,
+    ``emotion_classifier.onnx`` and ``EmotionClassifier.mlmodel`` (hard links to the files in ``export/``,
+    copies where the file system has no links). Returns the report and the top-level files.
+    """
+    out = Path(model_dir)
+    report = export_model(out, out / TRAIN_EXPORT_DIR, formats=formats, inputs=inputs,
+                          coreml_flavours=("neuralnetwork",), overwrite=True)
+    top = []
+    for fmt, name in SEED000_FILES.items():
+        written = report.files.get(fmt, {}).get("features")
+        if isinstance(written, dict):  # Core ML: {flavour: file}
+            written = written.get("neuralnetwork")
+        if not written:
+            continue
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(out / TRAIN_EXPORT_DIR / written, target)
+        except OSError:
+            shutil.copyfile(out / TRAIN_EXPORT_DIR / written, target)
+        top.append(target)
+    return report, top
 
 
 def _load(model: str | os.PathLike) -> tuple[LoadedModel, LoadedModel]:
