@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from emovox import whisper
@@ -307,3 +308,41 @@ def test_probe_heads_are_fit_per_c_and_padding_changes_nothing(head, ct2_folder,
     assert torch.allclose(both[1], alone[0], atol=1e-5)
     assert pooled.shape[1] == net.pooled_mean.numel()  # what training fit on = what inference computes
     np.testing.assert_allclose(pooled, net.pooled_rows([short[0].numpy()]), rtol=1e-4, atol=1e-4)
+
+
+def test_adapt_restandardises_a_probe_head_on_unlabelled_clips(ct2_folder, synth_corpus, tmp_path):
+    """emovox adapt: the pooled features' mean/std re-estimated on the target clips; the rest as trained."""
+    import json
+
+    from emovox.adaptation import AdaptationError, adapt_model
+    from emovox.audio import find_audio_files
+    from emovox.cli import main
+    from emovox.inference import load_model
+
+    src = tmp_path / "m"
+    assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
+                 "--ssl-head", "mean", "--probe-c", "0.1", "--val_split", "0.25", "--threads", "1", "--no-progress",
+                 "--output_dir", str(src), "--cache-dir", str(tmp_path / "c")]) == 0
+    clips = find_audio_files(synth_corpus)
+    target = tmp_path / "quiet"
+    target.mkdir()
+    for i, clip in enumerate(clips[:40]):  # a "new domain": the same speech 20 dB quieter
+        x, sr = sf.read(clip, dtype="float32")
+        sf.write(target / f"{i}.wav", 0.1 * x, sr)
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(src), "--output-dir", str(out), "--cache-dir", str(tmp_path / "c"),
+                 str(target)]) == 0
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["adaptation"]["clips"] == 40 and config["labels"] == json.loads((src / "labels.json").read_text())
+    before, after = (next(m for m in load_model(d).backend.pipeline.modules() if hasattr(m, "pooled_mean"))
+                     for d in (src, out))
+    assert torch.equal(before.classifier[-1].weight, after.classifier[-1].weight)
+    assert not torch.allclose(before.pooled_mean, after.pooled_mean)
+    assert load_model(out).predict(target / "0.wav").label in config["labels"]
+    with pytest.raises(AdaptationError, match="not empty"):
+        adapt_model(src, find_audio_files(target), out)
+    with pytest.raises(AdaptationError, match="at least 30"):
+        adapt_model(src, find_audio_files(target)[:5], tmp_path / "few")
+    with pytest.raises(AdaptationError, match="probe head"):
+        adapt_model("crnn", find_audio_files(target), tmp_path / "crnn")
+    assert not (tmp_path / "few").exists() and not (tmp_path / "crnn").exists()

@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("text-evaluate", "text_evaluate"),
     ("train", "train"),
     ("evaluate", "evaluate"),
+    ("adapt", "adapt"),
     ("plot-confusion", "plot_confusion"),
     ("export", "export"),
 ]
