@@ -88,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     p.add_argument("--workers", type=int, default=None, help="threads for decoding/feature extraction")
     p.add_argument("--force", action="store_true", help="retrain folds whose results already exist in --out")
+    p.add_argument("--adapt", action="store_true",
+                   help="ssl probe heads on cross-corpus protocols: also score the model adapted (emovox adapt) to the "
+                        "test corpus's audio, without its labels")
     p.add_argument("--quick", action="store_true",
                    help="smoke run in minutes: 1 fold, 2 epochs, at most 160 RAVDESS / 240 CREMA-D clips")
     args = p.parse_args(argv)
@@ -254,11 +257,16 @@ def run_svm(plan, labels, feats: dict, seed: int) -> dict:
 
 
 def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
+    from emovox.modelio import write_json
     from emovox.training import TrainConfig, train_model
 
     result_file = out_dir / "result.json"
     if result_file.exists() and not args.force:
-        return json.loads(result_file.read_text())
+        out = json.loads(result_file.read_text())
+        if args.adapt and "uar_adapted" not in out and adapts(family, plan):
+            out.update(adapted_figures(plan, out_dir, cache))
+            write_json(result_file, out)
+        return out
     kwargs = dict(args.model_kwargs or {})
     if family == "ssl":
         kwargs = {"backbone": args.ssl_backbone, "head": args.ssl_head, **kwargs}
@@ -275,10 +283,36 @@ def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
            "parameters": res.meta["parameters"], "size_bytes": res.meta["size_bytes"],
            "best_epoch": res.best_epoch, "epochs_run": len(res.history), "ece": res.metrics["ece"],
            "ece_calibrated": res.metrics["ece_calibrated"]}
-    from emovox.modelio import write_json
-
+    if args.adapt and adapts(family, plan):
+        out.update(adapted_figures(plan, out_dir, cache))
     write_json(result_file, out)
     return out
+
+
+def adapts(family: str, plan) -> bool:
+    """``--adapt`` applies to probe-head ssl models tested on corpora they were not trained on."""
+    return family == "ssl" and not {r.corpus for r in plan.test} & {r.corpus for r in plan.train + plan.val}
+
+
+def adapted_figures(plan, out_dir: Path, cache) -> dict:
+    """The model as trained and adapted (``emovox adapt``) to the test clips' audio, without their labels,
+    both scored by ``emovox evaluate`` (argmax over the labels the test corpus has)."""
+    import shutil
+
+    from emovox.adaptation import adapt_model
+    from emovox.evaluation import evaluate_model
+    from emovox.modelio import load_model_dir
+
+    adapted = out_dir / "adapted"
+    shutil.rmtree(adapted, ignore_errors=True)
+    t = time.perf_counter()
+    adapt_model(out_dir, [r.path for r in plan.test], adapted, cache=cache)
+    before = evaluate_model(load_model_dir(out_dir), plan.test, cache=cache).metrics
+    after = evaluate_model(load_model_dir(adapted), plan.test, cache=cache).metrics
+    print(f"    adapted to the test corpus's audio: UAR {100 * before['uar']:.1f} -> {100 * after['uar']:.1f} "
+          f"(emovox evaluate; {time.perf_counter() - t:.0f} s)", flush=True)
+    return {"uar_evaluate": before["uar"], "uar_adapted": after["uar"], "macro_f1_adapted": after["macro_f1"],
+            "accuracy_adapted": after["accuracy"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +336,8 @@ def machine() -> dict:
 
 def summarize(folds: list[dict]) -> dict:
     out = {}
-    for key in ("uar", "macro_f1", "accuracy", "training_time_s", "parameters", "size_bytes"):
+    for key in ("uar", "macro_f1", "accuracy", "training_time_s", "parameters", "size_bytes", "uar_evaluate",
+                "uar_adapted"):
         vals = [f[key] for f in folds if key in f]
         out[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)} if vals else None
     return out
@@ -331,6 +366,12 @@ def markdown(results: dict, meta: dict) -> str:
               "C by speaker-grouped inner CV on the training fold; its 'parameters' are its support-vector values.", ""]
     for protocol, fams in results.items():
         lines.append(f"- {protocol}: {fams['description']}")
+        for family, r in fams["families"].items():
+            s = r["summary"]
+            if s.get("uar_adapted"):
+                lines.append(f"  - {family} adapted to the test corpus's unlabelled audio (`emovox adapt`): UAR "
+                             f"{pm(s['uar_evaluate'])} -> {pm(s['uar_adapted'])} (both by `emovox evaluate`: argmax "
+                             f"over the labels the test corpus has)")
     return "\n".join(lines) + "\n"
 
 
