@@ -42,11 +42,23 @@ def describe_backbone(kwargs: dict) -> str:
     front = ("Whisper's log-mel (80 bins, 25 ms windows, 10 ms hop)" if bb.get("model_type") == "whisper"
              else "the raw waveform")
     head = kwargs.get("head", "cnn")
-    how = ("each averaged over the clip, standardised with the training clips' statistics → one linear layer"
-           if head == "mean" else f"each normalised and mixed with learned layer weights → `{head}` head → classifier")
+    probes = {"mean": "each averaged over the clip",
+              "stats": "each averaged over the clip, with its log standard deviation over the clip"}
+    how = (f"{probes[head]}, standardised with the training clips' statistics → one linear layer (a logistic "
+           f"regression fit by L-BFGS, its L2 strength chosen on the validation speakers)" if head in probes
+           else f"each normalised and mixed with learned layer weights → `{head}` head → classifier")
     return (f"16 kHz mono audio → {front} → frozen `{bb['source']}` encoder ({bb['model_type']}, {bb['num_layers']} "
             f"layers × {bb['hidden_size']}; weights from the installed package, not stored in this folder) → its "
             f"{len(layers)} hidden states at 50 frames/s, {how}; whole clips at their own length (no padding to 30 s).")
+
+
+def probe_c(run: Path) -> float | None:
+    """The kept inverse L2 strength of a probe head's fit (its history has one entry per C), else None."""
+    history = json.loads((run / "training_history.json").read_text())
+    metrics = json.loads((run / "metrics_overall.json").read_text())
+    if not history or "C" not in history[0]:
+        return None
+    return history[metrics["best_epoch"] - 1]["C"]
 
 
 def describe_input(feats: dict, streaming: bool) -> str:
@@ -116,7 +128,7 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "## Measured",
         "",
         f"On the {sizes.get('val', '?')} clips of the **{split.get('kind', '')} validation split** "
-        "(speakers never seen in training; also used to pick the best epoch and fit the temperature, "
+        "(speakers never seen in training; also used to pick the best epoch or L2 strength and fit the temperature, "
         "so these figures are mildly optimistic):",
         "",
         "| metric | value |",
@@ -126,7 +138,8 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         f"| macro-F1 | {100 * m['macro_f1']:.1f} % |",
         f"| weighted-F1 | {100 * m['weighted_f1']:.1f} % |",
         f"| expected calibration error, before → after temperature scaling | {m['ece']:.3f} → {m['ece_calibrated']:.3f} |",
-        f"| best epoch / epochs run | {m.get('best_epoch')} / {m.get('epochs_run')} |",
+        (f"| L2 strengths tried / kept (C) | {m.get('epochs_run')} / {probe_c(run)} |" if probe_c(run) is not None
+         else f"| best epoch / epochs run | {m.get('best_epoch')} / {m.get('epochs_run')} |"),
         f"| training time | {m.get('training_time_s', 0) / 60:.0f} min on {extra or 'a shared 2-core CPU'} |",
         "",
         "Per class (precision, recall, F1, support):",
