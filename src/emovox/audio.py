@@ -22,6 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import AudioError
+
 SAMPLE_RATE_HZ = 16000
 #: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.
 DEFAULT_MAX_DURATION_S = 3600.0
@@ -33,10 +35,6 @@ SILENCE_THRESHOLD_DBFS = -60.0
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray, "object"]
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used: the message names the problem (and the source when known)."""
 
 
 @dataclass(frozen=True)

@@ -374,7 +374,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     present = [lab for lab in model_labels if lab in {mapping[r.label] for r in kept}]
     cfg = pipeline.feature_config
     if cfg.kind == "waveform":  # raw-sample models (ssl): cached backbone states or waveforms, their own batches
-        from .models.ssl import evaluation_data
+        from .backbone_data import evaluation_data
 
         fs, batches = evaluation_data(pipeline.model, kept, cache=cache, num_workers=num_workers, progress=progress)
     else:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import ModelLoadError
 from .features import (
     FeatureConfig,
     FeatureStats,
@@ -52,10 +53,6 @@ FULL_MODEL_FILE = "model_full.pth"
 STREAMING_FULL_MODEL_FILE = "model.pth"
 STREAMING_WEIGHTS_FILE = "model_weights.pth"
 STREAMING_TORCHSCRIPT_FILE = "model_torchscript.pt"
-
-
-class ModelLoadError(ValueError):
-    """A model folder or file that cannot be used; the message names the file and the problem."""
 
 
 def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: FeatureConfig,

@@ -29,7 +29,7 @@ Choices, and why:
   types, so it loads with ``torch.load(weights_only=True)``.
 - **Calibration.** After training, a temperature is fitted on the validation split (LBFGS on the
   NLL) and saved in the model config; ECE before and after is reported.
-- **Pretrained backbones** (``ssl``): :class:`emovox.models.ssl.SSLTraining` supplies the model, the
+- **Pretrained backbones** (``ssl``): :class:`emovox.backbone_data.SSLTraining` supplies the model, the
   features (backbone hidden states cached once per clip, or waveforms when fine-tuning) and the
   batch makers in place of the log-mel ones; the loop is the same (see ``docs/ssl.md``).
 - **Distributed.** Under ``torchrun`` every rank builds the same global batch and trains on its
@@ -68,6 +68,7 @@ from torch import nn
 from . import __version__
 from . import distributed as ddp
 from .data import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
+from .errors import TrainingError
 from .evaluation import (
     compute_metrics,
     expected_calibration_error,
@@ -115,9 +116,6 @@ SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
 LABEL_SCOPES = ("all", "corpus")
 
-
-class TrainingError(ValueError):
-    """Training cannot start or continue (bad data, labels, split or checkpoint); the message says why."""
 
 
 @dataclass
@@ -679,7 +677,7 @@ def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save
 
     hooks = None  # families that bring their own features and batches (ssl: cached backbone states)
     if cfg.model == "ssl":
-        from .models.ssl import SSLTraining
+        from .backbone_data import SSLTraining
 
         torch.manual_seed(cfg.seed)
         hooks = SSLTraining(cfg, n_classes=len(labels), out_dir=out, cache=cache, num_workers=cfg.num_workers,

@@ -46,6 +46,7 @@ from .encoder import (
 )
 from .evaluation import evaluate_text_model
 from .head import MLPHead, multilabel_loss
+from .loading import load_text_model
 from .metrics import tune_thresholds
 from .model import (
     CONFIG_FILE,
@@ -55,7 +56,6 @@ from .model import (
     HEAD_FILE,
     LABELS_FILE,
     META_FILE,
-    load_text_model,
     save_weights,
     write_json,
 )
