@@ -167,3 +167,19 @@ def test_exceptions_are_the_same_class_wherever_imported():
     assert training.TrainingError is errors.TrainingError
     assert text_data.TextError is errors.TextError
     assert all(issubclass(getattr(errors, n), ValueError) for n in errors.__all__)
+
+
+#: A function that does not fit on a screen or two is doing several things; split it into named steps.
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_over_100_lines():
+    """Every function and method in ``src/`` (nested functions counted in the one that holds them)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "functions over 100 lines: " + ", ".join(long)
