@@ -150,8 +150,9 @@ def test_models_import_networks_only(module):
     assert not bad, f"{module} reaches {bad}"
 
 
-def test_errors_module_is_at_the_bottom():
-    assert import_graph()["emovox.errors"] == set()
+def test_errors_and_defaults_are_at_the_bottom():
+    graph = import_graph()
+    assert graph["emovox.errors"] == set() and graph["emovox.defaults"] == set()
 
 
 def test_exceptions_are_the_same_class_wherever_imported():

@@ -37,6 +37,7 @@ from .data import (
     default_cache_dir,
     row_path,
 )
+from .defaults import MAX_TRAINING_CLIP_S
 from .errors import TrainingError
 from .models import build_model
 from .models.ssl import PROBE_HEADS, SSLHybrid
@@ -117,7 +118,7 @@ def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int |
 def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence[int], *, cache=None,
                        device: torch.device | str = "cpu", num_workers: int | None = None,
                        progress: bool | None = None, desc: str = "backbone states",
-                       max_duration_s: float | None = 600.0):
+                       max_duration_s: float | None = MAX_TRAINING_CLIP_S):
     """Hidden states ``(n_layers, hidden, frames)`` float16 for ``rows``, from the cache or computed.
 
     Returns an :class:`emovox.data.FeatureSet` (``features``: memory-mapped cache files when a
@@ -156,7 +157,7 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
 
 
 def load_waveforms(rows: Sequence[Any], *, num_workers: int | None = None, progress: bool | None = None,
-                   desc: str = "decoding", max_duration_s: float | None = 600.0):
+                   desc: str = "decoding", max_duration_s: float | None = MAX_TRAINING_CLIP_S):
     """Decoded 16 kHz float32 waveforms for ``rows`` (fine-tuning runs the backbone on them every epoch)."""
     from tqdm.auto import tqdm
 

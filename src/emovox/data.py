@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio import AudioError, load_audio
+from .defaults import MAX_TRAINING_CLIP_S, cache_env
 from .features import (
     FeatureConfig,
     FeatureStats,
@@ -83,13 +84,12 @@ from .features import (
 )
 
 CACHE_VERSION = 1
-CACHE_ENV = "EMOVOX_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """``$EMOVOX_CACHE_DIR`` or ``~/.cache/emovox/features``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emovox" / "features"
+    """``$EMOVOX_CACHE_DIR`` (or the deprecated ``$EMOVOX_CACHE``), else ``~/.cache/emovox/features``."""
+    env = cache_env()
+    return env if env is not None else Path.home() / ".cache" / "emovox" / "features"
 
 
 def cached_config(cfg: FeatureConfig) -> FeatureConfig:
@@ -315,7 +315,7 @@ def _progress_enabled(progress: bool | None) -> bool:
 
 def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCache | str | os.PathLike | bool | None = None,
                   num_workers: int | None = None, progress: bool | None = None, desc: str = "features",
-                  max_duration_s: float | None = 600.0) -> FeatureSet:
+                  max_duration_s: float | None = MAX_TRAINING_CLIP_S) -> FeatureSet:
     """Log-mel frames (float16) for ``rows`` (ManifestRows or paths), from the cache or decoded.
 
     Cache misses are decoded and featurised by ``num_workers`` threads (default

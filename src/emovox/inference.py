@@ -23,10 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
+from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
 from .labels import FOLD_FALLBACKS, LabelMap, music_mood
 
 #: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
-DEFAULT_THRESHOLD = 0.70
+DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
 #: A streaming model's answer: after the last frame, or the mean of every frame's probabilities.
 FINAL_ANSWERS = ("last", "mean")
@@ -375,7 +376,7 @@ class EmotionModel:
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
 
-    def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = 600.0,
+    def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                final_answer: str = "last") -> StreamingSession:
         """An incremental session (:class:`StreamingSession`); ``final_answer`` ``"last"`` or
         ``"mean"`` (models that run frame by frame)."""
@@ -409,7 +410,7 @@ class StreamingSession:
     received (streaming models) or the classified window.
     """
 
-    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = 600.0,
+    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                  final_answer: str = "last"):
         if final_answer not in FINAL_ANSWERS:
             raise ValueError(f"final_answer must be one of {', '.join(FINAL_ANSWERS)}, got {final_answer!r}")

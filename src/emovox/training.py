@@ -171,8 +171,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config a checkpoint or model folder saved (:meth:`to_dict`); unknown keys are refused, so a
+        misspelt or retired setting is never silently dropped."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise TrainingError(f"unknown TrainConfig field(s) {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(known)}")
+        return cls(**d)
 
     def feature_config(self) -> FeatureConfig:
         f = self.features if self.features is not None else DEFAULT_FEATURES.get(self.model, "logmel64")

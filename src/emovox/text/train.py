@@ -327,7 +327,7 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
                      cache_dir: str | os.PathLike | None | bool = True) -> dict:
     """Train, tune thresholds on ``dev_path``, write the model folder; returns the dev report.
 
-    ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE`` or
+    ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE_DIR`` or
     ``./.emovox-cache``, then ``text/``; ``None``/``False``: no cache).
     """
     cfg = config or TextTrainConfig()
