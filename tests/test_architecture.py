@@ -184,3 +184,35 @@ def test_no_function_over_100_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "functions over 100 lines: " + ", ".join(long)
+
+
+def test_streaming_models_declare_the_protocol():
+    """Every registered model that says ``streaming = True`` has what :class:`StreamingModel` declares
+    (instead of ``hasattr`` checks where it is used); frame models do not claim it."""
+    from emovox.models import MODELS, _load_all, build_model
+    from emovox.models.common import StreamingModel, is_streaming
+
+    _load_all()
+    streaming = [name for name, cls in MODELS.items() if is_streaming(cls)]
+    assert streaming
+    for name in streaming:
+        assert isinstance(build_model(name, n_features=13, n_classes=3), StreamingModel), name
+    assert not is_streaming(build_model("cnn", n_features=32, n_classes=3))
+
+
+def test_nonzero_frame_mask_is_one_trace_safe_function():
+    import torch
+
+    from emovox.features import nonzero_frame_mask, preset
+
+    cfg = preset("seed003")
+    x = torch.zeros(2, 16000)
+    x[0, 4000:6000] = 0.1
+    padded = torch.nn.functional.pad(x, (cfg.n_fft // 2, cfg.n_fft // 2)) if cfg.center else x
+    windows = padded.unfold(-1, cfg.frame_span, cfg.hop_length)[..., cfg.window_offset:][..., : cfg.window_length]
+    mask = nonzero_frame_mask(x, cfg)  # the unfold definition, computed as a max-pool
+    assert torch.equal(mask, windows.abs().amax(-1) > 0) and mask[0].any() and not mask[1].any()
+    traced = torch.jit.trace(lambda w: nonzero_frame_mask(w, cfg), (x,))
+    y = torch.zeros(1, 24000)
+    y[0, 100] = 1.0
+    assert torch.equal(traced(y), nonzero_frame_mask(y, cfg))  # a dynamic length through the traced graph

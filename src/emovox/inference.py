@@ -482,7 +482,7 @@ class StreamingSession:
         """Featurise the complete frames of ``buf`` and step them through the model; keep the rest."""
         import torch
 
-        from .features import nonzero_frame_mask
+        from .features import nonzero_frame_mask, prepare_input
 
         pipe, cfg = self._pipe, self._pipe.feature_config
         n_frames = cfg.num_frames_for(buf.size)
@@ -496,7 +496,7 @@ class StreamingSession:
                 feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
             if feats.shape[-1] == 0:
                 return
-            x = pipe.normalize(feats).transpose(1, 2)
+            x = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
             if self.final_answer == "mean":
                 logits, self._hidden = pipe.model.steps(x, self._hidden)
                 probs = softmax(logits[0].numpy(), self.model.backend.temperature)

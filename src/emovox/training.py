@@ -96,6 +96,7 @@ from .modelio import (
     write_json,
 )
 from .models import build_model, count_parameters
+from .models.common import is_streaming
 from .splits import (
     Split,
     balanced_subset,
@@ -480,7 +481,7 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
     ``model_weights.pth`` (its state dict) and ``model_torchscript.pt`` (the same model as
     TorchScript with seed 003's ``forward(x, hidden)``: loads without emovox and without unpickling
     Python objects). Returns the ``model_meta.json`` entries that name them."""
-    streaming = bool(getattr(model, "streaming", False))
+    streaming = is_streaming(model)
     cls = FullStreamingModel if streaming else FullModel
     full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
     if not streaming:
@@ -717,9 +718,9 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
         model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
     device = cfg.torch_device()
     model.to(device)
-    streaming = bool(getattr(model, "streaming", False))
+    streaming = is_streaming(model)
     fps = feat_cfg.frame_rate_hz
-    frame_loss = streaming and cfg.streaming_loss == "frames" and hasattr(model, "frame_logits")
+    frame_loss = streaming and cfg.streaming_loss == "frames"  # StreamingModel.frame_logits
     if data.hooks is not None:
         train_batches, eval_batches = data.hooks.train_batches, data.hooks.eval_batches
     else:
