@@ -98,7 +98,8 @@ def batches(n: int, size: int) -> list[list[int]]:
 
 
 def bench_size(size: str, folder: Path, clips: list[np.ndarray], args, device: torch.device, precision: str) -> dict:
-    from emovox.models.ssl import SSLHybrid, StateBatches, WaveBatches
+    from emovox.backbone_data import StateBatches, WaveBatches
+    from emovox.models.ssl import SSLHybrid
 
     n = len(clips)
     labels = torch.from_numpy(np.random.default_rng(1).integers(0, 4, n))

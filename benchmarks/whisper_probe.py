@@ -78,7 +78,8 @@ def main(argv=None) -> int:
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from emovox.backbones import HiddenStateCache, load_backbone
+    from emovox.backbone_data import HiddenStateCache
+    from emovox.backbones import load_backbone
     from emovox.data import default_cache_dir
 
     backbone = load_backbone(args.backbone)

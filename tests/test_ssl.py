@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from emovox.audio import load_audio
-from emovox.backbones import Backbone, BackboneError, HiddenStateCache, load_backbone, load_hidden_states
+from emovox.backbone_data import HiddenStateCache, load_hidden_states
+from emovox.backbones import Backbone, BackboneError, load_backbone
 from emovox.cli import main
 from emovox.inference import load_model
 from emovox.modelio import ModelLoadError, load_model_dir

@@ -22,9 +22,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .defaults import MAX_CLIP_S
+from .errors import AudioError
+
 SAMPLE_RATE_HZ = 16000
 #: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.
-DEFAULT_MAX_DURATION_S = 3600.0
+DEFAULT_MAX_DURATION_S = MAX_CLIP_S
 #: Source sample rates emovox accepts (a header claiming 0, 1 or 10**9 Hz is corrupt or hostile).
 SOURCE_RATE_RANGE_HZ = (1000, 768_000)
 #: Peak level (dBFS) under which a clip counts as silent.
@@ -33,10 +36,6 @@ SILENCE_THRESHOLD_DBFS = -60.0
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray, "object"]
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used: the message names the problem (and the source when known)."""
 
 
 @dataclass(frozen=True)

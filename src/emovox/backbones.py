@@ -68,14 +68,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import whisper
-from .data import ClipCache, cached_lookup, row_path
+from .errors import BackboneError
 from .features import WhisperLogMel
-from .modelio import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +102,6 @@ ARCH_KEYS = (
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 _OFFLINE_VALUES = ("1", "on", "yes", "true")
-
-
-class BackboneError(ModelLoadError):
-    """A backbone that cannot be found, loaded or used; the message says what was tried and what to do."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,8 +490,6 @@ def stitch_windows(run, x: torch.Tensor, *, stride: int, chunk: int, overlap: in
     return out
 
 
-
-
 def _conv_geometry(config) -> tuple[list[int], list[int]]:
     return [int(k) for k in config.conv_kernel], [int(s) for s in config.conv_stride]
 
@@ -731,146 +723,3 @@ class WhisperBackbone(Backbone):
             save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp / "model.safetensors"))
 
         return write_folder_atomically(dest, fill)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache
-
-
-def cache_root(cache) -> Path | None:
-    """The cache folder from what the trainer and evaluator accept: a FeatureCache, a folder,
-    True (the default folder) or None/False (no cache)."""
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        from .data import default_cache_dir
-
-        return default_cache_dir()
-    from .data import FeatureCache
-
-    root = cache.root if isinstance(cache, FeatureCache) else cache
-    return Path(root).expanduser()
-
-
-class HiddenStateCache(ClipCache):
-    """One float16 ``.npy`` ``(n_layers, hidden, frames)`` per clip; see the module docstring."""
-
-    info_name = "cache.json"
-
-    def __init__(self, root: str | os.PathLike, backbone: Backbone, layers: Sequence[int], device="cpu"):
-        self.root = Path(root).expanduser()
-        self.key = backbone.cache_key(layers, device)
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        super().__init__(self.root / f"ssl-{digest}")
-        self.shape = (len(layers), backbone.hidden_size)
-        self.describe = backbone.ref.describe()
-
-    def _valid(self, arr: np.ndarray) -> bool:
-        return arr.ndim == 3 and tuple(arr.shape[:2]) == self.shape and arr.dtype == np.float16
-
-    def _describe(self) -> dict[str, Any]:
-        return {**self.key, "stored": "float16 (n_layers, hidden, frames) per clip", "backbone": self.describe}
-
-    def get(self, path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray | None:
-        """The clip's states, memory-mapped read-only, or None."""
-        return super().get(path, mmap=mmap)
-
-
-@dataclass
-class _Decoded:
-    index: int
-    wave: np.ndarray | None = None
-    error: str | None = None
-
-
-def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int | None, max_duration_s: float | None):
-    """Decode clips in a thread pool, yielding them in order (a few ahead of the consumer)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .audio import AudioError, load_audio
-
-    def work(i: int) -> _Decoded:
-        try:
-            return _Decoded(i, load_audio(paths[i], sample_rate_hz=SAMPLE_RATE_HZ, max_duration_s=max_duration_s))
-        except (AudioError, OSError) as e:
-            return _Decoded(i, error=str(e))
-
-    workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
-    if workers == 1:
-        yield from map(work, todo)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        ahead = 2 * workers
-        futures = [ex.submit(work, i) for i in todo[:ahead]]
-        for k in range(len(todo)):
-            if k + ahead < len(todo):
-                futures.append(ex.submit(work, todo[k + ahead]))
-            yield futures[k].result()
-            futures[k] = None  # type: ignore[call-overload]
-
-
-def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence[int], *, cache=None,
-                       device: torch.device | str = "cpu", num_workers: int | None = None,
-                       progress: bool | None = None, desc: str = "backbone states",
-                       max_duration_s: float | None = 600.0):
-    """Hidden states ``(n_layers, hidden, frames)`` float16 for ``rows``, from the cache or computed.
-
-    Returns an :class:`emovox.data.FeatureSet` (``features``: memory-mapped cache files when a
-    cache is used, in-memory float16 arrays otherwise; ``decoded``: clips run through the
-    backbone). Unreadable clips are left out and listed in ``errors``.
-    """
-    from tqdm.auto import tqdm
-
-    from .data import FeatureSet, _progress_enabled
-
-    root = cache_root(cache)
-    store = HiddenStateCache(root, backbone, layers, device) if root is not None else None
-    paths = [row_path(r) for r in rows]
-    results, todo = cached_lookup(store, paths)
-    errors: dict[int, str] = {}
-    if todo:
-        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
-                   dynamic_ncols=True, leave=False)
-        with torch.inference_mode():
-            for d in _decode_all(paths, todo, num_workers=num_workers, max_duration_s=max_duration_s):
-                if d.error is not None:
-                    errors[d.index] = d.error
-                else:
-                    x = torch.from_numpy(np.ascontiguousarray(d.wave, dtype=np.float32))[None].to(device)
-                    states = backbone.clip_states(x, layers)[0].cpu().numpy().astype(np.float16)
-                    results[d.index] = states
-                    if store is not None:
-                        try:
-                            f = store.put(paths[d.index], states)
-                            results[d.index] = np.load(f, mmap_mode="r", allow_pickle=False)
-                        except OSError:
-                            pass  # a read-only or full cache must not stop training
-                bar.update(1)
-        bar.close()
-    keep = [i for i in range(len(paths)) if results[i] is not None]
-    return FeatureSet(features=[results[i] for i in keep], rows=[rows[i] for i in keep], indices=keep,
-                      errors=[(paths[i], errors[i]) for i in sorted(errors)], decoded=len(todo) - len(errors))
-
-
-def load_waveforms(rows: Sequence[Any], *, num_workers: int | None = None, progress: bool | None = None,
-                   desc: str = "decoding", max_duration_s: float | None = 600.0):
-    """Decoded 16 kHz float32 waveforms for ``rows`` (fine-tuning runs the backbone on them every epoch)."""
-    from tqdm.auto import tqdm
-
-    from .data import FeatureSet, _progress_enabled
-
-    paths = [row_path(r) for r in rows]
-    results: list[np.ndarray | None] = [None] * len(paths)
-    errors: dict[int, str] = {}
-    bar = tqdm(total=len(paths), desc=desc, unit="clip", disable=not _progress_enabled(progress),
-               dynamic_ncols=True, leave=False)
-    for d in _decode_all(paths, list(range(len(paths))), num_workers=num_workers, max_duration_s=max_duration_s):
-        if d.error is not None:
-            errors[d.index] = d.error
-        else:
-            results[d.index] = np.ascontiguousarray(d.wave, dtype=np.float32)
-        bar.update(1)
-    bar.close()
-    keep = [i for i in range(len(paths)) if results[i] is not None]
-    return FeatureSet(features=[results[i] for i in keep], rows=[rows[i] for i in keep], indices=keep,
-                      errors=[(paths[i], errors[i]) for i in sorted(errors)], decoded=len(keep))

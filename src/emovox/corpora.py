@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_info, find_audio_files
+from .errors import CorpusError
 from .labels import CANONICAL_ORDER, SYNONYMS, LabelError, canonical
 
 #: Name of the label file the ``csv`` layout looks for inside a folder.
@@ -36,10 +37,6 @@ LABELS_CSV = "labels.csv"
 DETECT_MIN_FRACTION = 0.9
 #: Above this many files, durations are read by a thread pool.
 _PARALLEL_MIN_FILES = 32
-
-
-class CorpusError(ValueError):
-    """A corpus folder, file name or label file that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,12 @@ import torch
 import torch.nn.functional as F
 
 from .audio import AudioError, load_audio
+from .defaults import MAX_TRAINING_CLIP_S, cache_env
 from .features import (
     FeatureConfig,
     FeatureStats,
     LogMel,
+    Normalize,
     dct_matrix,
     fix_frames,
     hz_to_mel,
@@ -79,17 +81,17 @@ from .features import (
     nonzero_frame_mask,
     normalize_level,
     pad_to_one_frame,
+    prepare_input,
     silence_features,
 )
 
 CACHE_VERSION = 1
-CACHE_ENV = "EMOVOX_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """``$EMOVOX_CACHE_DIR`` or ``~/.cache/emovox/features``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emovox" / "features"
+    """``$EMOVOX_CACHE_DIR`` (or the deprecated ``$EMOVOX_CACHE``), else ``~/.cache/emovox/features``."""
+    env = cache_env()
+    return env if env is not None else Path.home() / ".cache" / "emovox" / "features"
 
 
 def cached_config(cfg: FeatureConfig) -> FeatureConfig:
@@ -315,7 +317,7 @@ def _progress_enabled(progress: bool | None) -> bool:
 
 def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCache | str | os.PathLike | bool | None = None,
                   num_workers: int | None = None, progress: bool | None = None, desc: str = "features",
-                  max_duration_s: float | None = 600.0) -> FeatureSet:
+                  max_duration_s: float | None = MAX_TRAINING_CLIP_S) -> FeatureSet:
     """Log-mel frames (float16) for ``rows`` (ManifestRows or paths), from the cache or decoded.
 
     Cache misses are decoded and featurised by ``num_workers`` threads (default
@@ -439,16 +441,19 @@ class BatchMaker:
     clip has the same number of frames.
     """
 
-    def __init__(self, cfg: FeatureConfig, stats: FeatureStats | None, *, crop_frames: int | None = None,
+    def __init__(self, cfg: FeatureConfig, stats: FeatureStats | Normalize | None, *, crop_frames: int | None = None,
                  max_frames: int | None = None, augment: AugmentConfig | None = None):
+        """``stats``: the training statistics, or a loaded model's :class:`Normalize` (a model being evaluated)."""
         self.cfg = cfg
         self.cached = cached_config(cfg)
         self.crop_frames = cfg.num_frames or crop_frames
         self.max_frames = max_frames
         self.augment = augment
-        n = cfg.n_features
-        self.mean = torch.tensor(stats.mean if stats else [0.0] * n, dtype=torch.float32)[:, None]
-        self.std = torch.tensor(stats.std if stats else [1.0] * n, dtype=torch.float32)[:, None]
+        if isinstance(stats, Normalize):
+            self.normalize = Normalize(None, cfg.n_features)
+            self.normalize.load_state_dict(stats.state_dict())
+        else:
+            self.normalize = Normalize(stats, cfg.n_features)
         self.floor_db = 10.0 * math.log10(cfg.log_floor)
         self._white, self._pink, self._dof = _noise_shapes(self.cached)
         self._silence = silence_features(self.cached.replace(skip_zero_frames=False))
@@ -458,7 +463,7 @@ class BatchMaker:
         f = model_features(torch.from_numpy(logmel.astype(np.float32)), self.cfg)
         if self.cfg.num_frames is not None:
             f = fix_frames(f, self.cfg.num_frames, cfg=self.cfg)
-        return (normalize_level(f, self.cfg) - self.mean) / self.std
+        return prepare_input(f, self.cfg, self.normalize)
 
     def eval_batch(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return collate([self.eval_item(c) for c in clips])
@@ -493,7 +498,7 @@ class BatchMaker:
             out[:, left : left + x.shape[-1]] = x
             x = out
         # level after gain and noise, as a quiet or noisy recording meets it at inference
-        f = (normalize_level(model_features(x, self.cfg), self.cfg) - self.mean) / self.std
+        f = prepare_input(model_features(x, self.cfg), self.cfg, self.normalize)
         if aug is not None:
             f = self._spec_augment(f, rng)
         return f

@@ -29,6 +29,7 @@ from torch import nn
 
 from .data import BatchMaker, FeatureCache, length_batches, load_features
 from .labels import LabelMap
+from .models.common import is_streaming
 
 ECE_BINS = 15
 
@@ -299,10 +300,8 @@ def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def forward_model(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Normalised features ``(B, F, T)`` → logits, for frame and streaming (LSTM) models alike."""
-    if getattr(model, "streaming", False):
-        if hasattr(model, "padded_logits"):  # same logits as packed sequences, much faster on CPU
-            return model.padded_logits(feats.transpose(1, 2), lengths)
-        return model(feats.transpose(1, 2), None, lengths)[0]
+    if is_streaming(model):  # same logits as head_logits' packed sequences, much faster on CPU
+        return model.padded_logits(feats.transpose(1, 2), lengths)
     return model(feats, lengths)
 
 
@@ -374,14 +373,12 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     present = [lab for lab in model_labels if lab in {mapping[r.label] for r in kept}]
     cfg = pipeline.feature_config
     if cfg.kind == "waveform":  # raw-sample models (ssl): cached backbone states or waveforms, their own batches
-        from .models.ssl import evaluation_data
+        from .backbone_data import evaluation_data
 
         fs, batches = evaluation_data(pipeline.model, kept, cache=cache, num_workers=num_workers, progress=progress)
     else:
         fs = load_features(kept, cfg, cache=cache, num_workers=num_workers, progress=progress, desc="evaluate")
-        stats = pipeline.normalize
-        batches = BatchMaker(cfg, None)
-        batches.mean, batches.std = stats.mean.detach().clone(), stats.std.detach().clone()
+        batches = BatchMaker(cfg, pipeline.normalize)  # the model's own statistics
     if not fs.features:
         raise ValueError(f"no clip could be read ({len(fs.errors)} errors; first: {fs.errors[0][1] if fs.errors else ''})")
     logits = predict_logits(pipeline.model, batches, fs.features, batch_size=batch_size)

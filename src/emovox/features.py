@@ -329,6 +329,15 @@ def normalize_level(logmel: torch.Tensor, cfg: FeatureConfig, lengths: torch.Ten
     return logmel + gain[..., None, None]
 
 
+def prepare_input(raw: torch.Tensor, cfg: FeatureConfig, normalize: nn.Module,
+                  lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The pipeline's prepared-input stage, after crop/pad and zero-frame skipping: speech-level
+    normalisation (log-mel configs with ``level_db``), then standardisation with the training
+    statistics (``normalize``: a :class:`Normalize`). ``(..., n_features, frames)``; trace-safe.
+    Training batches, evaluation, inference, streaming and the exported graphs all call it."""
+    return normalize(normalize_level(raw, cfg, lengths))
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules
 
@@ -499,18 +508,23 @@ def pad_to_one_frame(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 
 
 def nonzero_frame_mask(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """``(batch, frames)`` bool: True where the frame's samples are not all exactly zero.
+    """``(batch, frames)`` bool: True where the frame's window samples are not all exactly zero.
 
-    Frames are the analysis windows of ``cfg`` (same framing as the features), computed in one
-    batched ``unfold``, not a Python loop.
+    Frames are the analysis windows of ``cfg`` (same framing as the features), computed as one
+    batched max-pool over ``|x|``: no Python loop, and trace-safe, so the exported graphs
+    (:mod:`emovox.export.graphs`) run this same function with a dynamic length.
     """
     if x.dim() == 1:
         x = x.unsqueeze(0)
     if cfg.center:
         x = F.pad(x, (cfg.n_fft // 2, cfg.n_fft // 2))
-    left = cfg.window_offset
-    frames = x.unfold(-1, cfg.frame_span, cfg.hop_length)[..., left : left + cfg.window_length]
-    return frames.abs().amax(dim=-1) > 0
+    wl, left = cfg.window_length, cfg.window_offset
+    right = cfg.frame_span - wl - left
+    if not torch.jit.is_tracing() and x.shape[-1] < cfg.frame_span:  # not one whole frame
+        return torch.zeros(x.shape[0], 0, dtype=torch.bool, device=x.device)
+    x = x[:, left:] if right == 0 else x[:, left:-right]
+    peak = F.max_pool1d(x.abs().unsqueeze(1), kernel_size=wl, stride=cfg.hop_length).squeeze(1)
+    return peak > 0
 
 
 def featurize(x: torch.Tensor | np.ndarray, cfg: FeatureConfig, frontend: nn.Module | None = None

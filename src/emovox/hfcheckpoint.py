@@ -16,15 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import CheckpointError
+
 HF_CONFIG = "config.json"
 LABELS_FILE = "labels.json"
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:

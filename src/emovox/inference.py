@@ -23,10 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
+from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
 from .labels import FOLD_FALLBACKS, LabelMap, music_mood
 
 #: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
-DEFAULT_THRESHOLD = 0.70
+DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
 #: A streaming model's answer: after the last frame, or the mean of every frame's probabilities.
 FINAL_ANSWERS = ("last", "mean")
@@ -375,7 +376,7 @@ class EmotionModel:
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
 
-    def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = 600.0,
+    def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                final_answer: str = "last") -> StreamingSession:
         """An incremental session (:class:`StreamingSession`); ``final_answer`` ``"last"`` or
         ``"mean"`` (models that run frame by frame)."""
@@ -409,7 +410,7 @@ class StreamingSession:
     received (streaming models) or the classified window.
     """
 
-    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = 600.0,
+    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                  final_answer: str = "last"):
         if final_answer not in FINAL_ANSWERS:
             raise ValueError(f"final_answer must be one of {', '.join(FINAL_ANSWERS)}, got {final_answer!r}")
@@ -481,7 +482,7 @@ class StreamingSession:
         """Featurise the complete frames of ``buf`` and step them through the model; keep the rest."""
         import torch
 
-        from .features import nonzero_frame_mask
+        from .features import nonzero_frame_mask, prepare_input
 
         pipe, cfg = self._pipe, self._pipe.feature_config
         n_frames = cfg.num_frames_for(buf.size)
@@ -495,7 +496,7 @@ class StreamingSession:
                 feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
             if feats.shape[-1] == 0:
                 return
-            x = pipe.normalize(feats).transpose(1, 2)
+            x = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
             if self.final_answer == "mean":
                 logits, self._hidden = pipe.model.steps(x, self._hidden)
                 probs = softmax(logits[0].numpy(), self.model.backend.temperature)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import LabelError
+
 RAVDESS8 = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 EKMAN7 = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 CREMA6 = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
@@ -102,10 +104,6 @@ FOLD_FALLBACKS = {"calm": "neutral", "boredom": "neutral", "disgust": "angry", "
 #: it treats a label as folding probabilities into it does: seed 003's six-class front-end takes
 #: disgust as angry (the document's "Option B"; :data:`FOLD_FALLBACKS` folds disgust→angry too).
 TAXONOMY_MERGES: dict[str, dict[str, str]] = {"app6": {"disgust": "angry"}}
-
-
-class LabelError(ValueError):
-    """An unknown label or taxonomy; the message lists what is accepted."""
 
 
 def taxonomy(name: str) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import ModelLoadError
 from .features import (
     FeatureConfig,
     FeatureStats,
@@ -37,10 +38,11 @@ from .features import (
     build_frontend,
     fix_frames,
     nonzero_frame_mask,
-    normalize_level,
     pad_to_one_frame,
+    prepare_input,
 )
 from .models import build_model
+from .models.common import head_logits, is_streaming
 
 FORMAT = "emovox-model"
 FORMAT_VERSION = 1
@@ -52,10 +54,6 @@ FULL_MODEL_FILE = "model_full.pth"
 STREAMING_FULL_MODEL_FILE = "model.pth"
 STREAMING_WEIGHTS_FILE = "model_weights.pth"
 STREAMING_TORCHSCRIPT_FILE = "model_torchscript.pt"
-
-
-class ModelLoadError(ValueError):
-    """A model folder or file that cannot be used; the message names the file and the problem."""
 
 
 def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: FeatureConfig,
@@ -106,7 +104,7 @@ class EmotionPipeline(nn.Module):
 
     @property
     def streaming(self) -> bool:
-        return bool(getattr(self.model, "streaming", False))
+        return is_streaming(self.model)
 
     @property
     def sample_rate_hz(self) -> int:
@@ -160,14 +158,11 @@ class EmotionPipeline(nn.Module):
     def normalize_features(self, raw: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Raw features → the model's input: speech-level normalisation (log-mel configs with
         ``level_db``), then standardisation with the training statistics."""
-        return self.normalize(normalize_level(raw, self.feature_config, lengths))
+        return prepare_input(raw, self.feature_config, self.normalize, lengths)
 
     def forward_features(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised features ``(batch, F, T)`` → logits."""
-        if self.streaming:
-            logits, _ = self.model(feats.transpose(1, 2), None, lengths)
-            return logits
-        return self.model(feats, lengths)
+        """Normalised features ``(batch, F, T)`` → logits (the head stage, :func:`emovox.models.common.head_logits`)."""
+        return head_logits(self.model, feats, lengths)
 
     def forward(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None) -> torch.Tensor:
         if wave.dim() == 1:

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class OptionError(ValueError):
-    """A config file or option layer that cannot be used; the message names the file, key and problem."""
+from .errors import OptionError
 
 
 @dataclass

@@ -29,7 +29,7 @@ Choices, and why:
   types, so it loads with ``torch.load(weights_only=True)``.
 - **Calibration.** After training, a temperature is fitted on the validation split (LBFGS on the
   NLL) and saved in the model config; ECE before and after is reported.
-- **Pretrained backbones** (``ssl``): :class:`emovox.models.ssl.SSLTraining` supplies the model, the
+- **Pretrained backbones** (``ssl``): :class:`emovox.backbone_data.SSLTraining` supplies the model, the
   features (backbone hidden states cached once per clip, or waveforms when fine-tuning) and the
   batch makers in place of the log-mel ones; the loop is the same (see ``docs/ssl.md``).
 - **Distributed.** Under ``torchrun`` every rank builds the same global batch and trains on its
@@ -67,7 +67,9 @@ from torch import nn
 
 from . import __version__
 from . import distributed as ddp
+from .checkpoints import CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint, TrainState  # noqa: F401  (re-exported)
 from .data import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
+from .errors import TrainingError
 from .evaluation import (
     compute_metrics,
     expected_calibration_error,
@@ -94,6 +96,7 @@ from .modelio import (
     write_json,
 )
 from .models import build_model, count_parameters
+from .models.common import is_streaming
 from .splits import (
     Split,
     balanced_subset,
@@ -105,19 +108,13 @@ from .splits import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".emovox-train.lock"
-CHECKPOINT_FORMAT = "emovox-checkpoint"
 #: Feature preset used when none is given, per model family.
 DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
 #: The preset that reproduces seed 003's backend features (its per-frame librosa loop).
 SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
 LABEL_SCOPES = ("all", "corpus")
-
-
-class TrainingError(ValueError):
-    """Training cannot start or continue (bad data, labels, split or checkpoint); the message says why."""
 
 
 @dataclass
@@ -175,8 +172,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config a checkpoint or model folder saved (:meth:`to_dict`); unknown keys are refused, so a
+        misspelt or retired setting is never silently dropped."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise TrainingError(f"unknown TrainConfig field(s) {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(known)}")
+        return cls(**d)
 
     def feature_config(self) -> FeatureConfig:
         f = self.features if self.features is not None else DEFAULT_FEATURES.get(self.model, "logmel64")
@@ -431,31 +434,6 @@ def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: 
     return last, per_clip
 
 
-def _comparable(data_id: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's run identity with its feature config read through :class:`FeatureConfig`, so
-    that fields added to it since (at their defaults) do not make an old checkpoint look foreign;
-    checkpoints from before ``label_scope`` were trained with ``"all"``."""
-    out = {"label_scope": "all", **data_id}
-    if isinstance(out.get("features"), dict):
-        try:
-            out["features"] = FeatureConfig.from_dict(out["features"]).to_dict()
-        except (TypeError, ValueError):
-            pass  # unreadable: compares unequal, and the caller says so
-    return out
-
-
-def _check_resumable(ck_path: Path, saved: dict[str, Any], data_id: dict[str, Any]) -> None:
-    saved = _comparable(saved)
-    if saved == data_id:
-        return
-    if saved["label_scope"] != data_id["label_scope"]:
-        raise TrainingError(f"{ck_path}: the checkpoint was trained with label scope {saved['label_scope']!r}, "
-                            f"this run asks for {data_id['label_scope']!r}; train into a new --output_dir, "
-                            "drop --resume or keep the label scope")
-    raise TrainingError(f"{ck_path}: the checkpoint was made with other data, labels, model or features; "
-                        "train into a new --output_dir or drop --resume")
-
-
 class FullModel(nn.Module):
     """What ``--save-full-model`` pickles to ``model_full.pth`` for frame models (cnn, cnn2d, crnn).
 
@@ -503,7 +481,7 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
     ``model_weights.pth`` (its state dict) and ``model_torchscript.pt`` (the same model as
     TorchScript with seed 003's ``forward(x, hidden)``: loads without emovox and without unpickling
     Python objects). Returns the ``model_meta.json`` entries that name them."""
-    streaming = bool(getattr(model, "streaming", False))
+    streaming = is_streaming(model)
     cls = FullStreamingModel if streaming else FullModel
     full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
     if not streaming:
@@ -628,18 +606,304 @@ def _hash_rows(rows) -> str:
     return h.hexdigest()[:16]
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
+# ---------------------------------------------------------------------------------------------
+# The pieces of a run: data, model and optimizer, one epoch, calibration, artifacts
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign files raise many types
-        raise TrainingError(f"{path}: cannot read checkpoint: {str(e).splitlines()[0][:200]}") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path}: not an emovox training checkpoint")
-    return ck
+@dataclass
+class TrainData:
+    """A split plan's feature sets (``train``, ``val``, ``test``: None when empty) and label indices.
+
+    Log-mel/MFCC models: features from :func:`emovox.data.load_features` and ``stats`` (normalisation
+    fitted on ``train``). ``--model ssl``: ``hooks`` (:class:`emovox.backbone_data.SSLTraining`) built the
+    model and gives cached backbone states or waveforms, and its own batches; ``stats`` is None."""
+
+    sets: dict[str, Any]
+    y: dict[str, np.ndarray]
+    stats: FeatureStats | None = None
+    hooks: Any = None
+
+    @property
+    def is_probe(self) -> bool:
+        return self.hooks is not None and self.hooks.is_probe
+
+
+def load_training_data(plan: SplitPlan, labels: list[str], cfg: TrainConfig, out: Path, *, cache, progress,
+                       say) -> TrainData:
+    """Featurise the plan's splits for either feature kind (log-mel/MFCC, or backbone states for ssl)."""
+    feat_cfg = cfg.feature_config()
+    hooks = None  # families that bring their own features and batches (ssl: cached backbone states)
+    if cfg.model == "ssl":
+        from .backbone_data import SSLTraining
+
+        torch.manual_seed(cfg.seed)
+        hooks = SSLTraining(cfg, n_classes=len(labels), out_dir=out, cache=cache, num_workers=cfg.num_workers,
+                            progress=progress, echo=say)
+    elif feat_cfg.kind == "waveform":
+        raise TrainingError(f"the waveform front-end is for --model ssl; {cfg.model} needs log-mel or MFCC features")
+
+    def load(rows, desc):
+        if hooks is not None:
+            return hooks.load(rows, desc=desc)
+        return load_features(rows, feat_cfg, cache=cache, num_workers=cfg.num_workers, progress=progress, desc=desc)
+
+    sets = {}
+    shared_cache = hooks.uses_cache if hooks is not None else cache not in (None, False)
+    for part in ("train", "val", "test"):
+        rows = getattr(plan, part)
+        if not rows:
+            sets[part] = None
+            continue
+        ddp.warm_cache(lambda shard, part=part: load(shard, f"featurising {part}"), rows, enabled=shared_cache)
+        sets[part] = fs = load(rows, f"featurising {part}")
+        for _path, why in fs.errors:
+            say(f"skipped unreadable clip: {why}")
+    if sets["train"] is None or not sets["train"].features or sets["val"] is None or not sets["val"].features:
+        raise TrainingError("training needs clips in both the training and the validation split")
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = {p: np.array([index[r.label] for r in fs.rows], dtype=np.int64) for p, fs in sets.items() if fs}
+    missing = [lab for i, lab in enumerate(labels) if not (y["train"] == i).any()]
+    if missing:
+        say(f"warning: no training clips for {', '.join(missing)}")
+    stats = None if hooks is not None else fit_stats(sets["train"].features, feat_cfg)
+    return TrainData(sets=sets, y=y, stats=stats, hooks=hooks)
+
+
+@dataclass
+class Run:
+    """The model and everything that steps it: optimizer, schedule, batches, loss settings, saved config."""
+
+    model: nn.Module
+    forward: Callable  # the model's training forward (DDP-wrapped under torchrun)
+    opt: torch.optim.Optimizer
+    train_batches: Any  # .train_batch(items, rng) -> (features, lengths)
+    eval_batches: Any  # .eval_batch(items)
+    device: torch.device
+    model_config: dict[str, Any]
+    run_id: dict[str, Any]  # what a checkpoint must match to resume
+    schedule: dict[str, Any]  # lr schedule: kind, base_lr, warmup_steps, total_steps
+    eval_batch_size: int
+    world_size: int = 1
+    streaming: bool = False
+    frame_loss: bool = False  # streaming models with the per-frame objective
+    skip_frames: int = 0
+    mixup: float = 0.0
+    class_weights: torch.Tensor | None = None
+    scope_mask: torch.Tensor | None = None  # label_scope="corpus": -inf (in the loss) on labels a clip's corpus lacks
+
+    def lr(self, step: int) -> float:
+        s = self.schedule
+        return lr_at(step, base_lr=s["base_lr"], warmup_steps=s["warmup_steps"], total_steps=s["total_steps"],
+                     kind=s["kind"])
+
+    def schedule_at(self, step: int) -> dict[str, Any]:
+        s = self.schedule
+        return {"kind": s["kind"], "step": step, "base_lr": s["base_lr"], "warmup_steps": s["warmup_steps"],
+                "total_steps": s["total_steps"]}
+
+    def predict(self, features) -> np.ndarray:
+        """Logits of ``features``, sharded over ranks under torchrun and gathered back in order."""
+        return ddp.gather_sharded(lambda part: predict_logits(self.model, self.eval_batches, part,
+                                                              batch_size=self.eval_batch_size), features)
+
+
+def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
+    """Build (or take from the ssl hooks) the model, its batches and optimizer, and the saved model config."""
+    feat_cfg, n_classes = cfg.feature_config(), len(labels)
+    torch.manual_seed(cfg.seed)  # inside torch.random.fork_rng (see train_model): global state is restored
+    if data.hooks is not None:
+        model = data.hooks.model
+        data.hooks.prepare(data.sets["train"])
+    else:
+        model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
+    device = cfg.torch_device()
+    model.to(device)
+    streaming = is_streaming(model)
+    fps = feat_cfg.frame_rate_hz
+    frame_loss = streaming and cfg.streaming_loss == "frames"  # StreamingModel.frame_logits
+    if data.hooks is not None:
+        train_batches, eval_batches = data.hooks.train_batches, data.hooks.eval_batches
+    else:
+        crop_frames = None if streaming or cfg.crop_s is None else max(1, round(cfg.crop_s * fps))
+        max_frames = max(1, round(cfg.max_train_s * fps)) if streaming else None
+        train_batches = BatchMaker(feat_cfg, data.stats, crop_frames=crop_frames, max_frames=max_frames,
+                                   augment=cfg.augment_config())
+        eval_batches = BatchMaker(feat_cfg, data.stats)
+    model_config = make_config(model_name=cfg.model, model_kwargs=getattr(model, "kwargs", cfg.model_kwargs),
+                               features=feat_cfg, labels=labels, stats=data.stats, temperature=1.0,
+                               extra={"training": cfg.to_dict()})
+    train_rows = data.sets["train"].rows
+    steps_per_epoch = len(_batches(list(range(len(data.sets["train"].features))), cfg.batch_size))
+    schedule = {"kind": cfg.lr_schedule, "base_lr": cfg.lr, "total_steps": steps_per_epoch * cfg.epochs,
+                "warmup_steps": max(1, round(cfg.warmup_epochs * steps_per_epoch))}
+    run_id = {"train": _hash_rows(train_rows), "val": _hash_rows(data.sets["val"].rows), "labels": labels,
+              "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict(),
+              "label_scope": cfg.label_scope}
+    scope_mask = None
+    if cfg.label_scope == "corpus":
+        scope_mask = corpus_label_mask(train_rows, labels).to(device)
+        say(label_scope_message(train_rows, labels))
+    return Run(
+        model=model, device=device, model_config=model_config, run_id=run_id, schedule=schedule,
+        # DDP under torchrun; streaming models with the per-frame objective return (batch, frames, classes)
+        forward=ddp.wrap_model(model, device, forward=_frame_forward if frame_loss else forward_model),
+        opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        train_batches=train_batches, eval_batches=eval_batches, eval_batch_size=cfg.eval_batch_size,
+        world_size=ddp.world_size(), streaming=streaming, frame_loss=frame_loss,
+        skip_frames=round(cfg.frame_loss_skip_s * fps),
+        mixup=cfg.mixup_alpha if (cfg.mixup_alpha > 0 and not streaming) else 0.0,
+        class_weights=class_weights(data.y["train"], n_classes).to(device) if cfg.class_balance == "loss" else None,
+        scope_mask=scope_mask)
+
+
+def train_step(run: Run, feats: torch.Tensor, lengths: torch.Tensor | None, target: torch.Tensor,
+               scope: torch.Tensor | None, rng: np.random.Generator, *, grad_clip: float | None):
+    """One optimizer step on a global batch (mixup, this rank's share, loss, backward, clip, step).
+    Returns the loss (the global batch's mean), this rank's logits and targets."""
+    mixed = None
+    if run.mixup:
+        lam = float(rng.beta(run.mixup, run.mixup))
+        perm = torch.as_tensor(rng.permutation(len(target))).to(run.device)
+        feats = lam * feats + (1 - lam) * feats[perm]
+        mixed = target[perm]
+        if lengths is not None:
+            lengths = torch.maximum(lengths, lengths[perm])
+        if scope is not None:  # both clips' labels, for both terms
+            scope = torch.maximum(scope, scope[perm])
+    # the global batch is built alike on every rank; each keeps its rows (no-op in one process)
+    global_target, global_mixed = target, mixed
+    feats, lengths, target, mixed, scope = ddp.shard_batch(feats, lengths, target, mixed, scope)
+    logits = run.forward(feats, lengths)
+    if run.frame_loss:
+        logits, per_clip = _frame_objective(logits, target, lengths, run.skip_frames, scope)
+        loss = ddp.global_mean_loss(per_clip, target, global_target, weight=run.class_weights)
+    else:
+        scoped = logits if scope is None else logits + scope  # the loss only; accuracy reads logits
+        loss = ddp.global_mean_cross_entropy(scoped, target, global_target, weight=run.class_weights)
+        if run.mixup:  # frame models only (mixup is off for streaming ones)
+            loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(scoped, mixed, global_mixed,
+                                                                          weight=run.class_weights)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
+    run.opt.step()
+    return loss, logits, target
+
+
+def train_epoch(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, state: TrainState, *,
+                progress: bool | None) -> dict[str, float]:
+    """One pass over the training set (``state.step`` advances); the epoch's training loss, accuracy and last lr."""
+    from tqdm.auto import tqdm
+
+    run.model.train()
+    n_train, n_classes = len(data.sets["train"].features), len(run.model_config["labels"])
+    order = _epoch_order(n_train, data.y["train"], cfg, epoch, n_classes)
+    batches = [b for b in _batches(order, cfg.batch_size) if len(b) >= run.world_size]  # every rank needs a clip
+    rng = np.random.default_rng([cfg.seed, epoch])
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True,
+               disable=not _progress_enabled(progress))
+    loss_sum, n_seen, correct, lr = 0.0, 0, 0, run.lr(state.step)
+    for idx in bar:
+        lr = run.lr(state.step)
+        for g in run.opt.param_groups:
+            g["lr"] = lr
+        feats, lengths = run.train_batches.train_batch([data.sets["train"].features[i] for i in idx], rng)
+        loss, logits, target = train_step(
+            run, feats.to(run.device, non_blocking=True), lengths.to(run.device) if lengths is not None else None,
+            torch.as_tensor(data.y["train"][idx]).to(run.device),
+            run.scope_mask[idx] if run.scope_mask is not None else None, rng, grad_clip=cfg.grad_clip)
+        state.step += 1
+        loss_sum += loss.item() * len(idx) / run.world_size  # summed over ranks: the global batch's mean x its size
+        n_seen += len(idx)
+        correct += int((logits.argmax(1) == target).sum())
+        bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{correct / n_seen:.3f}")
+    bar.close()
+    if run.world_size > 1:
+        loss_sum, correct = ddp.all_reduce_sum([loss_sum, correct])
+        correct = round(correct)
+    return {"train_loss": loss_sum / max(1, n_seen), "train_accuracy": correct / max(1, n_seen), "lr": lr}
+
+
+def validate(run: Run, data: TrainData, labels: list[str]) -> dict[str, float]:
+    val_logits = run.predict(data.sets["val"].features)
+    vm = compute_metrics(data.y["val"], val_logits.argmax(1), labels)
+    val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(data.y["val"])))
+    return {"val_loss": val_loss, "val_uar": vm["uar"], "val_accuracy": vm["accuracy"],
+            "val_macro_f1": vm["macro_f1"], "val_weighted_f1": vm["weighted_f1"]}
+
+
+def calibrate_and_report(run: Run, data: TrainData, plan: SplitPlan, labels: list[str], state: TrainState,
+                         training_time_s: float) -> dict[str, Any]:
+    """Load the best weights, fit the temperature on validation, and measure the test split (or
+    validation when there is none); the model ends on the CPU, in eval mode, its config calibrated."""
+    run.model.load_state_dict(state.best_state)
+    run.model.cpu().eval()  # calibration, reports and saved artifacts on the CPU
+    sets, y = data.sets, data.y
+    val_logits = run.predict(sets["val"].features)
+    temperature = fit_temperature(val_logits, y["val"])
+    part = "test" if sets["test"] is not None and sets["test"].features else "val"
+    logits = val_logits if part == "val" else run.predict(sets["test"].features)
+    metrics = compute_metrics(y[part], logits.argmax(1), labels)
+    metrics.update({
+        "split": part,
+        "split_kind": plan.kind,
+        "split_message": plan.message,
+        "sizes": {p: (len(fs.features) if fs else 0) for p, fs in sets.items()},
+        "ece": expected_calibration_error(softmax(logits), y[part]),
+        "ece_calibrated": expected_calibration_error(softmax(logits, temperature), y[part]),
+        "temperature": temperature,
+        "best_epoch": state.best_epoch,
+        "best_val_uar": state.best_uar,
+        "epochs_run": len(state.history),
+        "training_time_s": training_time_s,
+    })
+    run.model_config["temperature"] = temperature
+    return metrics
+
+
+def write_artifacts(out: Path, run: Run, data: TrainData, cfg: TrainConfig, plan: SplitPlan, metrics: dict[str, Any],
+                    history: list[dict[str, Any]], *, meta: dict[str, Any] | None, save_full_model: bool, plots: bool,
+                    started_at: float, say) -> dict[str, Any]:
+    """The model folder: weights and config, report, history, curves, full models; returns model_meta.json."""
+    model, model_config, feat_cfg = run.model, run.model_config, cfg.feature_config()
+    labels, temperature = model_config["labels"], model_config["temperature"]
+    save_model(out, model, model_config)
+    write_report(out, metrics, title=f"{cfg.model} ({metrics['split']}, {plan.kind})", plots=plots)
+    write_json(out / "training_history.json", history)
+    if plots:
+        plot_training_curves(history, out / "training_curves.png")
+    full_files = write_full_model(out, model, data.stats, feat_cfg, temperature, labels, say) if save_full_model else {}
+    model_meta = {
+        "model": cfg.model,
+        "labels": labels,
+        "features": feat_cfg.to_dict(),
+        **(meta or {}),
+        "split": plan.to_dict(),
+        "seed": cfg.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "emovox_version": __version__,
+        "parameters": count_parameters(model),
+        "size_bytes": (out / WEIGHTS_FILE).stat().st_size,
+        "training_time_s": round(metrics["training_time_s"], 2),
+        "wall_time_s": round(time.perf_counter() - started_at, 2),
+        "epochs_run": len(history),
+        "best_epoch": metrics["best_epoch"],
+        "temperature": temperature,
+        "train_config": cfg.to_dict(),
+        **full_files,
+    }
+    write_json(out / "model_meta.json", model_meta)
+    return model_meta
+
+
+def _open_output(out_dir, *, is_main: bool) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main:  # under the folder's lock: temporary files of a run that was killed mid-write
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    return out
 
 
 def train_model(plan: SplitPlan, labels: Sequence[str], cfg: TrainConfig, out_dir: str | os.PathLike, *,
@@ -656,291 +920,71 @@ def train_model(plan: SplitPlan, labels: Sequence[str], cfg: TrainConfig, out_di
     """
     cfg.validate()
     with output_lock(Path(out_dir)), torch.random.fork_rng(devices=[]):
-        return _train_model(plan, labels, cfg, out_dir, cache=cache, resume=resume, save_full_model=save_full_model,
-                            meta=meta, progress=progress, echo=echo, plots=plots)
+        return _train_model(plan, list(labels), cfg, out_dir, cache=cache, resume=resume,
+                            save_full_model=save_full_model, meta=meta, progress=progress, echo=echo, plots=plots)
 
 
 def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save_full_model, meta, progress,
                  echo, plots) -> TrainResult:
     say = echo or log.info
     # under torchrun (emovox.distributed): every rank trains its share of each batch, rank 0 writes and talks
-    is_main, ws = ddp.is_rank0(), ddp.world_size()
+    is_main = ddp.is_rank0()
     if not is_main:
         say, progress = log.debug, False
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main:  # under the folder's lock: temporary files of a run that was killed mid-write
-        for stale in out.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-    labels = list(labels)
-    index = {lab: i for i, lab in enumerate(labels)}
-    feat_cfg = cfg.feature_config()
     t_start = time.perf_counter()
-
-    hooks = None  # families that bring their own features and batches (ssl: cached backbone states)
-    if cfg.model == "ssl":
-        from .models.ssl import SSLTraining
-
-        torch.manual_seed(cfg.seed)
-        hooks = SSLTraining(cfg, n_classes=len(labels), out_dir=out, cache=cache, num_workers=cfg.num_workers,
-                            progress=progress, echo=say)
-    elif feat_cfg.kind == "waveform":
-        raise TrainingError(f"the waveform front-end is for --model ssl; {cfg.model} needs log-mel or MFCC features")
-
-    def load(rows, desc):
-        if hooks is not None:
-            return hooks.load(rows, desc=desc)
-        return load_features(rows, feat_cfg, cache=cache, num_workers=cfg.num_workers, progress=progress, desc=desc)
-
-    # -- features
-    sets = {}
-    for part in ("train", "val", "test"):
-        rows = getattr(plan, part)
-        if not rows:
-            sets[part] = None
-            continue
-        shared_cache = hooks.uses_cache if hooks is not None else cache not in (None, False)
-        ddp.warm_cache(lambda shard, part=part: load(shard, f"featurising {part}"), rows, enabled=shared_cache)
-        fs = load(rows, f"featurising {part}")
-        for _path, why in fs.errors:
-            say(f"skipped unreadable clip: {why}")
-        sets[part] = fs
-    if sets["train"] is None or not sets["train"].features or sets["val"] is None or not sets["val"].features:
-        raise TrainingError("training needs clips in both the training and the validation split")
-    y = {p: np.array([index[r.label] for r in fs.rows], dtype=np.int64) for p, fs in sets.items() if fs}
-    n_classes = len(labels)
-    missing = [lab for i, lab in enumerate(labels) if not (y["train"] == i).any()]
-    if missing:
-        say(f"warning: no training clips for {', '.join(missing)}")
-
-    stats = None if hooks is not None else fit_stats(sets["train"].features, feat_cfg)
-    torch.manual_seed(cfg.seed)  # inside torch.random.fork_rng (see train_model): global state is restored
-    if hooks is not None:
-        model = hooks.model
-        hooks.prepare(sets["train"])
-    else:
-        model = build_model(cfg.model, n_features=feat_cfg.n_features, n_classes=n_classes, **cfg.model_kwargs)
-    probe = hooks is not None and hooks.is_probe
-    device = cfg.torch_device()
-    model.to(device)
-    streaming = bool(getattr(model, "streaming", False))
-    fps = feat_cfg.frame_rate_hz
-    frame_loss = streaming and cfg.streaming_loss == "frames" and hasattr(model, "frame_logits")
-    skip_frames = round(cfg.frame_loss_skip_s * fps)
-    # DDP under torchrun; streaming models with the per-frame objective return (batch, frames, classes)
-    train_forward = ddp.wrap_model(model, device, forward=_frame_forward if frame_loss else forward_model)
-    crop_frames = None if streaming or cfg.crop_s is None else max(1, round(cfg.crop_s * fps))
-    max_frames = max(1, round(cfg.max_train_s * fps)) if streaming else None
-    if hooks is not None:
-        train_batches, eval_batches = hooks.train_batches, hooks.eval_batches
-    else:
-        train_batches = BatchMaker(feat_cfg, stats, crop_frames=crop_frames, max_frames=max_frames,
-                                   augment=cfg.augment_config())
-        eval_batches = BatchMaker(feat_cfg, stats)
-
-    def predict(features):  # sharded over ranks under torchrun, gathered back in order
-        return ddp.gather_sharded(lambda part: predict_logits(model, eval_batches, part,
-                                                              batch_size=cfg.eval_batch_size), features)
-    mixup = cfg.mixup_alpha if (cfg.mixup_alpha > 0 and not streaming) else 0.0
-    model_config = make_config(model_name=cfg.model, model_kwargs=getattr(model, "kwargs", cfg.model_kwargs),
-                               features=feat_cfg, labels=labels, stats=stats, temperature=1.0,
-                               extra={"training": cfg.to_dict()})
-
-    n_train = len(sets["train"].features)
-    steps_per_epoch = len(_batches(list(range(n_train)), cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = class_weights(y["train"], n_classes).to(device) if cfg.class_balance == "loss" else None
-    data_id = {"train": _hash_rows(sets["train"].rows), "val": _hash_rows(sets["val"].rows), "labels": labels,
-               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict(),
-               "label_scope": cfg.label_scope}
-    scope_mask = None  # label_scope="corpus": -inf on the logits (in the loss) of labels a clip's corpus lacks
-    if cfg.label_scope == "corpus":
-        scope_mask = corpus_label_mask(sets["train"].rows, labels).to(device)
-        say(label_scope_message(sets["train"].rows, labels))
-
-    history: list[dict[str, Any]] = []
-    start_epoch, step, best_uar, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
-    best_state = copy.deepcopy(model.state_dict())
-    elapsed_before = 0.0
-    ck_path = out / CHECKPOINT_FILE
-    if resume and ck_path.exists():
-        ck = _load_checkpoint(ck_path)
-        _check_resumable(ck_path, ck["data"], data_id)
-        try:
-            model.load_state_dict(ck["model_state"])
-            opt.load_state_dict(ck["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise TrainingError(f"{ck_path}: does not fit this model: {str(e).splitlines()[0]}") from e
-        start_epoch, step = int(ck["epoch"]), int(ck["step"])
-        history = list(ck["history"])
-        best_uar, best_epoch, bad_epochs = float(ck["best"]["metric"]), int(ck["best"]["epoch"]), int(ck["best"]["bad_epochs"])
-        best_state = ck["best"]["state_dict"]
-        elapsed_before = float(ck.get("training_time_s", 0.0))
-        torch.set_rng_state(ck["rng"]["torch"])
-        say(f"resuming from {ck_path} after epoch {start_epoch} (best validation UAR {best_uar:.4f} at epoch {best_epoch})")
+    out = _open_output(out_dir, is_main=is_main)
+    data = load_training_data(plan, labels, cfg, out, cache=cache, progress=progress, say=say)
+    run = build_run(data, labels, cfg, say)
+    checkpoint = Checkpoint(out / CHECKPOINT_FILE, run.run_id)
+    state = TrainState.fresh(run.model)
+    if resume and checkpoint.exists():
+        state = checkpoint.restore(run.model, run.opt)
+        say(f"resuming from {checkpoint.path} after epoch {state.epoch} (best validation UAR {state.best_uar:.4f} "
+            f"at epoch {state.best_epoch})")
     elif resume:
         say(f"--resume: no checkpoint in {out}, starting from scratch")
 
     patience = cfg.early_stopping_patience or 0
-    stopped_early = patience and bad_epochs >= patience
-    from tqdm.auto import tqdm
-
     t_loop = time.perf_counter()
-    if probe:  # fit in closed form instead of the epochs below
-        history, best_uar, best_epoch = _fit_linear_probe(hooks, sets, y, labels, cfg, say)
-        best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(start_epoch, 0 if probe else cfg.epochs):
-        if stopped_early:
+    if data.is_probe:  # fit in closed form instead of the epochs below
+        state.history, state.best_uar, state.best_epoch = _fit_linear_probe(data.hooks, data.sets, data.y, labels,
+                                                                            cfg, say)
+        state.best_state = copy.deepcopy(run.model.state_dict())
+    for epoch in range(state.epoch, 0 if data.is_probe else cfg.epochs):
+        if state.stopped(patience):
             break
         t_epoch = time.perf_counter()
-        model.train()
-        order = _epoch_order(n_train, y["train"], cfg, epoch, n_classes)
-        batches = [b for b in _batches(order, cfg.batch_size) if len(b) >= ws]  # every rank needs a clip
-        rng = np.random.default_rng([cfg.seed, epoch])
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True,
-                   disable=not _progress_enabled(progress))
-        loss_sum, n_seen, correct = 0.0, 0, 0
-        for idx in bar:
-            lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps, kind=cfg.lr_schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            feats, lengths = train_batches.train_batch([sets["train"].features[i] for i in idx], rng)
-            feats = feats.to(device, non_blocking=True)
-            lengths = lengths.to(device) if lengths is not None else None
-            target = torch.as_tensor(y["train"][idx]).to(device)
-            scope = scope_mask[idx] if scope_mask is not None else None
-            mixed = None
-            if mixup:
-                lam = float(rng.beta(mixup, mixup))
-                perm = torch.as_tensor(rng.permutation(len(idx))).to(device)
-                feats = lam * feats + (1 - lam) * feats[perm]
-                mixed = target[perm]
-                if lengths is not None:
-                    lengths = torch.maximum(lengths, lengths[perm])
-                if scope is not None:  # both clips' labels, for both terms
-                    scope = torch.maximum(scope, scope[perm])
-            # the global batch is built alike on every rank; each keeps its rows (no-op in one process)
-            global_target, global_mixed = target, mixed
-            feats, lengths, target, mixed, scope = ddp.shard_batch(feats, lengths, target, mixed, scope)
-            logits = train_forward(feats, lengths)
-            if frame_loss:
-                logits, per_clip = _frame_objective(logits, target, lengths, skip_frames, scope)
-                loss = ddp.global_mean_loss(per_clip, target, global_target, weight=weights)
-            else:
-                scoped = logits if scope is None else logits + scope  # the loss only; accuracy reads logits
-                loss = ddp.global_mean_cross_entropy(scoped, target, global_target, weight=weights)
-                if mixup:  # frame models only (mixup is off for streaming ones)
-                    loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(scoped, mixed, global_mixed,
-                                                                                  weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            loss_sum += loss.item() * len(idx) / ws  # summed over ranks: the global batch's mean loss x its size
-            n_seen += len(idx)
-            correct += int((logits.argmax(1) == target).sum())
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{correct / n_seen:.3f}")
-        bar.close()
-        if ws > 1:
-            loss_sum, correct = ddp.all_reduce_sum([loss_sum, correct])
-            correct = round(correct)
-        val_logits = predict(sets["val"].features)
-        vm = compute_metrics(y["val"], val_logits.argmax(1), labels)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y["val"])))
-        entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_accuracy": correct / max(1, n_seen),
-                 "val_loss": val_loss, "val_uar": vm["uar"], "val_accuracy": vm["accuracy"],
-                 "val_macro_f1": vm["macro_f1"], "val_weighted_f1": vm["weighted_f1"], "lr": lr,
+        trained = train_epoch(run, data, cfg, epoch, state, progress=progress)
+        lr = trained.pop("lr")
+        entry = {"epoch": epoch + 1, **trained, **validate(run, data, labels), "lr": lr,
                  "time_s": time.perf_counter() - t_epoch}
-        history.append(entry)
-        improved = vm["uar"] > best_uar + 1e-9
-        if improved:
-            best_uar, best_epoch, bad_epochs = vm["uar"], epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if is_main:
-                save_model(out, model, model_config)
-        else:
-            bad_epochs += 1
-        stopped_early = bool(patience and bad_epochs >= patience)
-        ck = {
-            "format": CHECKPOINT_FORMAT, "version": 1, "emovox_version": __version__,
-            "epoch": epoch + 1, "step": step, "model_state": model.state_dict(),
-            "optimizer_state": opt.state_dict(),
-            "schedule": {"kind": cfg.lr_schedule, "step": step, "base_lr": cfg.lr, "warmup_steps": warmup_steps,
-                         "total_steps": total_steps},
-            "best": {"metric": best_uar, "epoch": best_epoch, "bad_epochs": bad_epochs, "state_dict": best_state},
-            "history": history, "rng": _rng_state(), "numpy_seed": [cfg.seed, epoch + 1],
-            "train_config": cfg.to_dict(), "data": data_id,
-            "training_time_s": elapsed_before + time.perf_counter() - t_loop,
-        }
+        improved = state.record(entry, run.model)
+        if improved and is_main:
+            save_model(out, run.model, run.model_config)
         if is_main:
-            _atomic_write(ck_path, torch_saver(ck))
-        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val UAR {vm['uar']:.4f}, acc {vm['accuracy']:.4f}, macro-F1 {vm['macro_f1']:.4f}, lr {lr:.2e}, "
-            f"{entry['time_s']:.1f} s" + (" *" if improved else ""))
-        if stopped_early:
+            elapsed = state.elapsed_before_s + time.perf_counter() - t_loop
+            checkpoint.save(state, model=run.model, opt=run.opt, seed=cfg.seed, schedule=run.schedule_at(state.step),
+                            train_config=cfg.to_dict(), training_time_s=elapsed)
+        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f}, val loss {entry['val_loss']:.4f}, "
+            f"val UAR {entry['val_uar']:.4f}, acc {entry['val_accuracy']:.4f}, macro-F1 {entry['val_macro_f1']:.4f}, "
+            f"lr {entry['lr']:.2e}, {entry['time_s']:.1f} s" + (" *" if improved else ""))
+        if state.stopped(patience):
             say(f"early stopping: no validation UAR improvement for {patience} epochs")
-    training_time = elapsed_before + time.perf_counter() - t_loop
+    training_time = state.elapsed_before_s + time.perf_counter() - t_loop
 
-    # -- calibration and final evaluation with the best weights
-    model.load_state_dict(best_state)
-    model.cpu().eval()  # calibration, reports and saved artifacts on the CPU
-    val_logits = predict(sets["val"].features)
-    temperature = fit_temperature(val_logits, y["val"])
-    report_part = "test" if sets["test"] is not None and sets["test"].features else "val"
-    rep_logits = val_logits if report_part == "val" else predict(sets["test"].features)
-    metrics = compute_metrics(y[report_part], rep_logits.argmax(1), labels)
-    metrics.update({
-        "split": report_part,
-        "split_kind": plan.kind,
-        "split_message": plan.message,
-        "sizes": {p: (len(fs.features) if fs else 0) for p, fs in sets.items()},
-        "ece": expected_calibration_error(softmax(rep_logits), y[report_part]),
-        "ece_calibrated": expected_calibration_error(softmax(rep_logits, temperature), y[report_part]),
-        "temperature": temperature,
-        "best_epoch": best_epoch,
-        "best_val_uar": best_uar,
-        "epochs_run": len(history),
-        "training_time_s": training_time,
-    })
-    model_config["temperature"] = temperature
+    metrics = calibrate_and_report(run, data, plan, labels, state, training_time)
+    result = TrainResult(out_dir=out, metrics=metrics, history=state.history, config=run.model_config, meta={},
+                         best_epoch=state.best_epoch, training_time_s=training_time)
     if not is_main:  # other ranks are done: rank 0 writes the model and its artifacts
-        return TrainResult(out_dir=out, metrics=metrics, history=history, config=model_config, meta={},
-                           best_epoch=best_epoch, training_time_s=training_time)
-    save_model(out, model, model_config)
-    write_report(out, metrics, title=f"{cfg.model} ({report_part}, {plan.kind})", plots=plots)
-    write_json(out / "training_history.json", history)
-    if plots:
-        plot_training_curves(history, out / "training_curves.png")
-    full_files = write_full_model(out, model, stats, feat_cfg, temperature, labels, say) if save_full_model else {}
-    model_meta = {
-        "model": cfg.model,
-        "labels": labels,
-        "features": feat_cfg.to_dict(),
-        **(meta or {}),
-        "split": plan.to_dict(),
-        "seed": cfg.seed,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "emovox_version": __version__,
-        "parameters": count_parameters(model),
-        "size_bytes": (out / WEIGHTS_FILE).stat().st_size,
-        "training_time_s": round(training_time, 2),
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "temperature": temperature,
-        "train_config": cfg.to_dict(),
-        **full_files,
-    }
-    write_json(out / "model_meta.json", model_meta)
-    say(f"{report_part} ({len(y[report_part])} clips): UAR {metrics['uar']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+        return result
+    result.meta = write_artifacts(out, run, data, cfg, plan, metrics, state.history, meta=meta,
+                                  save_full_model=save_full_model, plots=plots,
+                                  started_at=t_start, say=say)
+    y = data.y[metrics["split"]]
+    say(f"{metrics['split']} ({len(y)} clips): UAR {metrics['uar']:.4f}, accuracy {metrics['accuracy']:.4f}, "
         f"macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} -> {metrics['ece_calibrated']:.4f} "
-        f"(T={temperature:.3f}); best epoch {best_epoch}; model in {out}")
-    return TrainResult(out_dir=out, metrics=metrics, history=history, config=model_config, meta=model_meta,
-                       best_epoch=best_epoch, training_time_s=training_time)
+        f"(T={metrics['temperature']:.3f}); best epoch {state.best_epoch}; model in {out}")
+    return result
 
 
 def run_training(rows: Sequence[Any], cfg: TrainConfig, out_dir: str | os.PathLike, *,

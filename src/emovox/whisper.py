@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import WhisperWeightsError
+
 #: CTranslate2 dtype codes (``ctranslate2::DataType``) → numpy dtypes.
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 CT2_SPEC = "WhisperSpec"
@@ -46,10 +48,6 @@ CONV_STRIDE = 2
 MAX_POSITIONS = 1500
 _MAX_NAME = 4096
 _MAX_RANK = 8
-
-
-class WhisperWeightsError(ValueError):
-    """Whisper weights that cannot be found or read; the message names the file and what to do."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
+
 HELP = "classify the emotion of audio files with the shipped default model (or --model)"
 
 
@@ -44,10 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fields", default=None, metavar="NAMES",
                    help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (seed 001's "
                         f"output); any of {', '.join(FIELDS)} (an 'error' field is always kept)")
-    p.add_argument("--threshold", type=float, default=0.70, help="flag low_confidence below this top score")
+    p.add_argument("--threshold", type=float, default=CONFIDENCE_THRESHOLD,
+                   help="flag low_confidence below this top score")
     p.add_argument("--batch-size", type=int, default=16, help="clips per model call (16 keeps activations in cache on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
-    p.add_argument("--max-duration-s", type=float, default=3600.0, help="reject clips longer than this")
+    p.add_argument("--max-duration-s", type=float, default=MAX_CLIP_S, help="reject clips longer than this")
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")
     p.add_argument("--window-s", type=float, default=3.0, help="timeline window length (s)")
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")

@@ -9,6 +9,8 @@ import shutil
 import sys
 import tempfile
 
+from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+
 HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
 log = logging.getLogger("emovox.serve")
@@ -24,11 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text model folder (emovox's, or a Hugging Face sequence classifier with labels.json and "
                         "inference_config.json), or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default 0.70)")
+                   help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default "
+                        f"{CONFIDENCE_THRESHOLD:.2f})")
     p.add_argument("--max-upload-mb", type=float, default=None,
                    help="largest request body in MiB (env EMOVOX_MAX_UPLOAD_MB; default 25)")
     p.add_argument("--max-duration-s", type=float, default=None,
-                   help="longest clip or stream in seconds (env EMOVOX_MAX_DURATION_S; default 600)")
+                   help="longest clip or stream in seconds (env EMOVOX_MAX_DURATION_S; default "
+                        f"{MAX_SERVED_CLIP_S:g})")
     p.add_argument("--api-key", default=None,
                    help="require this key (X-API-Key or Authorization: Bearer); prefer env EMOVOX_API_KEY, "
                         "since flags show in the process list")

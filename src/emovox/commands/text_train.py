@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "AVX512-BF16); the saved model always runs in float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None,
-                   help="embedding cache (None: $EMOVOX_CACHE or ./.emovox-cache, then text/)")
+                   help="embedding cache (None: $EMOVOX_CACHE_DIR or ./.emovox-cache, then text/)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..errors import ExportError
 from ..modelio import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, LoadedModel, ModelLoadError, load_model_dir
 from .checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
 from .coreml_export import FLAVOURS
@@ -34,10 +35,6 @@ MANIFEST_FILE = "export.json"
 PREPROCESSING_FILE = "preprocessing.json"
 DEFAULT_LICENSE = ("not stated in the model config: see the model card (models trained on RAVDESS are "
                    "CC BY-NC-SA 4.0, non-commercial)")
-
-
-class ExportError(ValueError):
-    """An export that cannot be done; the message says what and why. Nothing is left at the output."""
 
 
 @dataclass

@@ -22,11 +22,11 @@ checks the graphs against the pipeline itself for several lengths and batch size
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureConfig, normalize_level, silence_features
+from ..features import nonzero_frame_mask, prepare_input, silence_features
 from ..modelio import EmotionPipeline
+from ..models.common import head_logits, is_streaming
 
 
 def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
@@ -35,22 +35,6 @@ def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
     spec = getattr(getattr(pipeline.frontend, "logmel", pipeline.frontend), "spectrogram", None)
     if getattr(spec, "stft_mode", None) != "conv":
         raise ValueError("export needs the pipeline loaded with stft_mode='conv' (a Conv1d STFT)")
-
-
-def nonzero_frames(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """``(batch, frames)`` bool: the frame's window samples are not all exactly zero.
-
-    Same framing as the features (and as :func:`emovox.features.nonzero_frame_mask`), written as
-    a max-pool over ``|x|`` so it exports with a dynamic length.
-    """
-    if cfg.center:
-        wave = F.pad(wave, (cfg.n_fft // 2, cfg.n_fft // 2))
-    wl = cfg.window_length
-    left = cfg.window_offset
-    right = cfg.frame_span - wl - left
-    x = wave[:, left:] if right == 0 else wave[:, left:-right]
-    peak = F.max_pool1d(x.abs().unsqueeze(1), kernel_size=wl, stride=cfg.hop_length).squeeze(1)
-    return peak > 0
 
 
 def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +98,7 @@ class WaveformGraph(nn.Module):
         feats = self.frontend(waveform)
         lengths = None
         if self.skip_zero:
-            keep = nonzero_frames(waveform, cfg)
+            keep = nonzero_frame_mask(waveform, cfg)  # the features' own, trace-safe
             if self.batch_one and cfg.num_frames is None:
                 # one clip: keep its non-zero frames (the first frame when there are none)
                 first = torch.cumsum(torch.ones_like(keep[0], dtype=torch.int32), 0) == 1
@@ -124,11 +108,8 @@ class WaveformGraph(nn.Module):
                 feats, lengths = compact_frames(feats, keep)
         if cfg.num_frames is not None:
             feats, lengths = fix_frames(feats, lengths, cfg.num_frames, self.silence, cfg.n_features), None
-        feats = self.normalize(normalize_level(feats, cfg, lengths))  # log-mel configs with level_db only
-        if self.streaming:
-            logits, _ = self.model(feats.transpose(1, 2), None, lengths)
-            return logits
-        return self.model(feats, lengths)
+        feats = prepare_input(feats, cfg, self.normalize, lengths)  # level: log-mel configs with level_db only
+        return head_logits(self.model, feats, lengths)
 
 
 class FeatureGraph(nn.Module):
@@ -143,7 +124,7 @@ class FeatureGraph(nn.Module):
         self.model = pipeline.model
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(normalize_level(features, self.cfg)))
+        return self.model(prepare_input(features, self.cfg, self.normalize))
 
 
 class StreamingStepGraph(nn.Module):
@@ -158,7 +139,7 @@ class StreamingStepGraph(nn.Module):
 
     def __init__(self, pipeline: EmotionPipeline | nn.Module, state_is_tuple: bool, *, calibrated: bool = False):
         super().__init__()
-        if not getattr(pipeline.model, "streaming", False):
+        if not is_streaming(pipeline.model):
             raise ValueError("StreamingStepGraph is for streaming models")
         self.normalize = pipeline.normalize
         self.model = pipeline.model

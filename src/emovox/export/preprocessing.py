@@ -193,10 +193,11 @@ def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]
 
 def _is_streaming(config: dict[str, Any]) -> bool:
     from ..models import MODELS, _load_all
+    from ..models.common import is_streaming
 
     _load_all()
     cls = MODELS.get(config["model"]["name"])
-    return bool(getattr(cls, "streaming", False))
+    return is_streaming(cls)
 
 
 def _summary(cfg: FeatureConfig) -> str:

@@ -2,7 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
 import torch
+
+
+@runtime_checkable
+class StreamingModel(Protocol):
+    """A network that runs frame by frame (``streaming = True``; seed 003's LSTM): what streaming,
+    the per-frame training objective and the streaming exports rely on, declared in one place.
+
+    Input is ``(batch, frames, n_features)`` (time before features, unlike frame models'
+    ``(batch, n_features, frames)``); ``hidden`` is the state carried between calls (None: start)."""
+
+    streaming: bool
+
+    def forward(self, x: torch.Tensor, hidden: Any = None, lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, Any]:
+        """Logits after each clip's last real frame, and the state after it."""
+
+    def steps(self, x: torch.Tensor, hidden: Any = None) -> tuple[torch.Tensor, Any]:
+        """Logits after every frame ``(batch, frames, n_classes)``, and the state after the last."""
+
+    def frame_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``steps(x)[0]`` from no state (the per-frame training objective)."""
+
+    def padded_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(x, None, lengths)[0]`` in one unpacked pass (a zero-padded batch, causal model)."""
+
+
+def is_streaming(model: Any) -> bool:
+    """Whether ``model`` (a network, or its class) runs frame by frame: see :class:`StreamingModel`."""
+    return bool(getattr(model, "streaming", False))
+
+
+def head_logits(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The pipeline's head stage: normalised features ``(batch, n_features, frames)`` (+ frames per
+    clip) → logits, for frame models and streaming ones (run from no state) alike. Trace-safe."""
+    if is_streaming(model):
+        logits, _ = model(feats.transpose(1, 2), None, lengths)
+        return logits
+    return model(feats, lengths)
 
 
 def length_mask(lengths: torch.Tensor | None, frames: int, *, device=None) -> torch.Tensor | None:

@@ -348,9 +348,15 @@ def _install_error_handlers(app: FastAPI, mock: Callable[[], bool]) -> None:
 
 
 def _add_routes(app: FastAPI) -> None:
-    auth = [Depends(require_key)]
+    """Every route, in the order the OpenAPI document lists them."""
+    _add_page_routes(app)
+    _add_speech_routes(app)
+    _add_text_routes(app)
 
-    # -- health, page ------------------------------------------------------------------------
+
+def _add_page_routes(app: FastAPI) -> None:
+    """Health (open) and the web page."""
+
     @app.get("/", response_model=schemas.Health, tags=["service"], summary="Health, models and links (open)")
     async def health(request: Request):
         s, st = _services(request), _settings(request)
@@ -376,6 +382,10 @@ def _add_routes(app: FastAPI) -> None:
         if name not in STATIC_FILES or name == "index.html":
             raise ApiError(404, f"no such page asset: {name!r}")
         return Response(_static(name), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+def _add_speech_routes(app: FastAPI) -> None:
+    auth = [Depends(require_key)]
 
     async def classify_upload(request: Request, labels: str | None, fields: tuple[str, ...]):
         """Check the labels, read the upload from one of ``fields``, decode it in a worker thread and
@@ -450,7 +460,11 @@ def _add_routes(app: FastAPI) -> None:
         names = s.audio.output_labels(_check_labels(s, labels))
         return {n: music_mood(n) for n in names}  # the bare mapping, as seed 002's clients read it
 
-    # -- text ---------------------------------------------------------------------------------
+
+def _add_text_routes(app: FastAPI) -> None:
+    """Text emotion, and the streaming WebSocket."""
+    auth = [Depends(require_key)]
+
     @app.post("/predict-text/", response_model=schemas.TextResponse | schemas.TextBatchResponse,
               response_model_exclude_none=True,
               responses={400: ERRORS[400], 401: ERRORS[401], 413: ERRORS[413], 422: ERRORS[422],
@@ -507,6 +521,45 @@ def _add_operations_routes(app: FastAPI) -> None:
         return Response(body, media_type=content_type)
 
 
+async def _ws_fail(ws: WebSocket, message: str, code: int, **detail: Any) -> None:
+    """Send an error body, then close the WebSocket with ``code``."""
+    await ws.send_json(_out(ws, error_body(message, detail or None)))
+    await ws.close(code=code, reason=message[:120])
+
+
+async def _open_stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
+                       final_answer: str):
+    """Check the key and parameters of ``WS /stream`` and open the model's streaming session.
+    -> ``(session, resampler or None)``, or None after closing the socket with 1008."""
+    s, st = _services(ws), _settings(ws)
+    auth = ws.headers.get("authorization", "")
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    if not _key_ok(st.api_key, ws.headers.get("x-api-key"), bearer, api_key):
+        await _ws_fail(ws, "missing or invalid API key: send the X-API-Key header or ?api_key=", WS_POLICY)
+        return None
+    try:
+        labels = _check_labels(s, labels)
+    except ApiError as e:
+        await _ws_fail(ws, e.message, WS_POLICY)
+        return None
+    if not 8000 <= sample_rate_hz <= 192000:
+        await _ws_fail(ws, f"sample_rate_hz must be between 8000 and 192000, got {sample_rate_hz}", WS_POLICY)
+        return None
+    model_sr = s.audio.sample_rate_hz
+    resampler = None
+    if sample_rate_hz != model_sr:
+        import soxr
+
+        resampler = soxr.ResampleStream(sample_rate_hz, model_sr, 1, dtype="float32")
+    try:
+        session = s.audio.stream(labels=labels, window_s=st.stream_window_s, max_buffer_s=st.max_duration_s,
+                                 final_answer=final_answer)
+    except ValueError as e:
+        await _ws_fail(ws, str(e), WS_POLICY)
+        return None
+    return session, resampler
+
+
 async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
                   final_answer: str = "last") -> None:
     """``WS /stream``: binary 16-bit little-endian PCM chunks in, one JSON update per chunk out.
@@ -518,40 +571,18 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
     key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models): every update
     and the final one report the mean of every frame's probabilities instead of the last frame's.
     """
-    s, st = _services(ws), _settings(ws)
+    _services(ws)  # still loading: refused before the socket is accepted
+    st = _settings(ws)
     await ws.accept()
-
-    async def fail(message: str, code: int, **detail: Any) -> None:
-        await ws.send_json(_out(ws, error_body(message, detail or None)))
-        await ws.close(code=code, reason=message[:120])
-
-    auth = ws.headers.get("authorization", "")
-    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    if not _key_ok(st.api_key, ws.headers.get("x-api-key"), bearer, api_key):
-        await fail("missing or invalid API key: send the X-API-Key header or ?api_key=", WS_POLICY)
+    opened = await _open_stream(ws, labels, sample_rate_hz, api_key, final_answer)
+    if opened is None:
         return
-    try:
-        labels = _check_labels(s, labels)
-    except ApiError as e:
-        await fail(e.message, WS_POLICY)
-        return
-    if not 8000 <= sample_rate_hz <= 192000:
-        await fail(f"sample_rate_hz must be between 8000 and 192000, got {sample_rate_hz}", WS_POLICY)
-        return
-    model_sr = s.audio.sample_rate_hz
-    resampler = None
-    if sample_rate_hz != model_sr:
-        import soxr
-
-        resampler = soxr.ResampleStream(sample_rate_hz, model_sr, 1, dtype="float32")
-    try:
-        session = s.audio.stream(labels=labels, window_s=st.stream_window_s, max_buffer_s=st.max_duration_s,
-                                 final_answer=final_answer)
-    except ValueError as e:
-        await fail(str(e), WS_POLICY)
-        return
+    session, resampler = opened
     max_samples = int(st.max_duration_s * sample_rate_hz)
     received = 0
+
+    async def fail(message: str, code: int, **detail: Any) -> None:
+        await _ws_fail(ws, message, code, **detail)
 
     def push(x: np.ndarray) -> list[dict[str, Any]]:
         if resampler is not None:

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
-DEFAULT_MAX_DURATION_S = 600.0
-DEFAULT_THRESHOLD = 0.70
+DEFAULT_MAX_DURATION_S = MAX_SERVED_CLIP_S
+DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MAX_BATCH = 16
 DEFAULT_BATCH_WAIT_MS = 5.0
 DEFAULT_MAX_QUEUE = 64

@@ -17,7 +17,8 @@ from __future__ import annotations
 from .data import TextError, TextModelError, read_lines, read_tsv
 from .evaluation import evaluate_text_model
 from .grouping import TAXONOMIES, group_decisions, group_scores
-from .model import TextModel, TextPrediction, default_model_path, load_text_model
+from .loading import load_text_model
+from .model import TextModel, TextPrediction, default_model_path
 from .train import TextTrainConfig, train_text_model
 
 __all__ = [

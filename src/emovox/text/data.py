@@ -15,13 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class TextError(ValueError):
-    """Bad text input (empty text, undecodable file, malformed TSV line); the message says which."""
-
-
-class TextModelError(ValueError):
-    """A text model folder or file that cannot be used; the message names the file and the problem."""
+from ..errors import TextError, TextModelError  # noqa: F401  (TextModelError: re-exported)
 
 
 def check_text(text: object, *, where: str = "text") -> str:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..defaults import cache_env
 from .data import TextModelError
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,9 @@ def cache_key(ref: EncoderRef, max_length: int, data_sha256: str, what: str = "m
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMOVOX_CACHE", ".emovox-cache")) / "text"
+    """``$EMOVOX_CACHE_DIR/text`` (or the deprecated ``$EMOVOX_CACHE/text``), else ``./.emovox-cache/text``."""
+    env = cache_env()
+    return (env if env is not None else Path(".emovox-cache")) / "text"
 
 
 def load_cached(cache_dir: Path | None, key: str, n: int, dim: int) -> np.ndarray | None:

@@ -223,23 +223,10 @@ def _check_config(cfg: Any, path: Path) -> None:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
 
 
-def load_text_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-                    encoder: str | os.PathLike | None = None, check_encoder: bool = True) -> TextModel:
-    """Load a text model folder (default: the shipped GoEmotions model), or a Hugging Face
-    sequence-classification folder with seed 004's ``labels.json`` and ``inference_config.json``
-    (see :mod:`emovox.text.hf_classifier`).
-
-    ``encoder`` overrides where the encoder is found (a moved checkpoint folder); its
-    fingerprint must still match the one recorded at training unless ``check_encoder=False``.
-    Raises :class:`TextModelError` naming the file when something is missing or corrupt.
-    """
-    root = default_model_path() if path is None else Path(path)
-    if not root.is_dir():
-        raise TextModelError(f"{root}: not a text model folder (it should hold {CONFIG_FILE})")
-    from .hf_classifier import is_hf_classifier_folder, load_hf_classifier
-
-    if is_hf_classifier_folder(root):  # seed 004: a save_pretrained() sequence classifier
-        return load_hf_classifier(root, device=device)
+def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder: str | os.PathLike | None = None,
+                     check_encoder: bool = True) -> TextModel:
+    """Load a text model folder in emovox's own format (:func:`emovox.text.load_text_model` takes
+    Hugging Face classifier folders too). Arguments as there."""
     cfg_path = root / CONFIG_FILE
     cfg = _read_json(cfg_path)
     _check_config(cfg, cfg_path)

@@ -46,6 +46,7 @@ from .encoder import (
 )
 from .evaluation import evaluate_text_model
 from .head import MLPHead, multilabel_loss
+from .loading import load_text_model
 from .metrics import tune_thresholds
 from .model import (
     CONFIG_FILE,
@@ -55,7 +56,6 @@ from .model import (
     HEAD_FILE,
     LABELS_FILE,
     META_FILE,
-    load_text_model,
     save_weights,
     write_json,
 )
@@ -296,12 +296,38 @@ def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextData
     return {n: (best_state["layers"][n] - base[n]).to(torch.float16) for n in params}
 
 
+def _inference_config(cfg: TextTrainConfig, ref, head: MLPHead, labels: list[str], dev, *, num_layers: int,
+                      delta_layers: list[int] | None) -> dict:
+    """The model folder's config.json, with provisional thresholds (0.5; tuned on dev afterwards)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "multi-label",
+        "activation": "sigmoid",
+        "encoder": {**ref.to_dict(), "fingerprint": fingerprint(ref.path), "pooling": "mean",
+                    "hidden_size": head.input_dim, "num_layers": num_layers},
+        "tokenizer": ref.name,
+        "max_length": cfg.max_length,
+        "truncation": "texts longer than max_length tokens are cut to their first max_length tokens",
+        "labels": labels,
+        "head": {"file": HEAD_FILE, **head.config()},
+        "encoder_delta": None if delta_layers is None else {
+            "file": DELTA_FILE, "layers": delta_layers, "dtype": "float16",
+            "rule": "weights = encoder weights + delta"},
+        "thresholds": {lab: 0.5 for lab in labels},  # provisional, tuned on dev below
+        "global_threshold": 0.5,
+        "top_k": cfg.top_k,
+        "always_one": cfg.always_one,
+        "thresholds_tuned_on": {"path": str(dev.path), "sha256": dev.sha256},
+    }
+
+
 def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike, out_dir: str | os.PathLike,
                      config: TextTrainConfig | None = None, *, labels_path: str | os.PathLike | None = None,
                      cache_dir: str | os.PathLike | None | bool = True) -> dict:
     """Train, tune thresholds on ``dev_path``, write the model folder; returns the dev report.
 
-    ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE`` or
+    ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE_DIR`` or
     ``./.emovox-cache``, then ``text/``; ``None``/``False``: no cache).
     """
     cfg = config or TextTrainConfig()
@@ -337,27 +363,8 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
     del encoder
     t_train = time.time() - t_start
 
-    inference_config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "task": "multi-label",
-        "activation": "sigmoid",
-        "encoder": {**ref.to_dict(), "fingerprint": fingerprint(ref.path), "pooling": "mean",
-                    "hidden_size": head.input_dim, "num_layers": num_layers},
-        "tokenizer": ref.name,
-        "max_length": cfg.max_length,
-        "truncation": "texts longer than max_length tokens are cut to their first max_length tokens",
-        "labels": labels,
-        "head": {"file": HEAD_FILE, **head.config()},
-        "encoder_delta": None if delta is None else {
-            "file": DELTA_FILE, "layers": list(range(first, num_layers)), "dtype": "float16",
-            "rule": "weights = encoder weights + delta"},
-        "thresholds": {lab: 0.5 for lab in labels},  # provisional, tuned on dev below
-        "global_threshold": 0.5,
-        "top_k": cfg.top_k,
-        "always_one": cfg.always_one,
-        "thresholds_tuned_on": {"path": str(dev.path), "sha256": dev.sha256},
-    }
+    inference_config = _inference_config(cfg, ref, head, labels, dev, num_layers=num_layers,
+                                         delta_layers=None if delta is None else list(range(first, num_layers)))
     save_weights(out / HEAD_FILE, head.state_dict())
     if delta is not None:
         save_weights(out / DELTA_FILE, delta, metadata={"rule": "weights = encoder weights + delta"})
