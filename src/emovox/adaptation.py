@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import AdaptationError
+
+__all__ = ["AdaptationError", "MIN_ADAPTATION_CLIPS", "adapt_model"]
+
 #: Fewest clips an adaptation takes: the statistics of fewer are mostly noise.
 MIN_ADAPTATION_CLIPS = 30
-
-
-class AdaptationError(ValueError):
-    """The model or the clips cannot be used for adaptation; the message says why."""
 
 
 def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -32,7 +32,7 @@ def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], ou
     """Write a copy of ``model`` (a shipped name or a folder) to ``out_dir`` whose pooled-feature
     standardisation is estimated on ``clips`` (audio files of the target domain, unlabelled).
     Returns the ``adaptation`` record saved in its config."""
-    from .backbones import load_hidden_states
+    from .backbone_data import load_hidden_states
     from .inference import resolve_model_path
     from .modelio import load_model_dir, save_model
 

@@ -71,3 +71,7 @@ class TextError(ValueError):
 
 class TextModelError(ValueError):
     """A text model folder or file that cannot be used; the message names the file and the problem."""
+
+
+class AdaptationError(ValueError):
+    """A model or clips that ``emovox adapt`` cannot use; the message says why."""
