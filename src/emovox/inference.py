@@ -13,7 +13,7 @@ training time). ``labels=`` folds them into another label set (``"basic5"`` for 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -624,12 +624,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
     loaded = load_model_dir(folder, allow_pickle=allow_pickle)
     return EmotionModel(TorchBackend(loaded), name=name, path=folder, threshold=threshold,
                         max_duration_s=max_duration_s)
-
-
-def fold_probabilities(probs: np.ndarray, source: Sequence[str], target: str | Sequence[str] | Mapping[str, str]
-                       ) -> tuple[np.ndarray, list[str]]:
-    lm = LabelMap.build(source, target, fallbacks=FOLD_FALLBACKS)
-    return lm.fold(probs), list(lm.target)
 
 
 __all__ = ["EmotionModel", "Prediction", "Segment", "StreamingSession", "Timeline", "available_models",

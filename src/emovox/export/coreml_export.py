@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -182,9 +181,3 @@ class CoreMLRunner:
         out = self.model.predict({n: np.asarray(a, dtype=np.float32) for n, a in zip(self.in_names, arrays)})
         return [np.asarray(out[n]) for n in self.out_names]
 
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()

@@ -53,13 +53,6 @@ def length_mask(lengths: torch.Tensor | None, frames: int, *, device=None) -> to
     return idx[None, :] < lengths[:, None]
 
 
-def scale_lengths(lengths: torch.Tensor | None, frames_in: int, frames_out: int) -> torch.Tensor | None:
-    """Frames left after pooling: ceil(len * out / in), at least 1."""
-    if lengths is None:
-        return None
-    return torch.clamp(torch.div(lengths * frames_out + frames_in - 1, frames_in, rounding_mode="floor"), min=1)
-
-
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Mean over the last axis of ``(batch, channels, frames)``, ignoring frames past ``lengths``."""
     if lengths is None:
