@@ -14,28 +14,18 @@ import torch
 
 from emovox.audio import AudioError
 from emovox.cli import main
-from emovox.features import FeatureStats, preset
+from emovox.features import preset
 from emovox.inference import Prediction, load_model, merge_segments, softmax
 from emovox.labels import EKMAN7
-from emovox.modelio import ModelLoadError, make_config, save_model
+from emovox.modelio import ModelLoadError, save_model
 from emovox.models import build_model
+from emovox.testing import create_model
 
 SR = 16000
 
 
 def make_model_dir(path, name="cnn", features="logmel64", labels=EKMAN7, temperature=1.0, seed=0):
-    torch.manual_seed(seed)
-    cfg = preset(features)
-    model = build_model(name, n_features=cfg.n_features, n_classes=len(labels))
-    # Random-but-trained-looking statistics: centre the log-mel around speech levels (seed 003's
-    # librosa MFCC: c0 around -400, as 128 mels of an unnormalised 2048-point FFT give).
-    stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features) if cfg.kind == "logmel" else \
-        FeatureStats([-400.0 if cfg.librosa_per_frame else 0.0] + [0.0] * (cfg.n_features - 1),
-                     [200.0 if cfg.librosa_per_frame else 30.0] + [30.0] * (cfg.n_features - 1))
-    config = make_config(model_name=name, model_kwargs=model.kwargs, features=cfg, labels=list(labels),
-                         stats=stats, temperature=temperature)
-    save_model(path, model.eval(), config)
-    return path
+    return create_model(path, name=name, features=features, labels=labels, temperature=temperature, seed=seed)
 
 
 def voice(seconds=1.5, f0=180.0, sr=SR, seed=0):

@@ -19,6 +19,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from emovox.testing import create_model
+
 pytest.importorskip("fastapi")
 pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
@@ -44,13 +46,7 @@ MAX_DURATION_S = 10.0
 
 def make_model_dir(path, labels=EKMAN7, seed=0):
     """A tiny random CNN model folder (log-mel 64, labels in ``labels`` order)."""
-    torch.manual_seed(seed)
-    cfg = preset("logmel64")
-    model = build_model("cnn", n_features=cfg.n_features, n_classes=len(labels))
-    stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features)
-    save_model(path, model.eval(), make_config(model_name="cnn", model_kwargs=model.kwargs, features=cfg,
-                                               labels=list(labels), stats=stats, temperature=0.3))
-    return path
+    return create_model(path, labels=labels, temperature=0.3, seed=seed)
 
 
 def voice(seconds=3.0, f0=180.0, seed=0):

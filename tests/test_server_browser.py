@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Debian's driver matches Debian's browser; another chromedriver on PATH may not.
@@ -34,23 +33,15 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from emovox.features import FeatureStats, preset  # noqa: E402
 from emovox.labels import EKMAN7  # noqa: E402
-from emovox.modelio import make_config, save_model  # noqa: E402
-from emovox.models import build_model  # noqa: E402
 from emovox.server.process import server_process  # noqa: E402
+from emovox.testing import create_model  # noqa: E402
 
 SR = 16000
 
 
 def make_model_dir(path):
-    torch.manual_seed(0)
-    cfg = preset("logmel64")
-    model = build_model("cnn", n_features=cfg.n_features, n_classes=len(EKMAN7))
-    save_model(path, model.eval(), make_config(model_name="cnn", model_kwargs=model.kwargs, features=cfg,
-                                               labels=list(EKMAN7), temperature=0.3,
-                                               stats=FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features)))
-    return path
+    return create_model(path, labels=EKMAN7, temperature=0.3)
 
 
 def speechlike(seconds, f0, seed):
