@@ -473,6 +473,29 @@ def test_text_unavailable_is_503(client):
     assert body["detail"]["text_model"]["available"] is False
 
 
+def test_speech_is_served_while_the_default_text_model_loads(model_dir, clip):
+    """emovox serve: the speech model loads before the port opens, the shipped text model after it; text
+    requests answer 503 with Retry-After until it is in, speech requests at once."""
+    from emovox.server.services import finish_loading_text, load_services
+
+    settings = settings_for(model_dir, text_model=None)
+    services = load_services(settings, text_in_background=True)
+    assert services.text is None and services.text_info["loading"] is True and "text" not in services.load_s
+    with TestClient(create_app(settings, services=services)) as c:
+        waiting = c.post("/predict-text/", json={"text": "I love it"})
+        assert waiting.status_code == 503 and waiting.headers["retry-after"] == "2"
+        assert "still loading" in waiting.json()["error"]
+        assert c.post("/predict-emotion/", files={"file": ("a.wav", clip, "audio/wav")}).status_code == 200
+        assert c.get("/readyz").status_code == 200
+        finish_loading_text(settings, services)
+        assert "loading" not in services.text_info and services.load_s["text"] > 0
+        after = c.post("/predict-text/", json={"text": "I love it"})
+        if services.text_info["available"]:  # the shipped text model is installed
+            assert after.status_code == 200 and after.json()["status"] == "success"
+        else:
+            assert after.status_code == 503 and "retry-after" not in after.headers
+
+
 def _tiny_text_model(root):
     """A text model folder on a tiny random BERT (no download), in emovox.text's format."""
     from transformers import BertConfig, BertModel, BertTokenizerFast

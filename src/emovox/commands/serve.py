@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 
 from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
 
@@ -87,7 +88,7 @@ def run(args) -> int:
         return 2
     from ..server.app import create_app
     from ..server.observability import log_config
-    from ..server.services import load_services
+    from ..server.services import finish_loading_text, load_services
     from ..server.settings import Settings
 
     if args.workers < 1:
@@ -104,8 +105,12 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the service "
                     "(set EMOVOX_API_KEY)", args.host)
-    # Load the models before binding the port: a missing or broken model is one clear line, exit 2.
-    services = None if settings.load_in_background else load_services(settings)
+    # Load the speech model before binding the port: a missing or broken model is one clear line, exit 2.
+    # The shipped text model (not needed for the first speech request) loads beside the running service.
+    services = None if settings.load_in_background else load_services(settings, text_in_background=True)
+    if services is not None and services.text_info.get("loading"):
+        threading.Thread(target=finish_loading_text, args=(settings, services), daemon=True,
+                         name="emovox-text-load").start()
     host = f"[{args.host}]" if ":" in args.host else args.host
     mocks = [what for what, m in (("speech", services.mock), ("text", services.text_mock)) if services and m]
     print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs, probes /healthz /readyz, "

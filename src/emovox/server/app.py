@@ -474,8 +474,9 @@ def _add_text_routes(app: FastAPI) -> None:
                            labels: str = Query("goemotions", description="goemotions, ekman or audio7")):
         s = _services(request)
         if s.text is None:
+            retry = {"Retry-After": "2"} if s.text_info.get("loading") else None
             raise ApiError(503, f"text emotion model unavailable: {s.text_info.get('reason')}",
-                           {"text_model": s.text_info})
+                           {"text_model": s.text_info}, headers=retry)
         texts = [body.text] if body.text is not None else list(body.texts or [])
         try:
             results = await _in_thread(request, s.text.predict, texts, labels=labels)

@@ -73,18 +73,46 @@ def _audio_info(model: EmotionModel, *, mock: bool = False) -> dict[str, Any]:
     }
 
 
-def load_services(settings: Settings) -> Services:
+def load_services(settings: Settings, *, text_in_background: bool = False) -> Services:
     """Load the models the settings name. Raises :class:`ModelLoadError` when the service cannot run.
 
     ``USE_MOCK_MODELS=true``: both models are mocks. ``auto``: each model that cannot be loaded (the
     speech model, or a text model when none loads) is replaced by its mock, with a loud warning.
+    ``text_in_background``: the shipped default text model is left for :func:`finish_loading_text`
+    (``emovox serve`` answers speech requests while it loads).
     """
     t0 = time.perf_counter()
     services = _load_speech(settings)
     t1 = time.perf_counter()
+    if text_in_background and text_can_wait(settings):
+        services.text_info = {"available": False, "loading": True, "reason": "the text model is still loading"}
+        services.load_s = {"speech": t1 - t0}
+        return services
     services = _load_text(settings, services)
     services.load_s = {"speech": t1 - t0, "text": time.perf_counter() - t1}
     return services
+
+
+def text_can_wait(settings: Settings) -> bool:
+    """Whether the text model may load after the service is up: the shipped default text model only (a
+    configured ``TEXT_MODEL_DIR`` that fails must stop the start with its error, as it always has)."""
+    return settings.use_mock_models is False and not settings.text_disabled and settings.text_model is None
+
+
+def finish_loading_text(settings: Settings, services: Services) -> None:
+    """Load the text model into ``services`` (``load_services(..., text_in_background=True)`` left it loading):
+    text requests answer 503 until then; a failure leaves text unavailable and the speech service serving."""
+    t = time.perf_counter()
+    loaded = Services(services.audio, services.audio_info)
+    try:
+        _load_text(settings, loaded)
+    except Exception as e:  # noqa: BLE001 - whatever breaks, speech keeps serving
+        log.error("the text model failed to load; text requests answer 503: %s", e)
+        loaded.text, loaded.text_info = None, {"available": False, "reason": f"the text model failed to load: {e}"}
+    services.text_mock, services.text_info = loaded.text_mock, loaded.text_info
+    services.text = loaded.text  # last: a request that sees the model also sees its info
+    services.load_s["text"] = time.perf_counter() - t
+    log.info("text model %s in %.1f s", "loaded" if loaded.text is not None else "unavailable", services.load_s["text"])
 
 
 def _load_speech(settings: Settings) -> Services:
