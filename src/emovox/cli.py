@@ -37,7 +37,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's options are built ("": none; the others keep their
+    one-line help): building ``train``'s reads ``TrainConfig``'s defaults, which imports torch (seconds)."""
     parser = argparse.ArgumentParser(
         prog="emovox",
         description="Emotion recognition in speech (and text): classify, train, evaluate, stream, serve, export.",
@@ -49,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS:
         module = importlib.import_module(f"emovox.commands.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=_Formatter)
-        module.add_arguments(p)
+        if only is None or name == only:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = {name for name, _ in COMMANDS}
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in names else "")  # "": no subcommand's options
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
