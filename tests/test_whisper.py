@@ -346,3 +346,25 @@ def test_adapt_restandardises_a_probe_head_on_unlabelled_clips(ct2_folder, synth
     with pytest.raises(AdaptationError, match="probe head"):
         adapt_model("crnn", find_audio_files(target), tmp_path / "crnn")
     assert not (tmp_path / "few").exists() and not (tmp_path / "crnn").exists()
+
+
+def test_finetuning_the_top_whisper_layer_trains_and_saves_it(ct2_folder, synth_corpus, tmp_path):
+    """--finetune-backbone 1 on a Whisper encoder: the top layer and the final norm (it follows the last
+    layer) are trained, saved with the head, and reloaded over the packaged weights."""
+    from emovox.backbones import load_backbone
+    from emovox.cli import main
+    from emovox.modelio import load_model_dir
+
+    out = tmp_path / "ft"
+    assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
+                 "--ssl-head", "attention", "--finetune-backbone", "1", "--epochs", "1", "--batch_size", "16",
+                 "--val_split", "0.25", "--threads", "1", "--no-progress", "--output_dir", str(out)]) == 0
+    state = torch.load(out / "best_model.pth", weights_only=True)["state_dict"]
+    tuned = sorted(k for k in state if k.startswith("backbone."))
+    top = TINY.n_layers - 1
+    assert tuned and all(k.startswith((f"backbone.model.encoder.layers.{top}.", "backbone.model.encoder.layer_norm."))
+                         for k in tuned)
+    original = load_backbone(str(ct2_folder)).model.state_dict()
+    assert any(not torch.equal(state[k], original[k[len("backbone.model."):]]) for k in tuned)
+    loaded = load_model_dir(out).pipeline.model.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in tuned)
