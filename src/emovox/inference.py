@@ -24,11 +24,14 @@ import numpy as np
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
 from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from .errors import ModelLoadError
 from .labels import FOLD_FALLBACKS, LabelMap, music_mood
 
 #: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
 DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
+#: A model folder's ONNX Runtime graphs (:mod:`emovox.export.runtime_build`).
+RUNTIME_DIR = "onnx"
 #: A streaming model's answer: after the last frame, or the mean of every frame's probabilities.
 FINAL_ANSWERS = ("last", "mean")
 
@@ -578,8 +581,6 @@ def available_models() -> list[dict[str, Any]]:
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Path]:
     """A shipped model's name (``None`` = default) or a path → (name, folder)."""
-    from .modelio import ModelLoadError
-
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     p = Path(name_or_path)
@@ -596,34 +597,67 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Pat
     )
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "torch",
-               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
-               allow_pickle: bool = False) -> EmotionModel:
-    """Load the default shipped model (``None``), a shipped model by name, a trained model folder, or a
-    Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+BACKENDS = ("auto", "onnx", "torch")
 
-    ``backend="onnx"`` runs an exported ONNX model (a folder written by ``emovox export``)
-    through onnxruntime, without PyTorch.
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "auto",
+               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+               allow_pickle: bool = False, threads: int | None = None) -> EmotionModel:
+    """Load the default shipped model (``None``), a shipped model by name, a trained model folder, an
+    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+
+    ``backend``: ``"auto"`` runs the model's ONNX Runtime graphs (``<model>/onnx/``: the shipped models have
+    them) when onnxruntime is installed, without importing PyTorch, and PyTorch otherwise; ``"onnx"`` insists
+    on ONNX Runtime (a model folder with ``onnx/``, or an ``emovox export`` folder or ``.onnx`` file);
+    ``"torch"`` runs the PyTorch model (training installs; the reference for parity checks).
+    ``threads``: ONNX Runtime's threads (default: the cores this process may use).
     """
-    if backend == "onnx":
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    common = {"threshold": threshold, "max_duration_s": max_duration_s}
+    if backend == "onnx" and name_or_path is not None and not _is_shipped(name_or_path):
+        p = Path(name_or_path)
+        if not p.exists():
+            raise FileNotFoundError(f"--backend onnx needs a model folder, an exported ONNX folder or a .onnx file, "
+                                    f"got {name_or_path!r}")
+        if not (p / RUNTIME_DIR).is_dir():
+            from .onnx_backend import OnnxModel
+
+            return EmotionModel(OnnxModel(p, threads=threads), name=p.name, path=p, **common)
+    name, folder = resolve_model_path(name_or_path)
+    if backend != "torch" and (folder / RUNTIME_DIR / "runtime.json").is_file() and _has_onnxruntime():
         from .onnx_backend import OnnxModel
 
-        p = Path(name_or_path) if name_or_path is not None else None
-        if p is None or not p.exists():
-            raise FileNotFoundError(f"--backend onnx needs an exported ONNX model folder or file, got {name_or_path!r}")
-        return EmotionModel(OnnxModel(p), name=p.name, path=p, threshold=threshold, max_duration_s=max_duration_s)
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
+    if backend == "onnx":
+        raise ModelLoadError(f"{folder}: no ONNX Runtime graphs here ({RUNTIME_DIR}/runtime.json) or onnxruntime is "
+                             "not installed; build them with `python -m tools.ship_model` or run backend='torch'")
+    return _load_torch(name, folder, allow_pickle=allow_pickle, **common)
+
+
+def _is_shipped(name_or_path) -> bool:
+    return not Path(name_or_path).exists() and (_assets_root() / str(name_or_path)).is_dir()
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> EmotionModel:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModelLoadError(f"{folder}: this model runs on PyTorch (it has no {RUNTIME_DIR}/ graphs for ONNX "
+                             "Runtime), which is not installed: pip install 'emovox[train]'")
     from .hf_audio import HFAudioBackend, is_hf_audio_folder
     from .modelio import load_model_dir
 
-    name, folder = resolve_model_path(name_or_path)
     if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
-        return EmotionModel(HFAudioBackend(folder), name=name, path=folder, threshold=threshold,
-                            max_duration_s=max_duration_s)
+        return EmotionModel(HFAudioBackend(folder), name=name, path=folder, **common)
     loaded = load_model_dir(folder, allow_pickle=allow_pickle)
-    return EmotionModel(TorchBackend(loaded), name=name, path=folder, threshold=threshold,
-                        max_duration_s=max_duration_s)
+    return EmotionModel(TorchBackend(loaded), name=name, path=folder, **common)
 
 
 __all__ = ["EmotionModel", "Prediction", "Segment", "StreamingSession", "Timeline", "available_models",

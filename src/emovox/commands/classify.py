@@ -37,8 +37,9 @@ def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the shipped default)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="runtime: PyTorch, or onnxruntime on a folder written by `emovox export`")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="runtime: auto (ONNX Runtime where the model has its graphs, as the shipped models do; "
+                        "PyTorch otherwise), onnx (also a folder written by `emovox export`), or torch")
     p.add_argument("--labels", default=None, help="fold scores into another label set: basic5, app6, core4, ... "
                    "or a mapping like disgust=angry")
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
