@@ -113,6 +113,12 @@ class TorchBackend:
         self.sample_rate_hz = self.pipeline.sample_rate_hz
         self.temperature = float(self.pipeline.temperature)
         self.config = loaded.config
+        self.streaming = bool(self.pipeline.streaming)
+
+    def frame_stepper(self) -> TorchFrameStepper | None:
+        """What a stream steps frame by frame (streaming models with frame-local features), else None."""
+        pipe = self.pipeline
+        return TorchFrameStepper(pipe) if pipe.streaming and not pipe.feature_config.center else None
 
     def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
@@ -120,6 +126,36 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32))
             n = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
             return self.pipeline(x, n).numpy()
+
+
+class TorchFrameStepper:
+    """One streaming step on PyTorch: the complete frames of some samples → logits after every frame."""
+
+    def __init__(self, pipeline):
+        cfg = pipeline.feature_config
+        self.pipeline = pipeline
+        self.hop_length, self.frame_span, self.peak_normalize = cfg.hop_length, cfg.frame_span, cfg.peak_normalize
+        self.num_frames_for, self.samples_for = cfg.num_frames_for, cfg.samples_for
+
+    def step(self, wave: np.ndarray, peak: float, state) -> tuple[np.ndarray, Any]:
+        """``wave``: whole frames of samples; ``peak``: the stream's peak so far (``peak_normalize``
+        features); ``state``: the previous step's (None to start) → ``(logits (frames, n_labels), state)``;
+        frames skipped as all-zero (``skip_zero_frames``) give no row and leave the state as it was."""
+        import torch
+
+        from .features import nonzero_frame_mask, prepare_input
+
+        pipe, cfg = self.pipeline, self.pipeline.feature_config
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+            feats = pipe.frontend(x, torch.tensor([[peak]])) if cfg.peak_normalize else pipe.frontend(x)
+            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+                feats = feats[:, :, nonzero_frame_mask(x, cfg)[0]]
+            if feats.shape[-1] == 0:
+                return np.zeros((0, len(pipe.labels)), np.float32), state
+            feats = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
+            logits, state = pipe.model.steps(feats, state)
+        return logits[0].numpy(), state
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -249,8 +285,8 @@ class EmotionModel:
 
     @property
     def streaming(self) -> bool:
-        pipe = getattr(self.backend, "pipeline", None)
-        return bool(pipe is not None and pipe.streaming)
+        """Whether the model runs frame by frame (a stream steps it with its state carried over)."""
+        return bool(getattr(self.backend, "streaming", False))
 
     def output_labels(self, labels=None) -> list[str]:
         return list(self._label_map(labels).target) if labels is not None else self.labels
@@ -426,7 +462,7 @@ class StreamingSession:
         if labels is not None:
             model._label_map(labels)  # an unknown or inexpressible label set fails here, not at the first chunk
         self.reset()
-        if final_answer == "mean" and not (self._frame_mode and hasattr(self._pipe.model, "steps")):
+        if final_answer == "mean" and not self._frame_mode:
             raise ValueError(f"final_answer='mean' averages the answers of a model that runs frame by frame (an "
                              f"LSTM); model {model.name!r} classifies windows of audio: use final_answer='last'")
 
@@ -439,8 +475,9 @@ class StreamingSession:
         self._frames = 0
         self._last_logits: np.ndarray | None = None
         self._prob_sum: np.ndarray | None = None
-        self._pipe = getattr(self.model.backend, "pipeline", None)
-        self._frame_mode = bool(self._pipe is not None and self._pipe.streaming and not self._pipe.feature_config.center)
+        make = getattr(self.model.backend, "frame_stepper", None)
+        self._stepper = make() if make is not None else None
+        self._frame_mode = self._stepper is not None
 
     @property
     def received_s(self) -> float:
@@ -466,15 +503,15 @@ class StreamingSession:
         return [self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))]
 
     def _push_frames(self, x: np.ndarray) -> None:
-        cfg = self._pipe.feature_config
+        st = self._stepper
         peak = max(self._peak, float(np.abs(x).max()))
-        rerun = cfg.peak_normalize and peak > self._peak and self._frames > 0
+        rerun = st.peak_normalize and peak > self._peak and self._frames > 0
         self._peak = peak
-        if cfg.peak_normalize:  # keep the audio, whole hops at a time, to run it again when the peak rises
+        if st.peak_normalize:  # keep the audio, whole hops at a time, to run it again when the peak rises
             self._audio = np.concatenate([self._audio, x])
             excess = self._audio.size - int(self.max_buffer_s * self.sample_rate_hz)
             if excess > 0:
-                self._audio = self._audio[-(-excess // cfg.hop_length) * cfg.hop_length :]
+                self._audio = self._audio[-(-excess // st.hop_length) * st.hop_length :]
         if rerun:
             self._hidden, self._frames, self._last_logits, self._prob_sum = None, 0, None, None
             self._step(self._audio)
@@ -482,33 +519,20 @@ class StreamingSession:
             self._step(np.concatenate([self._buffer, x]))
 
     def _step(self, buf: np.ndarray) -> None:
-        """Featurise the complete frames of ``buf`` and step them through the model; keep the rest."""
-        import torch
-
-        from .features import nonzero_frame_mask, prepare_input
-
-        pipe, cfg = self._pipe, self._pipe.feature_config
-        n_frames = cfg.num_frames_for(buf.size)
-        self._buffer = buf[n_frames * cfg.hop_length :] if n_frames else buf
+        """Step the complete frames of ``buf`` through the model (the backend's stepper); keep the rest."""
+        st = self._stepper
+        n_frames = st.num_frames_for(buf.size)
+        self._buffer = buf[n_frames * st.hop_length :] if n_frames else buf
         if n_frames == 0:
             return
-        with torch.inference_mode():
-            wave = torch.from_numpy(buf[: cfg.samples_for(n_frames)])[None]
-            feats = pipe.frontend(wave, torch.tensor([[self._peak]])) if cfg.peak_normalize else pipe.frontend(wave)
-            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-                feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
-            if feats.shape[-1] == 0:
-                return
-            x = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
-            if self.final_answer == "mean":
-                logits, self._hidden = pipe.model.steps(x, self._hidden)
-                probs = softmax(logits[0].numpy(), self.model.backend.temperature)
-                self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
-                logits = logits[:, -1]
-            else:
-                logits, self._hidden = pipe.model(x, self._hidden)
-        self._frames += feats.shape[-1]
-        self._last_logits = logits[0].numpy()
+        logits, self._hidden = st.step(buf[: st.samples_for(n_frames)], self._peak, self._hidden)
+        if len(logits) == 0:
+            return
+        if self.final_answer == "mean":
+            probs = softmax(logits, self.model.backend.temperature)
+            self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
+        self._frames += len(logits)
+        self._last_logits = logits[-1]
 
     def _frame_probs(self) -> np.ndarray:
         """The answer for everything received (streaming models)."""
@@ -518,7 +542,7 @@ class StreamingSession:
             return softmax(self._last_logits, self.model.backend.temperature)
         # no non-zero frame yet: less than one frame (zero-padded to one), or only all-zero frames,
         # which the offline pipeline answers from the first of them
-        span = self._pipe.feature_config.frame_span
+        span = self._stepper.frame_span
         head = self._buffer if self._received < span else np.zeros(span, dtype=np.float32)
         return self.model.probabilities([head])[0]
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
 from .errors import ModelLoadError
 from .features import (
     FeatureConfig,
@@ -46,9 +47,6 @@ from .models.common import head_logits, is_streaming
 
 FORMAT = "emovox-model"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "best_model.pth"
-CONFIG_FILE = "model_config.json"
-LABELS_FILE = "labels.json"
 FULL_MODEL_FILE = "model_full.pth"
 #: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.
 STREAMING_FULL_MODEL_FILE = "model.pth"

@@ -113,12 +113,8 @@ class OnnxModel:
                  providers: list[str] | None = None):
         self.path = _find_model(Path(path), quantized=quantized)
         self.runtime = _read_runtime(self.path)
-        graph = self.path
-        if self.runtime.get("external_weights"):  # a graph that refers to packaged encoder weights
-            from .onnx_materialise import materialise
-
-            graph = materialise(self.path, self.runtime)
-        self.session = session(graph, threads=threads, providers=providers)
+        self.session = self._session(threads, providers)
+        self.streaming = bool(self.runtime.get("streaming", False))
         self.min_samples = int(self.runtime.get("min_samples") or 1)
         self.max_samples = self.runtime.get("max_samples")
         meta = self._metadata()
@@ -143,6 +139,23 @@ class OnnxModel:
             raise OnnxModelError(f"{self.path}: {n_out} outputs but {len(self.labels)} labels {self.labels}")
         self.metadata = meta
         self.config: dict[str, Any] = self._config()
+
+    def frame_stepper(self) -> OnnxFrameStepper | None:
+        """A streaming model's frame-by-frame step (its ``frontend.onnx`` + ``step.onnx``), else None."""
+        info = self.runtime.get("stream")
+        return OnnxFrameStepper(self.path.parent, info, len(self.labels)) if info else None
+
+    def _session(self, threads: int | None, providers: list[str] | None):
+        if not self.runtime.get("external_weights"):
+            return session(self.path, threads=threads, providers=providers)
+        from .onnx_materialise import materialise  # a graph that refers to packaged encoder weights
+
+        built = materialise(self.path, self.runtime)
+        try:
+            return session(built, threads=threads, providers=providers)
+        except OnnxModelError:  # a damaged cached copy (a full disk, an edit): build it again, once
+            built.unlink(missing_ok=True)
+            return session(materialise(self.path, self.runtime), threads=threads, providers=providers)
 
     def _metadata(self) -> dict[str, Any]:
         if self.runtime:
@@ -244,3 +257,46 @@ def _read_runtime(graph: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != "emovox-onnx-runtime":
         raise OnnxModelError(f"{manifest}: not an emovox ONNX runtime manifest")
     return data
+
+
+class OnnxFrameStepper:
+    """One streaming step on ONNX Runtime, equal to :class:`emovox.inference.TorchFrameStepper`: the frames'
+    raw features (``frontend.onnx``), all-zero frames skipped (as ``features.nonzero_frame_mask``), then the
+    recurrent step with its state carried over (``step.onnx``)."""
+
+    peak_normalize = False  # the runtime build refuses features that depend on the whole stream's peak
+
+    def __init__(self, folder: Path, info: dict[str, Any], n_labels: int):
+        self.frontend = session(folder / info["frontend"])
+        self.step_session = session(folder / info["step"])
+        self.info = info
+        self.n_labels = n_labels
+        self.hop_length, self.frame_span = int(info["hop_length"]), int(info["frame_span"])
+
+    def num_frames_for(self, num_samples: int) -> int:
+        return 0 if num_samples < self.frame_span else 1 + (num_samples - self.frame_span) // self.hop_length
+
+    def samples_for(self, num_frames: int) -> int:
+        return self.frame_span + (num_frames - 1) * self.hop_length if num_frames > 0 else 0
+
+    def _nonzero_frames(self, wave: np.ndarray, n: int) -> np.ndarray:
+        start, width = int(self.info["window_offset"]), int(self.info["window_length"])
+        windows = np.lib.stride_tricks.sliding_window_view(np.abs(wave[start:]), width)[:: self.hop_length][:n]
+        return windows.max(axis=1) > 0
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(s, np.float32) for s in self.info["state_shapes_at_batch_1"]]
+
+    def step(self, wave: np.ndarray, peak: float, state) -> tuple[np.ndarray, Any]:
+        """``wave``: whole frames of samples; ``state``: the previous step's (None to start) →
+        ``(logits (frames, n_labels), state)``; skipped frames give no row and leave the state as it was."""
+        x = np.ascontiguousarray(wave, dtype=np.float32)[None]
+        feats = self.frontend.run(None, {"waveform": x})[0][0]  # (n_features, frames)
+        if self.info.get("skip_zero_frames"):
+            feats = feats[:, self._nonzero_frames(x[0], feats.shape[1])]
+        if feats.shape[1] == 0:
+            return np.zeros((0, self.n_labels), np.float32), state
+        feed = {"features": np.ascontiguousarray(feats.T[None])}
+        feed.update(zip(self.info["state_inputs"], state if state is not None else self.initial_state()))
+        logits, *new_state = self.step_session.run(None, feed)
+        return logits[0], new_state

@@ -175,6 +175,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         extra.update(limits)
     else:
         spec = build_graph_spec(pipe, "waveform")
+        extra["min_samples"] = int(pipe.feature_config.samples_for(1))  # PyTorch zero-pads a shorter clip to one frame
         _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"})
     if pipe.streaming and pipe.feature_config.kind != "waveform":
         specs, info = _streaming_specs(pipe)
