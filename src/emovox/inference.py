@@ -482,7 +482,7 @@ class StreamingSession:
         """Featurise the complete frames of ``buf`` and step them through the model; keep the rest."""
         import torch
 
-        from .features import nonzero_frame_mask, prepare_input
+        from .modelio import streaming_step
 
         pipe, cfg = self._pipe, self._pipe.feature_config
         n_frames = cfg.num_frames_for(buf.size)
@@ -490,20 +490,15 @@ class StreamingSession:
         if n_frames == 0:
             return
         with torch.inference_mode():
-            wave = torch.from_numpy(buf[: cfg.samples_for(n_frames)])[None]
-            feats = pipe.frontend(wave, torch.tensor([[self._peak]])) if cfg.peak_normalize else pipe.frontend(wave)
-            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-                feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
+            feats = pipe.stream_features(torch.from_numpy(buf[: cfg.samples_for(n_frames)])[None], self._peak)
             if feats.shape[-1] == 0:
                 return
-            x = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
-            if self.final_answer == "mean":
-                logits, self._hidden = pipe.model.steps(x, self._hidden)
+            mean = self.final_answer == "mean"
+            logits, self._hidden = streaming_step(pipe, feats, self._hidden, every_frame=mean)
+            if mean:
                 probs = softmax(logits[0].numpy(), self.model.backend.temperature)
                 self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
                 logits = logits[:, -1]
-            else:
-                logits, self._hidden = pipe.model(x, self._hidden)
         self._frames += feats.shape[-1]
         self._last_logits = logits[0].numpy()
 

@@ -36,13 +36,15 @@ from .features import (
     FeatureStats,
     Normalize,
     build_frontend,
+    compact_frames,
     fix_frames,
+    frame_counts,
     nonzero_frame_mask,
     pad_to_one_frame,
     prepare_input,
 )
 from .models import build_model
-from .models.common import head_logits, is_streaming
+from .models.common import head_logits, is_streaming, stream_step
 
 FORMAT = "emovox-model"
 FORMAT_VERSION = 1
@@ -79,6 +81,19 @@ def default_io(features: FeatureConfig) -> dict[str, str]:
     """Tensor names used by exports (seed 000's Core ML names for log-mel models)."""
     feat_name = "log_mel_spectrogram" if features.kind == "logmel" else "mfcc"
     return {"features_input": feat_name, "waveform_input": "waveform", "output": "emotion_logits"}
+
+
+def streaming_step(pipeline: nn.Module, raw: torch.Tensor, hidden: Any = None, *, every_frame: bool = False
+                   ) -> tuple[torch.Tensor, Any]:
+    """One streaming step: raw features of new complete frames ``(batch, n_features, frames)`` →
+    normalised (:func:`~emovox.features.prepare_input`) → the model continues from ``hidden`` →
+    logits after the last frame (after every frame with ``every_frame``) and the new state
+    (:func:`emovox.models.common.stream_step`). ``pipeline``: an :class:`EmotionPipeline`, or
+    anything with its ``feature_config``, ``normalize`` and ``model`` (a training
+    ``FullStreamingModel``). Trace-safe: :class:`emovox.inference.StreamingSession` and the exported
+    step graphs (:class:`emovox.export.graphs.StreamingStepGraph`) both run it."""
+    feats = prepare_input(raw, pipeline.feature_config, pipeline.normalize)
+    return stream_step(pipeline.model, feats, hidden, every_frame=every_frame)
 
 
 class EmotionPipeline(nn.Module):
@@ -121,34 +136,34 @@ class EmotionPipeline(nn.Module):
         cfg = self.feature_config
         wave = pad_to_one_frame(wave, cfg)
         feats = self.frontend(wave)
+        skip_zero = cfg.kind == "mfcc" and cfg.skip_zero_frames
         lengths = None
-        if lengths_samples is not None and not (cfg.kind == "mfcc" and cfg.skip_zero_frames):
-            n = torch.as_tensor(lengths_samples)
-            if cfg.center:
-                lengths = 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
-            else:
-                lengths = 1 + torch.div((n - cfg.frame_span).clamp_min(0), cfg.hop_length, rounding_mode="floor")
-            lengths = lengths.clamp(1, feats.shape[-1])
+        if lengths_samples is not None and not skip_zero:
+            lengths = frame_counts(lengths_samples, cfg).clamp(1, feats.shape[-1])
             if bool((lengths == feats.shape[-1]).all()):
                 lengths = None
-        if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+        if skip_zero:
             mask = nonzero_frame_mask(wave, cfg)
             if lengths_samples is not None:
                 # in a zero-padded batch, a frame running past its clip's end does not exist for the
                 # clip alone: drop it (its clip-only frame count is cfg.num_frames_for(n))
-                n_real = torch.tensor([cfg.num_frames_for(int(n)) for n in torch.as_tensor(lengths_samples)])
+                n_real = frame_counts(lengths_samples, cfg)
                 mask = mask & (torch.arange(mask.shape[-1])[None, :] < n_real[:, None])
             if not bool(mask.all()):
-                kept = [f[:, m] if bool(m.any()) else f[:, :1] for f, m in zip(feats, mask)]
-                lengths = torch.tensor([k.shape[-1] for k in kept])
-                feats = torch.nn.utils.rnn.pad_sequence([k.T for k in kept], batch_first=True).transpose(1, 2)
-        if cfg.num_frames is not None:
-            if lengths is not None:  # crop/pad each clip's real frames, not the batch padding
-                feats = torch.stack([fix_frames(f[:, : int(n)], cfg.num_frames, cfg=cfg) for f, n in zip(feats, lengths)])
-                lengths = None
-            else:
-                feats = fix_frames(feats, cfg.num_frames, cfg=cfg)
+                feats, lengths = compact_frames(feats, mask)
+        if cfg.num_frames is not None:  # crop/pad each clip's real frames, not the batch padding
+            feats, lengths = fix_frames(feats, cfg.num_frames, cfg=cfg, lengths=lengths), None
         return feats, lengths
+
+    def stream_features(self, wave: torch.Tensor, peak: float | None = None) -> torch.Tensor:
+        """Raw features ``(1, F, frames)`` of a run of complete frames of a stream (``center=False``),
+        all-zero frames dropped (possibly all of them) with ``skip_zero_frames``; ``peak``
+        (``peak_normalize``): the peak of everything received so far."""
+        cfg = self.feature_config
+        feats = self.frontend(wave, torch.tensor([[peak]])) if cfg.peak_normalize else self.frontend(wave)
+        if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+            feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
+        return feats
 
     def features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -96,7 +96,7 @@ from .modelio import (
     write_json,
 )
 from .models import build_model, count_parameters
-from .models.common import is_streaming
+from .models.common import is_streaming, stream_step
 from .splits import (
     Split,
     balanced_subset,
@@ -413,7 +413,7 @@ def _epoch_order(n: int, y: np.ndarray, cfg: TrainConfig, epoch: int, n_classes:
 
 
 def _frame_forward(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    return model.frame_logits(feats.transpose(1, 2))
+    return stream_step(model, feats, None, every_frame=True)[0]  # logits after every frame, from no state
 
 
 def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor | None,
