@@ -172,25 +172,40 @@ class FeatureConfig:
         return replace(self, **changes)
 
 
-#: Presets named after the user's documents.
-PRESETS: dict[str, FeatureConfig] = {
+class _Presets(dict):
+    """The presets by name; an older name in :data:`PRESET_ALIASES` looks up (``[]``, ``in``, ``get``)
+    the preset it points to, but is not listed again (iteration, ``keys()``, ``values()``)."""
+
+    def __missing__(self, name: str) -> FeatureConfig:
+        if name in PRESET_ALIASES:
+            return self[PRESET_ALIASES[name]]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in PRESET_ALIASES
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+
+PRESETS: dict[str, FeatureConfig] = _Presets({
     # emovox's default front-end: 25 ms windows, 10 ms hop, 64 mel bins.
     "logmel64": FeatureConfig(),
-    # Seed 000's Core ML input: 64 mel bins, 2048-point FFT, hop 512, 100 frames.
+    # Seed 000's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
     # 100 frames x 512 samples = 51,200 samples = 3.2 s at 16 kHz (the document's "~1 s" is wrong).
-    "seed000": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
-                             num_frames=100),
-    # Seed 001's Keras CNN input: 64 mel bins x about 32 frames, i.e. 1 s at hop 512 (32 x 512 samples
-    # = 1.02 s at 16 kHz), FFT 2048.
-    "seed001": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
-                             num_frames=32),
-    # Seed 003's streaming MFCC: 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
+    "logmel64-hop512-100f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
+                                          num_frames=100),
+    # Seed 001's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
+    # (32 x 512 samples = 1.02 s at 16 kHz), FFT 2048.
+    "logmel64-hop512-32f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
+                                         num_frames=32),
+    # Streaming MFCC (alias seed003): 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
-    # gives exactly the offline features. emovox's own 40-mel reading of the seed's plan (what the
+    # gives exactly the offline features. emovox's own 40-mel reading of seed 003's plan (what the
     # shipped `streaming` model uses), not the numbers of the seed's backend: those are
     # "framewise-librosa-mfcc13".
-    "seed003": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
-                             n_mfcc=13, center=False, skip_zero_frames=True),
+    "mfcc13-streaming": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
+                                      n_mfcc=13, center=False, skip_zero_frames=True),
     # Seed 003's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
     # samples (librosa.util.frame), all-zero frames skipped, and per frame the column mean of
     # librosa.feature.mfcc(y=frame, sr=16000, n_mfcc=13) with librosa's defaults (FFT 2048 of the
@@ -211,14 +226,28 @@ PRESETS: dict[str, FeatureConfig] = {
                                 level_db=0.0),
     # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
     "waveform": FeatureConfig(kind="waveform"),
+})
+
+#: Older preset names, after the user's documents: they still load (recipes, config files, command
+#: lines, training checkpoints that name them) and mean exactly the preset they point to.
+PRESET_ALIASES: dict[str, str] = {
+    "seed000": "logmel64-hop512-100f",
+    "seed001": "logmel64-hop512-32f",
+    "seed003": "mfcc13-streaming",
 }
+
+
+def preset_choices() -> str:
+    """The presets for a message or ``--help``: ``logmel64, ..., waveform (older names: seed000 = ...)``."""
+    aliases = ", ".join(f"{a} = {n}" for a, n in PRESET_ALIASES.items())
+    return f"{', '.join(PRESETS)} (older names: {aliases})"
 
 
 def preset(name: str) -> FeatureConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown feature preset {name!r}; available: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown feature preset {name!r}; available: {preset_choices()}") from None
 
 
 # ---------------------------------------------------------------------------------------------
