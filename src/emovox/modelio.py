@@ -43,11 +43,10 @@ from .features import (
     pad_to_one_frame,
     prepare_input,
 )
+from .model_config import FORMAT, FORMAT_VERSION, ModelConfig
 from .models import build_model
 from .models.common import head_logits, is_streaming, stream_step
 
-FORMAT = "emovox-model"
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "best_model.pth"
 CONFIG_FILE = "model_config.json"
 LABELS_FILE = "labels.json"
@@ -74,6 +73,7 @@ def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: Feat
     }
     if extra:
         cfg.update(extra)
+    ModelConfig.from_dict(cfg)  # the schema's check: an extra key it does not know fails here, not at loading
     return cfg
 
 
@@ -103,19 +103,20 @@ class EmotionPipeline(nn.Module):
     ``stft_mode="conv"`` swaps in the convolutional STFT for export (same numbers).
     """
 
-    def __init__(self, model: nn.Module, config: dict[str, Any], *, stft_mode: str = "torch"):
+    def __init__(self, model: nn.Module, config: dict[str, Any] | ModelConfig, *, stft_mode: str = "torch"):
         super().__init__()
-        self.config = config
-        self.feature_config = FeatureConfig.from_dict(config["features"])
-        stats = FeatureStats.from_dict(config["normalization"]) if config.get("normalization") else None
+        #: The saved config, read (strictly) into attributes; ``config``: its JSON form.
+        self.model_config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        self.config = config.to_dict() if isinstance(config, ModelConfig) else config
+        self.feature_config = self.model_config.features
         self.frontend = build_frontend(self.feature_config, stft_mode=stft_mode)
-        self.normalize = Normalize(stats, self.feature_config.n_features)
+        self.normalize = Normalize(self.model_config.normalization, self.feature_config.n_features)
         self.model = model
         if self.streaming and self.feature_config.level_db is not None:
             raise ValueError("speech-level normalisation (level_db) needs the whole clip; a streaming model "
                              "runs frame by frame and cannot use it")
-        self.labels: list[str] = list(config["labels"])
-        self.register_buffer("temperature", torch.tensor(float(config.get("temperature", 1.0))), persistent=False)
+        self.labels: list[str] = list(self.model_config.labels)
+        self.register_buffer("temperature", torch.tensor(float(self.model_config.temperature)), persistent=False)
 
     @property
     def streaming(self) -> bool:
@@ -289,17 +290,15 @@ def _read_checkpoint(path: Path, *, allow_pickle: bool = False) -> dict[str, Any
     return obj
 
 
-def build_from_config(config: dict[str, Any], *, model_dir: str | os.PathLike | None = None) -> nn.Module:
+def build_from_config(config: dict[str, Any] | ModelConfig, *, model_dir: str | os.PathLike | None = None
+                      ) -> nn.Module:
     """``model_dir``: the folder the config came from (where an ssl model's bundled backbone lives)."""
-    feats = FeatureConfig.from_dict(config["features"])
-    labels = config.get("labels") or []
-    if not labels:
-        raise ModelLoadError("model config has no labels")
-    return build_model(config["model"]["name"], n_features=feats.n_features, n_classes=len(labels),
-                       model_dir=model_dir, **config["model"].get("kwargs", {}))
+    mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    return build_model(mc.model.name, n_features=mc.features.n_features, n_classes=len(mc.labels),
+                       model_dir=model_dir, **mc.model.kwargs)
 
 
-def _check_weights(weights: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+def _check_weights(weights: Path, state: dict[str, Any], config: ModelConfig) -> None:
     """Before a model is built: every saved tensor is finite, and (for models whose weights are all saved) the
     config's architecture, built on the meta device (no memory), has exactly the saved shapes, so a config
     that lies about its size cannot make emovox allocate it."""
@@ -309,8 +308,7 @@ def _check_weights(weights: Path, state: dict[str, Any], config: dict[str, Any])
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelLoadError(f"{weights}: weight {key!r} holds NaN or infinite values (a diverged or damaged "
                                  f"model)")
-    name = (config.get("model") or {}).get("name")
-    if name == "ssl":  # its frozen backbone is referenced, not saved, and loads from its own source
+    if config.model.name == "ssl":  # its frozen backbone is referenced, not saved, and loads from its own source
         return
     try:
         with torch.device("meta"):
@@ -342,6 +340,11 @@ class LoadedModel:
     config: dict[str, Any]
     path: Path
 
+    @property
+    def model_config(self) -> ModelConfig:
+        """The config as attributes (:class:`~emovox.model_config.ModelConfig`)."""
+        return self.pipeline.model_config
+
 
 def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_pickle: bool = False) -> LoadedModel:
     """Load a model folder (or its ``best_model.pth``) into an eval-mode :class:`EmotionPipeline`."""
@@ -356,9 +359,10 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
                              f"reads only files inside it: copy the file in")
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
-    _check_weights(weights, ckpt["state_dict"], config)
+    mc = ModelConfig.from_dict(config, source=weights)
+    _check_weights(weights, ckpt["state_dict"], mc)
     try:
-        model = build_from_config(config, model_dir=weights.parent)
+        model = build_from_config(mc, model_dir=weights.parent)
     except ModelLoadError as e:  # e.g. an ssl model's backbone that cannot be found: the message says it all
         raise ModelLoadError(f"{weights}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
