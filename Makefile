@@ -35,10 +35,10 @@ demo: $(BASE_STAMP)
 	$(VENV)/bin/emovox classify examples/ravdess_03-01-05-02-01-01-12.flac --format json
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 test: $(STAMP) browser
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

@@ -143,18 +143,14 @@ class TorchFrameStepper:
         frames skipped as all-zero (``skip_zero_frames``) give no row and leave the state as it was."""
         import torch
 
-        from .features import nonzero_frame_mask, prepare_input
+        from .modelio import streaming_step
 
-        pipe, cfg = self.pipeline, self.pipeline.feature_config
+        pipe = self.pipeline
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
-            feats = pipe.frontend(x, torch.tensor([[peak]])) if cfg.peak_normalize else pipe.frontend(x)
-            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-                feats = feats[:, :, nonzero_frame_mask(x, cfg)[0]]
+            feats = pipe.stream_features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], peak)
             if feats.shape[-1] == 0:
                 return np.zeros((0, len(pipe.labels)), np.float32), state
-            feats = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
-            logits, state = pipe.model.steps(feats, state)
+            logits, state = streaming_step(pipe, feats, state, every_frame=True)
         return logits[0].numpy(), state
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..modelio import EmotionPipeline, LoadedModel, load_model_dir
+from ..modelio import EmotionPipeline, LoadedModel, load_model_dir, streaming_step
 from .graphs import state_names, streaming_state_layout
 from .onnx_export import DEFAULT_OPSET, write_onnx
 from .spec import GraphSpec, TensorSpec, build_graph_spec
@@ -81,17 +81,17 @@ class FrameFeaturesGraph(nn.Module):
 
 
 class FrameStepGraph(nn.Module):
-    """Raw features ``(batch, frames, n_features)`` + state → ``(logits after every frame, *new state)``."""
+    """Raw features ``(batch, frames, n_features)`` + state → ``(logits after every frame, *new state)``: the
+    pipeline's streaming step (:func:`emovox.modelio.streaming_step`)."""
 
     def __init__(self, pipeline: EmotionPipeline, state_is_tuple: bool):
         super().__init__()
-        self.normalize = pipeline.normalize
-        self.model = pipeline.model
+        self.pipeline = pipeline
         self.state_is_tuple = state_is_tuple
 
     def forward(self, features: torch.Tensor, *state: torch.Tensor):
-        x = self.normalize(features.transpose(1, 2)).transpose(1, 2)
-        logits, new = self.model.steps(x, tuple(state) if self.state_is_tuple else state[0])
+        hidden = tuple(state) if self.state_is_tuple else state[0]
+        logits, new = streaming_step(self.pipeline, features.transpose(1, 2), hidden, every_frame=True)
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         return (logits, *new)
 

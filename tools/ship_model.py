@@ -1,6 +1,9 @@
 """Copy a model folder written by `emovox train` into the package and write its model card.
 
-    python benchmarks/ship_model.py runs/default_cnn --name default --command "emovox train ..."
+    python -m tools.ship_model runs/default_cnn --name default --command "emovox train ..."
+
+A maintainer tool: it writes into ``src/emovox/assets/models/NAME`` (the models shipped with the
+package), so it lives outside ``benchmarks/``, whose scripts only read the package and write reports.
 
 Only the files needed to load and to audit the model are copied (weights, config, labels, metrics,
 report, history, confusion matrices). The card's figures are read from the run's own metrics files.
@@ -156,7 +159,7 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "",
         "```bash",
         command,
-        f"python benchmarks/ship_model.py {run} --name {name}",
+        f"python -m tools.ship_model {run} --name {name}",
         "```",
         "",
         "## Known limits",
@@ -169,9 +172,9 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         *([] if feats.get("level_db") is not None or cfg["model"]["name"] == "ssl" else [
             "- Recording level is a cue: the model learnt that angry speech is louder, so 10–20 dB below a "
             "normal recording level many answers change and accuracy drops sharply "
-            "(`python benchmarks/gain_robustness.py --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
+            "(`python -m benchmarks.gain_robustness --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
             "Record at a normal speaking level, not far from the microphone."]),
-        *(["- Recording level: not yet measured for this model (`python benchmarks/gain_robustness.py --model NAME` "
+        *(["- Recording level: not yet measured for this model (`python -m benchmarks.gain_robustness --model NAME` "
            "measured the CRNN, whose answers change 10–20 dB below a normal level). Whisper's log-mel is not "
            "normalised for level, so record at a normal speaking level."] if cfg["model"]["name"] == "ssl" else []),
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
