@@ -1,6 +1,10 @@
 """Copy a model folder written by `emovox train` into the package and write its model card.
 
     python -m tools.ship_model runs/default_cnn --name default --command "emovox train ..."
+    python -m tools.ship_model --runtime-only default crnn streaming     # rebuild the shipped models' onnx/
+
+It also writes the model's ONNX Runtime graphs (``onnx/``, :mod:`emovox.export.runtime_build`), which
+inference runs without PyTorch; ``--runtime-only`` rebuilds just those for models already shipped.
 
 A maintainer tool: it writes into ``src/emovox/assets/models/NAME`` (the models shipped with the
 package), so it lives outside ``benchmarks/``, whose scripts only read the package and write reports.
@@ -188,13 +192,23 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("--runtime-only", nargs="+", metavar="NAME", default=None,
+                    help="rebuild the ONNX Runtime graphs (onnx/) of these shipped models, and nothing else")
     ap.add_argument("--name", default="default")
     ap.add_argument("--command", default="(see the model's model_meta.json: train_config)")
     ap.add_argument("--machine", default="")
     ap.add_argument("--notes", type=Path, default=None,
                     help="Markdown file of further measured figures (e.g. cross-corpus) for the card's Measured section")
     args = ap.parse_args(argv)
+    from emovox.export.runtime_build import build_runtime
+
+    if args.runtime_only:
+        for name in args.runtime_only:
+            print(f"wrote {build_runtime(ASSETS / name)}")
+        return 0
+    if args.run is None:
+        ap.error("give a run folder to ship, or --runtime-only NAME...")
     missing = [f for f in FILES if not (args.run / f).exists()]
     if missing:
         raise SystemExit(f"{args.run}: missing {', '.join(missing)}")
@@ -206,6 +220,7 @@ def main(argv=None) -> int:
         shutil.copy2(args.run / f, tmp / f)
     (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine,
                                                args.notes.read_text() if args.notes else ""))
+    build_runtime(tmp, tmp / "onnx")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {args.run} as {dest}")
