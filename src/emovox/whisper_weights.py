@@ -245,7 +245,7 @@ def encoder_arrays(variables: dict[str, np.ndarray], n_layers: int) -> dict[str,
     """CTranslate2 encoder variables → float32 arrays named as transformers' ``WhisperEncoder`` state dict
     (q, k, v unfused; Whisper's key projection has no bias)."""
     def t(name: str) -> np.ndarray:
-        return np.ascontiguousarray(variables["encoder/" + name], dtype=np.float32)
+        return np.require(variables["encoder/" + name], np.float32, ["C", "W"])  # writable: torch may train it
 
     out = {"conv1.weight": t("conv1/weight"), "conv1.bias": t("conv1/bias"), "conv2.weight": t("conv2/weight"),
            "conv2.bias": t("conv2/bias"), "embed_positions.weight": t("position_encodings/encodings"),
