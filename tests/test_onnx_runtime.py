@@ -134,3 +134,24 @@ print(json.dumps({{"torch": "torch" in sys.modules, "emotion": p.label, "n": len
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["torch"] is False
     assert got["emotion"] == "angry" and got["n"] == 2 and got["segments"] >= 1 and got["lines"] >= 3
+
+
+def test_the_server_answers_speech_without_torch():
+    """`emovox serve`'s app on the shipped default model (text switched off) classifies an upload through
+    ONNX Runtime, and torch is never imported."""
+    script = f"""
+import sys, json
+from fastapi.testclient import TestClient
+from emovox.server.app import create_app
+from emovox.server.settings import Settings
+with TestClient(create_app(Settings(text_model="none", use_mock_models=False))) as c:
+    with open({str(EXAMPLE)!r}, "rb") as f:
+        r = c.post("/predict-emotion/", files={{"file": ("clip.flac", f, "audio/flac")}})
+print(json.dumps({{"torch": "torch" in sys.modules, "status": r.status_code, "body": r.json()}}))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["status"] == 200, got
+    assert got["torch"] is False
+    assert got["body"]["emotion"] == "angry"
