@@ -155,3 +155,18 @@ print(json.dumps({{"torch": "torch" in sys.modules, "status": r.status_code, "bo
     assert got["status"] == 200, got
     assert got["torch"] is False
     assert got["body"]["emotion"] == "angry"
+
+
+def test_export_runtime_makes_a_trained_model_run_on_onnx_runtime(tmp_path):
+    """`emovox export --model M --runtime` writes M/onnx; load_model then runs it on ONNX Runtime with
+    PyTorch's answers."""
+    from emovox.cli import main
+    from emovox.testing import create_model
+
+    folder = create_model(tmp_path / "m")
+    assert load_model(folder).backend.__class__.__name__ == "TorchBackend"  # no graphs yet
+    assert main(["export", "--model", str(folder), "--runtime"]) == 0
+    onnx_model, torch_model = load_model(folder), load_model(folder, backend="torch")
+    assert type(onnx_model.backend).__name__ == "OnnxModel"
+    wave = load_audio(EXAMPLE, sample_rate_hz=16000)
+    np.testing.assert_allclose(onnx_model.probabilities([wave]), torch_model.probabilities([wave]), atol=1e-4)
