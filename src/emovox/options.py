@@ -21,7 +21,6 @@ from typing import Any
 
 from .errors import OptionError
 
-
 #: Deepest nesting a config file may have (option values are scalars, lists or one level of mapping).
 MAX_CONFIG_DEPTH = 16
 

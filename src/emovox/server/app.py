@@ -45,7 +45,7 @@ from .batching import DynamicBatcher, Overloaded
 from .clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
 from .observability import ARRIVED, Metrics, ObservabilityMiddleware
 from .services import Services, load_services
-from .settings import MAX_WS_TEXT_BYTES, Settings
+from .settings import MAX_WS_TEXT_BYTES, MIN_WS_FRAME_S, Settings
 from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
 
 log = logging.getLogger(__name__)
@@ -578,7 +578,8 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
     Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
     the server closes (1000). ``{"event": "reset"}`` starts over. A frame with an odd byte count
     (or no bytes before any audio) is answered with an error message and dropped; the connection
-    stays usable. Streams longer than ``EMOVOX_MAX_DURATION_S``, binary frames larger than
+    stays usable. Streams longer than ``EMOVOX_MAX_DURATION_S`` (a frame shorter than
+    :data:`MIN_WS_FRAME_S` counts as that long), binary frames larger than
     ``EMOVOX_MAX_UPLOAD_MB`` and text messages over :data:`MAX_WS_TEXT_BYTES` are closed with 1009;
     a wrong API key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models):
     every update and the final one report the mean of every frame's probabilities instead of the last frame's.
@@ -612,6 +613,9 @@ class _StreamState:
         self.ws, self.session, self.resampler = ws, session, resampler
         self.settings = _settings(ws)
         self.max_samples = int(self.settings.max_duration_s * sample_rate_hz)
+        # every frame is answered by a model run: one shorter than MIN_WS_FRAME_S counts as that long
+        # against the limit, so 1-sample frames cannot buy 16000 model runs per second of audio
+        self.min_frame = int(MIN_WS_FRAME_S * sample_rate_hz)
         self.received = 0
 
     def _push(self, x: np.ndarray) -> list[dict[str, Any]]:
@@ -640,10 +644,11 @@ class _StreamState:
             await self._send_error(f"bad frame: 16-bit PCM needs an even number of bytes, got {len(data)}; "
                                    "frame dropped", "bad_frame", bytes=len(data))
             return True
-        self.received += len(data) // 2
+        self.received += max(len(data) // 2, self.min_frame)
         if self.received > self.max_samples:
-            await _ws_fail(ws, f"stream too long: more than {st.max_duration_s:g} s of audio "
-                               "(EMOVOX_MAX_DURATION_S)", WS_TOO_BIG)
+            await _ws_fail(ws, f"stream too long: more than {st.max_duration_s:g} s of audio (EMOVOX_MAX_DURATION_S; "
+                               f"frames shorter than {MIN_WS_FRAME_S * 1000:g} ms count as {MIN_WS_FRAME_S * 1000:g} ms)",
+                           WS_TOO_BIG)
             return False
         updates = await _in_thread(ws, self._push, pcm16_to_float(data))
         if not updates:  # an empty frame before any audio: nothing to answer yet

@@ -50,6 +50,9 @@ DEFAULT_MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 16 * 1024
 #: Longest text message on ``WS /stream`` (its control messages are a few bytes of JSON).
 MAX_WS_TEXT_BYTES = 4096
+#: Every ``WS /stream`` frame is answered by a model run; a shorter frame counts as this long (seconds)
+#: against ``EMOVOX_MAX_DURATION_S``, which so bounds the model runs one stream can ask for.
+MIN_WS_FRAME_S = 0.01
 #: ``TEXT_MODEL_DIR`` values that switch the text model off.
 TEXT_OFF = ("none", "off", "disabled")
 #: The ``.env`` file read from the working directory, unless ``$EMOVOX_ENV_FILE`` names another (or ``none``).

@@ -90,6 +90,12 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+def _parser_has_limits(parser_class: type) -> bool:
+    import inspect
+
+    return "max_header_size" in inspect.signature(parser_class.__init__).parameters
+
+
 @dataclass
 class Upload:
     field: str
@@ -103,8 +109,8 @@ def too_many_parts(max_parts: int) -> ApiError:
 
 
 def part_header_too_large(max_bytes: int) -> ApiError:
-    return ApiError(413, f"multipart part headers too large: more than {max_bytes} bytes in one part's headers",
-                    {"max_part_header_bytes": max_bytes}, headers={"Connection": "close"})
+    return ApiError(413, f"multipart part headers too large: more than {max_bytes} bytes, or too many header "
+                         "lines, in one part", {"max_part_header_bytes": max_bytes}, headers={"Connection": "close"})
 
 
 async def read_upload(request: Request, fields: Sequence[str], *, max_parts: int = DEFAULT_MAX_PARTS,
@@ -179,17 +185,21 @@ async def read_upload(request: Request, fields: Sequence[str], *, max_parts: int
     def on_end() -> None:
         ended.append(True)
 
+    # recent python-multipart releases also bound each header line and the header lines per part themselves
+    own_limits = {"max_header_size": max_header_bytes} if _parser_has_limits(MultipartParser) else {}
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
-    })
+    }, **own_limits)
     try:
         async for chunk in request.stream():
             if chunk:
                 parser.write(chunk)
         parser.finalize()
     except FormParserError as e:
+        if "Maximum header" in str(e):
+            raise part_header_too_large(max_header_bytes) from e
         raise ApiError(400, f"malformed multipart/form-data body: {e}") from e
     if not ended:
         raise ApiError(400, "incomplete multipart/form-data body: it ends before its closing boundary")
