@@ -242,10 +242,12 @@ def target_http(data: Path):
     """The HTTP API from its OpenAPI document (schemathesis, in process): a random operation, a schema-valid
     or schema-breaking case; a 5xx or an answer that breaks the schema is a crash. A tiny random speech
     model (so cases are many) and the shipped text model."""
+    import logging
     import tempfile
     import warnings
 
     import schemathesis
+    from hypothesis.errors import NonInteractiveExampleWarning
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
@@ -257,7 +259,8 @@ def target_http(data: Path):
     from emovox.server import Settings, create_app
     from emovox.testing import create_model
 
-    warnings.filterwarnings("ignore", category=Warning, module="hypothesis")
+    warnings.filterwarnings("ignore", category=NonInteractiveExampleWarning)
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # "Found invalid character" per bad header
     model = create_model(Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "tiny-cnn", temperature=0.3)
     app = create_app(Settings(model=str(model), max_upload_mb=1.0, max_duration_s=10.0, max_concurrency=2))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
