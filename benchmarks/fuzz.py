@@ -4,9 +4,13 @@
 Each target gets random mutations of real inputs for a time budget; an input "crashes" when it raises
 anything but the boundary's own error (``AudioError``, ``ModelLoadError``/``ValueError``, ...), and
 "hangs" when one call takes longer than ``--hang-s``. Prints a Markdown table (inputs tried, crashes,
-hangs, slowest call, peak RSS) and writes every crashing input to ``--out`` for a regression test.
+hangs, 5xx answers of the HTTP target, slowest call, peak RSS) and writes every crashing input to
+``--out`` for a regression test. Targets: audio files, label specs, model folders, text, corpus folder
+trees, config files, the HTTP API (schemathesis, from its OpenAPI document) and the WebSocket stream.
+Peak RSS is the process's: run one target per process for per-target figures.
 
     python -m benchmarks.fuzz --seconds 120 --out runs/fuzz
+    python -m benchmarks.fuzz --targets http --seconds 60
 """
 
 from __future__ import annotations
@@ -82,9 +86,20 @@ def target_labels(data: Path):
     words = ["happy", "sad", "angry", "neutral", "calm", "fearful", "disgust", "surprised", "ekman7", "core4",
              "app6", "ravdess8", "=", ",", " ", "", "\x00", "é", "a" * 300]
 
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "spec.json"
+
     def one(rng: random.Random) -> bytes:
         spec = "".join(rng.choice(words) + rng.choice(["", ",", "=", " "]) for _ in range(rng.randint(0, 12)))
         source = rng.sample(words[:8], rng.randint(1, 8))
+        if rng.random() < 0.3:  # a .json spec file: a list, an object, deep nesting or bytes
+            r = rng.random()
+            blob = (json.dumps(spec.split(",")).encode() if r < 0.4 else
+                    json.dumps(dict(p.partition("=")[::2] for p in spec.split(","))).encode() if r < 0.7 else
+                    b"[" * rng.randint(1, 200000) if r < 0.85 else mutate(b'["happy", "sad"]', rng))
+            path.write_bytes(blob)
+            spec = str(path)
         LabelMap.build(source, spec)
         return spec.encode("utf-8", "surrogatepass")
 
@@ -129,12 +144,218 @@ def target_text(data: Path):
         for line in read_lines(path):
             check_text(line)
         check_text(blob.decode("latin-1"))
+        check_text(blob.decode("utf-8", "surrogateescape"))  # lone surrogates, as JSON "\ud800" gives them
         return blob
 
     return one, (TextError,)
 
 
-TARGETS = {"audio": target_audio, "labels": target_labels, "model-folder": target_model_folder, "text": target_text}
+def target_corpus(data: Path):
+    """Random folder trees: odd and non-UTF-8 names, FIFOs, folders and dangling links named like audio,
+    link loops, empty folders, broken labels.csv files; scanned with and without durations."""
+    import os
+    import shutil
+    import tempfile
+
+    from emovox.corpora import scan
+    from emovox.errors import CorpusError
+
+    clip = audio_seeds(data)[0]
+    bits = [b"angry", b"happy", b"sad", b"Happy", b"03-01-05-01-02-01-12", b"1001_DFA_ANG_XX", b"OAF_back_angry",
+            b"x", b" ", b".", b"-", b"\xc3\xa9", b"\xff", b"\xfe\xfd", b"\xed\xa0\x80", b"\t", b"\x01"]
+    work = os.fsencode(tempfile.mkdtemp(prefix="emovox-fuzz-"))
+
+    def name(rng: random.Random) -> bytes:
+        n = b"".join(rng.choice(bits) for _ in range(rng.randint(1, 3)))
+        return b"_" + n if n in (b".", b"..") else n
+
+    def one(rng: random.Random) -> bytes:
+        root = os.path.join(work, b"c")
+        shutil.rmtree(root, ignore_errors=True)
+        folders = [b""] + [b"/".join(name(rng) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(0, 4))]
+        for f in folders:
+            os.makedirs(os.path.join(root, f), exist_ok=True)
+        for _ in range(rng.randint(0, 8)):
+            path = os.path.join(root, rng.choice(folders), name(rng) + rng.choice([b".wav", b".flac", b".txt", b""]))
+            if os.path.lexists(path):
+                continue
+            kind = rng.choice(["clip", "clip", "empty", "junk", "fifo", "dir", "dangling", "loop"])
+            if kind == "fifo":
+                os.mkfifo(path)
+            elif kind == "dir":
+                os.makedirs(path)
+            elif kind in ("dangling", "loop"):
+                os.symlink(b"/nonexistent" if kind == "dangling" else root, path)
+            else:
+                with open(path, "wb") as fh:
+                    fh.write({"clip": clip, "empty": b"", "junk": mutate(clip[:64], rng)}[kind])
+        if rng.random() < 0.3:
+            with open(os.path.join(root, b"labels.csv"), "wb") as fh:
+                fh.write(rng.choice([b"path,label\n", b"path,label\nx.wav,angry\n", rng.randbytes(40)]))
+        scan(os.fsdecode(root), rng.choice([None, "folders", "csv", "ravdess"]), with_duration=rng.random() < 0.5)
+        return root
+
+    return one, (CorpusError,)
+
+
+def target_config(data: Path):
+    """``emovox train --config`` files: random YAML from option names, values, tags, anchors and aliases,
+    alias bombs, deep nesting, and random bytes."""
+    import argparse
+    import tempfile
+
+    from emovox.commands import train
+    from emovox.errors import OptionError
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    opts = parser.get_default("_train_options")
+    path = Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "config.yaml"
+    keys = ["epochs", "lr", "labels", "model", "batch_size", "data_dir", "model_options", "recipe", "config",
+            "num_epochs", "train_split", "x"]
+    values = ["3", "0.1", "-1", "1e400", ".nan", "~", "true", "[happy, sad]", "{hidden: 32}", "&a [x, y]", "*a",
+              "!!python/object:os.system x", "!!binary AAAA", "'unterminated", "cnn", "\t", "{a: 1", "<<: *a"]
+
+    def one(rng: random.Random) -> bytes:
+        r = rng.random()
+        if r < 0.6:
+            text = "\n".join(f"{rng.choice(keys)}: {rng.choice(values)}" for _ in range(rng.randint(0, 6))).encode()
+        elif r < 0.7:
+            n = rng.randint(2, 10)
+            items = ["&a0 [" + ",".join(["lol"] * 9) + "]"] + [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]"
+                                                               for i in range(1, n)]
+            text = ("labels: [" + ", ".join(items) + "]\n").encode()
+        elif r < 0.8:
+            d = rng.randint(1, 20000)
+            text = ("labels: " + "[" * d + "]" * d).encode()
+        else:
+            text = mutate(b"epochs: 3\nlabels: [happy, sad]\nmodel_options: {hidden: 32}\n", rng) \
+                if rng.random() < 0.5 else rng.randbytes(rng.randint(0, 400))
+        path.write_bytes(text)
+        opts.read_config(path)
+        return text
+
+    return one, (OptionError,)
+
+
+def target_http(data: Path):
+    """The HTTP API from its OpenAPI document (schemathesis, in process): a random operation, a schema-valid
+    or schema-breaking case; a 5xx or an answer that breaks the schema is a crash. A tiny random speech
+    model (so cases are many) and the shipped text model."""
+    import logging
+    import tempfile
+    import warnings
+
+    import schemathesis
+    from hypothesis.errors import NonInteractiveExampleWarning
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from emovox.server import Settings, create_app
+    from emovox.testing import create_model
+
+    warnings.filterwarnings("ignore", category=NonInteractiveExampleWarning)
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # "Found invalid character" per bad header
+    model = create_model(Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "tiny-cnn", temperature=0.3)
+    app = create_app(Settings(model=str(model), max_upload_mb=1.0, max_duration_s=10.0, max_concurrency=2))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    strategies = [(op, mode, op.as_strategy(generation_mode=mode)) for op in ops
+                  for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+                  if mode == GenerationMode.POSITIVE or op.path_parameters or op.query or op.body]
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    STATS["5xx"] = 0
+
+    def one(rng: random.Random) -> bytes:
+        op, mode, strategy = rng.choice(strategies)
+        case = strategy.example()
+        response = case.call()
+        STATS["5xx"] += response.status_code >= 500
+        case.validate_response(response, checks=checks)
+        return f"{op.label} {mode}".encode()
+
+    return one, ()
+
+
+def target_websocket(data: Path):
+    """``WS /stream``: a clip or silence cut into random chunks (odd and tiny sizes, empty frames), stray odd
+    frames and text messages, giant frames, streams past the limit, clients that leave mid-stream; every
+    final answer must equal the one-chunk answer."""
+    import tempfile
+
+    import soundfile as sf
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from emovox.server import Settings, create_app
+    from emovox.testing import create_model
+
+    x, _ = sf.read(data / "ravdess" / "Actor_01" / "03-01-05-01-01-01-01.flac", dtype="int16")
+    clips = {"speech": x[:32000].astype("<i2").tobytes(), "zeros": bytes(64000)}
+    model = create_model(Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "tiny-cnn", temperature=0.3)
+    client = TestClient(create_app(Settings(model=str(model), text_model="none", max_upload_mb=0.25,
+                                            max_duration_s=4.0, max_concurrency=2))).__enter__()
+
+    def final(chunks, extra=()) -> dict:
+        with client.websocket_connect("/stream") as ws:
+            for c in chunks:
+                ws.send_bytes(c)
+                ws.receive_json()
+            for e in extra:
+                (ws.send_bytes if isinstance(e, bytes) else ws.send_text)(e)
+                ws.receive_json()
+            ws.send_text('{"event": "end"}')
+            return ws.receive_json()
+
+    want = {k: final([v]) for k, v in clips.items()}
+
+    def one(rng: random.Random) -> bytes:
+        kind = rng.choice(["chunks", "chunks", "chunks", "giant", "too-long", "vanish"])
+        if kind == "giant":
+            with client.websocket_connect("/stream") as ws:
+                ws.send_bytes(bytes(rng.randint(262146, 400000) & ~1))
+                assert "frame too large" in ws.receive_json()["error"]
+                try:
+                    ws.receive_json()
+                    raise AssertionError("not closed after a giant frame")
+                except WebSocketDisconnect as e:
+                    assert e.code == 1009
+        elif kind == "too-long":
+            with client.websocket_connect("/stream") as ws:
+                for _ in range(10):
+                    ws.send_bytes(bytes(2 * 8000))
+                    msg = ws.receive_json()
+                    if msg["status"] == "error":
+                        break
+                assert "stream too long" in msg["error"]
+        elif kind == "vanish":
+            with client.websocket_connect("/stream") as ws:
+                ws.send_bytes(clips["speech"][: 2 * rng.randint(1, 16000)])
+        else:
+            name = rng.choice(sorted(clips))
+            data = clips[name]
+            cuts = sorted({2 * rng.randint(0, len(data) // 2) for _ in range(rng.randint(1, 20))} | {0, len(data)})
+            chunks = [data[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+            extra = [rng.choice([b"\x01", b"\x01\x02\x03", "hello", "[" * rng.randint(1, 4000), "{}"])
+                     for _ in range(rng.randint(0, 3))]
+            got = final(chunks, extra)
+            assert got["emotion"] == want[name]["emotion"] and all(
+                abs(got["scores"][k] - v) < 1e-5 for k, v in want[name]["scores"].items()), (got, want[name])
+        return kind.encode()
+
+    return one, ()
+
+
+#: Extra counts a target reports (the HTTP target's 5xx answers).
+STATS: dict[str, int] = {}
+
+TARGETS = {"audio": target_audio, "labels": target_labels, "model-folder": target_model_folder, "text": target_text,
+           "corpus": target_corpus, "config": target_config, "http": target_http, "websocket": target_websocket}
 
 
 def campaign(name: str, seconds: float, hang_s: float, seed: int, data: Path, out: Path | None) -> dict:
@@ -160,6 +381,7 @@ def campaign(name: str, seconds: float, hang_s: float, seed: int, data: Path, ou
         hangs += dt > hang_s
         tried += 1
     return {"target": name, "inputs": tried, "crashes": crashes, "hangs": hangs, "slowest_s": round(slowest, 3),
+            "5xx": STATS.pop("5xx", "–"),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -173,9 +395,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for crashing inputs")
     args = p.parse_args(argv)
     rows = [campaign(t, args.seconds, args.hang_s, args.seed, args.data, args.out) for t in args.targets.split(",")]
-    print("| target | inputs | crashes | hangs | slowest call (s) | peak RSS (MiB) |\n|---|---|---|---|---|---|")
+    print("| target | inputs | crashes | hangs | 5xx | slowest call (s) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['target']} | {r['inputs']} | {r['crashes']} | {r['hangs']} | {r['slowest_s']} | {r['peak_rss_mib']} |")
+        print(f"| {r['target']} | {r['inputs']} | {r['crashes']} | {r['hangs']} | {r['5xx']} | {r['slowest_s']} "
+              f"| {r['peak_rss_mib']} |")
     print(f"\nCommand: `python -m benchmarks.fuzz {' '.join(sys.argv[1:])}`; peak RSS is the process's, cumulative.")
     return 1 if any(r["crashes"] or r["hangs"] for r in rows) else 0
 

@@ -326,7 +326,11 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def find_audio_files(root: str | os.PathLike) -> list[Path]:
-    """All audio files under ``root`` (recursively, following symbolic links; hidden entries skipped), sorted."""
+    """All audio files under ``root`` (recursively, following symbolic links; hidden entries skipped), sorted.
+
+    Only regular files count: a FIFO, socket or device named ``x.wav`` would block or never end when
+    read, and a dangling link has nothing to read. A link loop is walked once.
+    """
     out: list[Path] = []
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -337,5 +341,6 @@ def find_audio_files(root: str | os.PathLike) -> list[Path]:
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         out += [Path(folder) / f for f in files
-                if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
+                if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS
+                and os.path.isfile(os.path.join(folder, f))]
     return sorted(out)

@@ -190,9 +190,11 @@ def parse_label_spec(spec: str | Sequence[str] | Mapping[str, str] | os.PathLike
         if not path.is_file():
             raise _malformed(str(spec), "no such JSON file")
         try:
-            spec = json.loads(path.read_text())
+            spec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise _malformed(str(path), f"unreadable JSON ({e})") from e
+        except RecursionError:  # [[[[...]]]]: Python's JSON parser recurses once per level
+            raise _malformed(str(path), "JSON nested too deeply (a label spec is a flat list or object)") from None
         if not isinstance(spec, (list, dict)):
             raise _malformed(str(path), "the JSON file must hold a list or an object")
     if isinstance(spec, Mapping):

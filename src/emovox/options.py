@@ -21,6 +21,55 @@ from typing import Any
 
 from .errors import OptionError
 
+#: Deepest nesting a config file may have (option values are scalars, lists or one level of mapping).
+MAX_CONFIG_DEPTH = 16
+
+
+def _check_brackets(text: str) -> None:
+    """Refuse deep ``[``/``{`` nesting before the YAML scanner sees it: it takes quadratic time on flow
+    nesting (20000 levels, 40 KB: 7 s) before the composer's depth check could stop it. Brackets in
+    quoted strings count too, so the bound is looser than :data:`MAX_CONFIG_DEPTH`."""
+    import yaml
+
+    depth, limit = 0, 4 * MAX_CONFIG_DEPTH
+    for i, ch in enumerate(text):
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                line = text.count("\n", 0, i) + 1
+                raise yaml.YAMLError(f"nested deeper than {MAX_CONFIG_DEPTH} levels (more than {limit} open "
+                                     f"brackets by line {line})")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases and deep nesting: a few hundred bytes of nested ``*alias``
+    references expand to gigabytes when read (a "billion laughs"), and deep nesting overflows the
+    parser's recursion. Config files need neither; both are a :class:`yaml.YAMLError` naming the line."""
+    import yaml
+    from yaml.composer import ComposerError
+
+    _check_brackets(text)
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ComposerError(None, None, "aliases (*name) are not allowed in config files; "
+                                    "write the value out", self.peek_event().start_mark)
+            self.depth += 1
+            try:
+                if self.depth > MAX_CONFIG_DEPTH:
+                    raise ComposerError(None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                                        self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 @dataclass
 class Option:
@@ -92,11 +141,13 @@ class Options:
 
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = _load_yaml(path.read_text(encoding="utf-8"))
         except OSError as e:
             raise OptionError(f"config file {path}: cannot read it ({e.strerror or e})") from e
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise OptionError(f"config file {path}: not valid YAML: {str(e).splitlines()[0]}") from e
+            mark = getattr(e, "problem_mark", None)
+            line = f" (line {mark.line + 1})" if mark is not None else ""
+            raise OptionError(f"config file {path}: not valid YAML: {str(e).splitlines()[0]}{line}") from e
         if data is None:
             return {}
         if not isinstance(data, Mapping):

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-duration-s", type=float, default=None,
                    help="longest clip or stream in seconds (env EMOVOX_MAX_DURATION_S; default "
                         f"{MAX_SERVED_CLIP_S:g})")
+    p.add_argument("--max-parts", type=int, default=None,
+                   help="most parts of a multipart upload, checked while it streams in; past it 413 "
+                        "(env EMOVOX_MAX_PARTS; default 16)")
     p.add_argument("--api-key", default=None,
                    help="require this key (X-API-Key or Authorization: Bearer); prefer env EMOVOX_API_KEY, "
                         "since flags show in the process list")
@@ -99,6 +102,7 @@ def run(args) -> int:
         max_concurrency=args.max_concurrency, use_mock_models=args.mock, torch_threads=args.torch_threads,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s, load_in_background=args.load_in_background, env_file=args.env_file,
+        max_parts=args.max_parts,
     )
     if settings.torch_threads is None:
         settings = settings.replace(torch_threads=1)
@@ -116,7 +120,8 @@ def run(args) -> int:
     print(f"emovox serve: http://{host}:{args.port}/  (web page /ui, API docs /docs, probes /healthz /readyz, "
           f"metrics /metrics){'  [MOCK MODELS: ' + ', '.join(mocks) + ']' if mocks else ''}", file=sys.stderr)
     uv = {"host": args.host, "port": args.port, "log_level": args.log_level, "limit_concurrency": args.limit_concurrency,
-          "access_log": False, "log_config": log_config(access=args.access_log == "json")}
+          "access_log": False, "log_config": log_config(access=args.access_log == "json"),
+          "ws_max_size": settings.max_upload_bytes}  # a bigger WebSocket frame is refused (1009) before it is buffered
     if args.workers == 1:
         uvicorn.run(create_app(settings, services=services), **uv)
     else:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import importlib.util
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
@@ -45,7 +46,7 @@ from .batching import DynamicBatcher, Overloaded
 from .clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
 from .observability import ARRIVED, Metrics, ObservabilityMiddleware
 from .services import Services, load_services
-from .settings import Settings
+from .settings import MAX_WS_TEXT_BYTES, MIN_WS_FRAME_S, Settings
 from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ LABELS_QUERY = Query(None, description=f"fold scores into another label set: {',
 ERRORS = {
     400: {"model": schemas.ErrorResponse, "description": "empty, truncated or corrupt audio (NaN, zero samples), bad labels="},
     401: {"model": schemas.ErrorResponse, "description": "API key missing or wrong (when EMOVOX_API_KEY is set)"},
-    413: {"model": schemas.ErrorResponse, "description": "upload larger than EMOVOX_MAX_UPLOAD_MB, or audio longer than EMOVOX_MAX_DURATION_S"},
+    413: {"model": schemas.ErrorResponse, "description": "upload larger than EMOVOX_MAX_UPLOAD_MB, more multipart parts "
+                                                          "than EMOVOX_MAX_PARTS, or audio longer than EMOVOX_MAX_DURATION_S"},
     415: {"model": schemas.ErrorResponse, "description": f"not an audio file (accepted: {AUDIO_FORMATS})"},
     422: {"model": schemas.ErrorResponse, "description": "missing multipart field or invalid parameters"},
     503: {"model": schemas.ErrorResponse, "description": "overloaded (the queue is full, or the request waited longer "
@@ -195,9 +197,16 @@ _bearer = HTTPBearer(auto_error=False, description="the service's EMOVOX_API_KEY
 
 
 def _key_ok(expected: str | None, *candidates: str | None) -> bool:
+    """Whether any candidate is the key, in constant time: the SHA-256 digests are compared with
+    :func:`hmac.compare_digest` (equal lengths, so not even the key's length shows), every candidate checked."""
     if not expected:
         return True
-    return any(c is not None and secrets.compare_digest(c.encode(), expected.encode()) for c in candidates)
+    want = hashlib.sha256(expected.encode()).digest()
+    ok = False
+    for c in candidates:
+        if c is not None:
+            ok |= hmac.compare_digest(hashlib.sha256(c.encode("utf-8", "surrogateescape")).digest(), want)
+    return ok
 
 
 async def require_key(request: Request, key: str | None = Depends(_api_key_header),
@@ -393,7 +402,7 @@ def _add_speech_routes(app: FastAPI) -> None:
         classify it in the next batch. -> (prediction, duration in seconds)"""
         s, st = _services(request), _settings(request)
         labels = _check_labels(s, labels)
-        upload = await read_upload(request, fields)
+        upload = await read_upload(request, fields, max_parts=st.max_parts)
         with _model_slot(request) as batcher:
             job, duration = await _in_thread(request, decode_clip, s.audio, upload.data, labels=labels,
                                              max_duration_s=st.max_duration_s)
@@ -437,7 +446,7 @@ def _add_speech_routes(app: FastAPI) -> None:
                                hop_s: float = Query(1.0, ge=0.25, le=30.0, description="hop between windows, seconds")):
         s, st = _services(request), _settings(request)
         labels = _check_labels(s, labels)
-        upload = await read_upload(request, ("file",))
+        upload = await read_upload(request, ("file",), max_parts=st.max_parts)
         with _model_slot(request):  # its windows are batched within the request
             tl = await _in_thread(request, _timeline, s, st, upload.data, labels, window_s, hop_s)
         return _out(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
@@ -524,9 +533,10 @@ def _add_operations_routes(app: FastAPI) -> None:
 
 
 async def _ws_fail(ws: WebSocket, message: str, code: int, **detail: Any) -> None:
-    """Send an error body, then close the WebSocket with ``code``."""
-    await ws.send_json(_out(ws, error_body(message, detail or None)))
-    await ws.close(code=code, reason=message[:120])
+    """Send an error body, then close the WebSocket with ``code`` (quietly when the client has gone)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_json(_out(ws, error_body(message, detail or None)))
+        await ws.close(code=code, reason=message[:120])
 
 
 async def _open_stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
@@ -569,80 +579,109 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
     Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
     the server closes (1000). ``{"event": "reset"}`` starts over. A frame with an odd byte count
     (or no bytes before any audio) is answered with an error message and dropped; the connection
-    stays usable. Streams longer than ``EMOVOX_MAX_DURATION_S`` are closed with 1009; a wrong API
-    key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models): every update
-    and the final one report the mean of every frame's probabilities instead of the last frame's.
+    stays usable. Streams longer than ``EMOVOX_MAX_DURATION_S`` (a frame shorter than
+    :data:`MIN_WS_FRAME_S` counts as that long), binary frames larger than
+    ``EMOVOX_MAX_UPLOAD_MB`` and text messages over :data:`MAX_WS_TEXT_BYTES` are closed with 1009;
+    a wrong API key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models):
+    every update and the final one report the mean of every frame's probabilities instead of the last frame's.
     """
     _services(ws)  # still loading: refused before the socket is accepted
-    st = _settings(ws)
     await ws.accept()
     opened = await _open_stream(ws, labels, sample_rate_hz, api_key, final_answer)
     if opened is None:
         return
-    session, resampler = opened
-    max_samples = int(st.max_duration_s * sample_rate_hz)
-    received = 0
-
-    async def fail(message: str, code: int, **detail: Any) -> None:
-        await _ws_fail(ws, message, code, **detail)
-
-    def push(x: np.ndarray) -> list[dict[str, Any]]:
-        if resampler is not None:
-            x = resampler.resample_chunk(x)
-        return session.push(x)
-
-    def finish() -> dict[str, Any] | None:
-        if resampler is not None:
-            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            if tail.size:
-                session.push(tail)
-        return session.finish()
-
+    stream = _StreamState(ws, *opened, sample_rate_hz)
     try:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             data, text = message.get("bytes"), message.get("text")
-            if data is not None:
-                if len(data) % 2:
-                    await ws.send_json(_out(ws, {**error_body(
-                        f"bad frame: 16-bit PCM needs an even number of bytes, got {len(data)}; frame dropped",
-                        {"bytes": len(data)}), "code": "bad_frame"}))
-                    continue
-                received += len(data) // 2
-                if received > max_samples:
-                    await fail(f"stream too long: more than {st.max_duration_s:g} s of audio "
-                               "(EMOVOX_MAX_DURATION_S)", WS_TOO_BIG)
-                    return
-                updates = await _in_thread(ws, push, pcm16_to_float(data))
-                if not updates:  # an empty frame before any audio: nothing to answer yet
-                    await ws.send_json(_out(ws, {**error_body("bad frame: no audio samples yet; frame dropped",
-                                                             {"bytes": 0}), "code": "bad_frame"}))
-                for update in updates:
-                    await ws.send_json(_out(ws, {**update, "status": "success", "final": False}))
-            elif text is not None:
-                try:
-                    event = json.loads(text).get("event")
-                except (ValueError, AttributeError):
-                    event = None
-                if event == "end":
-                    final = await _in_thread(ws, finish)
-                    if final is None:
-                        await ws.send_json(_out(ws, {**error_body("no audio was received"), "final": True}))
-                    else:
-                        await ws.send_json(_out(ws, {**final, "status": "success", "final": True}))
-                    await ws.close(code=WS_NORMAL)
-                    return
-                if event == "reset":
-                    session.reset()
-                    received = 0
-                    await ws.send_json(_out(ws, {"status": "success", "event": "reset"}))
-                    continue
-                await ws.send_json(_out(ws, {**error_body(
-                    'unknown message: send binary 16-bit PCM chunks, {"event": "end"} or {"event": "reset"}'),
-                    "code": "bad_message"}))
-    except WebSocketDisconnect:
+            if data is not None and not await stream.audio(data):
+                return
+            if text is not None and not await stream.control(text):
+                return
+    except WebSocketDisconnect:  # the client went away (mid-stream, or while an answer was being sent)
         return
     except AudioError as e:
-        await fail(str(e), WS_POLICY)
+        await _ws_fail(ws, str(e), WS_POLICY)
+
+
+class _StreamState:
+    """One ``WS /stream`` session: its model session, resampler and the audio received so far."""
+
+    def __init__(self, ws: WebSocket, session: Any, resampler: Any, sample_rate_hz: int):
+        self.ws, self.session, self.resampler = ws, session, resampler
+        self.settings = _settings(ws)
+        self.max_samples = int(self.settings.max_duration_s * sample_rate_hz)
+        # every frame is answered by a model run: one shorter than MIN_WS_FRAME_S counts as that long
+        # against the limit, so 1-sample frames cannot buy 16000 model runs per second of audio
+        self.min_frame = int(MIN_WS_FRAME_S * sample_rate_hz)
+        self.received = 0
+
+    def _push(self, x: np.ndarray) -> list[dict[str, Any]]:
+        if self.resampler is not None:
+            x = self.resampler.resample_chunk(x)
+        return self.session.push(x)
+
+    def _finish(self) -> dict[str, Any] | None:
+        if self.resampler is not None:
+            tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                self.session.push(tail)
+        return self.session.finish()
+
+    async def _send_error(self, message: str, code: str, **detail: Any) -> None:
+        await self.ws.send_json(_out(self.ws, {**error_body(message, detail or None), "code": code}))
+
+    async def audio(self, data: bytes) -> bool:
+        """Answer one binary frame; False once the socket is closed."""
+        ws, st = self.ws, self.settings
+        if len(data) > st.max_upload_bytes:
+            await _ws_fail(ws, f"frame too large: {len(data)} bytes, more than {st.max_upload_mb:g} MiB "
+                               "(EMOVOX_MAX_UPLOAD_MB); send shorter chunks", WS_TOO_BIG, bytes=len(data))
+            return False
+        if len(data) % 2:
+            await self._send_error(f"bad frame: 16-bit PCM needs an even number of bytes, got {len(data)}; "
+                                   "frame dropped", "bad_frame", bytes=len(data))
+            return True
+        self.received += max(len(data) // 2, self.min_frame)
+        if self.received > self.max_samples:
+            await _ws_fail(ws, f"stream too long: more than {st.max_duration_s:g} s of audio (EMOVOX_MAX_DURATION_S; "
+                               f"frames shorter than {MIN_WS_FRAME_S * 1000:g} ms count as {MIN_WS_FRAME_S * 1000:g} ms)",
+                           WS_TOO_BIG)
+            return False
+        updates = await _in_thread(ws, self._push, pcm16_to_float(data))
+        if not updates:  # an empty frame before any audio: nothing to answer yet
+            await self._send_error("bad frame: no audio samples yet; frame dropped", "bad_frame", bytes=0)
+        for update in updates:
+            await ws.send_json(_out(ws, {**update, "status": "success", "final": False}))
+        return True
+
+    async def control(self, text: str) -> bool:
+        """Answer one text message (``end``, ``reset``, or an error); False once the socket is closed."""
+        ws = self.ws
+        if len(text) > MAX_WS_TEXT_BYTES:
+            await _ws_fail(ws, f"text message too large: {len(text)} characters, more than {MAX_WS_TEXT_BYTES}; "
+                               'text messages are {"event": "end"} or {"event": "reset"}', WS_TOO_BIG)
+            return False
+        try:
+            event = json.loads(text).get("event")
+        except (ValueError, AttributeError, RecursionError):
+            event = None
+        if event == "end":
+            final = await _in_thread(ws, self._finish)
+            if final is None:
+                await ws.send_json(_out(ws, {**error_body("no audio was received"), "final": True}))
+            else:
+                await ws.send_json(_out(ws, {**final, "status": "success", "final": True}))
+            await ws.close(code=WS_NORMAL)
+            return False
+        if event == "reset":
+            self.session.reset()
+            self.received = 0
+            await ws.send_json(_out(ws, {"status": "success", "event": "reset"}))
+            return True
+        await self._send_error('unknown message: send binary 16-bit PCM chunks, {"event": "end"} or '
+                               '{"event": "reset"}', "bad_message")
+        return True

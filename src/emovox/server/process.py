@@ -47,8 +47,13 @@ class ServerProcess:
 
 @contextmanager
 def server_process(env: Mapping[str, str] | None = None, *, host: str = "127.0.0.1", timeout_s: float = 120.0,
-                   workers: int = 1, log_level: str = "warning") -> Iterator[ServerProcess]:
-    """Start ``uvicorn emovox.server.app:create_app --factory`` with ``env`` added to this environment."""
+                   workers: int = 1, log_level: str = "warning", wrapper: tuple[str, ...] = (),
+                   uvicorn_args: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+    """Start ``uvicorn emovox.server.app:create_app --factory`` with ``env`` added to this environment.
+
+    ``wrapper``: a command the child runs under, e.g. ``("setpriv", "--bounding-set=-dac_override")`` to
+    serve as a root without the power to write files it may only read. ``uvicorn_args``: more uvicorn
+    flags (``--ws-max-size N``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
@@ -60,10 +65,11 @@ def server_process(env: Mapping[str, str] | None = None, *, host: str = "127.0.0
     if workers > 1 and not child_env.get(MULTIPROC_VARIABLE):  # every worker's metrics at any worker's /metrics
         metrics_dir = child_env[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="emovox-metrics-")
     log = tempfile.NamedTemporaryFile(prefix="emovox-server-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "uvicorn", "emovox.server.app:create_app", "--factory", "--fd", str(sock.fileno()),
+    cmd = [*wrapper, sys.executable, "-m", "uvicorn", "emovox.server.app:create_app", "--factory", "--fd", str(sock.fileno()),
            "--log-level", log_level, "--no-access-log"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
+    cmd += list(uvicorn_args)
     proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),))
     sock.close()
     srv = ServerProcess(url=f"http://{host}:{port}", host=host, port=port, process=proc, log_path=log.name)

@@ -9,10 +9,11 @@ python-dotenv; ``EMOVOX_ENV_FILE`` or ``emovox serve --env-file PATH`` names ano
 | ``AUDIO_MODEL_DIR`` | shipped default | speech model: a model folder, a shipped model's name, or a Hugging Face audio-classification folder |
 | ``TEXT_MODEL_DIR`` | shipped default if any | text model folder (emovox's, or a Hugging Face sequence classifier); ``none`` switches text off |
 | ``CONFIDENCE_THRESHOLD`` | 0.70 | top scores below it are flagged ``low_confidence``, with a ``warning`` |
-| ``EMOVOX_MAX_UPLOAD_MB`` | 25 | largest request body (MiB), enforced while reading |
+| ``EMOVOX_MAX_UPLOAD_MB`` | 25 | largest request body (MiB), enforced while reading; also the largest WebSocket frame |
+| ``EMOVOX_MAX_PARTS`` | 16 | most parts of a multipart upload, enforced while parsing |
 | ``EMOVOX_MAX_DURATION_S`` | 600 | longest clip (and longest WebSocket stream), seconds |
 | ``EMOVOX_API_KEY`` | unset | when set, API calls need ``X-API-Key`` or ``Authorization: Bearer`` |
-| ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any) |
+| ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any); unset: no CORS headers |
 | ``EMOVOX_MAX_CONCURRENCY`` | min(4, cores) | inferences run at once in worker threads |
 | ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | torch intra-op threads, set when the service starts |
 | ``EMOVOX_MAX_BATCH`` | 16 | most clips classified together (1: no batching) |
@@ -43,6 +44,15 @@ DEFAULT_MAX_BATCH = 16
 DEFAULT_BATCH_WAIT_MS = 5.0
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+#: Most parts a multipart upload may have (the audio file, and a few fields a client adds).
+DEFAULT_MAX_PARTS = 16
+#: Most bytes of headers one multipart part may have (Content-Disposition, Content-Type, ...).
+MAX_PART_HEADER_BYTES = 16 * 1024
+#: Longest text message on ``WS /stream`` (its control messages are a few bytes of JSON).
+MAX_WS_TEXT_BYTES = 4096
+#: Every ``WS /stream`` frame is answered by a model run; a shorter frame counts as this long (seconds)
+#: against ``EMOVOX_MAX_DURATION_S``, which so bounds the model runs one stream can ask for.
+MIN_WS_FRAME_S = 0.01
 #: ``TEXT_MODEL_DIR`` values that switch the text model off.
 TEXT_OFF = ("none", "off", "disabled")
 #: The ``.env`` file read from the working directory, unless ``$EMOVOX_ENV_FILE`` names another (or ``none``).
@@ -94,6 +104,8 @@ class Settings:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     #: answer /healthz at once and load the models after (``/readyz`` and model routes 503 until loaded)
     load_in_background: bool = False
+    #: most parts of a multipart upload; past it 413 while the body streams in
+    max_parts: int = DEFAULT_MAX_PARTS
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.threshold) < 1.0:
@@ -110,6 +122,8 @@ class Settings:
             raise SettingsError(f"max batch and max queue must be at least 1, got {self.max_batch} and {self.max_queue}")
         if not 0.0 <= float(self.batch_wait_ms) <= 1000.0:
             raise SettingsError(f"batch wait must be between 0 and 1000 ms, got {self.batch_wait_ms}")
+        if int(self.max_parts) < 1:
+            raise SettingsError(f"max parts must be at least 1, got {self.max_parts}")
         if not float(self.request_timeout_s) > 0:
             raise SettingsError(f"request timeout must be positive (seconds), got {self.request_timeout_s}")
         if self.api_key is not None and not self.api_key.strip():
@@ -204,10 +218,10 @@ class Settings:
         return replace(self, **changes)
 
 
-#: (variable, setting, type) of the batching, queueing and loading settings.
+#: (variable, setting, type) of the batching, queueing, loading and multipart settings.
 _BATCHING_VARIABLES = (("EMOVOX_MAX_BATCH", "max_batch", int), ("EMOVOX_BATCH_WAIT_MS", "batch_wait_ms", float),
                        ("EMOVOX_MAX_QUEUE", "max_queue", int), ("EMOVOX_REQUEST_TIMEOUT_S", "request_timeout_s", float),
-                       ("EMOVOX_LOAD_IN_BACKGROUND", "load_in_background", bool))
+                       ("EMOVOX_LOAD_IN_BACKGROUND", "load_in_background", bool), ("EMOVOX_MAX_PARTS", "max_parts", int))
 
 
 def parse_bool(name: str, value: str) -> bool:

@@ -5,7 +5,8 @@
   stopping at the limit: a 2 GB upload costs at most the limit in memory.
 - :func:`read_upload` parses ``multipart/form-data`` as it streams (``python-multipart``'s
   incremental parser) and keeps only the wanted field's bytes, in memory: nothing is written to
-  disk, and the client's file name is never used for anything.
+  disk, and the client's file name is never used for anything. It stops at the first part past
+  ``EMOVOX_MAX_PARTS`` and at part headers over :data:`~.settings.MAX_PART_HEADER_BYTES`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .settings import DEFAULT_MAX_PARTS, MAX_PART_HEADER_BYTES
 
 
 class ApiError(HTTPException):
@@ -87,6 +90,12 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+def _parser_has_limits(parser_class: type) -> bool:
+    import inspect
+
+    return "max_header_size" in inspect.signature(parser_class.__init__).parameters
+
+
 @dataclass
 class Upload:
     field: str
@@ -94,11 +103,23 @@ class Upload:
     data: bytes
 
 
-async def read_upload(request: Request, fields: Sequence[str]) -> Upload:
+def too_many_parts(max_parts: int) -> ApiError:
+    return ApiError(413, f"too many multipart parts: more than {max_parts} (EMOVOX_MAX_PARTS); send the audio file "
+                         "and nothing else", {"max_parts": max_parts}, headers={"Connection": "close"})
+
+
+def part_header_too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, f"multipart part headers too large: more than {max_bytes} bytes, or too many header "
+                         "lines, in one part", {"max_part_header_bytes": max_bytes}, headers={"Connection": "close"})
+
+
+async def read_upload(request: Request, fields: Sequence[str], *, max_parts: int = DEFAULT_MAX_PARTS,
+                      max_header_bytes: int = MAX_PART_HEADER_BYTES) -> Upload:
     """The first multipart part named one of ``fields`` (in that order of preference), in memory.
 
-    422 when the body is not ``multipart/form-data`` or has no such field; 400 when it is malformed.
-    Other parts are parsed and dropped. The size limit is enforced by :class:`BodyLimitMiddleware`.
+    422 when the body is not ``multipart/form-data`` or has no such field; 400 when it is malformed;
+    413 past ``max_parts`` parts or ``max_header_bytes`` of one part's headers, as soon as the parser
+    meets them. Other parts are parsed and dropped. The size limit is enforced by :class:`BodyLimitMiddleware`.
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -116,15 +137,26 @@ async def read_upload(request: Request, fields: Sequence[str]) -> Upload:
     targets = {f.encode() for f in fields}
     found: dict[bytes, tuple[bytearray, str | None]] = {}
     ended: list[bool] = []
-    state: dict[str, Any] = {"ctype": None, "hname": b"", "hvalue": b"", "disp": b"", "sink": None}
+    state: dict[str, Any] = {"ctype": None, "hname": b"", "hvalue": b"", "disp": b"", "sink": None, "parts": 0,
+                             "hbytes": 0}
 
     def on_part_begin() -> None:
-        state.update(ctype=None, disp=b"", sink=None)
+        state["parts"] += 1
+        if state["parts"] > max_parts:
+            raise too_many_parts(max_parts)
+        state.update(ctype=None, disp=b"", sink=None, hbytes=0)
+
+    def header_bytes(n: int) -> None:
+        state["hbytes"] += n
+        if state["hbytes"] > max_header_bytes:
+            raise part_header_too_large(max_header_bytes)
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         state["hname"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         state["hvalue"] += data[start:end]
 
     def on_header_end() -> None:
@@ -153,17 +185,21 @@ async def read_upload(request: Request, fields: Sequence[str]) -> Upload:
     def on_end() -> None:
         ended.append(True)
 
+    # recent python-multipart releases also bound each header line and the header lines per part themselves
+    own_limits = {"max_header_size": max_header_bytes} if _parser_has_limits(MultipartParser) else {}
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
-    })
+    }, **own_limits)
     try:
         async for chunk in request.stream():
             if chunk:
                 parser.write(chunk)
         parser.finalize()
     except FormParserError as e:
+        if "Maximum header" in str(e):
+            raise part_header_too_large(max_header_bytes) from e
         raise ApiError(400, f"malformed multipart/form-data body: {e}") from e
     if not ended:
         raise ApiError(400, "incomplete multipart/form-data body: it ends before its closing boundary")

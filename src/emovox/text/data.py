@@ -24,6 +24,11 @@ def check_text(text: object, *, where: str = "text") -> str:
         raise TextError(f"{where}: expected a string, got {type(text).__name__}")
     if not text.strip():
         raise TextError(f"{where}: empty or whitespace-only text; give at least one non-space character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone UTF-16 surrogate ("\ud800" in JSON): no tokenizer takes it
+        raise TextError(f"{where}: not valid Unicode: a lone surrogate code point U+{ord(text[e.start]):04X} at "
+                        f"character {e.start}") from None
     return text
 
 
