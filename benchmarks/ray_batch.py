@@ -1,23 +1,23 @@
-"""Batch classification throughput: local ``emovox classify`` against ``--engine ray`` with 1 and 2 actors.
+"""Batch classification: local ``emovox classify`` against ``--engine ray`` with 1 and 2 actors.
 
 The same real clips (half RAVDESS FLAC, half CREMA-D Opus, from ../shared/data) go through:
 
-1. ``local``: ``emovox classify CLIPS --output local.jsonl`` in this process (its decoding threads, one
-   model);
-2. ``ray, N actor(s)``: ``emovox classify --engine ray --ray-actors N --output ray.parquet`` on one
-   local Ray started once for the run (``--ray-num-cpus``; its start-up is reported apart). Each run
-   includes starting its actors and loading their models, as every ``classify --engine ray`` does.
+1. ``local``: what ``emovox classify CLIPS --output local.jsonl`` does, in this process (its
+   decoding threads, one model);
+2. ``ray, N actor(s)``: what ``emovox classify --engine ray --ray-actors N --output ray.parquet``
+   does, on one local Ray started once for the run (``--ray-num-cpus``; its start-up is reported
+   apart). Each run includes starting its actors and loading their models.
 
-Each runs ``--clips`` clips and twice as many: the difference of the two wall times is what the
-extra clips cost once everything is up (the marginal rate, what more nodes multiply); the wall
-time of the small run shows the fixed cost (actors starting, models loading).
+Reported for each: the wall time, clips/s, and the CPU each clip cost (``process_time`` around the
+model work: in this process for ``local``, inside each actor for Ray, every batch logged), plus
+each actor's start-up CPU (imports, model load) and how the clips were shared between actors. On
+a machine shared with other jobs the wall times move with their load; the CPU per clip does not,
+and it is what the projection to more cores and nodes rests on (clips/s per core = 1 / CPU per
+clip). Every Ray record is checked against the local one (same paths, errors, emotions; scores
+within 1e-6). Torch runs one intra-op thread per process.
 
-Every Ray run's records are checked against the local ones (same paths, errors, emotions; scores
-within 1e-6). Torch runs one intra-op thread per process (actors and local alike), so N actors use
-N cores and the local run uses its decoding threads and one model thread.
-
-    python benchmarks/ray_batch.py --model crnn --clips 240      # 240 and 480 clips
-    python benchmarks/ray_batch.py --model default --clips 60 --actors 1,2
+    python benchmarks/ray_batch.py --model crnn --clips 240
+    python benchmarks/ray_batch.py --model default --clips 60
 """
 
 from __future__ import annotations
@@ -28,9 +28,33 @@ import platform
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
+from emovox.scale.ray_batch import ClipClassifier
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class TimedClipClassifier(ClipClassifier):
+    """The batch actor, logging ``pid start-up-cpu-s`` once and ``pid clips wall-s cpu-s`` per batch."""
+
+    log_path = ""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._log(f"start {os.getpid()} {time.process_time():.4f}")
+
+    def __call__(self, batch):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = super().__call__(batch)
+        self._log(f"batch {os.getpid()} {len(batch['path'])} {time.perf_counter() - w0:.4f} "
+                  f"{time.process_time() - c0:.4f}")
+        return out
+
+    def _log(self, line: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
 
 
 def pick_clips(data: Path, n: int) -> list[str]:
@@ -42,34 +66,41 @@ def pick_clips(data: Path, n: int) -> list[str]:
             + [str(p) for p in crema[:: max(1, len(crema) // (n - half))][: n - half]])
 
 
-def run_local(model_name: str, clips: list[str], batch_size: int, out: Path) -> tuple[float, float]:
-    """What local ``emovox classify --output`` does -> (seconds to load the model, seconds to classify)."""
+def run_local(model_name: str, clips: list[str], batch_size: int, out: Path) -> dict:
     from emovox.inference import load_model
     from emovox.records import RecordWriter, build_record
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = load_model(model_name)
-    t1 = time.perf_counter()
+    c1 = time.process_time()
     results = model.predict_batch(clips, batch_size=batch_size, errors="return")
+    c2 = time.process_time()
     with RecordWriter(out) as w:
         w.write(build_record(c, r) for c, r in zip(clips, results))
-    return t1 - t0, time.perf_counter() - t1
+    return {"wall": time.perf_counter() - t0, "cpu_per_clip": (c2 - c1) / len(clips), "startup_cpu": [c1 - c0],
+            "shares": [len(clips)]}
 
 
-def run_ray(model_name: str, clips: list[str], batch_size: int, actors: int, out: Path) -> tuple[float, float]:
-    """What ``emovox classify --engine ray --output`` does -> (seconds to the first record: actors
-    starting, models loading, the first batch; seconds from there to the last record)."""
+def run_ray(model_name: str, clips: list[str], batch_size: int, actors: int, out: Path, log: Path) -> dict:
     from emovox.records import RecordWriter
     from emovox.scale.options import BatchOptions
     from emovox.scale.ray_batch import ModelSpec, classify_with_ray
 
+    TimedClipClassifier.log_path = str(log)
     t0 = time.perf_counter()
-    first = None
     with RecordWriter(out) as w:
-        for rec in classify_with_ray(clips, ModelSpec(model_name, batch_size=batch_size), BatchOptions(actors)):
-            first = first or time.perf_counter()
-            w.write([rec])
-    return first - t0, time.perf_counter() - first
+        w.write(classify_with_ray(clips, ModelSpec(model_name, batch_size=batch_size), BatchOptions(actors),
+                                  actor=TimedClipClassifier))
+    wall = time.perf_counter() - t0
+    startup, shares, cpu = [], defaultdict(int), 0.0
+    for line in log.read_text().splitlines():
+        kind, pid, *vals = line.split()
+        if kind == "start":
+            startup.append(float(vals[0]))
+        else:
+            shares[pid] += int(vals[0])
+            cpu += float(vals[2])
+    return {"wall": wall, "cpu_per_clip": cpu / len(clips), "startup_cpu": startup, "shares": sorted(shares.values())}
 
 
 def differences(got: list[dict], want: list[dict]) -> int:
@@ -99,36 +130,31 @@ def main() -> int:
     from emovox.scale.options import RayOptions
     from emovox.scale.ray_support import ray_session
 
-    both = pick_clips(args.data, 2 * args.clips)
-    sets = {args.clips: both[::2], 2 * args.clips: both}  # N clips, and 2N (RAVDESS and CREMA-D in each)
+    clips = pick_clips(args.data, args.clips)
     tmp = Path(tempfile.mkdtemp(prefix="emovox-raybench-"))
     load0 = os.getloadavg()[0]
-    rows: list[tuple[str, dict[int, float], int]] = []
-    walls: dict[int, float] = {}
-    for n, clips in sets.items():
-        load_s, run_s = run_local(args.model, clips, args.batch_size, tmp / f"local{n}.jsonl")
-        walls[n] = load_s + run_s
-    rows.append(("local (this process)", walls, 0))
+    rows = [("local (this process)", run_local(args.model, clips, args.batch_size, tmp / "local.jsonl"))]
+    want = read_records(tmp / "local.jsonl")
+    rows[0][1]["bad"] = 0
     t0 = time.perf_counter()
     with ray_session(RayOptions(num_cpus=args.ray_num_cpus), part="data"):
         ray_start = time.perf_counter() - t0
-        for actors in [int(a) for a in args.actors.split(",")]:
-            walls, bad = {}, 0
-            for n, clips in sets.items():
-                out = tmp / f"ray{actors}_{n}.parquet"
-                walls[n] = sum(run_ray(args.model, clips, args.batch_size, actors, out))
-                bad += differences(read_records(out), read_records(tmp / f"local{n}.jsonl"))
-            rows.append((f"ray, {actors} actor(s)", walls, bad))
-    n = args.clips
-    print(f"\nmodel `{args.model}`, batch {args.batch_size}; {os.cpu_count()} cores ({platform.machine()}), one "
-          f"torch thread per process; local Ray of {args.ray_num_cpus} CPUs started in {ray_start:.1f} s (not "
-          f"below); load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n")
-    print(f"| engine | wall s, {n} clips | wall s, {2 * n} clips | clips/s overall ({2 * n}) | clips/s marginal "
-          f"({n} / difference) | records differing from local |\n|---|---|---|---|---|---|")
-    for name, walls, bad in rows:
-        marginal = n / max(walls[2 * n] - walls[n], 1e-9)
-        print(f"| {name} | {walls[n]:.1f} | {walls[2 * n]:.1f} | {2 * n / walls[2 * n]:.1f} | {marginal:.1f} | {bad} |")
-    return 1 if any(bad for _, _, bad in rows) else 0
+        for n in [int(a) for a in args.actors.split(",")]:
+            out = tmp / f"ray{n}.parquet"
+            r = run_ray(args.model, clips, args.batch_size, n, out, tmp / f"ray{n}.log")
+            r["bad"] = differences(read_records(out), want)
+            rows.append((f"ray, {n} actor(s)", r))
+    print(f"\n{len(clips)} clips, model `{args.model}`, batch {args.batch_size}; {os.cpu_count()} cores "
+          f"({platform.machine()}), one torch thread per process; local Ray of {args.ray_num_cpus} CPUs started in "
+          f"{ray_start:.1f} s (not below); load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+    print("| engine | wall s (with start-up) | clips/s | CPU ms per clip | clips/s per core (1 / CPU) | "
+          "start-up CPU s per process | clips per actor | records differing from local |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['wall']:.1f} | {len(clips) / r['wall']:.1f} | {1000 * r['cpu_per_clip']:.1f} | "
+              f"{1 / r['cpu_per_clip']:.1f} | {', '.join(f'{s:.1f}' for s in r['startup_cpu'])} | "
+              f"{' + '.join(map(str, r['shares']))} | {r['bad']} |")
+    return 1 if any(r["bad"] for _, r in rows) else 0
 
 
 if __name__ == "__main__":

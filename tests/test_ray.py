@@ -22,7 +22,8 @@ from emovox.scale.options import INSTALL_HINT, RayOptions, ServeOptions
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need its extra: pip install 'emovox[ray]'")
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray,  # Ray's own modules warn about their deprecated settings and pydantic's
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
 
 MODEL = "crnn"
 #: Scores are rounded to 6 decimals; a clip batched with different neighbours may land on the other side.
@@ -103,8 +104,8 @@ def test_ray_batch_jsonl_with_options(local_ray, inputs, tmp_path, capsys):
     capsys.readouterr()
     main(["classify", "--model", MODEL, *paths, *opts, "--format", "jsonl"])
     want = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    main(["classify", "--model", MODEL, "--engine", "ray", *paths, *opts, "--output", str(on_ray),
-          "--batch-size", "4"])
+    main(["classify", "--model", MODEL, "--engine", "ray", "--ray-actors", "1", *paths, *opts,
+          "--output", str(on_ray), "--batch-size", "4"])
     got = read_records(on_ray)
     assert len(got) == len(want) == len(paths) and sum("error" in r for r in got) == 1
     assert all(set(r) <= {"emotion", "confidence", "scores", "error"} for r in got)
@@ -276,6 +277,7 @@ def test_classify_errors_are_one_clear_line(tmp_path, capsys):
         (["classify", str(tmp_path / "empty")], "no audio files found"),
         (["classify", str(clip), "--engine", "ray", "--timeline"], "--engine ray classifies whole clips"),
         (["classify", str(clip), "--timeline", "--output", "t.jsonl"], "write timelines with --format json"),
+        (["classify", str(clip), "--output", str(tmp_path / "no" / "r.jsonl")], "no such folder"),
         (["classify", str(clip), "--engine", "ray", "--model", "no-such-model"], "neither a folder nor a shipped model"),
         (["serve", "--engine", "ray", "--replicas", "0"], "--replicas must be at least 1"),
         (["serve", "--engine", "ray", "--workers", "2"], "with --engine ray use --replicas"),
@@ -333,3 +335,17 @@ def test_serve_deployment_options():
     assert auto == {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 8.0}
     with pytest.raises(ValueError, match="--max-replicas"):
         ServeOptions(min_replicas=4, max_replicas=2)
+
+
+def test_serve_app_builder_for_serve_run_and_kuberay():
+    from ray.serve import Application
+
+    from emovox.scale.ray_serve import app_builder
+
+    app = app_builder({"AUDIO_MODEL_DIR": MODEL, "TEXT_MODEL_DIR": "none", "EMOVOX_MAX_BATCH": "8",
+                       "replicas": "2", "max_replicas": "4"})
+    assert isinstance(app, Application)
+    with pytest.raises(ValueError, match="unknown argument.*replica_count"):
+        app_builder({"replica_count": 2})
+    with pytest.raises(ValueError, match="EMOVOX_MAX_BATCH"):
+        app_builder({"EMOVOX_MAX_BATCH": "lots"})

@@ -19,8 +19,6 @@ expand_paths = expand_inputs
 HELP = "classify the emotion of audio files with the shipped default model (or --model)"
 
 
-
-
 def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
     """``--fields`` → the record keys to keep (None: all); a clear error for unknown names or formats."""
     if spec is None:
@@ -133,6 +131,8 @@ def _check_engine(args) -> None:
         from ..records import output_format
 
         output_format(args.output)
+        if not Path(args.output).absolute().parent.is_dir():
+            raise ValueError(f"--output {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
         if args.timeline:
             raise ValueError("--output writes one record per clip; write timelines with --format json")
     if args.engine == "ray" and (args.timeline or args.plot):

@@ -91,10 +91,11 @@ def actor_count(ray: Any, options: BatchOptions, n_batches: int) -> int:
     return max(1, min(wanted, n_batches))
 
 
-def classify_with_ray(paths: Sequence[str], spec: ModelSpec, options: BatchOptions = BatchOptions()
-                      ) -> Iterator[dict[str, Any]]:
+def classify_with_ray(paths: Sequence[str], spec: ModelSpec, options: BatchOptions = BatchOptions(), *,
+                      actor: type[ClipClassifier] = ClipClassifier) -> Iterator[dict[str, Any]]:
     """One record per path, in the order of ``paths``, from an actor pool (Ray must be connected:
-    :func:`emovox.scale.ray_support.ray_session`)."""
+    :func:`emovox.scale.ray_support.ray_session`). ``actor``: the actor class (a subclass can
+    instrument it: benchmarks/ray_batch.py times each batch)."""
     ray = require_ray("data")
     if not paths:
         return
@@ -102,7 +103,7 @@ def classify_with_ray(paths: Sequence[str], spec: ModelSpec, options: BatchOptio
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=n_batches)
-    ds = ds.map_batches(ClipClassifier, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
+    ds = ds.map_batches(actor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
                         batch_format="numpy", num_cpus=options.cpus_per_actor,
                         compute=ray.data.ActorPoolStrategy(size=actor_count(ray, options, n_batches)))
     pending: dict[int, str] = {}
