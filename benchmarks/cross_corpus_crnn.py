@@ -6,7 +6,7 @@ with the same settings as the cross-corpus column of ``speech_benchmark.py``. Us
 front-ends and input normalisations on the question that matters for a shipped model: does it hold
 up on a corpus it has never heard?
 
-    python benchmarks/cross_corpus_crnn.py --direction r2c --features logmel128l [--json OUT]
+    python -m benchmarks.cross_corpus_crnn --direction r2c --features logmel128l [--json OUT]
 
 ``--direction``: ``r2c`` (RAVDESS → CREMA-D) or ``c2r`` (CREMA-D → RAVDESS).
 ``--features``: a preset (``logmel128``: plain log-mel; ``logmel128l``: with speech-level
@@ -21,11 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import speech_benchmark as sb  # noqa: E402
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks import speech_benchmark as sb
+from benchmarks.common import DEFAULT_DATA
 
 
 def main(argv=None) -> int:
@@ -69,7 +66,7 @@ def main(argv=None) -> int:
               "best_epoch": res.best_epoch,
               "test_uar": res.metrics["uar"], "test_accuracy": res.metrics["accuracy"],
               "seconds": time.perf_counter() - t0,
-              "command": "python benchmarks/cross_corpus_crnn.py " + " ".join(argv or sys.argv[1:])}
+              "command": "python -m benchmarks.cross_corpus_crnn " + " ".join(argv or sys.argv[1:])}
     print(json.dumps(result, indent=1))
     if args.json:
         write_json(args.json, result)

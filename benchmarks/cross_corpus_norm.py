@@ -7,7 +7,7 @@ feature normalisations.
 - ``speaker``: each speaker standardised with their own statistics (needs several clips per
   speaker).
 
-    python benchmarks/cross_corpus_norm.py [--data ../shared/data] [--C 1.0]
+    python -m benchmarks.cross_corpus_norm [--data ../shared/data] [--C 1.0]
 
 Prints UAR and how many test clips each class received. eGeMAPS features are read from (and
 written to) the same cache as ``speech_benchmark.py``.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speech_benchmark as sb  # noqa: E402
+from benchmarks import speech_benchmark as sb
+from benchmarks.common import DEFAULT_DATA
 
 
 def normalise(x: np.ndarray, speakers: np.ndarray, mode: str) -> np.ndarray:
@@ -41,7 +41,7 @@ def normalise(x: np.ndarray, speakers: np.ndarray, mode: str) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=sb.DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--C", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from benchmarks.common import DEFAULT_DATA
 
 
 def mutate(blob: bytes, rng: random.Random) -> bytes:

@@ -5,7 +5,7 @@ clip of the model (the speakers held out in ``model_meta.json``) by a gain in dB
 no clipping) and reports UAR per corpus (argmax over the labels each corpus has), with the number
 of clips whose top label changed against 0 dB.
 
-    python benchmarks/gain_robustness.py [--model default] [--gains=-20,-10,0,6] [--json OUT]
+    python -m benchmarks.gain_robustness [--model default] [--gains=-20,-10,0,6] [--json OUT]
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from val_by_corpus import DEFAULT_DATA, validation_clips  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, validation_clips
 
 
 def main(argv=None) -> int:

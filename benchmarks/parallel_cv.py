@@ -11,9 +11,9 @@ Every number comes from emovox's own CLI, so it measures exactly what users run.
 
 Hyper-parameters are fixed in advance (below) for every protocol: nothing is tuned on test folds.
 
-    python benchmarks/parallel_cv.py --data-root ../shared/data --out bench_out --jobs 8 \
+    python -m benchmarks.parallel_cv --data-root ../shared/data --out bench_out --jobs 8 \
         --protocols ravdess crema cross --families cnn cnn2d lstm crnn
-    python benchmarks/parallel_cv.py --summarize bench_out        # table from finished runs
+    python -m benchmarks.parallel_cv --summarize bench_out        # table from finished runs
 
 Runs on CPU or GPU (``--device``); ``--jobs`` processes at a time, each with ``--threads`` torch
 threads. Finished runs are skipped on a re-run, so an interrupted benchmark resumes.
@@ -30,6 +30,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from benchmarks.common import DEFAULT_DATA, REPO, mean_std, pm
 
 FAMILIES = ["cnn", "cnn2d", "lstm", "crnn"]
 #: Fixed per-family settings (chosen before any test fold was seen).
@@ -94,12 +96,6 @@ def _load(p: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    import statistics
-
-    return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs) > 1 else 0.0) if xs else (float("nan"), 0.0)
-
-
 def summarize(out: Path) -> dict:
     res: dict = {}
     for protocol in ("ravdess", "crema"):
@@ -111,12 +107,12 @@ def summarize(out: Path) -> dict:
                 continue
             row = {"folds": len(ms)}
             for key in ("uar", "macro_f1", "accuracy"):
-                row[key] = _mean_std([m[key] for m in ms])
-            row["train_time_s"] = _mean_std([m.get("training_time_s", 0.0) for m in ms])[0]
+                row[key] = mean_std([m[key] for m in ms])
+            row["train_time_s"] = mean_std([m.get("training_time_s", 0.0) for m in ms])[0]
             row["params"] = metas[0].get("parameters")
             row["size_bytes"] = metas[0].get("size_bytes")
-            row["ece"] = _mean_std([m.get("ece", float("nan")) for m in ms])[0]
-            row["ece_calibrated"] = _mean_std([m.get("ece_calibrated", float("nan")) for m in ms])[0]
+            row["ece"] = mean_std([m.get("ece", float("nan")) for m in ms])[0]
+            row["ece_calibrated"] = mean_std([m.get("ece_calibrated", float("nan")) for m in ms])[0]
             res.setdefault(protocol, {})[fam_dir.name] = row
     for tag_dir in sorted((out / "cross").glob("*")):
         for fam_dir in sorted(tag_dir.glob("*")):
@@ -145,9 +141,9 @@ def run_peer(out: Path, root: Path, folds: int, protocols: list[str]) -> None:
     if not wanted:
         return
     peer_out = out / "peer"
-    cmd = [sys.executable, str(Path(__file__).with_name("speech_benchmark.py")), "--data", str(root),
+    cmd = [sys.executable, "-m", "benchmarks.speech_benchmark", "--data", str(root),
            "--families", "egemaps_svm", "--protocols", ",".join(wanted), "--folds", str(folds), "--out", str(peer_out)]
-    rc = subprocess.call(cmd)
+    rc = subprocess.call(cmd, cwd=REPO)
     if rc != 0:
         print(f"peer failed (rc={rc}): {' '.join(cmd)}", flush=True)
         return
@@ -161,8 +157,8 @@ def peer_summary(results: dict) -> dict:
     for proto, key in (("ravdess8", "ravdess"), ("crema6", "crema")):
         if proto in results:
             fs = results[proto]["families"]["egemaps_svm"]["folds"]
-            peer[key] = {k: _mean_std([f[k] for f in fs]) for k in ("uar", "macro_f1", "accuracy")}
-            peer[key]["train_time_s"] = _mean_std([f["training_time_s"] for f in fs])[0]
+            peer[key] = {k: mean_std([f[k] for f in fs]) for k in ("uar", "macro_f1", "accuracy")}
+            peer[key]["train_time_s"] = mean_std([f["training_time_s"] for f in fs])[0]
     cross = {p: results[p]["families"]["egemaps_svm"]["folds"][0]["uar"]
              for p in ("ravdess_to_crema", "crema_to_ravdess") if p in results}
     if len(cross) == 2:
@@ -171,7 +167,7 @@ def peer_summary(results: dict) -> dict:
 
 
 def _pm(r: dict, key: str) -> str:
-    return f"{100 * r[key][0]:.1f} ± {100 * r[key][1]:.1f}"
+    return pm(*r[key])
 
 
 def markdown(res: dict) -> str:
@@ -210,7 +206,7 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--protocols", nargs="+", default=["ravdess", "crema", "cross"])
     ap.add_argument("--families", nargs="+", default=FAMILIES)

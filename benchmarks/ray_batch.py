@@ -14,10 +14,10 @@ each actor's start-up CPU (imports, model load) and how the clips were shared be
 a machine shared with other jobs the wall times move with their load; the CPU per clip does not,
 and it is what the projection to more cores and nodes rests on (clips/s per core = 1 / CPU per
 clip). Every Ray record is checked against the local one (same paths, errors, emotions; scores
-within 1e-6). Torch runs one intra-op thread per process.
+within 1e-6). The model runs one thread per process.
 
-    python benchmarks/ray_batch.py --model crnn --clips 240
-    python benchmarks/ray_batch.py --model default --clips 60
+    python -m benchmarks.ray_batch --model crnn --clips 240
+    python -m benchmarks.ray_batch --model default --clips 60
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.common import DEFAULT_DATA
 from emovox.scale.ray_batch import ClipClassifier
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = DEFAULT_DATA
 
 
 class TimedClipClassifier(ClipClassifier):
@@ -71,7 +72,7 @@ def run_local(model_name: str, clips: list[str], batch_size: int, out: Path) -> 
     from emovox.records import RecordWriter, build_record
 
     t0, c0 = time.perf_counter(), time.process_time()
-    model = load_model(model_name)
+    model = load_model(model_name, threads=1)
     c1 = time.process_time()
     results = model.predict_batch(clips, batch_size=batch_size, errors="return")
     c2 = time.process_time()
@@ -89,7 +90,7 @@ def run_ray(model_name: str, clips: list[str], batch_size: int, actors: int, out
     TimedClipClassifier.log_path = str(log)
     t0 = time.perf_counter()
     with RecordWriter(out) as w:
-        w.write(classify_with_ray(clips, ModelSpec(model_name, batch_size=batch_size), BatchOptions(actors),
+        w.write(classify_with_ray(clips, ModelSpec(model_name, batch_size=batch_size, threads=1), BatchOptions(actors),
                                   actor=TimedClipClassifier))
     wall = time.perf_counter() - t0
     startup, shares, cpu = [], defaultdict(int), 0.0
@@ -122,10 +123,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--data", type=Path, default=DATA)
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one intra-op thread everywhere
-    import torch
-
-    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one model thread per process, actors and local alike
     from emovox.records import read_records
     from emovox.scale.options import RayOptions
     from emovox.scale.ray_support import ray_session
@@ -145,7 +143,7 @@ def main() -> int:
             r["bad"] = differences(read_records(out), want)
             rows.append((f"ray, {n} actor(s)", r))
     print(f"\n{len(clips)} clips, model `{args.model}`, batch {args.batch_size}; {os.cpu_count()} cores "
-          f"({platform.machine()}), one torch thread per process; local Ray of {args.ray_num_cpus} CPUs started in "
+          f"({platform.machine()}), one model thread per process; local Ray of {args.ray_num_cpus} CPUs started in "
           f"{ray_start:.1f} s (not below); load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print("| engine | wall s (with start-up) | clips/s | CPU ms per clip | clips/s per core (1 / CPU) | "
           "start-up CPU s per process | clips per actor | records differing from local |\n"

@@ -1,12 +1,12 @@
 """The HTTP service on Ray Serve (``emovox serve --engine ray``) under load, with 1 and 2 replicas.
 
 For each replica count, a fresh Serve application on one local Ray (``--ray-num-cpus``) answers
-the same levels as ``server_load.py`` (whose clients, clips and checks this reuses): every clip
+the same levels as ``benchmarks.server_load`` (whose clients, clips and checks this reuses): every clip
 alone (the reference answers, checked against the in-process ones), then N concurrent clients
 posting real 3-4 s clips to ``/predict-emotion/`` (closed loop), every answer checked against the
-clip's answer alone. Compare with ``server_load.py --workers 1`` and ``--workers 2`` (uvicorn).
+clip's answer alone. Compare with ``benchmarks.server_load --workers 1`` and ``--workers 2`` (uvicorn).
 
-    python benchmarks/ray_serve_load.py --model crnn --replicas 1,2
+    python -m benchmarks.ray_serve_load --model crnn --replicas 1,2
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` is importable
-
-from benchmarks.server_load import (  # noqa: E402
+from benchmarks.server_load import (
     DATA,
     Checker,
     Level,

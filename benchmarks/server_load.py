@@ -16,9 +16,9 @@ is measured first, in this run, as the peer. Then, for each batching mode (``off
 Every good answer is checked against the clip's answer alone (emotion and every probability
 within 1e-5). Exit status 1 when any answer or status was wrong.
 
-    python benchmarks/server_load.py                      # the shipped default model
-    python benchmarks/server_load.py --model crnn         # a shipped name or a model folder
-    python benchmarks/server_load.py --tiny --clips 8     # a tiny random CNN (tests the harness)
+    python -m benchmarks.server_load                      # the shipped default model
+    python -m benchmarks.server_load --model crnn         # a shipped name or a model folder
+    python -m benchmarks.server_load --tiny --clips 8     # a tiny random CNN (tests the harness)
 
 The machine is shared: absolute figures move between runs; ratios to the peer measured in the
 same run are what the targets are about.
@@ -39,8 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import DEFAULT_DATA
+
 SR = 16000
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = DEFAULT_DATA
 #: Idle connections are dropped by the client before uvicorn's 5 s keep-alive timeout closes them: reusing a
 #: connection the server is closing at that moment fails on the client (a ReadError), whatever the service does.
 KEEPALIVE_S = 2.0

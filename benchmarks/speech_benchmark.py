@@ -18,8 +18,8 @@ functionals with an RBF SVM (standardised features, balanced class weights, C ch
 inner speaker-grouped cross-validation on the training fold only), is measured on the same folds in
 the same run. Writes ``results.json`` (every fold) and ``results.md`` (a table for BENCHMARKS.md).
 
-    python benchmarks/speech_benchmark.py --quick                 # minutes: 1 fold, 2 epochs, subsets
-    python benchmarks/speech_benchmark.py --out runs/bench        # the full benchmark (hours on a CPU)
+    python -m benchmarks.speech_benchmark --quick                 # minutes: 1 fold, 2 epochs, subsets
+    python -m benchmarks.speech_benchmark --out runs/bench        # the full benchmark (hours on a CPU)
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -38,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import common
+from benchmarks.common import DEFAULT_DATA, machine
+
 FAMILIES = ["cnn", "cnn2d", "lstm", "crnn", "egemaps_svm"]
 #: Families that can be asked for but are not run by default (``ssl`` needs ``--ssl-backbone``).
 OPTIONAL_FAMILIES = ["ssl"]
@@ -45,7 +47,6 @@ PROTOCOLS = ["ravdess8", "crema6", "ravdess_to_crema", "crema_to_ravdess"]
 #: Each corpus held out in turn: train on the other two (ekman7), test on all of the held-out one.
 HELD_OUT = {"ravdess_out": "ravdess", "crema_out": "crema-d", "nemo_out": "nemo"}
 OPTIONAL_PROTOCOLS = list(HELD_OUT)
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Training settings per family (learning rate, mixup); everything else is TrainConfig's default
 #: with augmentation on, a cosine schedule and early stopping on validation UAR.
 FAMILY_SETTINGS = {
@@ -319,21 +320,6 @@ def adapted_figures(plan, out_dir: Path, cache) -> dict:
 # Report
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 def summarize(folds: list[dict]) -> dict:
     out = {}
     for key in ("uar", "macro_f1", "accuracy", "training_time_s", "parameters", "size_bytes", "uar_evaluate",
@@ -344,8 +330,8 @@ def summarize(folds: list[dict]) -> dict:
 
 
 def markdown(results: dict, meta: dict) -> str:
-    def pm(s, scale=100.0, digits=1):
-        return "–" if s is None else f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+    def pm(s):
+        return common.pm(*((s["mean"], s["std"]) if s else (None,)))
 
     lines = [f"### Speech emotion, speaker-independent ({meta['date']})", "",
              f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "

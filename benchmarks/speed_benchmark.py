@@ -14,7 +14,7 @@ the Whisper default (issue 13): a few tenths of a second of model time per clip.
 other shipped models in the same run.
 Ratios are what count: the machine is shared, so absolute figures move between runs.
 
-    python benchmarks/speed_benchmark.py [--model M] [--clips-dir DIR] [--max-clips N] [--json OUT]
+    python -m benchmarks.speed_benchmark [--model M] [--clips-dir DIR] [--max-clips N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import DEFAULT_DATA
+
 
 def default_clips() -> list[Path]:
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
+    root = DEFAULT_DATA / "ravdess"
     return sorted((root / "Actor_01").glob("*.flac")) + sorted((root / "Actor_02").glob("*.flac"))
 
 

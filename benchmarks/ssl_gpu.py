@@ -19,9 +19,9 @@ Per size and precision (fp32; bf16 autocast on CUDA, or with ``--cpu-bf16``):
 CUDA timings synchronise before reading the clock; each phase runs one warm-up batch first.
 Peak GPU memory per phase is reported on CUDA.
 
-    python benchmarks/ssl_gpu.py --device cuda                  # tiny and base, fp32 and bf16
-    python benchmarks/ssl_gpu.py --quick                        # a CPU smoke run (tiny, few clips)
-    python benchmarks/ssl_gpu.py --device cuda --json out.json  # also write the results
+    python -m benchmarks.ssl_gpu --device cuda                  # tiny and base, fp32 and bf16
+    python -m benchmarks.ssl_gpu --quick                        # a CPU smoke run (tiny, few clips)
+    python -m benchmarks.ssl_gpu --device cuda --json out.json  # also write the results
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ inference speed is timed on dev texts. Dev figures are optimistic (the kept epoc
 thresholds were chosen on dev); ``crossfit`` re-tunes thresholds on one half of dev and scores
 the other half, an estimate for unseen text. The official test split is measured elsewhere.
 
-    .venv/bin/python benchmarks/text_benchmark.py                    # all configs (~40 min on 2 cores)
-    .venv/bin/python benchmarks/text_benchmark.py --configs frozen   # one config
-    .venv/bin/python benchmarks/text_benchmark.py --quick            # smoke run on 2000/500 lines
+    .venv/bin/python -m benchmarks.text_benchmark                    # all configs (~40 min on 2 cores)
+    .venv/bin/python -m benchmarks.text_benchmark --configs frozen   # one config
+    .venv/bin/python -m benchmarks.text_benchmark --quick            # smoke run on 2000/500 lines
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "goemotions"
+from benchmarks.common import DEFAULT_DATA, REPO
+
+ROOT = REPO
+DATA = DEFAULT_DATA / "goemotions"
 
 #: name → extra text-train arguments.
 CONFIGS = {

@@ -20,30 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CORPORA = ("ravdess", "crema-d", "nemo")
-
-
-def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int, corpora=CORPORA):
-    """A SplitPlan whose validation speakers are ~``val_fraction`` of each corpus's speakers."""
-    from emovox.corpora import scan
-    from emovox.splits import train_val_split
-    from emovox.training import SplitPlan, map_labels
-
-    train, val, speakers, messages = [], [], [], []
-    labels: list[str] = []
-    for corpus in corpora:
-        rows, labs, _, _ = map_labels(scan(data / corpus, corpus, with_duration=False), labels_spec)
-        labels = sorted(set(labels) | set(labs), key=lambda x: labs.index(x) if x in labs else 99)
-        split = train_val_split(rows, val_fraction, seed=seed)
-        train += [rows[i] for i in split.train]
-        val += [rows[i] for i in split.test]
-        speakers += list(split.test_speakers)
-        messages.append(f"{corpus}: {split.message}")
-    _, labels, _, _ = map_labels(train, labels_spec)
-    plan = SplitPlan(train=train, val=val, test=[], kind="speaker", message="; ".join(messages),
-                     val_message=f"validation speakers per corpus: {', '.join(speakers)}", val_speakers=speakers)
-    return plan, labels
+from benchmarks.common import CORPORA, DEFAULT_DATA, per_corpus_plan
 
 
 def per_corpus_uar(out: Path, plan, data: Path) -> dict:

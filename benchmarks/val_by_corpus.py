@@ -1,6 +1,6 @@
 """A shipped model's validation speakers, scored corpus by corpus (RAVDESS, CREMA-D and nEMO separately).
 
-    python benchmarks/val_by_corpus.py [--model default] [--data ../shared/data]
+    python -m benchmarks.val_by_corpus [--model default] [--data ../shared/data]
 
 Reads the validation speakers from the model's ``model_meta.json`` and prints UAR and accuracy per
 corpus (argmax over the labels each corpus has), and `core4` UAR (argmax over neutral, happy, sad,
@@ -10,27 +10,12 @@ angry).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def validation_clips(model, data: Path):
-    """``(corpus, clips, labels)`` for each corpus with clips of the model's validation speakers (from its
-    ``model_meta.json``): the clips mapped to the model's labels, and the labels that corpus has, sorted."""
-    from emovox.corpora import scan
-    from emovox.training import map_labels
-
-    val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
-    for corpus in ("ravdess", "crema-d", "nemo"):
-        rows = [r for r in scan(data / corpus, corpus, with_duration=False) if r.speaker in val]
-        if rows:
-            kept, _, _, _ = map_labels(rows, ",".join(model.labels))
-            yield corpus, kept, sorted({r.label for r in kept})
+from benchmarks.common import DEFAULT_DATA, validation_clips
 
 
 def main(argv=None) -> int:

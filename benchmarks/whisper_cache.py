@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import DEFAULT_DATA
 from emovox.backbone_data import HiddenStateCache, load_hidden_states
 from emovox.backbones import load_backbone
 from emovox.corpora import scan
 from emovox.data import default_cache_dir
 from emovox.models.ssl import parse_layers
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.train_default import DEFAULT_DATA, per_corpus_plan
+from benchmarks.common import DEFAULT_DATA, per_corpus_plan
 
 
 def layer_means(rows, store) -> np.ndarray:
@@ -24,7 +24,7 @@ def layer_means(rows, store) -> np.ndarray:
     for r in rows:
         states = store.get(r.path)
         if states is None:
-            raise SystemExit(f"{r.path} is not in the cache {store.dir}: run benchmarks/whisper_cache.py first")
+            raise SystemExit(f"{r.path} is not in the cache {store.dir}: run python -m benchmarks.whisper_cache first")
         out.append(np.asarray(states, dtype=np.float32).mean(axis=-1).reshape(-1))
     return np.stack(out)
 

@@ -500,7 +500,7 @@ def test_streaming_model_refuses_level_normalisation(tmp_path):
     d = make_model_dir(tmp_path / "lstm", name="lstm", features="seed003")
     cfg = json.loads((d / "model_config.json").read_text())
     cfg["features"] = preset("logmel128l").to_dict()
-    cfg["model_kwargs"], cfg["normalization"] = {}, None
+    cfg["model"]["kwargs"], cfg["normalization"] = {}, None
     save_model(d, build_model("lstm", n_features=128, n_classes=len(EKMAN7)).eval(), cfg)
     with pytest.raises((ModelLoadError, ValueError), match="level_db.*streaming|streaming.*level_db"):
         load_model_dir(d)

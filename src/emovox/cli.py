@@ -33,6 +33,20 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
+#: Optional dependencies → the extra that installs them (``pip install 'emovox[EXTRA]'``).
+EXTRAS = {"torch": "train", "sklearn": "train", "matplotlib": "train", "safetensors": "train", "yaml": "train",
+          "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
+          "transformers": "text", "sentence_transformers": "text", "coremltools": "export", "ray": "ray",
+          "onnxruntime": "the base install", "onnx": "the base install"}
+
+
+def missing_dependency_message(command: str | None, e: ModuleNotFoundError) -> str:
+    top = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    hint = f"pip install 'emovox[{extra}]'" if extra and extra != "the base install" else "pip install emovox"
+    return f"emovox {command or ''}: {top or e} is not installed, and this command needs it: {hint}"
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -61,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     names = {name for name, _ in COMMANDS}
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=command if command in names else "")  # "": no subcommand's options
+    try:
+        parser = build_parser(only=command if command in names else "")  # "": no subcommand's options
+    except ModuleNotFoundError as e:  # e.g. `emovox train --help` on an inference-only install
+        print(missing_dependency_message(command, e), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -75,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as e:  # an optional dependency this command needs (training needs torch, ...)
+        if (e.name or "").split(".")[0] not in EXTRAS:
+            raise
+        print(missing_dependency_message(args.command, e), file=sys.stderr)
+        return 2
     except (ValueError, OSError) as e:  # OSError: unreadable inputs, a full disk, no permission
         # Boundary errors (AudioError, LabelError, CorpusError, ... are ValueErrors): one line, non-zero exit.
         print(f"emovox {args.command}: error: {e}", file=sys.stderr)

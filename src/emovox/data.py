@@ -73,6 +73,7 @@ from .features import (
     FeatureStats,
     LogMel,
     Normalize,
+    compact_frames,
     dct_matrix,
     fix_frames,
     hz_to_mel,
@@ -82,7 +83,6 @@ from .features import (
     normalize_level,
     pad_to_one_frame,
     prepare_input,
-    silence_features,
 )
 
 CACHE_VERSION = 1
@@ -124,8 +124,7 @@ def compute_logmel(wave: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> np.nd
     with torch.no_grad():
         lm = _logmel_module(c)(x)[0]
         if c.skip_zero_frames:
-            keep = nonzero_frame_mask(x, c)[0]
-            lm = lm[:, keep] if bool(keep.any()) else lm[:, :1]
+            lm = compact_frames(lm[None], nonzero_frame_mask(x, c))[0][0]
     return lm.numpy().astype(np.float16)
 
 
@@ -456,7 +455,7 @@ class BatchMaker:
             self.normalize = Normalize(stats, cfg.n_features)
         self.floor_db = 10.0 * math.log10(cfg.log_floor)
         self._white, self._pink, self._dof = _noise_shapes(self.cached)
-        self._silence = silence_features(self.cached.replace(skip_zero_frames=False))
+        self._silence_cfg = self.cached.replace(skip_zero_frames=False)  # padding: the log-mel of silence
 
     # -- evaluation
     def eval_item(self, logmel: np.ndarray) -> torch.Tensor:
@@ -494,9 +493,7 @@ class BatchMaker:
         if self.cfg.num_frames is not None and x.shape[-1] < self.cfg.num_frames:
             pad = self.cfg.num_frames - x.shape[-1]
             left = int(rng.integers(0, pad + 1)) if aug is not None else pad // 2
-            out = self._silence[:, None].expand(-1, self.cfg.num_frames).clone()
-            out[:, left : left + x.shape[-1]] = x
-            x = out
+            x = fix_frames(x, self.cfg.num_frames, offset=left, cfg=self._silence_cfg)  # padded with silence
         # level after gain and noise, as a quiet or noisy recording meets it at inference
         f = prepare_input(model_features(x, self.cfg), self.cfg, self.normalize)
         if aug is not None:

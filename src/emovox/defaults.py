@@ -21,6 +21,11 @@ MAX_SERVED_CLIP_S = 600.0
 #: Clips longer than this are skipped (reported, not loaded) when featurising a corpus for training.
 MAX_TRAINING_CLIP_S = 600.0
 
+#: A model folder's files (:mod:`emovox.modelio` writes and reads them; the server hashes the weights file).
+WEIGHTS_FILE = "best_model.pth"
+CONFIG_FILE = "model_config.json"
+LABELS_FILE = "labels.json"
+
 #: The cache folder's environment variable (features, backbone states, text embeddings).
 CACHE_ENV = "EMOVOX_CACHE_DIR"
 #: Its old name, still read (with a DeprecationWarning) when ``EMOVOX_CACHE_DIR`` is not set.

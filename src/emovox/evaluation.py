@@ -280,7 +280,7 @@ def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         "model_name": Path(loaded_model.path).name,
         "model_path": str(loaded_model.path),
-        "architecture": loaded_model.config["model"]["name"],
+        "architecture": loaded_model.model_config.model.name,
         "classes": list(metrics["labels"]),
         "model_labels": list(metrics["model_labels"]),
         "dataset": {"corpora": metrics["corpora"], "n_clips": metrics["n"], "n_dropped": metrics["n_dropped"],
@@ -353,7 +353,6 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     :func:`emovox.data.load_features`); the model's own temperature calibrates probabilities.
     """
     pipeline = loaded_model.pipeline
-    config = loaded_model.config
     model_labels = list(pipeline.labels)
     corpus_labels = sorted({r.label for r in rows})
     if isinstance(labels, dict) or (isinstance(labels, str) and "=" in labels):
@@ -386,7 +385,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     sub = logits[:, cols]
     y_true = np.array([present.index(mapping[r.label]) for r in fs.rows], dtype=np.int64)
     y_pred = sub.argmax(axis=1)
-    temperature = float(config.get("temperature", 1.0))
+    temperature = pipeline.model_config.temperature
     metrics = compute_metrics(y_true, y_pred, present)
     metrics.update({
         "ece": expected_calibration_error(softmax(sub), y_true),

@@ -172,25 +172,40 @@ class FeatureConfig:
         return replace(self, **changes)
 
 
-#: Presets named after the user's documents.
-PRESETS: dict[str, FeatureConfig] = {
+class _Presets(dict):
+    """The presets by name; an older name in :data:`PRESET_ALIASES` looks up (``[]``, ``in``, ``get``)
+    the preset it points to, but is not listed again (iteration, ``keys()``, ``values()``)."""
+
+    def __missing__(self, name: str) -> FeatureConfig:
+        if name in PRESET_ALIASES:
+            return self[PRESET_ALIASES[name]]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in PRESET_ALIASES
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+
+PRESETS: dict[str, FeatureConfig] = _Presets({
     # emovox's default front-end: 25 ms windows, 10 ms hop, 64 mel bins.
     "logmel64": FeatureConfig(),
-    # Seed 000's Core ML input: 64 mel bins, 2048-point FFT, hop 512, 100 frames.
+    # Seed 000's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
     # 100 frames x 512 samples = 51,200 samples = 3.2 s at 16 kHz (the document's "~1 s" is wrong).
-    "seed000": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
-                             num_frames=100),
-    # Seed 001's Keras CNN input: 64 mel bins x about 32 frames, i.e. 1 s at hop 512 (32 x 512 samples
-    # = 1.02 s at 16 kHz), FFT 2048.
-    "seed001": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
-                             num_frames=32),
-    # Seed 003's streaming MFCC: 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
+    "logmel64-hop512-100f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
+                                          num_frames=100),
+    # Seed 001's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
+    # (32 x 512 samples = 1.02 s at 16 kHz), FFT 2048.
+    "logmel64-hop512-32f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
+                                         num_frames=32),
+    # Streaming MFCC (alias seed003): 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
-    # gives exactly the offline features. emovox's own 40-mel reading of the seed's plan (what the
+    # gives exactly the offline features. emovox's own 40-mel reading of seed 003's plan (what the
     # shipped `streaming` model uses), not the numbers of the seed's backend: those are
     # "framewise-librosa-mfcc13".
-    "seed003": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
-                             n_mfcc=13, center=False, skip_zero_frames=True),
+    "mfcc13-streaming": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
+                                      n_mfcc=13, center=False, skip_zero_frames=True),
     # Seed 003's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
     # samples (librosa.util.frame), all-zero frames skipped, and per frame the column mean of
     # librosa.feature.mfcc(y=frame, sr=16000, n_mfcc=13) with librosa's defaults (FFT 2048 of the
@@ -211,14 +226,28 @@ PRESETS: dict[str, FeatureConfig] = {
                                 level_db=0.0),
     # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
     "waveform": FeatureConfig(kind="waveform"),
+})
+
+#: Older preset names, after the user's documents: they still load (recipes, config files, command
+#: lines, training checkpoints that name them) and mean exactly the preset they point to.
+PRESET_ALIASES: dict[str, str] = {
+    "seed000": "logmel64-hop512-100f",
+    "seed001": "logmel64-hop512-32f",
+    "seed003": "mfcc13-streaming",
 }
+
+
+def preset_choices() -> str:
+    """The presets for a message or ``--help``: ``logmel64, ..., waveform (older names: seed000 = ...)``."""
+    aliases = ", ".join(f"{a} = {n}" for a, n in PRESET_ALIASES.items())
+    return f"{', '.join(PRESETS)} (older names: {aliases})"
 
 
 def preset(name: str) -> FeatureConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown feature preset {name!r}; available: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown feature preset {name!r}; available: {preset_choices()}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,8 +569,8 @@ def featurize(x: torch.Tensor | np.ndarray, cfg: FeatureConfig, frontend: nn.Mod
     with torch.no_grad():
         feats = frontend(x)
     if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-        mask = nonzero_frame_mask(x, cfg)
-        return [f[:, m] if m.any() else f[:, :1] for f, m in zip(feats, mask)]
+        feats, counts = compact_frames(feats, nonzero_frame_mask(x, cfg))
+        return [f[:, :n] for f, n in zip(feats, counts.tolist())]
     return list(feats)
 
 
@@ -558,27 +587,77 @@ def silence_features(cfg: FeatureConfig) -> torch.Tensor:
     return _silence_column(cfg)
 
 
-def fix_frames(feats: torch.Tensor, num_frames: int, *, offset: int | None = None,
-               cfg: FeatureConfig | None = None) -> torch.Tensor:
-    """Crop or pad ``(..., n_features, frames)`` to ``num_frames``.
+def _tracing() -> bool:
+    """Whether a graph is being captured (``torch.jit.trace``, the TorchScript-based ONNX exporter,
+    coremltools' trace): shapes are then symbolic, so no Python branch may depend on them."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
-    Crops at ``offset`` (default: centred); pads both sides equally with the features of silence
-    (``cfg`` given) or zeros.
+
+def frame_counts(num_samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """:meth:`FeatureConfig.num_frames_for` for a tensor of sample counts (each clip of a zero-padded batch)."""
+    n = torch.as_tensor(num_samples)
+    if cfg.center:
+        return 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
+    whole = 1 + torch.div((n - cfg.frame_span).clamp_min(0), cfg.hop_length, rounding_mode="floor")
+    return torch.where(n < cfg.frame_span, torch.zeros_like(whole), whole)
+
+
+def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each item's kept frames to the front, in order; return them and their count (≥ 1).
+
+    ``feats``: ``(batch, n_features, frames)``; ``keep``: ``(batch, frames)`` bool (seed 003's
+    non-zero frames, :func:`nonzero_frame_mask`). An item with no kept frame keeps its first frame.
+    Frames past an item's count are zero. The one implementation of zero-frame compaction: a stable
+    sort by a computed key and a gather, no Python loop, so the exported graphs run it with any
+    length and batch; eagerly the result is cut to the longest item's count (as ``pad_sequence``).
     """
     t = feats.shape[-1]
-    if t == num_frames:
+    pos = torch.arange(t, device=feats.device).unsqueeze(0)
+    key = torch.where(keep, pos, pos + t)  # unique keys: kept frames first, each group in order
+    order = torch.argsort(key, dim=-1)
+    counts = keep.to(torch.int64).sum(dim=-1)
+    counts = torch.maximum(counts, torch.ones_like(counts))
+    out = torch.gather(feats, 2, order.unsqueeze(1).expand_as(feats))
+    out = torch.where((pos < counts.unsqueeze(1)).unsqueeze(1), out, torch.zeros_like(out))
+    if not _tracing():
+        out = out[..., : int(counts.max())]
+    return out, counts
+
+
+def fix_frames(feats: torch.Tensor, num_frames: int, *, offset: int | None = None,
+               cfg: FeatureConfig | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop or pad ``(..., n_features, frames)`` to ``num_frames``: the one crop/pad of the pipeline.
+
+    Crops at ``offset`` (default: centred, at ``(t - n) // 2``); pads with the features of silence
+    (``cfg`` given) or zeros, ``offset`` frames on the left (default: ``(n - t) // 2``) and the rest
+    on the right. ``lengths`` (``(batch,)``, with ``feats`` ``(batch, n_features, frames)``): each
+    item's real frames in a padded batch, which are what is cropped or padded.
+
+    Batched and trace-safe: computed as a gather with computed indices (index arithmetic in float,
+    exact below 2**24 frames, which Core ML's converter needs), so data batches, the pipeline and
+    the exported graphs (any length, any batch) all run this function.
+    """
+    tracing = _tracing()
+    if not tracing and lengths is None and feats.shape[-1] == num_frames:
         return feats
-    if t > num_frames:
-        start = (t - num_frames) // 2 if offset is None else max(0, min(offset, t - num_frames))
-        return feats[..., start : start + num_frames]
-    pad = num_frames - t
-    left = pad // 2
-    fill = silence_features(cfg) if cfg is not None else torch.zeros(feats.shape[-2])
-    fill = fill.to(feats.dtype)
-    shape = list(feats.shape)
-    out = fill.view(*([1] * (feats.dim() - 2)), -1, 1).expand(*shape[:-1], num_frames).clone()
-    out[..., left : left + t] = feats
-    return out
+    # n_features as a Python int while tracing: a traced shape here does not convert to Core ML
+    n_features = cfg.n_features if tracing and cfg is not None else feats.shape[-2]
+    flat = feats if feats.dim() == 3 else feats.reshape(-1, n_features, feats.shape[-1])
+    ones = torch.ones_like(flat[:, 0, 0])
+    n = ones * flat.shape[-1] if lengths is None else lengths.to(flat.dtype)
+    half = (n - num_frames) / 2.0
+    shift = torch.sign(half) * torch.floor(torch.abs(half))  # trunc: crop start, or minus the left pad
+    if offset is not None:
+        given = torch.where(n > num_frames, torch.clamp(torch.minimum(ones * offset, n - num_frames), min=0),
+                            -torch.clamp(torch.minimum(ones * offset, num_frames - n), min=0))
+        shift = given
+    src = torch.arange(num_frames, device=flat.device).to(flat.dtype).unsqueeze(0) + shift.unsqueeze(1)
+    valid = torch.logical_and(src >= 0, src < n.unsqueeze(1))
+    src = torch.minimum(torch.maximum(src, torch.zeros_like(src)), (n - 1).unsqueeze(1)).to(torch.int64)
+    gathered = torch.gather(flat, 2, src.unsqueeze(1).expand(-1, n_features, -1))
+    fill = silence_features(cfg) if cfg is not None else torch.zeros(n_features)
+    out = torch.where(valid.unsqueeze(1), gathered, fill.to(device=flat.device, dtype=flat.dtype).view(1, -1, 1))
+    return out if feats.dim() == 3 else out.reshape(*feats.shape[:-1], num_frames)
 
 
 @dataclass

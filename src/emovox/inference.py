@@ -24,11 +24,14 @@ import numpy as np
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
 from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from .errors import ModelLoadError
 from .labels import FOLD_FALLBACKS, LabelMap, music_mood
 
 #: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
 DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
+#: A model folder's ONNX Runtime graphs (:mod:`emovox.export.runtime_build`).
+RUNTIME_DIR = "onnx"
 #: A streaming model's answer: after the last frame, or the mean of every frame's probabilities.
 FINAL_ANSWERS = ("last", "mean")
 
@@ -110,6 +113,12 @@ class TorchBackend:
         self.sample_rate_hz = self.pipeline.sample_rate_hz
         self.temperature = float(self.pipeline.temperature)
         self.config = loaded.config
+        self.streaming = bool(self.pipeline.streaming)
+
+    def frame_stepper(self) -> TorchFrameStepper | None:
+        """What a stream steps frame by frame (streaming models with frame-local features), else None."""
+        pipe = self.pipeline
+        return TorchFrameStepper(pipe) if pipe.streaming and not pipe.feature_config.center else None
 
     def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
@@ -117,6 +126,32 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32))
             n = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
             return self.pipeline(x, n).numpy()
+
+
+class TorchFrameStepper:
+    """One streaming step on PyTorch: the complete frames of some samples → logits after every frame."""
+
+    def __init__(self, pipeline):
+        cfg = pipeline.feature_config
+        self.pipeline = pipeline
+        self.hop_length, self.frame_span, self.peak_normalize = cfg.hop_length, cfg.frame_span, cfg.peak_normalize
+        self.num_frames_for, self.samples_for = cfg.num_frames_for, cfg.samples_for
+
+    def step(self, wave: np.ndarray, peak: float, state) -> tuple[np.ndarray, Any]:
+        """``wave``: whole frames of samples; ``peak``: the stream's peak so far (``peak_normalize``
+        features); ``state``: the previous step's (None to start) → ``(logits (frames, n_labels), state)``;
+        frames skipped as all-zero (``skip_zero_frames``) give no row and leave the state as it was."""
+        import torch
+
+        from .modelio import streaming_step
+
+        pipe = self.pipeline
+        with torch.inference_mode():
+            feats = pipe.stream_features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], peak)
+            if feats.shape[-1] == 0:
+                return np.zeros((0, len(pipe.labels)), np.float32), state
+            logits, state = streaming_step(pipe, feats, state, every_frame=True)
+        return logits[0].numpy(), state
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -246,8 +281,8 @@ class EmotionModel:
 
     @property
     def streaming(self) -> bool:
-        pipe = getattr(self.backend, "pipeline", None)
-        return bool(pipe is not None and pipe.streaming)
+        """Whether the model runs frame by frame (a stream steps it with its state carried over)."""
+        return bool(getattr(self.backend, "streaming", False))
 
     def output_labels(self, labels=None) -> list[str]:
         return list(self._label_map(labels).target) if labels is not None else self.labels
@@ -423,7 +458,7 @@ class StreamingSession:
         if labels is not None:
             model._label_map(labels)  # an unknown or inexpressible label set fails here, not at the first chunk
         self.reset()
-        if final_answer == "mean" and not (self._frame_mode and hasattr(self._pipe.model, "steps")):
+        if final_answer == "mean" and not self._frame_mode:
             raise ValueError(f"final_answer='mean' averages the answers of a model that runs frame by frame (an "
                              f"LSTM); model {model.name!r} classifies windows of audio: use final_answer='last'")
 
@@ -436,8 +471,9 @@ class StreamingSession:
         self._frames = 0
         self._last_logits: np.ndarray | None = None
         self._prob_sum: np.ndarray | None = None
-        self._pipe = getattr(self.model.backend, "pipeline", None)
-        self._frame_mode = bool(self._pipe is not None and self._pipe.streaming and not self._pipe.feature_config.center)
+        make = getattr(self.model.backend, "frame_stepper", None)
+        self._stepper = make() if make is not None else None
+        self._frame_mode = self._stepper is not None
 
     @property
     def received_s(self) -> float:
@@ -463,15 +499,15 @@ class StreamingSession:
         return [self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))]
 
     def _push_frames(self, x: np.ndarray) -> None:
-        cfg = self._pipe.feature_config
+        st = self._stepper
         peak = max(self._peak, float(np.abs(x).max()))
-        rerun = cfg.peak_normalize and peak > self._peak and self._frames > 0
+        rerun = st.peak_normalize and peak > self._peak and self._frames > 0
         self._peak = peak
-        if cfg.peak_normalize:  # keep the audio, whole hops at a time, to run it again when the peak rises
+        if st.peak_normalize:  # keep the audio, whole hops at a time, to run it again when the peak rises
             self._audio = np.concatenate([self._audio, x])
             excess = self._audio.size - int(self.max_buffer_s * self.sample_rate_hz)
             if excess > 0:
-                self._audio = self._audio[-(-excess // cfg.hop_length) * cfg.hop_length :]
+                self._audio = self._audio[-(-excess // st.hop_length) * st.hop_length :]
         if rerun:
             self._hidden, self._frames, self._last_logits, self._prob_sum = None, 0, None, None
             self._step(self._audio)
@@ -479,33 +515,20 @@ class StreamingSession:
             self._step(np.concatenate([self._buffer, x]))
 
     def _step(self, buf: np.ndarray) -> None:
-        """Featurise the complete frames of ``buf`` and step them through the model; keep the rest."""
-        import torch
-
-        from .features import nonzero_frame_mask, prepare_input
-
-        pipe, cfg = self._pipe, self._pipe.feature_config
-        n_frames = cfg.num_frames_for(buf.size)
-        self._buffer = buf[n_frames * cfg.hop_length :] if n_frames else buf
+        """Step the complete frames of ``buf`` through the model (the backend's stepper); keep the rest."""
+        st = self._stepper
+        n_frames = st.num_frames_for(buf.size)
+        self._buffer = buf[n_frames * st.hop_length :] if n_frames else buf
         if n_frames == 0:
             return
-        with torch.inference_mode():
-            wave = torch.from_numpy(buf[: cfg.samples_for(n_frames)])[None]
-            feats = pipe.frontend(wave, torch.tensor([[self._peak]])) if cfg.peak_normalize else pipe.frontend(wave)
-            if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-                feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
-            if feats.shape[-1] == 0:
-                return
-            x = prepare_input(feats, cfg, pipe.normalize).transpose(1, 2)  # StreamingModel input: (batch, frames, F)
-            if self.final_answer == "mean":
-                logits, self._hidden = pipe.model.steps(x, self._hidden)
-                probs = softmax(logits[0].numpy(), self.model.backend.temperature)
-                self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
-                logits = logits[:, -1]
-            else:
-                logits, self._hidden = pipe.model(x, self._hidden)
-        self._frames += feats.shape[-1]
-        self._last_logits = logits[0].numpy()
+        logits, self._hidden = st.step(buf[: st.samples_for(n_frames)], self._peak, self._hidden)
+        if len(logits) == 0:
+            return
+        if self.final_answer == "mean":
+            probs = softmax(logits, self.model.backend.temperature)
+            self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
+        self._frames += len(logits)
+        self._last_logits = logits[-1]
 
     def _frame_probs(self) -> np.ndarray:
         """The answer for everything received (streaming models)."""
@@ -515,7 +538,7 @@ class StreamingSession:
             return softmax(self._last_logits, self.model.backend.temperature)
         # no non-zero frame yet: less than one frame (zero-padded to one), or only all-zero frames,
         # which the offline pipeline answers from the first of them
-        span = self._pipe.feature_config.frame_span
+        span = self._stepper.frame_span
         head = self._buffer if self._received < span else np.zeros(span, dtype=np.float32)
         return self.model.probabilities([head])[0]
 
@@ -578,8 +601,6 @@ def available_models() -> list[dict[str, Any]]:
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Path]:
     """A shipped model's name (``None`` = default) or a path → (name, folder)."""
-    from .modelio import ModelLoadError
-
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     p = Path(name_or_path)
@@ -596,34 +617,67 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> tuple[str, Pat
     )
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "torch",
-               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
-               allow_pickle: bool = False) -> EmotionModel:
-    """Load the default shipped model (``None``), a shipped model by name, a trained model folder, or a
-    Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+BACKENDS = ("auto", "onnx", "torch")
 
-    ``backend="onnx"`` runs an exported ONNX model (a folder written by ``emovox export``)
-    through onnxruntime, without PyTorch.
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "auto",
+               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+               allow_pickle: bool = False, threads: int | None = None) -> EmotionModel:
+    """Load the default shipped model (``None``), a shipped model by name, a trained model folder, an
+    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+
+    ``backend``: ``"auto"`` runs the model's ONNX Runtime graphs (``<model>/onnx/``: the shipped models have
+    them) when onnxruntime is installed, without importing PyTorch, and PyTorch otherwise; ``"onnx"`` insists
+    on ONNX Runtime (a model folder with ``onnx/``, or an ``emovox export`` folder or ``.onnx`` file);
+    ``"torch"`` runs the PyTorch model (training installs; the reference for parity checks).
+    ``threads``: ONNX Runtime's threads (default: the cores this process may use).
     """
-    if backend == "onnx":
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    common = {"threshold": threshold, "max_duration_s": max_duration_s}
+    if backend == "onnx" and name_or_path is not None and not _is_shipped(name_or_path):
+        p = Path(name_or_path)
+        if not p.exists():
+            raise FileNotFoundError(f"--backend onnx needs a model folder, an exported ONNX folder or a .onnx file, "
+                                    f"got {name_or_path!r}")
+        if not (p / RUNTIME_DIR).is_dir():
+            from .onnx_backend import OnnxModel
+
+            return EmotionModel(OnnxModel(p, threads=threads), name=p.name, path=p, **common)
+    name, folder = resolve_model_path(name_or_path)
+    if backend != "torch" and (folder / RUNTIME_DIR / "runtime.json").is_file() and _has_onnxruntime():
         from .onnx_backend import OnnxModel
 
-        p = Path(name_or_path) if name_or_path is not None else None
-        if p is None or not p.exists():
-            raise FileNotFoundError(f"--backend onnx needs an exported ONNX model folder or file, got {name_or_path!r}")
-        return EmotionModel(OnnxModel(p), name=p.name, path=p, threshold=threshold, max_duration_s=max_duration_s)
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
+    if backend == "onnx":
+        raise ModelLoadError(f"{folder}: no ONNX Runtime graphs here ({RUNTIME_DIR}/runtime.json) or onnxruntime is "
+                             "not installed; build them with `python -m tools.ship_model` or run backend='torch'")
+    return _load_torch(name, folder, allow_pickle=allow_pickle, **common)
+
+
+def _is_shipped(name_or_path) -> bool:
+    return not Path(name_or_path).exists() and (_assets_root() / str(name_or_path)).is_dir()
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> EmotionModel:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModelLoadError(f"{folder}: this model runs on PyTorch (it has no {RUNTIME_DIR}/ graphs for ONNX "
+                             "Runtime), which is not installed: pip install 'emovox[train]'")
     from .hf_audio import HFAudioBackend, is_hf_audio_folder
     from .modelio import load_model_dir
 
-    name, folder = resolve_model_path(name_or_path)
     if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
-        return EmotionModel(HFAudioBackend(folder), name=name, path=folder, threshold=threshold,
-                            max_duration_s=max_duration_s)
+        return EmotionModel(HFAudioBackend(folder), name=name, path=folder, **common)
     loaded = load_model_dir(folder, allow_pickle=allow_pickle)
-    return EmotionModel(TorchBackend(loaded), name=name, path=folder, threshold=threshold,
-                        max_duration_s=max_duration_s)
+    return EmotionModel(TorchBackend(loaded), name=name, path=folder, **common)
 
 
 __all__ = ["EmotionModel", "Prediction", "Segment", "StreamingSession", "Timeline", "available_models",

@@ -30,25 +30,24 @@ import torch
 from torch import nn
 
 from . import __version__
+from .defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
 from .errors import ModelLoadError
 from .features import (
     FeatureConfig,
     FeatureStats,
     Normalize,
     build_frontend,
+    compact_frames,
     fix_frames,
+    frame_counts,
     nonzero_frame_mask,
     pad_to_one_frame,
     prepare_input,
 )
+from .model_config import FORMAT, FORMAT_VERSION, ModelConfig
 from .models import build_model
-from .models.common import head_logits, is_streaming
+from .models.common import head_logits, is_streaming, stream_step
 
-FORMAT = "emovox-model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "best_model.pth"
-CONFIG_FILE = "model_config.json"
-LABELS_FILE = "labels.json"
 FULL_MODEL_FILE = "model_full.pth"
 #: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.
 STREAMING_FULL_MODEL_FILE = "model.pth"
@@ -72,6 +71,7 @@ def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: Feat
     }
     if extra:
         cfg.update(extra)
+    ModelConfig.from_dict(cfg)  # the schema's check: an extra key it does not know fails here, not at loading
     return cfg
 
 
@@ -81,6 +81,19 @@ def default_io(features: FeatureConfig) -> dict[str, str]:
     return {"features_input": feat_name, "waveform_input": "waveform", "output": "emotion_logits"}
 
 
+def streaming_step(pipeline: nn.Module, raw: torch.Tensor, hidden: Any = None, *, every_frame: bool = False
+                   ) -> tuple[torch.Tensor, Any]:
+    """One streaming step: raw features of new complete frames ``(batch, n_features, frames)`` →
+    normalised (:func:`~emovox.features.prepare_input`) → the model continues from ``hidden`` →
+    logits after the last frame (after every frame with ``every_frame``) and the new state
+    (:func:`emovox.models.common.stream_step`). ``pipeline``: an :class:`EmotionPipeline`, or
+    anything with its ``feature_config``, ``normalize`` and ``model`` (a training
+    ``FullStreamingModel``). Trace-safe: :class:`emovox.inference.StreamingSession` and the exported
+    step graphs (:class:`emovox.export.graphs.StreamingStepGraph`) both run it."""
+    feats = prepare_input(raw, pipeline.feature_config, pipeline.normalize)
+    return stream_step(pipeline.model, feats, hidden, every_frame=every_frame)
+
+
 class EmotionPipeline(nn.Module):
     """Waveforms ``(batch, samples)`` at the model's rate → logits ``(batch, n_labels)``.
 
@@ -88,19 +101,20 @@ class EmotionPipeline(nn.Module):
     ``stft_mode="conv"`` swaps in the convolutional STFT for export (same numbers).
     """
 
-    def __init__(self, model: nn.Module, config: dict[str, Any], *, stft_mode: str = "torch"):
+    def __init__(self, model: nn.Module, config: dict[str, Any] | ModelConfig, *, stft_mode: str = "torch"):
         super().__init__()
-        self.config = config
-        self.feature_config = FeatureConfig.from_dict(config["features"])
-        stats = FeatureStats.from_dict(config["normalization"]) if config.get("normalization") else None
+        #: The saved config, read (strictly) into attributes; ``config``: its JSON form.
+        self.model_config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        self.config = config.to_dict() if isinstance(config, ModelConfig) else config
+        self.feature_config = self.model_config.features
         self.frontend = build_frontend(self.feature_config, stft_mode=stft_mode)
-        self.normalize = Normalize(stats, self.feature_config.n_features)
+        self.normalize = Normalize(self.model_config.normalization, self.feature_config.n_features)
         self.model = model
         if self.streaming and self.feature_config.level_db is not None:
             raise ValueError("speech-level normalisation (level_db) needs the whole clip; a streaming model "
                              "runs frame by frame and cannot use it")
-        self.labels: list[str] = list(config["labels"])
-        self.register_buffer("temperature", torch.tensor(float(config.get("temperature", 1.0))), persistent=False)
+        self.labels: list[str] = list(self.model_config.labels)
+        self.register_buffer("temperature", torch.tensor(float(self.model_config.temperature)), persistent=False)
 
     @property
     def streaming(self) -> bool:
@@ -121,34 +135,34 @@ class EmotionPipeline(nn.Module):
         cfg = self.feature_config
         wave = pad_to_one_frame(wave, cfg)
         feats = self.frontend(wave)
+        skip_zero = cfg.kind == "mfcc" and cfg.skip_zero_frames
         lengths = None
-        if lengths_samples is not None and not (cfg.kind == "mfcc" and cfg.skip_zero_frames):
-            n = torch.as_tensor(lengths_samples)
-            if cfg.center:
-                lengths = 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
-            else:
-                lengths = 1 + torch.div((n - cfg.frame_span).clamp_min(0), cfg.hop_length, rounding_mode="floor")
-            lengths = lengths.clamp(1, feats.shape[-1])
+        if lengths_samples is not None and not skip_zero:
+            lengths = frame_counts(lengths_samples, cfg).clamp(1, feats.shape[-1])
             if bool((lengths == feats.shape[-1]).all()):
                 lengths = None
-        if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+        if skip_zero:
             mask = nonzero_frame_mask(wave, cfg)
             if lengths_samples is not None:
                 # in a zero-padded batch, a frame running past its clip's end does not exist for the
                 # clip alone: drop it (its clip-only frame count is cfg.num_frames_for(n))
-                n_real = torch.tensor([cfg.num_frames_for(int(n)) for n in torch.as_tensor(lengths_samples)])
+                n_real = frame_counts(lengths_samples, cfg)
                 mask = mask & (torch.arange(mask.shape[-1])[None, :] < n_real[:, None])
             if not bool(mask.all()):
-                kept = [f[:, m] if bool(m.any()) else f[:, :1] for f, m in zip(feats, mask)]
-                lengths = torch.tensor([k.shape[-1] for k in kept])
-                feats = torch.nn.utils.rnn.pad_sequence([k.T for k in kept], batch_first=True).transpose(1, 2)
-        if cfg.num_frames is not None:
-            if lengths is not None:  # crop/pad each clip's real frames, not the batch padding
-                feats = torch.stack([fix_frames(f[:, : int(n)], cfg.num_frames, cfg=cfg) for f, n in zip(feats, lengths)])
-                lengths = None
-            else:
-                feats = fix_frames(feats, cfg.num_frames, cfg=cfg)
+                feats, lengths = compact_frames(feats, mask)
+        if cfg.num_frames is not None:  # crop/pad each clip's real frames, not the batch padding
+            feats, lengths = fix_frames(feats, cfg.num_frames, cfg=cfg, lengths=lengths), None
         return feats, lengths
+
+    def stream_features(self, wave: torch.Tensor, peak: float | None = None) -> torch.Tensor:
+        """Raw features ``(1, F, frames)`` of a run of complete frames of a stream (``center=False``),
+        all-zero frames dropped (possibly all of them) with ``skip_zero_frames``; ``peak``
+        (``peak_normalize``): the peak of everything received so far."""
+        cfg = self.feature_config
+        feats = self.frontend(wave, torch.tensor([[peak]])) if cfg.peak_normalize else self.frontend(wave)
+        if cfg.kind == "mfcc" and cfg.skip_zero_frames:
+            feats = feats[:, :, nonzero_frame_mask(wave, cfg)[0]]
+        return feats
 
     def features(self, wave: torch.Tensor, lengths_samples: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -274,17 +288,15 @@ def _read_checkpoint(path: Path, *, allow_pickle: bool = False) -> dict[str, Any
     return obj
 
 
-def build_from_config(config: dict[str, Any], *, model_dir: str | os.PathLike | None = None) -> nn.Module:
+def build_from_config(config: dict[str, Any] | ModelConfig, *, model_dir: str | os.PathLike | None = None
+                      ) -> nn.Module:
     """``model_dir``: the folder the config came from (where an ssl model's bundled backbone lives)."""
-    feats = FeatureConfig.from_dict(config["features"])
-    labels = config.get("labels") or []
-    if not labels:
-        raise ModelLoadError("model config has no labels")
-    return build_model(config["model"]["name"], n_features=feats.n_features, n_classes=len(labels),
-                       model_dir=model_dir, **config["model"].get("kwargs", {}))
+    mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    return build_model(mc.model.name, n_features=mc.features.n_features, n_classes=len(mc.labels),
+                       model_dir=model_dir, **mc.model.kwargs)
 
 
-def _check_weights(weights: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+def _check_weights(weights: Path, state: dict[str, Any], config: ModelConfig) -> None:
     """Before a model is built: every saved tensor is finite, and (for models whose weights are all saved) the
     config's architecture, built on the meta device (no memory), has exactly the saved shapes, so a config
     that lies about its size cannot make emovox allocate it."""
@@ -294,8 +306,7 @@ def _check_weights(weights: Path, state: dict[str, Any], config: dict[str, Any])
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelLoadError(f"{weights}: weight {key!r} holds NaN or infinite values (a diverged or damaged "
                                  f"model)")
-    name = (config.get("model") or {}).get("name")
-    if name == "ssl":  # its frozen backbone is referenced, not saved, and loads from its own source
+    if config.model.name == "ssl":  # its frozen backbone is referenced, not saved, and loads from its own source
         return
     try:
         with torch.device("meta"):
@@ -327,6 +338,11 @@ class LoadedModel:
     config: dict[str, Any]
     path: Path
 
+    @property
+    def model_config(self) -> ModelConfig:
+        """The config as attributes (:class:`~emovox.model_config.ModelConfig`)."""
+        return self.pipeline.model_config
+
 
 def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_pickle: bool = False) -> LoadedModel:
     """Load a model folder (or its ``best_model.pth``) into an eval-mode :class:`EmotionPipeline`."""
@@ -341,9 +357,10 @@ def load_model_dir(path: str | os.PathLike, *, stft_mode: str = "torch", allow_p
                              f"reads only files inside it: copy the file in")
     ckpt = _read_checkpoint(weights, allow_pickle=allow_pickle)
     config = ckpt["config"]
-    _check_weights(weights, ckpt["state_dict"], config)
+    mc = ModelConfig.from_dict(config, source=weights)
+    _check_weights(weights, ckpt["state_dict"], mc)
     try:
-        model = build_from_config(config, model_dir=weights.parent)
+        model = build_from_config(mc, model_dir=weights.parent)
     except ModelLoadError as e:  # e.g. an ssl model's backbone that cannot be found: the message says it all
         raise ModelLoadError(f"{weights}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:

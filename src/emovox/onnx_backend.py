@@ -10,6 +10,13 @@ inference without PyTorch installed. Labels, temperature and sample rate come fr
 own metadata (``metadata_props["emovox"]``, written by the exporter), or else from the
 ``export.json`` beside it.
 
+A model folder's runtime graphs (``<model>/onnx/``, with ``runtime.json``; written by
+:mod:`emovox.export.runtime_build` for the shipped models) load the same way: ``OnnxModel("<model>/onnx")``.
+There the graph may refer to a packaged encoder's weights instead of holding them; they are filled in
+once and cached (:mod:`emovox.onnx_materialise`). Clips shorter than the graph's ``min_samples`` are
+zero-padded to it (as the PyTorch model does) and clips longer than ``max_samples`` run in windows.
+Sessions are created once per process and file (:func:`session`).
+
 The graph holds the whole front-end (STFT as a convolution, mel, log, crop/pad, zero-frame
 skipping, normalisation), so it takes raw 16 kHz mono samples in [-1, 1].
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,8 @@ import numpy as np
 
 MANIFEST_FILE = "export.json"
 WAVEFORM_FILES = ("emotion_waveform.onnx", "emotion_waveform.int8.onnx")
+#: A model folder's runtime graphs: ``<model>/onnx/runtime.json`` and the files it names.
+RUNTIME_FILE = "runtime.json"
 
 
 class OnnxModelError(ValueError):
@@ -36,6 +46,8 @@ def _find_model(path: Path, *, quantized: bool) -> Path:
         return path
     if not path.is_dir():
         raise OnnxModelError(f"ONNX model not found: {path}")
+    if (path / RUNTIME_FILE).is_file():
+        return path / "model.onnx"
     manifest = path / MANIFEST_FILE
     key = "onnx_int8" if quantized else "onnx"
     if manifest.is_file():
@@ -57,6 +69,38 @@ def _find_model(path: Path, *, quantized: bool) -> Path:
     )
 
 
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity: a container's limit, not the host's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_SESSIONS: dict[tuple[str, int, tuple[str, ...]], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def session(path: Path, *, threads: int | None = None, providers: list[str] | None = None):
+    """One ``onnxruntime.InferenceSession`` per file, thread count and providers in this process (sessions are
+    thread-safe to run; creating one costs tens to hundreds of milliseconds)."""
+    import onnxruntime as ort
+
+    threads = int(threads or default_threads())
+    key = (str(Path(path).resolve()), threads, tuple(providers or ["CPUExecutionProvider"]))
+    with _SESSIONS_LOCK:
+        if key not in _SESSIONS:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3  # errors only: not the optimiser's notes on every load
+            try:
+                _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=list(key[2]))
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                raise OnnxModelError(f"{path}: cannot load ONNX model: {str(e).splitlines()[0][:300]}") from e
+        return _SESSIONS[key]
+
+
 class OnnxModel:
     """A waveform-in emotion model in onnxruntime: ``predict_logits(waves) -> (batch, n_labels)``.
 
@@ -67,17 +111,12 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike, *, quantized: bool = False, threads: int | None = None,
                  providers: list[str] | None = None):
-        import onnxruntime as ort
-
         self.path = _find_model(Path(path), quantized=quantized)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise OnnxModelError(f"{self.path}: cannot load ONNX model: {str(e).splitlines()[0][:300]}") from e
+        self.runtime = _read_runtime(self.path)
+        self.session = self._session(threads, providers)
+        self.streaming = bool(self.runtime.get("streaming", False))
+        self.min_samples = int(self.runtime.get("min_samples") or 1)
+        self.max_samples = self.runtime.get("max_samples")
         meta = self._metadata()
         if meta.get("input_kind", "waveform") != "waveform":
             raise OnnxModelError(f"{self.path}: a {meta.get('input_kind')}-input model; OnnxModel runs the "
@@ -101,7 +140,26 @@ class OnnxModel:
         self.metadata = meta
         self.config: dict[str, Any] = self._config()
 
+    def frame_stepper(self) -> OnnxFrameStepper | None:
+        """A streaming model's frame-by-frame step (its ``frontend.onnx`` + ``step.onnx``), else None."""
+        info = self.runtime.get("stream")
+        return OnnxFrameStepper(self.path.parent, info, len(self.labels)) if info else None
+
+    def _session(self, threads: int | None, providers: list[str] | None):
+        if not self.runtime.get("external_weights"):
+            return session(self.path, threads=threads, providers=providers)
+        from .onnx_materialise import materialise  # a graph that refers to packaged encoder weights
+
+        built = materialise(self.path, self.runtime)
+        try:
+            return session(built, threads=threads, providers=providers)
+        except OnnxModelError:  # a damaged cached copy (a full disk, an edit): build it again, once
+            built.unlink(missing_ok=True)
+            return session(materialise(self.path, self.runtime), threads=threads, providers=providers)
+
     def _metadata(self) -> dict[str, Any]:
+        if self.runtime:
+            return {"input_kind": "waveform", **self.runtime}
         props = self.session.get_modelmeta().custom_metadata_map
         if "emovox" in props:
             try:
@@ -120,6 +178,8 @@ class OnnxModel:
 
     def _config(self) -> dict[str, Any]:
         cfg = self.path.parent / "model_config.json"
+        if self.runtime:  # <model>/onnx/: the model's own config is in the folder above
+            cfg = self.path.parent.parent / "model_config.json"
         if cfg.is_file():
             try:
                 return json.loads(cfg.read_text())
@@ -156,7 +216,26 @@ class OnnxModel:
         return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1] < self.min_samples:  # as the PyTorch model: zero-padded to the shortest input it takes
+            x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
+        if self.max_samples and x.shape[1] > self.max_samples:
+            return self._run_windows(x, int(self.max_samples))
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0]
+
+    def _run_windows(self, x: np.ndarray, size: int) -> np.ndarray:
+        """A clip longer than the graph takes: consecutive windows of ``size`` samples (the last one ending at
+        the clip's end), logits averaged weighted by the new samples each window adds (runtime.json's
+        ``long_clips`` says how this relates to the PyTorch model)."""
+        starts = list(range(0, x.shape[1] - size + 1, size))
+        if starts[-1] + size < x.shape[1]:
+            starts.append(x.shape[1] - size)
+        total = np.zeros((x.shape[0], len(self.labels)), np.float64)
+        covered = 0
+        for s in starts:
+            new = s + size - covered  # samples not counted yet (the last window overlaps the one before)
+            total += new * self._run(x[:, s : s + size]).astype(np.float64)
+            covered = s + size
+        return (total / covered).astype(np.float32)
 
     def probabilities(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probabilities: ``softmax(logits / temperature)``."""
@@ -164,3 +243,60 @@ class OnnxModel:
         z -= z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
+
+
+def _read_runtime(graph: Path) -> dict[str, Any]:
+    """``runtime.json`` beside a model folder's runtime graph (empty for ``emovox export`` folders)."""
+    manifest = graph.parent / RUNTIME_FILE
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise OnnxModelError(f"{manifest}: unreadable runtime manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != "emovox-onnx-runtime":
+        raise OnnxModelError(f"{manifest}: not an emovox ONNX runtime manifest")
+    return data
+
+
+class OnnxFrameStepper:
+    """One streaming step on ONNX Runtime, equal to :class:`emovox.inference.TorchFrameStepper`: the frames'
+    raw features (``frontend.onnx``), all-zero frames skipped (as ``features.nonzero_frame_mask``), then the
+    recurrent step with its state carried over (``step.onnx``)."""
+
+    peak_normalize = False  # the runtime build refuses features that depend on the whole stream's peak
+
+    def __init__(self, folder: Path, info: dict[str, Any], n_labels: int):
+        self.frontend = session(folder / info["frontend"])
+        self.step_session = session(folder / info["step"])
+        self.info = info
+        self.n_labels = n_labels
+        self.hop_length, self.frame_span = int(info["hop_length"]), int(info["frame_span"])
+
+    def num_frames_for(self, num_samples: int) -> int:
+        return 0 if num_samples < self.frame_span else 1 + (num_samples - self.frame_span) // self.hop_length
+
+    def samples_for(self, num_frames: int) -> int:
+        return self.frame_span + (num_frames - 1) * self.hop_length if num_frames > 0 else 0
+
+    def _nonzero_frames(self, wave: np.ndarray, n: int) -> np.ndarray:
+        start, width = int(self.info["window_offset"]), int(self.info["window_length"])
+        windows = np.lib.stride_tricks.sliding_window_view(np.abs(wave[start:]), width)[:: self.hop_length][:n]
+        return windows.max(axis=1) > 0
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(s, np.float32) for s in self.info["state_shapes_at_batch_1"]]
+
+    def step(self, wave: np.ndarray, peak: float, state) -> tuple[np.ndarray, Any]:
+        """``wave``: whole frames of samples; ``state``: the previous step's (None to start) →
+        ``(logits (frames, n_labels), state)``; skipped frames give no row and leave the state as it was."""
+        x = np.ascontiguousarray(wave, dtype=np.float32)[None]
+        feats = self.frontend.run(None, {"waveform": x})[0][0]  # (n_features, frames)
+        if self.info.get("skip_zero_frames"):
+            feats = feats[:, self._nonzero_frames(x[0], feats.shape[1])]
+        if feats.shape[1] == 0:
+            return np.zeros((0, self.n_labels), np.float32), state
+        feed = {"features": np.ascontiguousarray(feats.T[None])}
+        feed.update(zip(self.info["state_inputs"], state if state is not None else self.initial_state()))
+        logits, *new_state = self.step_session.run(None, feed)
+        return logits[0], new_state

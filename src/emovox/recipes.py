@@ -34,6 +34,8 @@ class Recipe:
 #: whisper-base's 512-wide states: 49,983 trainable parameters with 8 labels (seed 002's "~50K").
 HYBRID_HEAD = {"channels": 18, "hidden": 64}
 
+# Seed recipes name their features by the seed's alias (seed000 = logmel64-hop512-100f, seed001 =
+# logmel64-hop512-32f: emovox.features.PRESET_ALIASES), the value a recipe settles --features to.
 RECIPES: dict[str, Recipe] = {
     "mobile": Recipe(
         "mobile", "seed 000, the Core ML mobile CNN",

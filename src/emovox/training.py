@@ -80,7 +80,7 @@ from .evaluation import (
     softmax,
     write_report,
 )
-from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset
+from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset, preset_choices
 from .labels import CANONICAL_ORDER, LabelMap, order_labels
 from .modelio import (
     FULL_MODEL_FILE,
@@ -96,7 +96,7 @@ from .modelio import (
     write_json,
 )
 from .models import build_model, count_parameters
-from .models.common import is_streaming
+from .models.common import is_streaming, stream_step
 from .splits import (
     Split,
     balanced_subset,
@@ -110,7 +110,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".emovox-train.lock"
 #: Feature preset used when none is given, per model family.
-DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "seed003", "ssl": "waveform"}
+DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "mfcc13-streaming", "ssl": "waveform"}
 #: The preset that reproduces seed 003's backend features (its per-frame librosa loop).
 SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
@@ -188,7 +188,7 @@ class TrainConfig:
         if isinstance(f, dict):
             return FeatureConfig.from_dict(f)
         if f not in PRESETS:
-            raise TrainingError(f"unknown feature preset {f!r}; available: {', '.join(PRESETS)}")
+            raise TrainingError(f"unknown feature preset {f!r}; available: {preset_choices()}")
         return preset(f)
 
     def augment_config(self) -> AugmentConfig | None:
@@ -413,7 +413,7 @@ def _epoch_order(n: int, y: np.ndarray, cfg: TrainConfig, epoch: int, n_classes:
 
 
 def _frame_forward(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    return model.frame_logits(feats.transpose(1, 2))
+    return stream_step(model, feats, None, every_frame=True)[0]  # logits after every frame, from no state
 
 
 def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor | None,

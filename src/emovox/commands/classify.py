@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio files, folders (searched recursively), globs, or manifests (.jsonl or .csv with a "
                         "'path' column, as `emovox manifest` writes)")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the shipped default)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="runtime: PyTorch, or onnxruntime on a folder written by `emovox export`")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="runtime: auto (ONNX Runtime where the model has its graphs, as the shipped models do; "
+                        "PyTorch otherwise), onnx (also a folder written by `emovox export`), or torch")
     p.add_argument("--labels", default=None, help="fold scores into another label set: basic5, app6, core4, ... "
                    "or a mapping like disgust=angry")
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
@@ -185,15 +186,17 @@ def _local_records(args, files: list[str], fields):
 
 def _ray_records(args, files: list[str], fields):
     """Records from an actor pool on Ray Data, streamed in input order."""
+    import math
+
     from ..scale.options import batch_options, ray_options
     from ..scale.ray_batch import ModelSpec, check_model, classify_with_ray
     from ..scale.ray_support import ray_session
 
+    ray_opts, batch_opts = ray_options(args), batch_options(args)
     spec = ModelSpec(model=args.model, backend=args.backend, threshold=args.threshold,
                      max_duration_s=args.max_duration_s, labels=args.labels, top_k=args.top_k,
                      fields=tuple(fields) if fields else None, batch_size=args.batch_size,
-                     decode_threads=args.workers)
-    ray_opts, batch_opts = ray_options(args), batch_options(args)
+                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)))
     if ray_opts.address is None:
         check_model(spec)  # same machine: a wrong model is one line before Ray starts
     with ray_session(ray_opts, part="data"):

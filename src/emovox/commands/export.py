@@ -27,7 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, help="model folder (best_model.pth, model_config.json, labels.json) "
                    "or a shipped model's name")
-    p.add_argument("--output-dir", required=True, help="folder to create with the exported files")
+    p.add_argument("--output-dir", default=None, help="folder to create with the exported files (required, except "
+                   "for --runtime alone)")
+    p.add_argument("--runtime", action="store_true",
+                   help="(also) write the model folder's ONNX Runtime graphs, MODEL/onnx/, so `emovox classify`, "
+                        "`stream`, `serve` and load_model() run this model without PyTorch, as they run the shipped "
+                        "models; alone, nothing else is exported")
     p.add_argument("--format", type=_formats, action="append", default=None, metavar="FORMAT",
                    help="onnx, coreml, torchscript or all; repeat or comma-separate for several (default: all)")
     p.add_argument("--input", choices=["waveform", "features", "both"], default="both",
@@ -60,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import resolve_model_path
 
     _, folder = resolve_model_path(args.model)
+    if args.runtime:
+        from ..export.runtime_build import build_runtime
+
+        print(f"wrote {build_runtime(folder)} (ONNX Runtime graphs: this model now runs without PyTorch)")
+        if args.format is None and args.output_dir is None:
+            return 0
+    if args.output_dir is None:
+        raise ValueError("--output-dir is required (only --runtime alone writes into the model folder)")
     formats = [f for group in (args.format or [["all"]]) for f in group]
     with quiet_converters(args.verbose):
         report = export_model(

@@ -145,7 +145,7 @@ def _data_arguments(opts, p) -> None:
 
 
 def _model_arguments(opts, p) -> None:
-    from ..features import PRESETS
+    from ..features import PRESET_ALIASES, PRESETS
     from ..training import DEFAULT_FEATURES
 
     g = p.add_argument_group("model and features")
@@ -154,10 +154,12 @@ def _model_arguments(opts, p) -> None:
     opts.add(g, "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
              help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
                   "else a string; added to a recipe's or config file's, KEY by KEY")
-    opts.add(g, "--features", choices=sorted(PRESETS),
+    opts.add(g, "--features", choices=[*PRESETS, *PRESET_ALIASES], metavar="PRESET",
              shown="per model: " + ", ".join(f"{m} {f}" for m, f in DEFAULT_FEATURES.items()),
-             help="feature preset; seed000/seed001 are those seeds' inputs, framewise-librosa-mfcc13 is seed "
-                  "003's backend pipeline exactly")
+             help=f"feature preset: {', '.join(PRESETS)}; logmel64-hop512-100f and -32f are seeds 000's and 001's "
+                  f"inputs, mfcc13-streaming the streaming LSTM's MFCC, framewise-librosa-mfcc13 seed 003's backend "
+                  f"pipeline exactly; older names, still accepted: "
+                  + ", ".join(f"{a} (= {n})" for a, n in PRESET_ALIASES.items()))
     opts.add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, shown="the preset's",
              help="mel bands (overrides the preset)")
     opts.add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, shown="the preset's (mostly: any length)",

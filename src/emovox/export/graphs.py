@@ -12,11 +12,12 @@ normaliser and the model), so nothing about the features is re-implemented:
   ``(1, 1, n_features)``) plus the recurrent state → logits and the new state, for streaming
   models; normalisation inside.
 
-:class:`EmotionPipeline` decides a few things with Python ``if``s on shapes and data (crop or
-pad, which frames are all-zero); a trace would freeze the branch taken by the example input.
-Here they are written as tensor arithmetic (gathers with computed indices, a stable sort by a
-computed key), so one traced graph serves every length and batch. ``tests/test_export.py``
-checks the graphs against the pipeline itself for several lengths and batch sizes.
+The crop/pad (:func:`emovox.features.fix_frames`), the zero-frame test
+(:func:`~emovox.features.nonzero_frame_mask`) and compaction (:func:`~emovox.features.compact_frames`)
+are the pipeline's own functions, written as tensor arithmetic (gathers with computed indices, a
+stable sort by a computed key) so one traced graph serves every length and batch; the streaming
+step is :func:`emovox.modelio.streaming_step`. ``tests/test_export.py`` checks the graphs against
+the pipeline itself for several lengths and batch sizes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..features import nonzero_frame_mask, prepare_input, silence_features
-from ..modelio import EmotionPipeline
+from ..features import compact_frames, fix_frames, nonzero_frame_mask, prepare_input
+from ..modelio import EmotionPipeline, streaming_step
 from ..models.common import head_logits, is_streaming
 
 
@@ -35,42 +36,6 @@ def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
     spec = getattr(getattr(pipeline.frontend, "logmel", pipeline.frontend), "spectrogram", None)
     if getattr(spec, "stft_mode", None) != "conv":
         raise ValueError("export needs the pipeline loaded with stft_mode='conv' (a Conv1d STFT)")
-
-
-def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each item's kept frames to the front, in order; return them and their count (≥ 1).
-
-    An item with no kept frame keeps its first frame (as :func:`emovox.features.featurize`).
-    """
-    t = feats.shape[-1]
-    pos = torch.arange(t, device=feats.device).unsqueeze(0)
-    key = torch.where(keep, pos, pos + t)  # unique keys: kept frames first, each group in order
-    order = torch.argsort(key, dim=-1)
-    idx = order.unsqueeze(1).expand_as(feats)
-    counts = keep.to(torch.int64).sum(dim=-1)
-    counts = torch.maximum(counts, torch.ones_like(counts))
-    return torch.gather(feats, 2, idx), counts
-
-
-def fix_frames(feats: torch.Tensor, lengths: torch.Tensor | None, num_frames: int,
-               silence: torch.Tensor, n_features: int) -> torch.Tensor:
-    """Centre-crop or centre-pad (with ``silence``) each item's first ``lengths`` frames to ``num_frames``.
-
-    Equal to :func:`emovox.features.fix_frames` per item: crop at ``(t - n) // 2``, pad
-    ``(n - t) // 2`` frames on the left and the rest on the right.
-    """
-    # Index arithmetic in float32 (exact below 2**24 frames), cast once for the gather: Core ML's
-    # converter turns integer division and clamping into float ops, which a gather index cannot be.
-    ones = torch.ones_like(feats[:, 0, 0])
-    n = ones * feats.shape[-1] if lengths is None else lengths.to(feats.dtype)
-    half = (n - num_frames) / 2.0
-    shift = torch.sign(half) * torch.floor(torch.abs(half))  # trunc: crop start, or minus the left pad
-    src = torch.arange(num_frames, device=feats.device).to(feats.dtype).unsqueeze(0) + shift.unsqueeze(1)
-    valid = torch.logical_and(src >= 0, src < n.unsqueeze(1))
-    src = torch.minimum(torch.maximum(src, torch.zeros_like(src)), (n - 1).unsqueeze(1)).to(torch.int64)
-    # n_features as a Python int: a traced shape here does not convert to Core ML
-    gathered = torch.gather(feats, 2, src.unsqueeze(1).expand(-1, n_features, -1))
-    return torch.where(valid.unsqueeze(1), gathered, silence.view(1, -1, 1))
 
 
 class WaveformGraph(nn.Module):
@@ -91,7 +56,6 @@ class WaveformGraph(nn.Module):
         self.streaming = pipeline.streaming
         self.batch_one = batch_one
         self.skip_zero = self.cfg.kind == "mfcc" and self.cfg.skip_zero_frames
-        self.register_buffer("silence", silence_features(self.cfg).clone().float(), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -107,7 +71,7 @@ class WaveformGraph(nn.Module):
             else:
                 feats, lengths = compact_frames(feats, keep)
         if cfg.num_frames is not None:
-            feats, lengths = fix_frames(feats, lengths, cfg.num_frames, self.silence, cfg.n_features), None
+            feats, lengths = fix_frames(feats, cfg.num_frames, cfg=cfg, lengths=lengths), None
         feats = prepare_input(feats, cfg, self.normalize, lengths)  # level: log-mel configs with level_db only
         return head_logits(self.model, feats, lengths)
 
@@ -141,6 +105,7 @@ class StreamingStepGraph(nn.Module):
         super().__init__()
         if not is_streaming(pipeline.model):
             raise ValueError("StreamingStepGraph is for streaming models")
+        self.feature_config = pipeline.feature_config
         self.normalize = pipeline.normalize
         self.model = pipeline.model
         self.state_is_tuple = state_is_tuple
@@ -148,9 +113,8 @@ class StreamingStepGraph(nn.Module):
                              persistent=False)
 
     def forward(self, features: torch.Tensor, *state: torch.Tensor):
-        x = self.normalize(features.transpose(1, 2)).transpose(1, 2)
         hidden = tuple(state) if self.state_is_tuple else state[0]
-        logits, new = self.model(x, hidden)
+        logits, new = streaming_step(self, features.transpose(1, 2), hidden)
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         return (logits * self.scale, *new)
 

@@ -26,7 +26,9 @@ from .spec import GraphSpec
 DEFAULT_OPSET = 17
 
 
-def write_onnx(spec: GraphSpec, path: Path, *, opset: int, metadata: dict[str, Any]) -> None:
+def write_onnx(spec: GraphSpec, path: Path, *, opset: int, metadata: dict[str, Any], constant_folding: bool = True
+               ) -> None:
+    """``constant_folding=False`` keeps parameters as named initializers (the runtime folds them when it loads)."""
     import onnx
 
     tmp = path.with_suffix(".raw.onnx")
@@ -36,7 +38,7 @@ def write_onnx(spec: GraphSpec, path: Path, *, opset: int, metadata: dict[str, A
             torch.onnx.export(
                 spec.module, spec.example, str(tmp), dynamo=False, opset_version=opset,
                 input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-                dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
+                dynamic_axes=spec.dynamic_axes(), do_constant_folding=constant_folding,
             )
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             raise RuntimeError(f"ONNX export of the {spec.kind}-input graph failed at opset {opset}: "

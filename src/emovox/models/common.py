@@ -45,6 +45,18 @@ def head_logits(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tens
     return model(feats, lengths)
 
 
+def stream_step(model: torch.nn.Module, feats: torch.Tensor, hidden: Any = None, *, every_frame: bool = False
+                ) -> tuple[torch.Tensor, Any]:
+    """The pipeline's streaming step on a :class:`StreamingModel`: normalised features ``(batch,
+    n_features, frames)`` continue the sequence from ``hidden`` (None: start) → logits after the
+    last frame ``(batch, n_classes)``, or after every frame ``(batch, frames, n_classes)`` with
+    ``every_frame``, and the state after the last frame. Trace-safe. Streaming sessions, the
+    exported step graphs (through :func:`emovox.modelio.streaming_step`) and the per-frame training
+    loss all step the model here."""
+    x = feats.transpose(1, 2)  # StreamingModel input: (batch, frames, n_features)
+    return model.steps(x, hidden) if every_frame else model(x, hidden)
+
+
 def length_mask(lengths: torch.Tensor | None, frames: int, *, device=None) -> torch.Tensor | None:
     """``(batch, frames)`` bool, True on real frames; None when ``lengths`` is None."""
     if lengths is None:

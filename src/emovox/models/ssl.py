@@ -200,16 +200,18 @@ class SSLHybrid(nn.Module):
     def pool_states(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, n_layers, hidden, frames)`` → each layer's mean over the real frames, ``(batch, n_layers *
         hidden)``; the ``stats`` head adds each layer's log standard deviation, ``log(std + 1e-3)``, after them."""
-        if lengths is None:
-            m, n = None, torch.tensor(float(states.shape[-1]))
+        if lengths is None:  # .mean, not a sum over a frame count: trace-safe with a dynamic time axis
+            mean = states.mean(dim=-1)
+            if self.head_kind != "stats":
+                return mean.flatten(1)
+            var = ((states - mean[..., None]) ** 2).mean(dim=-1)
         else:
             m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
             n = m.sum(dim=-1).clamp_min(1.0)
-        mean = (states if m is None else states * m).sum(dim=-1) / n
-        if self.head_kind != "stats":
-            return mean.flatten(1)
-        centred = states - mean[..., None]
-        var = ((centred if m is None else centred * m) ** 2).sum(dim=-1) / n
+            mean = (states * m).sum(dim=-1) / n
+            if self.head_kind != "stats":
+                return mean.flatten(1)
+            var = (((states - mean[..., None]) * m) ** 2).sum(dim=-1) / n
         return torch.cat([mean.flatten(1), torch.log(var.sqrt() + 1e-3).flatten(1)], dim=1)
 
     def pooled_rows(self, features) -> np.ndarray:

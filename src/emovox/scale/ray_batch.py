@@ -36,7 +36,7 @@ class ModelSpec:
     """What each actor loads and how it answers (``emovox classify``'s model flags)."""
 
     model: str | None = None
-    backend: str = "torch"
+    backend: str = "auto"
     threshold: float = CONFIDENCE_THRESHOLD
     max_duration_s: float = MAX_CLIP_S
     labels: str | None = None
@@ -45,6 +45,8 @@ class ModelSpec:
     batch_size: int = 16
     #: decoding threads in each actor (None: predict_batch's default)
     decode_threads: int | None = None
+    #: the model's threads in each actor (ONNX Runtime's; None: the loader's default, every core)
+    threads: int | None = None
 
 
 class ClipClassifier:
@@ -56,7 +58,7 @@ class ClipClassifier:
 
         self.spec = spec
         self.model = load_model(spec.model, backend=spec.backend, threshold=spec.threshold,
-                                max_duration_s=spec.max_duration_s)
+                                max_duration_s=spec.max_duration_s, threads=spec.threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.spec
@@ -69,16 +71,13 @@ class ClipClassifier:
 
 
 def check_model(spec: ModelSpec) -> None:
-    """Raise the loader's error here when the model cannot be found on this machine (a local Ray sees the
-    same files), rather than from every actor."""
+    """Raise the loader's error here when the model is neither a path on this machine nor a shipped name
+    (a local Ray sees the same files), rather than from every actor."""
     from pathlib import Path
 
     from ..inference import resolve_model_path
 
-    if spec.backend == "onnx":
-        if spec.model is None or not Path(spec.model).exists():
-            raise FileNotFoundError(f"--backend onnx needs an exported ONNX model folder or file, got {spec.model!r}")
-    else:
+    if spec.model is None or not Path(spec.model).exists():
         resolve_model_path(spec.model)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import secrets
@@ -225,8 +226,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.torch_threads is not None:
-            import torch
+        if settings.torch_threads is not None and importlib.util.find_spec("torch") is not None:
+            import torch  # the PyTorch backend's threads (ONNX Runtime's are set when the model loads)
 
             torch.set_num_threads(int(settings.torch_threads))
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import WEIGHTS_FILE
+from ..errors import ModelLoadError
 from ..inference import EmotionModel, load_model
 from ..labels import EKMAN7, GOEMOTIONS28
-from ..modelio import WEIGHTS_FILE, ModelLoadError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def _load_speech(settings: Settings) -> Services:
         audio = mock_audio_model(threshold=settings.threshold, max_duration_s=settings.max_duration_s)
         return Services(audio, _audio_info(audio, mock=True), mock=True)
     try:
-        audio = load_model(settings.model, threshold=settings.threshold, max_duration_s=settings.max_duration_s)
+        audio = load_model(settings.model, threshold=settings.threshold, max_duration_s=settings.max_duration_s,
+                           threads=settings.torch_threads)
         audio_info, audio_mock = _audio_info(audio), False
     except (ModelLoadError, FileNotFoundError) as e:
         if not settings.mock_auto:

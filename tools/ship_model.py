@@ -1,6 +1,13 @@
 """Copy a model folder written by `emovox train` into the package and write its model card.
 
-    python benchmarks/ship_model.py runs/default_cnn --name default --command "emovox train ..."
+    python -m tools.ship_model runs/default_cnn --name default --command "emovox train ..."
+    python -m tools.ship_model --runtime-only default crnn streaming     # rebuild the shipped models' onnx/
+
+It also writes the model's ONNX Runtime graphs (``onnx/``, :mod:`emovox.export.runtime_build`), which
+inference runs without PyTorch; ``--runtime-only`` rebuilds just those for models already shipped.
+
+A maintainer tool: it writes into ``src/emovox/assets/models/NAME`` (the models shipped with the
+package), so it lives outside ``benchmarks/``, whose scripts only read the package and write reports.
 
 Only the files needed to load and to audit the model are copied (weights, config, labels, metrics,
 report, history, confusion matrices). The card's figures are read from the run's own metrics files.
@@ -156,7 +163,7 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         "",
         "```bash",
         command,
-        f"python benchmarks/ship_model.py {run} --name {name}",
+        f"python -m tools.ship_model {run} --name {name}",
         "```",
         "",
         "## Known limits",
@@ -169,9 +176,9 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
         *([] if feats.get("level_db") is not None or cfg["model"]["name"] == "ssl" else [
             "- Recording level is a cue: the model learnt that angry speech is louder, so 10–20 dB below a "
             "normal recording level many answers change and accuracy drops sharply "
-            "(`python benchmarks/gain_robustness.py --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
+            "(`python -m benchmarks.gain_robustness --model NAME`; `BENCHMARKS.md`, \"Recording level\"). "
             "Record at a normal speaking level, not far from the microphone."]),
-        *(["- Recording level: not yet measured for this model (`python benchmarks/gain_robustness.py --model NAME` "
+        *(["- Recording level: not yet measured for this model (`python -m benchmarks.gain_robustness --model NAME` "
            "measured the CRNN, whose answers change 10–20 dB below a normal level). Whisper's log-mel is not "
            "normalised for level, so record at a normal speaking level."] if cfg["model"]["name"] == "ssl" else []),
         "- Silence and non-speech get a label too (flagged `silent` when the peak is below -60 dBFS): "
@@ -185,13 +192,23 @@ def card(run: Path, name: str, command: str, extra: str, notes: str = "") -> str
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("--runtime-only", nargs="+", metavar="NAME", default=None,
+                    help="rebuild the ONNX Runtime graphs (onnx/) of these shipped models, and nothing else")
     ap.add_argument("--name", default="default")
     ap.add_argument("--command", default="(see the model's model_meta.json: train_config)")
     ap.add_argument("--machine", default="")
     ap.add_argument("--notes", type=Path, default=None,
                     help="Markdown file of further measured figures (e.g. cross-corpus) for the card's Measured section")
     args = ap.parse_args(argv)
+    from emovox.export.runtime_build import build_runtime
+
+    if args.runtime_only:
+        for name in args.runtime_only:
+            print(f"wrote {build_runtime(ASSETS / name)}")
+        return 0
+    if args.run is None:
+        ap.error("give a run folder to ship, or --runtime-only NAME...")
     missing = [f for f in FILES if not (args.run / f).exists()]
     if missing:
         raise SystemExit(f"{args.run}: missing {', '.join(missing)}")
@@ -203,6 +220,7 @@ def main(argv=None) -> int:
         shutil.copy2(args.run / f, tmp / f)
     (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine,
                                                args.notes.read_text() if args.notes else ""))
+    build_runtime(tmp, tmp / "onnx")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {args.run} as {dest}")

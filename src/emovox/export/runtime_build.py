@@ -1,0 +1,214 @@
+"""The ONNX Runtime graphs a model folder carries (``<model>/onnx/``), so inference runs without PyTorch.
+
+``python -m tools.ship_model`` (or :func:`build_runtime`) writes them next to a model's PyTorch weights;
+:mod:`emovox.onnx_backend` runs them (``emovox classify``, ``stream``, ``serve`` and ``load_model()``
+pick them when present). What a folder gets depends on the model:
+
+``model.onnx``  (every model) waveforms ``(batch, samples)`` → logits, front-end inside: the
+    ``emovox export`` waveform graph for log-mel/MFCC models; for a Whisper model with a linear-probe
+    head (the shipped default) Whisper's log-mel, the encoder at the clip's own length (dynamic time
+    axis, at most 30 s) and the probe. Its encoder weights are not copied into the file: they are
+    references (ONNX external data named ``<backbone>:<parameter>``) that
+    :mod:`emovox.onnx_materialise` fills from the pinned Whisper packages the model already needs.
+``frontend.onnx`` + ``step.onnx``  (streaming models) the frames' raw features, and one streaming
+    step (raw features + state → logits after every frame + state), so ``emovox stream`` steps the
+    recurrent model frame by frame exactly as the PyTorch session does.
+``runtime.json``  labels, temperature, sample rate, graph files, clip-length limits, state layout,
+    and the quantisation the runtime applies when it builds its cached copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..modelio import EmotionPipeline, LoadedModel, load_model_dir, streaming_step
+from .graphs import state_names, streaming_state_layout
+from .onnx_export import DEFAULT_OPSET, write_onnx
+from .spec import GraphSpec, TensorSpec, build_graph_spec
+
+RUNTIME_DIR = "onnx"
+RUNTIME_FILE = "runtime.json"
+RUNTIME_FORMAT = "emovox-onnx-runtime"
+RUNTIME_FORMAT_VERSION = 1
+#: Prefix of the encoder's parameters in the Whisper probe graph (their ONNX initializer names).
+ENCODER_PREFIX = "whisper_encoder."
+QUANTIZATIONS = ("none", "int8")
+
+
+class WhisperProbeGraph(nn.Module):
+    """Waveforms ``(batch, samples)`` (at least ``min_samples``, at most 30 s) → logits of a Whisper model with a
+    linear-probe head (``mean``/``stats``): equal to the PyTorch pipeline on clips of one length."""
+
+    def __init__(self, pipeline: EmotionPipeline):
+        super().__init__()
+        ssl = pipeline.model
+        backbone = getattr(ssl, "backbone", None)
+        if getattr(ssl, "head_kind", None) not in ("mean", "stats") or getattr(backbone, "ref", None) is None \
+                or backbone.ref.model_type != "whisper":
+            raise ValueError("the ONNX runtime graph of a pretrained-encoder model needs a Whisper encoder with a "
+                             "linear-probe head (--ssl-head mean or stats); run this model with backend='torch'")
+        self.frontend = backbone.frontend
+        self.whisper_encoder = backbone.model.encoder
+        self.layers = list(ssl.layers)
+        self.probe = ssl
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        states = self.whisper_encoder(self.frontend(waveform))
+        stacked = torch.stack([states[i] for i in self.layers], dim=1).transpose(2, 3)
+        return self.probe.head(stacked)
+
+
+class FrameFeaturesGraph(nn.Module):
+    """Waveforms ``(batch, samples)`` → raw features ``(batch, n_features, frames)`` of every complete frame
+    (``center=False`` framing): a streaming model's front-end, before zero-frame skipping and normalisation."""
+
+    def __init__(self, pipeline: EmotionPipeline):
+        super().__init__()
+        if pipeline.feature_config.center or pipeline.feature_config.peak_normalize:
+            raise ValueError("a streaming front-end graph needs frame-local features (center=False, no "
+                             "peak_normalize)")
+        self.frontend = pipeline.frontend
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.frontend(waveform)
+
+
+class FrameStepGraph(nn.Module):
+    """Raw features ``(batch, frames, n_features)`` + state → ``(logits after every frame, *new state)``: the
+    pipeline's streaming step (:func:`emovox.modelio.streaming_step`)."""
+
+    def __init__(self, pipeline: EmotionPipeline, state_is_tuple: bool):
+        super().__init__()
+        self.pipeline = pipeline
+        self.state_is_tuple = state_is_tuple
+
+    def forward(self, features: torch.Tensor, *state: torch.Tensor):
+        hidden = tuple(state) if self.state_is_tuple else state[0]
+        logits, new = streaming_step(self.pipeline, features.transpose(1, 2), hidden, every_frame=True)
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
+        return (logits, *new)
+
+
+def _example(samples: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(1, samples, generator=g) * 2 - 1) * 0.3
+
+
+def _probe_spec(pipe: EmotionPipeline) -> tuple[GraphSpec, dict[str, Any]]:
+    backbone = pipe.model.backbone
+    graph = WhisperProbeGraph(pipe).eval()
+    wave = TensorSpec("waveform", ["batch", "samples"], "16 kHz mono float32 samples, at least min_samples and at "
+                      "most max_samples (30 s); clips of one length per batch")
+    logits = TensorSpec("emotion_logits", ["batch", len(pipe.labels)], "emotion logits")
+    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits], (_example(3 * 16000),), ())
+    limits = {"min_samples": int(backbone.min_samples), "max_samples": int(backbone.chunk_samples),
+              "long_clips": "windows of max_samples, logits averaged weighted by frames (exact for the linear "
+                            "probe's pooling; each window has its own log-mel range and no context across windows)",
+              "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX}}
+    return spec, limits
+
+
+def _streaming_specs(pipe: EmotionPipeline) -> tuple[list[tuple[str, GraphSpec]], dict[str, Any]]:
+    cfg = pipe.feature_config
+    is_tuple, shapes, axes = streaming_state_layout(pipe)
+    in_names, out_names = state_names(len(shapes))
+    wave = TensorSpec("waveform", ["batch", "samples"], "whole frames of 16 kHz samples")
+    raw = TensorSpec("features", ["batch", cfg.n_features, "frames"], "raw features of every frame")
+    front = GraphSpec("waveform", True, FrameFeaturesGraph(pipe).eval(), None, [wave], [raw],
+                      (_example(cfg.samples_for(20)),), ())
+    feats = TensorSpec("features", ["batch", "frames", cfg.n_features], "raw features, time first")
+    states_in = [TensorSpec(n, [("batch" if i == ax else d) for i, d in enumerate(s)], "state")
+                 for n, s, ax in zip(in_names, shapes, axes)]
+    states_out = [TensorSpec(n, [("batch" if i == ax else d) for i, d in enumerate(s)], "new state")
+                  for n, s, ax in zip(out_names, shapes, axes)]
+    logits = TensorSpec("frame_logits", ["batch", "frames", len(pipe.labels)], "logits after every frame")
+    zeros = tuple(torch.zeros(*s) for s in shapes)
+    g = torch.Generator().manual_seed(0)
+    step = GraphSpec("features", True, FrameStepGraph(pipe, is_tuple).eval(), None, [feats, *states_in],
+                     [logits, *states_out], (torch.randn(1, 5, cfg.n_features, generator=g) * 10, *zeros), ())
+    info = {"frontend": "frontend.onnx", "step": "step.onnx", "state_inputs": in_names, "state_outputs": out_names,
+            "state_shapes_at_batch_1": [list(s) for s in shapes], "state_batch_axes": list(axes),
+            "hop_length": cfg.hop_length, "frame_span": cfg.frame_span, "window_length": cfg.window_length,
+            "window_offset": cfg.window_offset, "skip_zero_frames": bool(cfg.kind == "mfcc" and cfg.skip_zero_frames)}
+    return [("frontend.onnx", front), ("step.onnx", step)], info
+
+
+def runtime_manifest(loaded: LoadedModel, files: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
+    pipe = loaded.pipeline
+    return {"format": RUNTIME_FORMAT, "format_version": RUNTIME_FORMAT_VERSION, "emovox_version": __version__,
+            "model": loaded.config["model"]["name"], "labels": list(pipe.labels),
+            "temperature": float(pipe.temperature), "sample_rate_hz": pipe.sample_rate_hz,
+            "streaming": bool(pipe.streaming), "files": files, "min_samples": 1, "max_samples": None, **extra}
+
+
+def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                  quantization: str = "none", opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``<model_dir>/onnx`` (or ``out_dir``): the graphs and ``runtime.json`` (see the module docstring).
+
+    ``quantization="int8"`` asks the runtime to quantise the encoder's matrix products (dynamic int8) when it
+    builds its cached copy; choose it only where the benchmark shows it keeps the answers.
+    """
+    from .exporter import _move_into_place  # atomic folder replace, shared with `emovox export`
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    model_dir = Path(model_dir)
+    out = Path(out_dir) if out_dir is not None else model_dir / RUNTIME_DIR
+    loaded = load_model_dir(model_dir, stft_mode="conv")
+    pipe = loaded.pipeline.eval()
+    meta = {"labels": list(pipe.labels), "temperature": float(pipe.temperature),
+            "sample_rate_hz": pipe.sample_rate_hz, "emovox_version": __version__}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {"quantization": quantization}
+    if pipe.feature_config.kind == "waveform":
+        spec, limits = _probe_spec(pipe)
+        _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"}, fold=False)
+        _externalise(tmp / "model.onnx", limits["external_weights"])
+        extra.update(limits)
+    else:
+        spec = build_graph_spec(pipe, "waveform")
+        extra["min_samples"] = int(pipe.feature_config.samples_for(1))  # PyTorch zero-pads a shorter clip to one frame
+        _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"})
+    if pipe.streaming and pipe.feature_config.kind != "waveform":
+        specs, info = _streaming_specs(pipe)
+        for name, s in specs:
+            _write(s, tmp / name, opset, {**meta, "input_kind": s.kind})
+        extra["stream"] = info
+    (tmp / RUNTIME_FILE).write_text(json.dumps(runtime_manifest(loaded, {"model": "model.onnx"}, extra), indent=1) + "\n")
+    _move_into_place(tmp, out, overwrite=True)
+    return out
+
+
+def _write(spec: GraphSpec, path: Path, opset: int, meta: dict[str, Any], *, fold: bool = True) -> None:
+    with torch.inference_mode(False), torch.no_grad():
+        write_onnx(spec, path, opset=opset, metadata={**meta, "inputs": [t.name for t in spec.inputs],
+                                                       "outputs": [t.name for t in spec.outputs]},
+                   constant_folding=fold)
+
+
+def _externalise(path: Path, info: dict[str, Any]) -> None:
+    """Turn the encoder's initializers into references (external data ``<backbone>:<name>``), leaving the rest."""
+    import onnx
+
+    model = onnx.load(str(path))
+    moved = 0
+    for t in model.graph.initializer:
+        if t.name.startswith(info["prefix"]):
+            t.ClearField("raw_data")
+            del t.float_data[:]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.add(key="location", value=f"{info['backbone']}:{t.name[len(info['prefix']):]}")
+            moved += 1
+    if not moved:
+        raise RuntimeError(f"{path}: no initializer named {info['prefix']}*: the encoder's weights were renamed "
+                           "by the exporter")
+    onnx.save_model(model, str(path), save_as_external_data=False)
