@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import json
 import sys
 from pathlib import Path
 
 from ..defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
+from ..records import FIELDS, build_record, expand_inputs, keep_fields
+from ..scale.options import add_batch_arguments
+
+#: Files, folders, globs and manifests → paths (the name this module has always had).
+expand_paths = expand_inputs
 
 HELP = "classify the emotion of audio files with the shipped default model (or --model)"
-
-
-#: What a record can hold (``Prediction.to_dict`` plus the path), for ``--fields``.
-FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "warning", "silent",
-          "unsupported_labels")
 
 
 def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
@@ -35,7 +34,9 @@ def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="audio files, folders (searched recursively), globs, or manifests (.jsonl or .csv with a "
+                        "'path' column, as `emovox manifest` writes)")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the shipped default)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
                    help="runtime: auto (ONNX Runtime where the model has its graphs, as the shipped models do; "
@@ -57,27 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="with --timeline: draw emotion over time")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, folders recursively, globs expanded; order kept, duplicates dropped.
-
-    A path that matches nothing is kept so that its record reports the error.
-    """
-    from ..audio import find_audio_files
-
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            out += [str(f) for f in find_audio_files(path)]
-        elif not path.exists() and any(c in p for c in "*?["):
-            matches = sorted(glob.glob(p, recursive=True))
-            out += [m for m in matches if Path(m).is_file()] or [p]
-        else:
-            out.append(p)
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the records to FILE (.jsonl or .parquet) instead of printing them")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: an actor pool on Ray Data (a local Ray, or --ray-address)")
+    add_batch_arguments(p)
 
 
 def _write(records: list[dict], fmt: str, labels: list[str], out=None) -> None:
@@ -109,20 +94,72 @@ def _write(records: list[dict], fmt: str, labels: list[str], out=None) -> None:
 
 
 def run(args) -> int:
-    from ..audio import AudioError
-    from ..inference import load_model
-
     try:
-        fields = parse_fields(args.fields, args.format)
+        fields = parse_fields(args.fields, "jsonl" if args.output else args.format)
+        _check_engine(args)
     except ValueError as e:
         print(f"emovox classify: error: {e}", file=sys.stderr)
         return 2
-    model = load_model(args.model, backend=args.backend, threshold=args.threshold,
-                       max_duration_s=args.max_duration_s)
     files = expand_paths(args.paths)
     if not files:
         print("emovox classify: error: no audio files found", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        records, labels = _ray_records(args, files, fields), None
+    else:
+        records, labels = _local_records(args, files, fields)
+    if args.output:
+        from ..records import RecordWriter
+
+        with RecordWriter(args.output, fields=fields) as out:
+            failed = _count_failed(out, records)
+        print(f"emovox classify: wrote {out.count} record(s) to {args.output}", file=sys.stderr)
+    else:
+        records = list(records)
+        if args.timeline and args.format in ("csv", "table"):
+            args.format = "json"  # segments don't fit one row per file
+        _write(records, args.format, labels if labels is not None else _labels_of(records))
+        failed = sum("error" in r for r in records)
+    if failed:
+        print(f"emovox classify: {failed} of {len(files)} file(s) could not be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_engine(args) -> None:
+    """What --output and --engine ray cannot do, said before any work."""
+    if args.output:
+        from ..records import output_format
+
+        output_format(args.output)
+        if not Path(args.output).absolute().parent.is_dir():
+            raise ValueError(f"--output {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+        if args.timeline:
+            raise ValueError("--output writes one record per clip; write timelines with --format json")
+    if args.engine == "ray" and (args.timeline or args.plot):
+        raise ValueError("--engine ray classifies whole clips; --timeline and --plot run locally only")
+
+
+def _count_failed(out, records) -> int:
+    failed = 0
+    for r in records:
+        failed += "error" in r
+        out.write([r])
+    return failed
+
+
+def _labels_of(records: list[dict]) -> list[str]:
+    """The score columns of --format csv when no model was loaded here (--engine ray)."""
+    return next((list(r["scores"]) for r in records if "scores" in r), [])
+
+
+def _local_records(args, files: list[str], fields):
+    """(records, output labels) from the model in this process."""
+    from ..audio import AudioError
+    from ..inference import load_model
+
+    model = load_model(args.model, backend=args.backend, threshold=args.threshold,
+                       max_duration_s=args.max_duration_s)
     labels = model.output_labels(args.labels)
     records: list[dict] = []
     if args.timeline:
@@ -140,23 +177,27 @@ def run(args) -> int:
                     out = out.with_name(f"{out.stem}_{Path(f).stem}{out.suffix}")
                 rec["plot"] = str(tl.plot(out))
             records.append(rec)
-        if args.format in ("csv", "table"):
-            args.format = "json"  # segments don't fit one row per file
-    else:
-        progress = not args.no_progress and sys.stderr.isatty()
-        results = model.predict_batch(files, labels=args.labels, batch_size=args.batch_size,
-                                      num_workers=args.workers, errors="return", progress=progress)
-        for f, r in zip(files, results):
-            if isinstance(r, Exception):
-                records.append({"path": f, "error": str(r)})
-            else:
-                records.append({"path": f, **r.to_dict(top_k=args.top_k)})
-    if fields is not None and not args.timeline:
-        records = [{k: r[k] for k in fields if k in r} | ({"error": r["error"]} if "error" in r else {})
-                   for r in records]
-    _write(records, args.format, labels)
-    failed = sum("error" in r for r in records)
-    if failed:
-        print(f"emovox classify: {failed} of {len(records)} file(s) could not be classified", file=sys.stderr)
-        return 1
-    return 0
+        return records, labels
+    progress = not args.no_progress and sys.stderr.isatty()
+    results = model.predict_batch(files, labels=args.labels, batch_size=args.batch_size,
+                                  num_workers=args.workers, errors="return", progress=progress)
+    return [keep_fields(build_record(f, r, top_k=args.top_k), fields) for f, r in zip(files, results)], labels
+
+
+def _ray_records(args, files: list[str], fields):
+    """Records from an actor pool on Ray Data, streamed in input order."""
+    import math
+
+    from ..scale.options import batch_options, ray_options
+    from ..scale.ray_batch import ModelSpec, check_model, classify_with_ray
+    from ..scale.ray_support import ray_session
+
+    ray_opts, batch_opts = ray_options(args), batch_options(args)
+    spec = ModelSpec(model=args.model, backend=args.backend, threshold=args.threshold,
+                     max_duration_s=args.max_duration_s, labels=args.labels, top_k=args.top_k,
+                     fields=tuple(fields) if fields else None, batch_size=args.batch_size,
+                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)))
+    if ray_opts.address is None:
+        check_model(spec)  # same machine: a wrong model is one line before Ray starts
+    with ray_session(ray_opts, part="data"):
+        yield from classify_with_ray(files, spec, batch_opts)

@@ -11,6 +11,7 @@ import tempfile
 import threading
 
 from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from ..scale.options import add_serve_arguments
 
 HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
@@ -81,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", default="json", choices=["json", "off"],
                    help="one JSON line per request on stdout (method, path, route, status, duration_ms, bytes, "
                         "client, request_id), or none")
+    p.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
+                   help="uvicorn: this machine (--workers processes); ray: Ray Serve replicas, on a local Ray or "
+                        "--ray-address (docs/scale.md)")
+    add_serve_arguments(p)
 
 
 def run(args) -> int:
@@ -109,6 +114,8 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the service "
                     "(set EMOVOX_API_KEY)", args.host)
+    if args.engine == "ray":
+        return _run_ray(args, settings)
     # Load the speech model before binding the port: a missing or broken model is one clear line, exit 2.
     # The shipped text model (not needed for the first speech request) loads beside the running service.
     services = None if settings.load_in_background else load_services(settings, text_in_background=True)
@@ -148,3 +155,14 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
     finally:
         if own_metrics_dir:
             shutil.rmtree(os.environ.pop(MULTIPROC_VARIABLE), ignore_errors=True)
+
+
+def _run_ray(args, settings) -> int:
+    """``--engine ray``: the same app on Ray Serve replicas (each loads its own models)."""
+    from ..scale.options import ray_options, serve_options
+    from ..scale.ray_serve import serve_forever
+
+    if args.workers != 1:
+        raise ValueError("--workers runs uvicorn processes on this machine; with --engine ray use --replicas")
+    serve_forever(settings, serve_options(args), ray_options(args))
+    return 0

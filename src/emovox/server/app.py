@@ -225,9 +225,12 @@ def _static(name: str) -> bytes:
     return (resources.files("emovox.server") / "static" / name).read_bytes()
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               batcher: Callable[..., DynamicBatcher] = DynamicBatcher) -> FastAPI:
     """The FastAPI app. ``settings`` default to the environment; ``services`` (already loaded models)
-    skip loading at start-up (``emovox serve`` loads them first, to fail before binding a port)."""
+    skip loading at start-up (``emovox serve`` loads them first, to fail before binding a port);
+    ``batcher``: the class that batches clips across requests (a Ray Serve replica passes one that
+    batches with ``@serve.batch``: :mod:`emovox.scale.ray_serve`)."""
     settings = Settings.from_env() if settings is None else settings
 
     @asynccontextmanager
@@ -237,7 +240,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
             torch.set_num_threads(int(settings.torch_threads))
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
-        app.state.batcher = _batcher(app, settings)
+        app.state.batcher = _batcher(app, settings, batcher)
         await app.state.batcher.start()
         loading = None
         try:
@@ -286,10 +289,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     return app
 
 
-def _batcher(app: FastAPI, settings: Settings) -> DynamicBatcher:
+def _batcher(app: FastAPI, settings: Settings, cls: Callable[..., DynamicBatcher]) -> DynamicBatcher:
     """Clips from concurrent requests, classified together on ``max_concurrency`` inference threads."""
     metrics: Metrics = app.state.metrics
-    return DynamicBatcher(lambda jobs: classify_clips(app.state.services.audio, jobs),
+    return cls(lambda jobs: classify_clips(app.state.services.audio, jobs),
                           max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000,
                           max_queue=settings.max_queue, workers=settings.max_concurrency,
                           timeout_s=settings.request_timeout_s, on_batch=metrics.observe_batch,

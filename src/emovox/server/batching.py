@@ -17,8 +17,9 @@ its upload until its answer is back, so at most ``max_queue`` requests are in th
 (decoding, waiting or running) and the memory they hold is bounded. Past that, :class:`Overloaded`
 carries a ``Retry-After`` estimate (the places ahead divided by the measured clips per second).
 
-This is the part Ray Serve's ``@serve.batch`` would replace; the function it batches
-(:func:`emovox.server.clips.classify_clips`) is shared.
+On Ray Serve (:mod:`emovox.scale.ray_serve`) ``@serve.batch`` forms the batches instead of the
+dispatcher; admission, timeouts and the function a batch runs
+(:func:`emovox.server.clips.classify_clips`) are shared.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both halves are plain blocking functions (no web framework): the HTTP service runs
 :func:`decode_clip` in a worker thread and :func:`classify_clips` on its batcher's inference
-threads; a Ray Serve deployment would call the same two from its replica (``@serve.batch``
-around :func:`classify_clips`).
+threads; a Ray Serve replica (:mod:`emovox.scale.ray_serve`) calls the same two, with
+``@serve.batch`` around :func:`classify_clips`.
 
 A clip classified in a batch gets the answer it gets alone (:meth:`EmotionModel.predict`): the
 batch is zero-padded with each clip's length passed on, and the models mask what the padding touches.
