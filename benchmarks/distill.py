@@ -66,12 +66,12 @@ def cmd_train(args, argv) -> int:
 
 
 def _val_logits(model_dir: str, rows) -> np.ndarray:
+    """Calibrated log-probabilities of a model on the rows (its argmax is the model's answer)."""
     import emovox
-    from emovox.inference import softmax
 
     model = emovox.load_model(model_dir)
     waves = [model.load(r.path) for r in rows]
-    return np.log(np.clip(model.probabilities(waves), 1e-12, 1.0)), softmax  # calibrated log-probabilities
+    return np.log(np.clip(model.probabilities(waves), 1e-12, 1.0))
 
 
 def _teacher_val_logits(teacher: str, rows) -> np.ndarray:
@@ -105,17 +105,22 @@ def cmd_report(args) -> int:
     teacher = _teacher_val_logits(args.teacher, rows)
     results[f"teacher ({args.teacher})"] = uar_table(teacher, rows, labels)
     for m in args.models:
-        logits, _ = _val_logits(m, rows)
+        logits = _val_logits(m, rows)
         r = uar_table(logits, rows, labels)
         r["agreement_with_teacher"] = float(np.mean(logits.argmax(1) == teacher.argmax(1)))
         results[m] = r
-    print("| model | overall UAR | " + " | ".join(f"{c} UAR" for c in CORPORA) + " | agrees with teacher |")
-    print("|---|---|" + "---|" * len(CORPORA) + "---|")
+    table = ["| model | overall UAR | accuracy | " + " | ".join(f"{c} UAR" for c in CORPORA)
+             + " | same answer as the teacher |", "|---|---|---|" + "---|" * len(CORPORA) + "---|"]
     for name, r in results.items():
         agree = r.get("agreement_with_teacher")
-        print(f"| {name} | {100 * r['overall']['uar']:.1f} | "
-              + " | ".join(f"{100 * r[c]['uar']:.1f}" for c in CORPORA if c in r)
-              + f" | {'' if agree is None else f'{100 * agree:.1f} %'} |")
+        table.append(f"| {name} | {100 * r['overall']['uar']:.1f} | {100 * r['overall']['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * r[c]['uar']:.1f}" for c in CORPORA if c in r)
+                     + f" | {'–' if agree is None else f'{100 * agree:.1f} %'} |")
+    print("\n".join(table))
+    if args.notes:
+        args.notes.parent.mkdir(parents=True, exist_ok=True)
+        args.notes.write_text(f"On the {len(rows)} validation clips ({plan.val_message}; argmax over all seven labels, "
+                              "UAR over the classes each corpus has):\n\n" + "\n".join(table) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": "python -m benchmarks.distill " + " ".join(sys.argv[1:]),
@@ -154,6 +159,7 @@ def main(argv=None) -> int:
     rep.add_argument("models", nargs="+")
     rep.add_argument("--teacher", default="default")
     rep.add_argument("--json", type=Path, default=None)
+    rep.add_argument("--notes", type=Path, default=None, help="write the table as Markdown here (for a model card)")
     args = p.parse_args(argv)
     if args.cmd == "labels":
         return cmd_labels(args)

@@ -167,3 +167,23 @@ def test_shipped_fast_model_classifies_a_real_clip_and_exports_to_onnx(shared_da
     onnx = OnnxModel(tmp_path / "onnx", threads=1)
     ref = model.backend.predict_logits(wave[None])
     assert np.abs(onnx.predict_logits(wave[None]) - ref).max() < 1e-4
+
+
+def test_cli_train_with_a_teacher_writes_its_labels_and_records_the_settings(shared_data, tmp_path, capsys):
+    from emovox.cli import main
+    from emovox.data import content_key
+
+    labels_file = tmp_path / "teacher.jsonl"
+    out = tmp_path / "student"
+    rc = main(["train", "--data_dir", str(shared_data / "ravdess"), "--labels", "ekman7", "--max-samples", "24",
+               "--model", "fast", "--model-option", "channels=[16,16,16]", "--model-option", "strides=[2,1]",
+               "--epochs", "1", "--batch_size", "8", "--val_split", "0.25", "--teacher", "default",
+               "--teacher-labels", str(labels_file), "--cache-dir", str(tmp_path / "cache"), "--output_dir", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "distillation: weight 0.7 on the teacher's soft labels at temperature 2" in printed
+    cfg = json.loads((out / "model_meta.json").read_text())["train_config"]
+    assert (cfg["teacher"], cfg["teacher_labels"], cfg["distill_weight"]) == ("default", str(labels_file), 0.7)
+    tl = TeacherLabels.read(labels_file)
+    assert tl.labels == EKMAN7 and 12 <= len(tl.logits) <= 24  # the training clips (validation ones are not needed)
+    assert all(content_key(p) == k for k, p in tl.paths.items())
