@@ -97,6 +97,24 @@ def uar_table(logits: np.ndarray, rows, labels: list[str]) -> dict:
     return out
 
 
+def speed_lines(res: dict) -> str:
+    """Markdown lines of ``speed_benchmark.py --fast M --json F``'s results."""
+    f = res["fast"]
+    ip, wp = f["in_process"], f["whole_process"]
+    return (f"Throughput (`{res['command'].split('/')[-1]}`; {f['clips']} RAVDESS clips written as 48 kHz 16-bit WAV, "
+            f"{f['clip_seconds_mean']:.1f} s mean, {ip['threads']} threads, batches of {ip['batch_size']}, on a shared "
+            f"2-core VM whose other tenants kept it busy):\n\n"
+            "| pipeline | clips/s |\n|---|---|\n"
+            f"| decode + resample to 16 kHz only (`load_audio`) | {ip['decode_resample_only']['clips_per_s']:.0f} |\n"
+            f"| in process, ONNX Runtime, decode + resample + features + model | {ip['onnxruntime']['clips_per_s']:.0f} |\n"
+            f"| in process, PyTorch, decode + resample + features + model | {ip['torch']['clips_per_s']:.0f} |\n"
+            f"| `emovox classify --model fast FOLDER`, whole process | {wp['emovox_classify_clips_per_s']:.1f} |\n"
+            f"| openSMILE eGeMAPSv02 functionals, 2 processes, whole process | {wp['egemaps_2proc_clips_per_s']:.1f} |\n"
+            f"\n`emovox classify --model fast FOLDER` took {min(wp['emovox_classify_seconds']):.1f}–"
+            f"{max(wp['emovox_classify_seconds']):.1f} s against {wp['egemaps_2proc_seconds']:.1f} s for eGeMAPS: "
+            f"{wp['ratio']:.1f}× faster.\n")
+
+
 def cmd_report(args) -> int:
     plan, labels = per_corpus_plan(args.data, args.labels, 0.1, args.seed)
     rows = plan.val
@@ -119,8 +137,11 @@ def cmd_report(args) -> int:
     print("\n".join(table))
     if args.notes:
         args.notes.parent.mkdir(parents=True, exist_ok=True)
-        args.notes.write_text(f"On the {len(rows)} validation clips ({plan.val_message}; argmax over all seven labels, "
-                              "UAR over the classes each corpus has):\n\n" + "\n".join(table) + "\n")
+        text = (f"On the {len(rows)} validation clips ({plan.val_message}; argmax over all seven labels, UAR over the "
+                "classes each corpus has):\n\n" + "\n".join(table) + "\n")
+        if args.speed:
+            text += "\n" + speed_lines(json.loads(args.speed.read_text()))
+        args.notes.write_text(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": "python -m benchmarks.distill " + " ".join(sys.argv[1:]),
@@ -160,6 +181,7 @@ def main(argv=None) -> int:
     rep.add_argument("--teacher", default="default")
     rep.add_argument("--json", type=Path, default=None)
     rep.add_argument("--notes", type=Path, default=None, help="write the table as Markdown here (for a model card)")
+    rep.add_argument("--speed", type=Path, default=None, help="speed_benchmark.py --fast --json output, added to --notes")
     args = p.parse_args(argv)
     if args.cmd == "labels":
         return cmd_labels(args)
