@@ -101,9 +101,10 @@ def speed_lines(res: dict) -> str:
     """Markdown lines of ``speed_benchmark.py --fast M --json F``'s results."""
     f = res["fast"]
     ip, wp = f["in_process"], f["whole_process"]
-    return (f"Throughput (`{res['command'].split('/')[-1]}`; {f['clips']} RAVDESS clips written as 48 kHz 16-bit WAV, "
+    command = "python " + " ".join(res["command"].split()[1:])
+    return (f"Throughput (`{command}`; {f['clips']} RAVDESS clips written as 48 kHz 16-bit WAV, "
             f"{f['clip_seconds_mean']:.1f} s mean, {ip['threads']} threads, batches of {ip['batch_size']}, on a shared "
-            f"2-core VM whose other tenants kept it busy):\n\n"
+            f"2-core VM, other tenants' jobs running):\n\n"
             "| pipeline | clips/s |\n|---|---|\n"
             f"| decode + resample to 16 kHz only (`load_audio`) | {ip['decode_resample_only']['clips_per_s']:.0f} |\n"
             f"| in process, ONNX Runtime, decode + resample + features + model | {ip['onnxruntime']['clips_per_s']:.0f} |\n"

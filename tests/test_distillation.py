@@ -161,7 +161,7 @@ def test_shipped_fast_model_classifies_a_real_clip_and_exports_to_onnx(shared_da
     assert model.labels == EKMAN7
     pred = model.predict(clip)
     assert pred.label in EKMAN7 and abs(sum(pred.scores.values()) - 1) < 1e-5
-    report = export_model(model.path, tmp_path / "onnx", formats=["onnx"], input_kinds=["waveform"])
+    report = export_model(model.path, tmp_path / "onnx", formats=["onnx"], inputs=["waveform"])
     assert report.checks["waveform"]["onnx"]["ok"]
     wave = load_audio(clip)
     onnx = OnnxModel(tmp_path / "onnx", threads=1)
