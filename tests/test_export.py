@@ -39,6 +39,7 @@ TINY = {
     "cnn2d": {"channels": (4, 4, 4), "hidden": (8,)},
     "crnn": {"channels": (4, 4, 4), "proj_dim": 8, "rnn_hidden": 8, "attention_dim": 8, "hidden": 8},
     "lstm": {"hidden_size": 16, "num_layers": 2},
+    "fast": {"channels": (8, 8, 8), "strides": (2, 1), "attention_dim": 8},
 }
 
 

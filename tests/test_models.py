@@ -12,13 +12,14 @@ from emovox.modelio import EmotionPipeline, load_model_dir, make_config, save_mo
 from emovox.models import build_model, count_parameters, model_names
 from emovox.models.blocks import AttentiveStatsPool, masked_sequential
 
-FAMILIES = ["cnn", "cnn2d", "crnn", "lstm"]
+FAMILIES = ["cnn", "cnn2d", "crnn", "lstm", "fast"]
 #: Small settings so every test runs in well under a second.
 TINY = {
     "cnn": {"channels": (16, 16, 24), "hidden": 16},
     "cnn2d": {"channels": (8, 8, 16), "hidden": (16,), "dropout": 0.0},
     "crnn": {"channels": (4, 8, 8), "proj_dim": 16, "rnn_hidden": 8, "attention_dim": 8, "hidden": 16},
     "lstm": {"hidden_size": 16, "num_layers": 2},
+    "fast": {"channels": (16, 16, 16), "strides": (2, 1), "attention_dim": 8, "dropout": 0.0},
 }
 
 
@@ -49,6 +50,7 @@ def test_parameter_budgets():
     assert 40_000 < sizes["cnn"] < 60_000
     assert 80_000 < sizes["cnn2d"] < 150_000
     assert 100_000 < sizes["crnn"] < 300_000
+    assert 50_000 < sizes["fast"] < 120_000  # the shipped `fast` model: under a third of the CRNN
 
 
 @pytest.mark.parametrize("name", FAMILIES)

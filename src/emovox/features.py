@@ -224,6 +224,8 @@ PRESETS: dict[str, FeatureConfig] = _Presets({
     # percentile, CREMA-D's 0..+20 dB).
     "logmel128l": FeatureConfig(kind="logmel", n_fft=1024, win_length=800, hop_length=160, n_mels=128,
                                 level_db=0.0),
+    # The `fast` model's front-end: logmel64's 25 ms windows and 64 bands every 20 ms (half the frames).
+    "logmel64h20": FeatureConfig(kind="logmel", n_fft=512, win_length=400, hop_length=320, n_mels=64),
     # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
     "waveform": FeatureConfig(kind="waveform"),
 })

@@ -69,6 +69,7 @@ from . import __version__
 from . import distributed as ddp
 from .checkpoints import CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint, TrainState  # noqa: F401  (re-exported)
 from .data import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
+from .distillation import distill_loss, soft_targets, teacher_logits_for
 from .errors import TrainingError
 from .evaluation import (
     compute_metrics,
@@ -110,7 +111,8 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".emovox-train.lock"
 #: Feature preset used when none is given, per model family.
-DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "lstm": "mfcc13-streaming", "ssl": "waveform"}
+DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "fast": "logmel64h20", "lstm": "mfcc13-streaming",
+                    "ssl": "waveform"}
 #: The preset that reproduces seed 003's backend features (its per-frame librosa loop).
 SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
@@ -158,6 +160,12 @@ class TrainConfig:
     # --model ssl with the 'mean' or 'stats' head (a linear probe): inverse L2 strengths tried, the best on validation
     # UAR kept; None: emovox.models.ssl.PROBE_C
     probe_c: list[float] | None = None
+    # knowledge distillation (emovox.distillation): a teacher model and/or a file of its soft labels per clip; the loss
+    # is (1 - distill_weight) * CE(true label) + distill_weight * T^2 * KL(teacher_T || student_T), T the temperature
+    teacher: str | None = None
+    teacher_labels: str | None = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -216,6 +224,10 @@ class TrainConfig:
             (self.streaming_loss in ("frames", "last"),
              f"streaming_loss must be frames or last, got {self.streaming_loss!r}"),
             (self.frame_loss_skip_s >= 0, f"frame_loss_skip_s must not be negative, got {self.frame_loss_skip_s}"),
+            (0 <= self.distill_weight <= 1, f"distill_weight must be between 0 and 1, got {self.distill_weight}"),
+            (self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}"),
+            (self.distill_weight == 0 or self.teacher or self.teacher_labels,
+             "distillation (distill_weight > 0) needs a teacher: --teacher MODEL and/or --teacher-labels FILE"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -690,6 +702,9 @@ class Run:
     mixup: float = 0.0
     class_weights: torch.Tensor | None = None
     scope_mask: torch.Tensor | None = None  # label_scope="corpus": -inf (in the loss) on labels a clip's corpus lacks
+    teacher_logits: torch.Tensor | None = None  # distillation: the teacher's logits per training clip
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def lr(self, step: int) -> float:
         s = self.schedule
@@ -739,6 +754,12 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
     run_id = {"train": _hash_rows(train_rows), "val": _hash_rows(data.sets["val"].rows), "labels": labels,
               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict(),
               "label_scope": cfg.label_scope}
+    teacher_logits = None
+    if cfg.distill_weight > 0:
+        teacher_logits = _teacher_logits(data, labels, cfg, say)
+        run_id["distill"] = {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature,
+                             "teacher_logits": hashlib.sha1(teacher_logits.numpy().tobytes()).hexdigest()[:16]}
+        teacher_logits = teacher_logits.to(device)
     scope_mask = None
     if cfg.label_scope == "corpus":
         scope_mask = corpus_label_mask(train_rows, labels).to(device)
@@ -753,14 +774,31 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
         skip_frames=round(cfg.frame_loss_skip_s * fps),
         mixup=cfg.mixup_alpha if (cfg.mixup_alpha > 0 and not streaming) else 0.0,
         class_weights=class_weights(data.y["train"], n_classes).to(device) if cfg.class_balance == "loss" else None,
-        scope_mask=scope_mask)
+        scope_mask=scope_mask, teacher_logits=teacher_logits, distill_weight=cfg.distill_weight,
+        distill_temperature=cfg.distill_temperature)
+
+
+def _teacher_logits(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> torch.Tensor:
+    """Distillation: the teacher's logits ``(n_train, n_labels)`` for the training clips (emovox.distillation)."""
+    if data.is_probe:
+        raise TrainingError("distillation trains by epochs; the probe head of --model ssl is fit in closed form")
+    logits = teacher_logits_for(data.sets["train"].rows, labels, teacher=cfg.teacher, teacher_labels=cfg.teacher_labels,
+                                say=say)
+    agree = float(np.mean(logits.argmax(1) == data.y["train"]))
+    say(f"distillation: weight {cfg.distill_weight:g} on the teacher's soft labels at temperature "
+        f"{cfg.distill_temperature:g}, {1 - cfg.distill_weight:g} on the true labels; the teacher agrees with "
+        f"{100 * agree:.1f} % of the training labels")
+    return torch.from_numpy(logits)
 
 
 def train_step(run: Run, feats: torch.Tensor, lengths: torch.Tensor | None, target: torch.Tensor,
-               scope: torch.Tensor | None, rng: np.random.Generator, *, grad_clip: float | None):
+               scope: torch.Tensor | None, rng: np.random.Generator, *, grad_clip: float | None,
+               teacher: torch.Tensor | None = None):
     """One optimizer step on a global batch (mixup, this rank's share, loss, backward, clip, step).
-    Returns the loss (the global batch's mean), this rank's logits and targets."""
+    ``teacher``: the batch's teacher logits (distillation). Returns the loss (the global batch's mean), this
+    rank's logits and targets."""
     mixed = None
+    soft = None if teacher is None else soft_targets(teacher, run.distill_temperature)
     if run.mixup:
         lam = float(rng.beta(run.mixup, run.mixup))
         perm = torch.as_tensor(rng.permutation(len(target))).to(run.device)
@@ -770,9 +808,11 @@ def train_step(run: Run, feats: torch.Tensor, lengths: torch.Tensor | None, targ
             lengths = torch.maximum(lengths, lengths[perm])
         if scope is not None:  # both clips' labels, for both terms
             scope = torch.maximum(scope, scope[perm])
+        if soft is not None:
+            soft = lam * soft + (1 - lam) * soft[perm]
     # the global batch is built alike on every rank; each keeps its rows (no-op in one process)
     global_target, global_mixed = target, mixed
-    feats, lengths, target, mixed, scope = ddp.shard_batch(feats, lengths, target, mixed, scope)
+    feats, lengths, target, mixed, scope, soft = ddp.shard_batch(feats, lengths, target, mixed, scope, soft)
     logits = run.forward(feats, lengths)
     if run.frame_loss:
         logits, per_clip = _frame_objective(logits, target, lengths, run.skip_frames, scope)
@@ -783,6 +823,9 @@ def train_step(run: Run, feats: torch.Tensor, lengths: torch.Tensor | None, targ
         if run.mixup:  # frame models only (mixup is off for streaming ones)
             loss = lam * loss + (1 - lam) * ddp.global_mean_cross_entropy(scoped, mixed, global_mixed,
                                                                           weight=run.class_weights)
+    if soft is not None:  # distillation: the teacher's softened distribution, over every label
+        kd = ddp.global_mean_loss(distill_loss(logits, None, run.distill_temperature, soft), target, global_target)
+        loss = (1 - run.distill_weight) * loss + run.distill_weight * kd
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -812,7 +855,8 @@ def train_epoch(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, state: 
         loss, logits, target = train_step(
             run, feats.to(run.device, non_blocking=True), lengths.to(run.device) if lengths is not None else None,
             torch.as_tensor(data.y["train"][idx]).to(run.device),
-            run.scope_mask[idx] if run.scope_mask is not None else None, rng, grad_clip=cfg.grad_clip)
+            run.scope_mask[idx] if run.scope_mask is not None else None, rng, grad_clip=cfg.grad_clip,
+            teacher=run.teacher_logits[idx] if run.teacher_logits is not None else None)
         state.step += 1
         loss_sum += loss.item() * len(idx) / run.world_size  # summed over ranks: the global batch's mean x its size
         n_seen += len(idx)

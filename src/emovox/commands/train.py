@@ -98,6 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _model_arguments(opts, p)
     _backbone_arguments(opts, p)
     _training_arguments(opts, p)
+    _distillation_arguments(opts, p)
     _split_arguments(opts, p)
     _output_arguments(opts, p)
     # seed 002's dataset_config.yaml and train.py constants, accepted in --config files
@@ -105,6 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opts.alias("num_epochs", "epochs")
     opts.alias("learning_rate", "lr")
     opts.alias("wav2vec_model", "backbone")
+
+
+#: --distill-weight when a teacher is given without it
+DEFAULT_DISTILL_WEIGHT = 0.7
 
 
 def _tc(name: str):
@@ -150,7 +155,8 @@ def _model_arguments(opts, p) -> None:
 
     g = p.add_argument_group("model and features")
     opts.add(g, "--model", default=_tc("model"),
-             help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, ssl (seed 002)")
+             help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, fast (a small 1-D CNN), "
+                  "ssl (seed 002)")
     opts.add(g, "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
              help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
                   "else a string; added to a recipe's or config file's, KEY by KEY")
@@ -224,6 +230,22 @@ def _training_arguments(opts, p) -> None:
              help="epochs without validation UAR improvement before stopping (0: off)")
     opts.add(g, "--seed", type=int, default=_tc("seed"), help="random seed (splits, order, augmentation, subsets)")
     opts.add(g, "--resume", action="store_true", default=False, help="continue from OUTPUT_DIR/checkpoint.pt")
+
+
+def _distillation_arguments(opts, p) -> None:
+    g = p.add_argument_group("knowledge distillation (a student trained on a teacher's soft labels too)")
+    opts.add(g, "--teacher", default=_tc("teacher"), metavar="MODEL",
+             help="teacher model (shipped name or folder, e.g. default) whose soft labels the student learns; with "
+                  "--teacher-labels, clips missing from that file are computed and appended to it")
+    opts.add(g, "--teacher-labels", dest="teacher_labels", default=_tc("teacher_labels"), metavar="FILE",
+             help="the teacher's logits per clip (JSON Lines, keyed by the clip's content; written by --teacher or "
+                  "python -m benchmarks.distill labels)")
+    opts.add(g, "--distill-weight", dest="distill_weight", type=float, default=None, metavar="W",
+             shown=f"{DEFAULT_DISTILL_WEIGHT} with a teacher, else 0",
+             help="loss = (1 - W) * cross-entropy on the true labels + W * T^2 * KL(teacher || student) at "
+                  "temperature T; 1: the teacher alone, 0: the true labels alone")
+    opts.add(g, "--distill-temperature", dest="distill_temperature", type=float, default=_tc("distill_temperature"),
+             metavar="T", help="softmax temperature of both distributions in the distillation term")
 
 
 def _split_arguments(opts, p) -> None:
@@ -399,6 +421,9 @@ def train_config(a, defaults: dict):
         class_balance=a.class_balance, label_scope=a.label_scope, crop_s=a.crop_s,
         streaming_loss=a.streaming_loss, early_stopping_patience=a.patience,
         num_workers=a.num_workers, device=a.device, probe_c=a.probe_c,
+        teacher=a.teacher, teacher_labels=a.teacher_labels, distill_temperature=a.distill_temperature,
+        distill_weight=(a.distill_weight if a.distill_weight is not None
+                        else DEFAULT_DISTILL_WEIGHT if (a.teacher or a.teacher_labels) else 0.0),
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 MODELS: dict[str, type[nn.Module]] = {}
 # Modules that register models on import (kept lazy so `import emovox` stays light).
-_MODULES = ["cnn", "lstm", "cnn2d", "crnn", "ssl"]
+_MODULES = ["cnn", "lstm", "cnn2d", "crnn", "fast", "ssl"]
 
 
 def register(name: str):
