@@ -15,7 +15,7 @@ from emovox.inference import load_model, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ravdess_03-01-05-02-01-01-12.flac"
-SHIPPED = ("default", "crnn", "streaming")
+SHIPPED = ("default", "crnn", "streaming", "fast")
 
 
 def _real_clips(shared_data: Path) -> list[np.ndarray]:
