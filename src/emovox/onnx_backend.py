@@ -122,9 +122,10 @@ class OnnxModel:
             raise OnnxModelError(f"{self.path}: a {meta.get('input_kind')}-input model; OnnxModel runs the "
                                  "waveform-input export (emotion_waveform.onnx)")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 2:
-            raise OnnxModelError(f"{self.path}: expected one (batch, samples) input, found "
-                                 f"{[(i.name, i.shape) for i in inputs]}")
+        self.lengths_input = bool(self.runtime.get("lengths_input"))
+        if len(inputs) != 1 + self.lengths_input or len(inputs[0].shape) != 2:
+            raise OnnxModelError(f"{self.path}: expected a (batch, samples) input{' and lengths' * self.lengths_input}"
+                                 f", found {[(i.name, i.shape) for i in inputs]}")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         try:
@@ -204,11 +205,15 @@ class OnnxModel:
             raise ValueError(f"waves must be (batch, samples) or (samples,), got shape {x.shape}")
         if x.shape[0] == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        if lengths is None:
+        if lengths is None and not self.lengths_input:
             return self._run(x)
-        n = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        n = np.asarray(lengths if lengths is not None else [x.shape[1]] * x.shape[0], dtype=np.int64).reshape(-1)
         if n.shape[0] != x.shape[0] or (n < 1).any() or (n > x.shape[1]).any():
             raise ValueError(f"lengths must give 1..{x.shape[1]} samples for each of the {x.shape[0]} clips")
+        if self.lengths_input:  # one run: the graph masks each clip's padding as the PyTorch pipeline does
+            if x.shape[1] < self.min_samples:
+                x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
+            return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x), "lengths": n})[0]
         out = np.zeros((x.shape[0], len(self.labels)), np.float32)
         for length in np.unique(n):
             idx = np.flatnonzero(n == length)

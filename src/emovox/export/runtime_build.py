@@ -96,6 +96,26 @@ class FrameStepGraph(nn.Module):
         return (logits, *new)
 
 
+class LengthsWaveformGraph(nn.Module):
+    """Zero-padded waveforms ``(batch, samples)`` + each clip's real length → logits: the pipeline with its
+    length masking, so clips of different lengths run as one batch and each gets its own answer."""
+
+    def __init__(self, pipeline: EmotionPipeline):
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.pipeline(waveform, lengths)
+
+
+def _lengths_spec(pipe: EmotionPipeline) -> GraphSpec:
+    wave = TensorSpec("waveform", ["batch", "samples"], "zero-padded 16 kHz mono float32 samples")
+    lengths = TensorSpec("lengths", ["batch"], "each clip's real length in samples (int64)")
+    logits = TensorSpec("emotion_logits", ["batch", len(pipe.labels)], "emotion logits")
+    example = (_example(3 * 16000).repeat(3, 1), torch.tensor([48000, 40000, 30000]))  # unequal: the masked path
+    return GraphSpec("waveform", False, LengthsWaveformGraph(pipe).eval(), None, [wave, lengths], [logits], example, ())
+
+
 def _example(samples: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return (torch.rand(1, samples, generator=g) * 2 - 1) * 0.3
@@ -174,7 +194,9 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         _externalise(tmp / "model.onnx", limits["external_weights"])
         extra.update(limits)
     else:
-        spec = build_graph_spec(pipe, "waveform")
+        batched = not pipe.streaming and pipe.feature_config.num_frames is None
+        spec = _lengths_spec(pipe) if batched else build_graph_spec(pipe, "waveform")
+        extra["lengths_input"] = batched
         extra["min_samples"] = int(pipe.feature_config.samples_for(1))  # PyTorch zero-pads a shorter clip to one frame
         _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"})
     if pipe.streaming and pipe.feature_config.kind != "waveform":
