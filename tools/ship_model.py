@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path, nargs="?")
     ap.add_argument("--runtime-only", nargs="+", metavar="NAME", default=None,
                     help="rebuild the ONNX Runtime graphs (onnx/) of these shipped models, and nothing else")
+    ap.add_argument("--no-lengths-input", action="store_true",
+                    help="runtime graph without a lengths input: each clip length runs on its own (the crnn: faster)")
     ap.add_argument("--name", default="default")
     ap.add_argument("--command", default="(see the model's model_meta.json: train_config)")
     ap.add_argument("--machine", default="")
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
 
     if args.runtime_only:
         for name in args.runtime_only:
-            print(f"wrote {build_runtime(ASSETS / name)}")
+            print(f"wrote {build_runtime(ASSETS / name, lengths_input=not args.no_lengths_input)}")
         return 0
     if args.run is None:
         ap.error("give a run folder to ship, or --runtime-only NAME...")
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
         shutil.copy2(args.run / f, tmp / f)
     (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine,
                                                args.notes.read_text() if args.notes else ""))
-    build_runtime(tmp, tmp / "onnx")
+    build_runtime(tmp, tmp / "onnx", lengths_input=not args.no_lengths_input)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {args.run} as {dest}")

@@ -169,11 +169,14 @@ def runtime_manifest(loaded: LoadedModel, files: dict[str, str], extra: dict[str
 
 
 def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                  quantization: str = "none", opset: int = DEFAULT_OPSET) -> Path:
+                  quantization: str = "none", opset: int = DEFAULT_OPSET, lengths_input: bool = True) -> Path:
     """Write ``<model_dir>/onnx`` (or ``out_dir``): the graphs and ``runtime.json`` (see the module docstring).
 
     ``quantization="int8"`` asks the runtime to quantise the encoder's matrix products (dynamic int8) when it
     builds its cached copy; choose it only where the benchmark shows it keeps the answers.
+    ``lengths_input`` (frame models): the graph takes each clip's length, so a zero-padded batch of clips of
+    different lengths runs once; without it each length runs on its own (faster for the crnn's 2-D
+    convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch").
     """
     from .exporter import _move_into_place  # atomic folder replace, shared with `emovox export`
 
@@ -194,7 +197,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         _externalise(tmp / "model.onnx", limits["external_weights"])
         extra.update(limits)
     else:
-        batched = not pipe.streaming and pipe.feature_config.num_frames is None
+        batched = lengths_input and not pipe.streaming and pipe.feature_config.num_frames is None
         spec = _lengths_spec(pipe) if batched else build_graph_spec(pipe, "waveform")
         extra["lengths_input"] = batched
         extra["min_samples"] = int(pipe.feature_config.samples_for(1))  # PyTorch zero-pads a shorter clip to one frame
