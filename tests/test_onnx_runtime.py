@@ -194,3 +194,21 @@ def test_int8_graph_is_shipped_only_where_it_agrees_with_float(shared_data):
     agreement = float(np.mean(np.array(top["int8"]) == np.array(top["none"])))
     assert manifest["quantization"] in ("none", "int8")
     assert manifest["quantization"] == "none" or agreement >= 0.98, agreement
+
+
+@pytest.mark.parametrize("final_answer", ["last", "mean"])
+def test_streaming_updates_equal_on_both_runtimes(models, final_answer):
+    """The shipped LSTM streamed frame by frame on ONNX Runtime gives PyTorch's update at every chunk (odd chunk
+    sizes, a run of zeros in the middle: all-zero frames are skipped on both)."""
+    onnx_model, torch_model = models["streaming"]
+    wave = load_audio(EXAMPLE, sample_rate_hz=16000)
+    wave = np.concatenate([wave[:16000], np.zeros(4000, np.float32), wave[16000:]])
+    sessions = [m.stream(final_answer=final_answer) for m in (onnx_model, torch_model)]
+    start, sizes = 0, [137, 1600, 3, 5000, 911]
+    while start < len(wave):
+        chunk = wave[start : start + sizes[start % len(sizes)]]
+        start += len(chunk)
+        a, b = (s.push(chunk)[-1] for s in sessions)
+        assert a["frames"] == b["frames"]
+        np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-4)
+    assert sessions[0].finish()["emotion"] == sessions[1].finish()["emotion"]

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "re-classifies the last --window-s seconds at every update")
     p.add_argument("--labels", default=None,
                    help="fold scores into another label set (basic5, app6, ...); 'class' and 'confidence' follow it")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="runtime: auto (ONNX Runtime where the model has its graphs, PyTorch otherwise), onnx, torch")
     p.add_argument("--final-answer", dest="final_answer", choices=["last", "mean"], default="last",
                    help="frame-by-frame models: report the answer after the last frame, or the mean of every "
                         "frame's probabilities (seed 003's two options)")
@@ -31,7 +33,7 @@ def run(args) -> int:
     from ..audio import load_audio, pcm16_to_float
     from ..inference import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, backend=args.backend)
     session = model.stream(labels=args.labels, window_s=args.window_s, final_answer=args.final_answer)
     sr = model.sample_rate_hz
     chunk = max(1, int(sr * args.chunk_ms / 1000))
