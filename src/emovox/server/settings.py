@@ -15,7 +15,7 @@ python-dotenv; ``EMOVOX_ENV_FILE`` or ``emovox serve --env-file PATH`` names ano
 | ``EMOVOX_API_KEY`` | unset | when set, API calls need ``X-API-Key`` or ``Authorization: Bearer`` |
 | ``EMOVOX_CORS_ORIGINS`` | unset | comma-separated origins allowed by CORS (``*`` for any); unset: no CORS headers |
 | ``EMOVOX_MAX_CONCURRENCY`` | min(4, cores) | inferences run at once in worker threads |
-| ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | torch intra-op threads, set when the service starts |
+| ``EMOVOX_TORCH_THREADS`` | unset (``emovox serve``: 1) | intra-op threads per inference (ONNX Runtime's, or torch's) |
 | ``EMOVOX_MAX_BATCH`` | 16 | most clips classified together (1: no batching) |
 | ``EMOVOX_BATCH_WAIT_MS`` | 5 | longest a clip waits for others to join its batch, ms |
 | ``EMOVOX_MAX_QUEUE`` | 64 | clip requests in the service at once; past it 503 with ``Retry-After`` |
