@@ -212,3 +212,42 @@ def test_streaming_updates_equal_on_both_runtimes(models, final_answer):
         assert a["frames"] == b["frames"]
         np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-4)
     assert sessions[0].finish()["emotion"] == sessions[1].finish()["emotion"]
+
+
+def test_main_job_runs_where_training_packages_cannot_be_imported():
+    """The README's main job (`emovox classify` on the example clip) in a process where torch, scikit-learn,
+    matplotlib, safetensors and PyYAML cannot be imported — what the base install has — prints the README's answer.
+    (`make demo` on a fresh clone installs that base for real.)"""
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "sklearn", "matplotlib", "safetensors", "yaml"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from emovox.cli import main
+sys.exit(main(["classify", {str(EXAMPLE)!r}, "--format", "json"]))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```json", readme.index("make demo")) + 7:]
+    expected = json.loads(block[: block.index("```")])
+    assert {k: v for k, v in got.items() if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
+
+
+def test_training_without_its_extra_names_the_install():
+    script = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from emovox.cli import main
+sys.exit(main(["train", "--help"]))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 2
+    assert "pip install 'emovox[train]'" in res.stderr and "torch" in res.stderr
