@@ -251,3 +251,16 @@ sys.exit(main(["train", "--help"]))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 2
     assert "pip install 'emovox[train]'" in res.stderr and "torch" in res.stderr
+
+
+def test_export_runtime_refusing_a_model_leaves_its_folder_as_it_was(tmp_path):
+    """A model the runtime build cannot take (a stream scaled by the whole stream's peak) gets a clear error, and
+    the model folder gains no half-written graphs or temporary folders."""
+    from emovox.cli import main
+    from emovox.testing import create_model
+
+    folder = create_model(tmp_path / "m", name="lstm", features="framewise-librosa-mfcc13")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["export", "--model", str(folder), "--runtime"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert load_model(folder).backend.__class__.__name__ == "TorchBackend"

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +74,9 @@ class FrameFeaturesGraph(nn.Module):
     def __init__(self, pipeline: EmotionPipeline):
         super().__init__()
         if pipeline.feature_config.center or pipeline.feature_config.peak_normalize:
-            raise ValueError("a streaming front-end graph needs frame-local features (center=False, no "
-                             "peak_normalize)")
+            raise ValueError("no ONNX Runtime graphs for this model: its stream needs frame-local features "
+                             "(center=False, no peak_normalize), and these are scaled by the whole stream's peak; "
+                             "it runs on PyTorch (backend='torch')")
         self.frontend = pipeline.frontend
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -188,8 +191,22 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     pipe = loaded.pipeline.eval()
     meta = {"labels": list(pipe.labels), "temperature": float(pipe.temperature),
             "sample_rate_hz": pipe.sample_rate_hz, "emovox_version": __version__}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        manifest = _fill(tmp, loaded, meta, quantization=quantization, opset=opset, lengths_input=lengths_input)
+        (tmp / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        _move_into_place(tmp, out, overwrite=True)
+    except BaseException:  # a model the runtime cannot take, or an interrupt: leave nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fill(tmp: Path, loaded: LoadedModel, meta: dict[str, Any], *, quantization: str, opset: int,
+          lengths_input: bool) -> dict[str, Any]:
+    """Write the graphs into ``tmp``; returns the runtime manifest."""
+    pipe = loaded.pipeline
     extra: dict[str, Any] = {"quantization": quantization}
     if pipe.feature_config.kind == "waveform":
         spec, limits = _probe_spec(pipe)
@@ -207,9 +224,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         for name, s in specs:
             _write(s, tmp / name, opset, {**meta, "input_kind": s.kind})
         extra["stream"] = info
-    (tmp / RUNTIME_FILE).write_text(json.dumps(runtime_manifest(loaded, {"model": "model.onnx"}, extra), indent=1) + "\n")
-    _move_into_place(tmp, out, overwrite=True)
-    return out
+    return runtime_manifest(loaded, {"model": "model.onnx"}, extra)
 
 
 def _write(spec: GraphSpec, path: Path, opset: int, meta: dict[str, Any], *, fold: bool = True) -> None:
