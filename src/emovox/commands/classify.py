@@ -34,11 +34,13 @@ def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..inference import BACKENDS  # the runtimes load_model takes (no torch import)
+
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="audio files, folders (searched recursively), globs, or manifests (.jsonl or .csv with a "
                         "'path' column, as `emovox manifest` writes)")
     p.add_argument("--model", default=None, help="shipped model name or model folder (default: the shipped default)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime: auto (ONNX Runtime where the model has its graphs, as the shipped models do; "
                         "PyTorch otherwise), onnx (also a folder written by `emovox export`), or torch")
     p.add_argument("--labels", default=None, help="fold scores into another label set: basic5, app6, core4, ... "

@@ -11,6 +11,8 @@ HELP = "classify audio incrementally: a file played as a stream, or raw 16-bit 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..inference import BACKENDS  # the runtimes load_model takes (no torch import)
+
     p.add_argument("source", nargs="?", default="-", help="audio file, or '-' for raw s16le mono PCM on stdin")
     p.add_argument("--model", default=None,
                    help="model: a folder or a shipped name; 'streaming' is the shipped LSTM that runs frame by "
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "re-classifies the last --window-s seconds at every update")
     p.add_argument("--labels", default=None,
                    help="fold scores into another label set (basic5, app6, ...); 'class' and 'confidence' follow it")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime: auto (ONNX Runtime where the model has its graphs, PyTorch otherwise), onnx, torch")
     p.add_argument("--final-answer", dest="final_answer", choices=["last", "mean"], default="last",
                    help="frame-by-frame models: report the answer after the last frame, or the mean of every "
