@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,6 @@ CACHE_SUBDIR = "onnx"
 
 def cache_root() -> Path:
     return (cache_env() or Path("~/.cache/emovox").expanduser()) / CACHE_SUBDIR
-
-
-def external_locations(path: Path) -> list[str]:
-    """The external-data locations a graph refers to (empty for a self-contained file)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(path), load_external_data=False)
-    return [e.value for t in model.graph.initializer if uses_external_data(t)
-            for e in t.external_data if e.key == "location"]
 
 
 def _weights_files(backbone: str) -> list[Path]:
@@ -82,10 +73,8 @@ def materialise(graph: Path, manifest: dict[str, Any]) -> Path:
         os.replace(built, target)
         return target
     finally:
-        if persistent:
-            for leftover in out_dir.glob("*"):
-                leftover.unlink(missing_ok=True)
-            out_dir.rmdir()
+        if persistent:  # the intermediate files (or everything, after a failure)
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _build(graph: Path, backbone: str, quantization: str, out_dir: Path) -> Path:
