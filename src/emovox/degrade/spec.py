@@ -27,13 +27,20 @@ import numpy as np
 from .conditions import KINDS, DegradeError, Sources
 
 
+#: Bumped whenever a degradation's implementation changes what it produces: cached copies made before are stale.
+IMPLEMENTATION = 4
+
+
 class SpecError(ValueError):
     """A degradation spec emovox cannot read; the message lists the accepted forms."""
 
 
-ACCEPTED = ("accepted: KIND[:VALUE] or KIND:LOW..HIGH with KIND one of " + ", ".join(KINDS)
-            + "; chains joined by '+' (room:0.6+babble:10); a preset (" + "{presets}"
-            + "); or a YAML/JSON file of {\"steps\": [{\"spec\": ..., \"p\": ...} | {\"one_of\": [...], \"p\": ...}]}")
+
+def accepted_forms() -> str:
+    return ("accepted: KIND[:VALUE] or KIND:LOW..HIGH with KIND one of " + ", ".join(KINDS)
+            + "; chains joined by '+' (room:0.6+babble:10); a preset (" + ", ".join(PRESETS)
+            + '); or a YAML/JSON file of {"steps": [{"spec": ..., "p": ...} | {"one_of": [...], "p": ...}]}')
+
 
 # The multi-condition training mix: one additive noise most of the time, a room or a channel often, the level
 # moved half the time. Noise is babble of other training speakers or synthetic colour; never the evaluation's.
@@ -77,7 +84,7 @@ class Stage:
 
 
 def _error(msg: str) -> SpecError:
-    return SpecError(f"{msg}; {ACCEPTED.format(presets=', '.join(PRESETS))}")
+    return SpecError(f"{msg}; {accepted_forms()}")
 
 
 def _number(text: str, spec: str) -> float:
@@ -179,8 +186,9 @@ class Degrader:
         return "; ".join(s.text() for s in self.stages)
 
     def key(self) -> str:
-        """What identifies this degradation in a cache key (the parsed steps, not how they were written)."""
-        return hashlib.sha1(self.describe().encode()).hexdigest()[:16]
+        """What identifies this degradation in a cache key: the parsed steps (not how they were written) and
+        :data:`IMPLEMENTATION`."""
+        return hashlib.sha1(f"{IMPLEMENTATION}\0{self.describe()}".encode()).hexdigest()[:16]
 
     def draw(self, seed: int) -> list[tuple[Step, float]]:
         """The steps and values applied for ``seed`` (a preset may draw none: then the first stage is forced)."""
