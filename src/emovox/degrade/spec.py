@@ -26,7 +26,6 @@ import numpy as np
 
 from .conditions import KINDS, DegradeError, Sources
 
-
 #: Bumped whenever a degradation's implementation changes what it produces: cached copies made before are stale.
 IMPLEMENTATION = 4
 
