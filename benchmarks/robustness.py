@@ -94,7 +94,8 @@ def _progress(desc: str):
 def condition_degrader(spec: str, val_rows):
     from emovox.degrade import parse_spec
 
-    return parse_spec(spec, babble=[str(r.path) for r in val_rows], babble_speakers=[r.speaker for r in val_rows])
+    return parse_spec(spec, babble=[str(r.path) for r in val_rows], babble_speakers=[r.speaker for r in val_rows],
+                      room_bank="eval")
 
 
 def training_degrader(train_rows):
