@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     import torch
 
     from emovox.modelio import write_json
-    from emovox.training import TrainConfig, train_model
+    from emovox.training.run import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
     corpora = tuple(args.corpora.split(","))

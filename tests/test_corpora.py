@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from emovox.cli import main
-from emovox.corpora import (
+from emovox.data.corpora import (
     CORPORA,
     NEMO_EMOTIONS,
     CorpusError,
@@ -22,8 +22,8 @@ from emovox.corpora import (
     scan,
     summarize,
 )
-from emovox.splits import resolve_speaker
-from emovox.splits import test_speaker_split as speaker_split
+from emovox.data.splits import resolve_speaker
+from emovox.data.splits import test_speaker_split as speaker_split
 
 SR = 16000
 

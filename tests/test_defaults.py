@@ -28,7 +28,7 @@ def test_threshold_and_longest_clip_have_one_owner():
 
 
 def test_cache_variable_and_its_deprecated_alias(monkeypatch, tmp_path):
-    from emovox.data import default_cache_dir
+    from emovox.data.cache import default_cache_dir
     from emovox.text.encoder import default_cache_dir as text_cache_dir
 
     monkeypatch.delenv("EMOVOX_CACHE_DIR", raising=False)
@@ -48,7 +48,7 @@ def test_cache_variable_and_its_deprecated_alias(monkeypatch, tmp_path):
 
 
 def test_train_config_from_dict_is_strict():
-    from emovox.training import TrainConfig, TrainingError
+    from emovox.training.run import TrainConfig, TrainingError
 
     cfg = TrainConfig(model="cnn", epochs=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

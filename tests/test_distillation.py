@@ -1,4 +1,4 @@
-"""Knowledge distillation (emovox.distillation) and the shipped `fast` model, on real RAVDESS clips."""
+"""Knowledge distillation (emovox.training.distillation) and the shipped `fast` model, on real RAVDESS clips."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from emovox.distillation import (
+from emovox.errors import TrainingError
+from emovox.training.distillation import (
     DistillationError,
     TeacherLabels,
     distill_loss,
     soft_targets,
     write_teacher_labels,
 )
-from emovox.errors import TrainingError
-from emovox.training import TrainConfig
+from emovox.training.run import TrainConfig
 
 EKMAN7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
@@ -24,8 +24,8 @@ EKMAN7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 @pytest.fixture(scope="module")
 def clips(shared_data):
     """12 RAVDESS clips of two actors (one for validation), every emotion."""
-    from emovox.corpora import scan
-    from emovox.training import map_labels
+    from emovox.data.corpora import scan
+    from emovox.training.run import map_labels
 
     rows = [r for r in scan(shared_data / "ravdess", "ravdess", with_duration=False)
             if r.speaker in ("ravdess_03", "ravdess_04")]
@@ -111,7 +111,7 @@ def test_distillation_alone_moves_the_student_toward_the_teacher(clips, teacher_
     on its training clips is much closer to the teacher's than the same network's at initialisation."""
     from emovox.modelio import EmotionPipeline, load_model_dir
     from emovox.models import build_model
-    from emovox.training import SplitPlan, train_model
+    from emovox.training.run import SplitPlan, train_model
 
     path, _ = teacher_file
     train, val = clips[:8], clips[8:]
@@ -139,7 +139,7 @@ def test_distillation_alone_moves_the_student_toward_the_teacher(clips, teacher_
 
 
 def test_distillation_refuses_a_teacher_with_other_labels(clips, teacher_file, tmp_path):
-    from emovox.training import SplitPlan, train_model
+    from emovox.training.run import SplitPlan, train_model
 
     path, _ = teacher_file
     core4 = [r for r in clips if r.label in ("neutral", "happy", "sad", "angry")]
@@ -154,7 +154,7 @@ def test_shipped_fast_model_classifies_a_real_clip_and_exports_to_onnx(shared_da
     import emovox
     from emovox.audio import load_audio
     from emovox.export import export_model
-    from emovox.onnx_backend import OnnxModel
+    from emovox.runtime.onnx_backend import OnnxModel
 
     clip = sorted((shared_data / "ravdess" / "Actor_01").glob("*.flac"))[0]
     model = emovox.load_model("fast")
@@ -171,7 +171,7 @@ def test_shipped_fast_model_classifies_a_real_clip_and_exports_to_onnx(shared_da
 
 def test_cli_train_with_a_teacher_writes_its_labels_and_records_the_settings(shared_data, tmp_path, capsys):
     from emovox.cli import main
-    from emovox.data import content_key
+    from emovox.data.cache import content_key
 
     labels_file = tmp_path / "teacher.jsonl"
     out = tmp_path / "student"

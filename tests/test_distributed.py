@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emovox import distributed as ddp
 from emovox.cli import main
+from emovox.training import distributed as ddp
 
 COMMON = ["--epochs", "2", "--batch_size", "16", "--lr", "0.003", "--val_split", "0.25", "--seed", "3",
           "--threads", "1", "--no-progress", "--model-option", "dropout=0"]

@@ -10,8 +10,11 @@ import torch
 
 from emovox.audio import load_audio
 from emovox.cli import main
-from emovox.corpora import scan
-from emovox.evaluation import (
+from emovox.data.corpora import scan
+from emovox.features import FeatureStats, preset
+from emovox.modelio import load_model_dir, make_config, save_model
+from emovox.models import build_model
+from emovox.training.evaluation import (
     compute_metrics,
     evaluate_model,
     expected_calibration_error,
@@ -20,9 +23,6 @@ from emovox.evaluation import (
     plot_confusion,
     softmax,
 )
-from emovox.features import FeatureStats, preset
-from emovox.modelio import load_model_dir, make_config, save_model
-from emovox.models import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +98,7 @@ def test_plot_confusion_and_its_command(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def calm_corpus(tmp_path_factory):
     """RAVDESS-like labels (calm, happy, sad, angry) for a model that has neutral and fearful but no calm/angry."""
-    from emovox.synth import make_synthetic_corpus
+    from emovox.data.synth import make_synthetic_corpus
 
     return make_synthetic_corpus(tmp_path_factory.mktemp("calm"), labels=("calm", "happy", "sad", "angry"),
                                  n_speakers=2, clips_per_label_per_speaker=2, duration_s=0.6)

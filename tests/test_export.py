@@ -457,7 +457,7 @@ def test_cli_export_writes_named_files(cli_export, capsys):
 
 
 def test_onnx_model_predict_logits_equals_pytorch(cli_export, clips):
-    from emovox.onnx_backend import OnnxModel
+    from emovox.runtime.onnx_backend import OnnxModel
 
     model_dir, out = cli_export
     pipe = load_model_dir(model_dir).pipeline
@@ -513,7 +513,7 @@ def test_onnx_model_on_real_ravdess_clips(cli_export):
     if not RAVDESS.is_dir():
         pytest.skip(f"real data not available: {RAVDESS} is absent (it lives in ../shared/data beside the repo)")
     from emovox.audio import load_audio
-    from emovox.onnx_backend import OnnxModel
+    from emovox.runtime.onnx_backend import OnnxModel
 
     model_dir, out = cli_export
     files = [sorted(RAVDESS.glob(f"Actor_{a:02d}/*.flac"))[i] for a, i in ((3, 0), (4, 9), (5, 20), (6, 33))]

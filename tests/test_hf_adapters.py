@@ -32,8 +32,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from emovox.cli import main  # noqa: E402
+from emovox.data.labels import GOEMOTIONS28, RAVDESS8  # noqa: E402
 from emovox.inference import load_model  # noqa: E402
-from emovox.labels import GOEMOTIONS28, RAVDESS8  # noqa: E402
 from emovox.modelio import ModelLoadError  # noqa: E402
 from emovox.server import Settings, create_app  # noqa: E402
 from emovox.text import TextModelError, load_text_model  # noqa: E402

@@ -14,9 +14,9 @@ import torch
 
 from emovox.audio import AudioError
 from emovox.cli import main
+from emovox.data.labels import EKMAN7
 from emovox.features import preset
 from emovox.inference import Prediction, load_model, merge_segments, softmax
-from emovox.labels import EKMAN7
 from emovox.modelio import ModelLoadError, save_model
 from emovox.models import build_model
 from emovox.testing import create_model
@@ -116,7 +116,7 @@ def test_label_folding_sums_to_one(cnn_dir, clips, target):
     full = model.predict(clips / "b.flac")
     folded = model.predict(clips / "b.flac", labels=target)
     assert sum(folded.scores.values()) == pytest.approx(1.0)
-    from emovox.labels import fold_scores, taxonomy
+    from emovox.data.labels import fold_scores, taxonomy
 
     assert list(folded.scores) == list(taxonomy(target))
     for k, v in fold_scores(full.scores, target).items():
@@ -298,7 +298,7 @@ def test_every_chunk_is_answered_all_zero_and_shorter_than_a_frame_included(lstm
 
 def test_stream_updates_follow_the_requested_label_order(lstm_dir, clips):
     """labels=app6: class and confidence are in app6's order (seed 003's front-end ids), as scores are."""
-    from emovox.labels import APP6
+    from emovox.data.labels import APP6
 
     model = load_model(lstm_dir)
     wave = model.load(clips / "b.flac")
@@ -454,7 +454,7 @@ def test_stream_cli_file_and_stdin(lstm_dir, clips, capsys):
 def test_stream_cli_answers_a_second_of_zeros_with_the_shipped_lstm(monkeypatch, capsys):
     """`emovox stream - --model streaming` on a second of digital silence: one silent update per
     250 ms chunk, then the final one (seed 003's front-end order with --labels app6)."""
-    from emovox.labels import APP6
+    from emovox.data.labels import APP6
 
     pcm = np.zeros(SR, "<i2").tobytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(pcm)))

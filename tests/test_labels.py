@@ -1,4 +1,4 @@
-"""emovox.labels: taxonomies, mappings, probability folding, music moods."""
+"""emovox.data.labels: taxonomies, mappings, probability folding, music moods."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from emovox.labels import (
+from emovox.data.labels import (
     APP6,
     BASIC5,
     CORE4,

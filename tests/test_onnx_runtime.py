@@ -78,8 +78,8 @@ def test_default_graph_holds_no_encoder_weights_and_names_them():
 
 
 def test_a_damaged_cached_graph_is_built_again(tmp_path, monkeypatch):
-    from emovox import onnx_backend
-    from emovox.onnx_materialise import materialise
+    from emovox.runtime import onnx_backend
+    from emovox.runtime.onnx_materialise import materialise
 
     monkeypatch.setenv("EMOVOX_CACHE_DIR", str(tmp_path))
     folder = resolve_model_path("default")[1] / "onnx"
@@ -95,7 +95,7 @@ def test_a_damaged_cached_graph_is_built_again(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_runtime_manifest_is_named(tmp_path):
-    from emovox.onnx_backend import OnnxModel, OnnxModelError
+    from emovox.runtime.onnx_backend import OnnxModel, OnnxModelError
 
     (tmp_path / "runtime.json").write_text("{not json")
     (tmp_path / "model.onnx").write_bytes(b"")
@@ -177,8 +177,8 @@ def test_int8_graph_is_shipped_only_where_it_agrees_with_float(shared_data):
     """The quantised graph's agreement check: the int8 build of the default model loads and runs; the shipped
     manifest may ask for int8 only if its top-1 agreement with float32 is at least 98 % (on 24 real clips here;
     `python -m benchmarks.onnx_runtime quant` measures all 1149 validation clips: 77.5 %, so it ships float32)."""
-    from emovox.onnx_backend import session
-    from emovox.onnx_materialise import materialise
+    from emovox.runtime.onnx_backend import session
+    from emovox.runtime.onnx_materialise import materialise
 
     folder = resolve_model_path("default")[1] / "onnx"
     manifest = json.loads((folder / "runtime.json").read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from emovox.cli import main
-from emovox.records import FIELDS, RecordWriter, expand_inputs, read_records
+from emovox.commands.records import FIELDS, RecordWriter, expand_inputs, read_records
 from emovox.scale.options import INSTALL_HINT, RayOptions, ServeOptions
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need its extra: pip install 'emovox[ray]'")
@@ -95,7 +95,7 @@ def test_ray_batch_equals_local_classify(local_ray, inputs, tmp_path, capsys):
 
 def test_ray_batch_jsonl_with_options(local_ray, inputs, tmp_path, capsys):
     """--labels, --top-k and --fields reach the actors; the jsonl file equals what local classify prints."""
-    from emovox.labels import TAXONOMIES
+    from emovox.data.labels import TAXONOMIES
 
     args, _ = inputs
     paths = expand_inputs(args)[::5]  # 21 of them, an error included

@@ -14,12 +14,12 @@ import pytest
 
 from emovox.cli import build_parser, main
 from emovox.commands import train as train_cmd
-from emovox.corpora import scan
-from emovox.labels import BASIC5, order_labels
-from emovox.options import OptionError
-from emovox.splits import balanced_subset
-from emovox.synth import make_synthetic_corpus
-from emovox.training import map_labels
+from emovox.commands.options import OptionError
+from emovox.data.corpora import scan
+from emovox.data.labels import BASIC5, order_labels
+from emovox.data.splits import balanced_subset
+from emovox.data.synth import make_synthetic_corpus
+from emovox.training.run import map_labels
 
 SEED000_ORDER = ["happy", "sad", "angry", "surprised", "neutral"]  # seed 000's "Emotion Classes (in order)"
 

@@ -29,9 +29,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from emovox.cli import main  # noqa: E402
+from emovox.data.labels import BASIC5, EKMAN7, GOEMOTIONS28, MUSIC_MOODS, RAVDESS8  # noqa: E402
 from emovox.features import FeatureStats, preset  # noqa: E402
 from emovox.inference import load_model  # noqa: E402
-from emovox.labels import BASIC5, EKMAN7, GOEMOTIONS28, MUSIC_MOODS, RAVDESS8  # noqa: E402
 from emovox.modelio import ModelLoadError, make_config, save_model  # noqa: E402
 from emovox.models import build_model  # noqa: E402
 from emovox.server import Settings, create_app  # noqa: E402
@@ -618,7 +618,7 @@ def test_websocket_stream_limits_and_folding(client):
 def test_websocket_streaming_lstm_answers_every_chunk_in_the_requested_order(tmp_path):
     """Seed 003's frontend waits for a reply after each chunk: all-zero chunks are answered (silent),
     class and confidence follow ?labels=app6, and ?final_answer=mean averages every frame."""
-    from emovox.labels import APP6
+    from emovox.data.labels import APP6
 
     torch.manual_seed(0)
     cfg = preset("framewise-librosa-mfcc13")

@@ -33,7 +33,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from emovox.labels import EKMAN7  # noqa: E402
+from emovox.data.labels import EKMAN7  # noqa: E402
 from emovox.server.process import server_process  # noqa: E402
 from emovox.testing import create_model  # noqa: E402
 

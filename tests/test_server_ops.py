@@ -25,8 +25,8 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from emovox.data.labels import BASIC5, EKMAN7  # noqa: E402
 from emovox.inference import load_model  # noqa: E402
-from emovox.labels import BASIC5, EKMAN7  # noqa: E402
 from emovox.modelio import ModelLoadError  # noqa: E402
 from emovox.server import Settings, SettingsError, create_app  # noqa: E402
 from emovox.server.batching import DynamicBatcher, Overloaded  # noqa: E402

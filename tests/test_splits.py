@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from emovox.corpora import ManifestRow
-from emovox.splits import (
+from emovox.data.corpora import ManifestRow
+from emovox.data.splits import (
     Split,
     resolve_speaker,
     speaker_folds,
@@ -180,7 +180,7 @@ def test_splits_accept_dict_rows():
 
 
 def test_synthetic_corpus_splits(synth_corpus):
-    from emovox.corpora import scan
+    from emovox.data.corpora import scan
 
     rows = scan(synth_corpus, with_duration=False)
     folds = speaker_folds(rows, 4)

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 
 from emovox.cli import main
-from emovox.corpora import scan, summarize
-from emovox.labels import LabelError
-from emovox.splits import speaker_folds
-from emovox.synth import RECIPES, make_synthetic_corpus, synth_clip
+from emovox.data.corpora import scan, summarize
+from emovox.data.labels import LabelError
+from emovox.data.splits import speaker_folds
+from emovox.data.synth import RECIPES, make_synthetic_corpus, synth_clip
 
 
 def test_default_corpus_layout(synth_corpus):

@@ -10,12 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-import emovox.data
+import emovox.data.cache
 from emovox.cli import main
-from emovox.corpora import scan
-from emovox.data import AugmentConfig, BatchMaker, FeatureCache, compute_logmel, config_hash, load_features
+from emovox.data.cache import (
+    AugmentConfig,
+    BatchMaker,
+    FeatureCache,
+    compute_logmel,
+    config_hash,
+    load_features,
+)
+from emovox.data.corpora import scan
 from emovox.features import preset
-from emovox.training import TrainConfig, lr_at, map_labels, plan_splits, train_model
+from emovox.training.run import TrainConfig, lr_at, map_labels, plan_splits, train_model
 
 ARTIFACTS = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json", "training_history.json",
              "metrics_overall.json", "metrics_report.csv", "confusion_matrix.npy", "confusion_matrix.png",
@@ -86,7 +93,7 @@ def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
     """Seed 003's backend: torch.load(model) then model(frame (1, 1, 13), hidden) -> (logits, hidden)."""
     from emovox.features import FeatureStats
     from emovox.models import build_model
-    from emovox.training import FullStreamingModel
+    from emovox.training.run import FullStreamingModel
 
     torch.manual_seed(0)
     model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8).eval()
@@ -117,7 +124,7 @@ def test_save_full_model_runs_seed003_loop_literally(synth_corpus, tmp_path, cap
     import librosa
 
     from emovox.inference import load_model
-    from emovox.training import FullStreamingModel
+    from emovox.training.run import FullStreamingModel
 
     out = tmp_path / "out"
     rc = main(["train", "--data_dir", str(synth_corpus), "--model", "lstm", "--features", "framewise-librosa-mfcc13",
@@ -158,8 +165,8 @@ def test_save_full_model_runs_seed003_loop_literally(synth_corpus, tmp_path, cap
 
 def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch):
     calls = []
-    real = emovox.data.load_audio
-    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = emovox.data.cache.load_audio
+    monkeypatch.setattr(emovox.data.cache, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     rows = scan(synth_corpus, with_duration=False)[:12]
     cfg = preset("logmel64")
     first = load_features(rows, cfg, cache=tmp_path, num_workers=2)
@@ -193,8 +200,8 @@ def test_feature_cache_is_hit_on_second_pass(synth_corpus, tmp_path, monkeypatch
 
 def test_training_epochs_read_the_cache_not_the_audio(synth_corpus, tmp_path, monkeypatch):
     calls = []
-    real = emovox.data.load_audio
-    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = emovox.data.cache.load_audio
+    monkeypatch.setattr(emovox.data.cache, "load_audio", lambda *a, **k: calls.append(1) or real(*a, **k))
     rows, labels, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
     cfg = TrainConfig(model="cnn", model_kwargs=TINY_CNN, epochs=2, batch_size=16, seed=0)
     plan = plan_splits(rows, cfg)[0]
@@ -356,7 +363,7 @@ def test_augmentation_keeps_shapes_and_changes_values(synth_corpus):
 
 def test_frame_objective_ignores_padding_and_reads_the_last_real_frame():
     from emovox.models import build_model
-    from emovox.training import _frame_objective
+    from emovox.training.run import _frame_objective
 
     torch.manual_seed(0)
     model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8, num_layers=2).eval()
@@ -399,7 +406,7 @@ def test_streaming_loss_is_checked():
 
 
 def _rows_of_two_corpora():
-    from emovox.corpora import ManifestRow
+    from emovox.data.corpora import ManifestRow
 
     def row(i, label, corpus):
         return ManifestRow(path=f"/x/{i}.wav", label=label, speaker=None, corpus=corpus, duration_s=None)
@@ -410,7 +417,7 @@ def _rows_of_two_corpora():
 
 def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
     from emovox.cli import build_parser
-    from emovox.training import corpus_label_gaps, corpus_label_mask, label_scope_message
+    from emovox.training.run import corpus_label_gaps, corpus_label_mask, label_scope_message
 
     rows = _rows_of_two_corpora()
     labels = ["neutral", "calm", "sad", "angry", "surprised"]  # calm: no training clip at all, masked nowhere
@@ -447,8 +454,8 @@ def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
 
 
 def test_corpus_label_scope_gives_absent_labels_no_gradient():
-    import emovox.distributed as ddp
-    from emovox.training import _frame_objective, corpus_label_mask
+    import emovox.training.distributed as ddp
+    from emovox.training.run import _frame_objective, corpus_label_mask
 
     rows = _rows_of_two_corpora()[:5]
     labels = ["neutral", "sad", "angry", "surprised"]
@@ -512,8 +519,8 @@ def test_training_with_corpus_label_scope(synth_corpus, tmp_path):
 
 def test_corrupted_or_truncated_cache_entries_are_detected_and_recomputed(synth_corpus, tmp_path, monkeypatch):
     calls = []
-    real = emovox.data.load_audio
-    monkeypatch.setattr(emovox.data, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = emovox.data.cache.load_audio
+    monkeypatch.setattr(emovox.data.cache, "load_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     rows, _, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
     rows, cfg = rows[:3], preset("logmel64")
     first = load_features(rows, cfg, cache=tmp_path)
@@ -535,7 +542,7 @@ def test_a_second_run_into_the_same_folder_is_refused(synth_corpus, tmp_path, ca
     import sys
 
     from emovox.cli import main
-    from emovox.training import LOCK_FILE
+    from emovox.training.run import LOCK_FILE
 
     out = tmp_path / "run"
     out.mkdir()

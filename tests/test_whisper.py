@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from emovox import whisper
 from emovox.audio import load_audio
-from emovox.backbones import BackboneError, WhisperBackbone, load_backbone
 from emovox.features import WhisperLogMel
+from emovox.pretrained import whisper
+from emovox.pretrained.backbones import BackboneError, WhisperBackbone, load_backbone
 
 transformers = pytest.importorskip("transformers")
 
@@ -314,10 +314,10 @@ def test_adapt_restandardises_a_probe_head_on_unlabelled_clips(ct2_folder, synth
     """emovox adapt: the pooled features' mean/std re-estimated on the target clips; the rest as trained."""
     import json
 
-    from emovox.adaptation import AdaptationError, adapt_model
     from emovox.audio import find_audio_files
     from emovox.cli import main
     from emovox.inference import load_model
+    from emovox.training.adaptation import AdaptationError, adapt_model
 
     src = tmp_path / "m"
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),
@@ -351,9 +351,9 @@ def test_adapt_restandardises_a_probe_head_on_unlabelled_clips(ct2_folder, synth
 def test_finetuning_the_top_whisper_layer_trains_and_saves_it(ct2_folder, synth_corpus, tmp_path):
     """--finetune-backbone 1 on a Whisper encoder: the top layer and the final norm (it follows the last
     layer) are trained, saved with the head, and reloaded over the packaged weights."""
-    from emovox.backbones import load_backbone
     from emovox.cli import main
     from emovox.modelio import load_model_dir
+    from emovox.pretrained.backbones import load_backbone
 
     out = tmp_path / "ft"
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),

@@ -22,8 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .defaults import MAX_CLIP_S
-from .errors import AudioError
+from emovox.defaults import MAX_CLIP_S
+from emovox.errors import AudioError
 
 SAMPLE_RATE_HZ = 16000
 #: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.

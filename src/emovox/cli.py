@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from emovox import __version__
 
 #: (subcommand, module under emovox.commands). Order is the order shown in --help.
 COMMANDS: list[tuple[str, str]] = [

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
-from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
-from .errors import ModelLoadError
-from .labels import FOLD_FALLBACKS, LabelMap, music_mood
+from emovox.audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
+from emovox.data.labels import FOLD_FALLBACKS, LabelMap, music_mood
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from emovox.errors import ModelLoadError
 
 #: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
 DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
@@ -100,7 +100,7 @@ class TorchBackend:
     def __init__(self, loaded):
         import torch
 
-        from .models.common import fuse_conv_bn
+        from emovox.models.common import fuse_conv_bn
 
         self._torch = torch
         self.loaded = loaded
@@ -143,7 +143,7 @@ class TorchFrameStepper:
         frames skipped as all-zero (``skip_zero_frames``) give no row and leave the state as it was."""
         import torch
 
-        from .modelio import streaming_step
+        from emovox.modelio import streaming_step
 
         pipe = self.pipeline
         with torch.inference_mode():
@@ -624,7 +624,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
                threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
                allow_pickle: bool = False, threads: int | None = None) -> EmotionModel:
     """Load the default shipped model (``None``), a shipped model by name, a trained model folder, an
-    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.pretrained.hf_audio`).
 
     ``backend``: ``"auto"`` runs the model's ONNX Runtime graphs (``<model>/onnx/``: the shipped models have
     them) when onnxruntime is installed, without importing PyTorch, and PyTorch otherwise; ``"onnx"`` insists
@@ -641,12 +641,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
             raise FileNotFoundError(f"--backend onnx needs a model folder, an exported ONNX folder or a .onnx file, "
                                     f"got {name_or_path!r}")
         if not (p / RUNTIME_DIR).is_dir():
-            from .onnx_backend import OnnxModel
+            from emovox.runtime.onnx_backend import OnnxModel
 
             return EmotionModel(OnnxModel(p, threads=threads), name=p.name, path=p, **common)
     name, folder = resolve_model_path(name_or_path)
     if backend != "torch" and (folder / RUNTIME_DIR / "runtime.json").is_file() and _has_onnxruntime():
-        from .onnx_backend import OnnxModel
+        from emovox.runtime.onnx_backend import OnnxModel
 
         return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
     if backend == "onnx":
@@ -671,8 +671,8 @@ def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> Emo
     if importlib.util.find_spec("torch") is None:
         raise ModelLoadError(f"{folder}: this model runs on PyTorch (it has no {RUNTIME_DIR}/ graphs for ONNX "
                              "Runtime), which is not installed: pip install 'emovox[train]'")
-    from .hf_audio import HFAudioBackend, is_hf_audio_folder
-    from .modelio import load_model_dir
+    from emovox.modelio import load_model_dir
+    from emovox.pretrained.hf_audio import HFAudioBackend, is_hf_audio_folder
 
     if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
         return EmotionModel(HFAudioBackend(folder), name=name, path=folder, **common)

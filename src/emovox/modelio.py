@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
-from .errors import ModelLoadError
-from .features import (
+from emovox import __version__
+from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
+from emovox.errors import ModelLoadError
+from emovox.features import (
     FeatureConfig,
     FeatureStats,
     Normalize,
@@ -44,9 +44,9 @@ from .features import (
     pad_to_one_frame,
     prepare_input,
 )
-from .model_config import FORMAT, FORMAT_VERSION, ModelConfig
-from .models import build_model
-from .models.common import head_logits, is_streaming, stream_step
+from emovox.model_config import FORMAT, FORMAT_VERSION, ModelConfig
+from emovox.models import build_model
+from emovox.models.common import head_logits, is_streaming, stream_step
 
 FULL_MODEL_FILE = "model_full.pth"
 #: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .labels import taxonomy
+from emovox.data.labels import taxonomy
 
 
 def create_model(path: str | os.PathLike, *, name: str = "cnn", features: str = "logmel64",
@@ -22,9 +22,9 @@ def create_model(path: str | os.PathLike, *, name: str = "cnn", features: str = 
     (default ekman7) in that order, feature statistics around speech levels. Returns ``path``."""
     import torch
 
-    from .features import FeatureStats, preset
-    from .modelio import make_config, save_model
-    from .models import build_model
+    from emovox.features import FeatureStats, preset
+    from emovox.modelio import make_config, save_model
+    from emovox.models import build_model
 
     labels = list(labels or taxonomy("ekman7"))
     torch.manual_seed(seed)

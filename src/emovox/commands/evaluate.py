@@ -32,11 +32,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..data import default_cache_dir
-    from ..evaluation import evaluate_model
-    from ..modelio import load_model_dir
-    from ..splits import resolve_speaker
-    from .train import load_rows
+    from emovox.commands.train import load_rows
+    from emovox.data.cache import default_cache_dir
+    from emovox.data.splits import resolve_speaker
+    from emovox.modelio import load_model_dir
+    from emovox.training.evaluation import evaluate_model
 
     if args.threads:
         import torch
@@ -44,7 +44,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     from pathlib import Path
 
-    from ..inference import resolve_model_path
+    from emovox.inference import resolve_model_path
 
     model = args.model if Path(args.model).exists() else resolve_model_path(args.model)[1]
     loaded = load_model_dir(model)

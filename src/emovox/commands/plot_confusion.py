@@ -19,7 +19,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..evaluation import plot_confusion
+    from emovox.training.evaluation import plot_confusion
 
     src = Path(args.input)
     if not src.is_file():

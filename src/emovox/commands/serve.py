@@ -10,8 +10,8 @@ import sys
 import tempfile
 import threading
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
-from ..scale.options import add_serve_arguments
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from emovox.scale.options import add_serve_arguments
 
 HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
@@ -94,10 +94,10 @@ def run(args) -> int:
     except ImportError:
         print("emovox serve: error: the server needs its extras: pip install 'emovox[serve]'", file=sys.stderr)
         return 2
-    from ..server.app import create_app
-    from ..server.observability import log_config
-    from ..server.services import finish_loading_text, load_services
-    from ..server.settings import Settings
+    from emovox.server.app import create_app
+    from emovox.server.observability import log_config
+    from emovox.server.services import finish_loading_text, load_services
+    from emovox.server.settings import Settings
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -142,8 +142,8 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
     through prometheus-client's multiprocess folder (a fresh one, removed afterwards, unless set)."""
     import uvicorn
 
-    from ..server.observability import MULTIPROC_VARIABLE
-    from ..server.settings import ENV_FILE_VARIABLE
+    from emovox.server.observability import MULTIPROC_VARIABLE
+    from emovox.server.settings import ENV_FILE_VARIABLE
 
     os.environ.update(settings.to_env())
     os.environ[ENV_FILE_VARIABLE] = "none"  # the settings are all in the environment now
@@ -159,8 +159,8 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
 
 def _run_ray(args, settings) -> int:
     """``--engine ray``: the same app on Ray Serve replicas (each loads its own models)."""
-    from ..scale.options import ray_options, serve_options
-    from ..scale.ray_serve import serve_forever
+    from emovox.scale.options import ray_options, serve_options
+    from emovox.scale.ray_serve import serve_forever
 
     if args.workers != 1:
         raise ValueError("--workers runs uvicorn processes on this machine; with --engine ray use --replicas")

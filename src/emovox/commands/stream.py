@@ -11,7 +11,7 @@ HELP = "classify audio incrementally: a file played as a stream, or raw 16-bit 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference import BACKENDS  # the runtimes load_model takes (no torch import)
+    from emovox.inference import BACKENDS  # the runtimes load_model takes (no torch import)
 
     p.add_argument("source", nargs="?", default="-", help="audio file, or '-' for raw s16le mono PCM on stdin")
     p.add_argument("--model", default=None,
@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..audio import load_audio, pcm16_to_float
-    from ..inference import load_model
+    from emovox.audio import load_audio, pcm16_to_float
+    from emovox.inference import load_model
 
     model = load_model(args.model, backend=args.backend)
     session = model.stream(labels=args.labels, window_s=args.window_s, final_answer=args.final_answer)

@@ -87,8 +87,8 @@ def _fraction(value) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..options import Options
-    from ..recipes import recipes_help
+    from emovox.commands.options import Options
+    from emovox.training.recipes import recipes_help
 
     opts = Options()
     p.set_defaults(_train_options=opts)
@@ -116,13 +116,13 @@ def _tc(name: str):
     """TrainConfig's default for a field: the one owner of every training default."""
     from dataclasses import fields
 
-    from ..training import TrainConfig
+    from emovox.training.run import TrainConfig
 
     return {f.name: f.default for f in fields(TrainConfig)}[name]
 
 
 def _layer_arguments(opts, p) -> None:
-    from ..recipes import RECIPES
+    from emovox.training.recipes import RECIPES
 
     g = p.add_argument_group("recipe and config file")
     opts.add(g, "--recipe", choices=list(RECIPES), shown="none: emovox's own defaults",
@@ -150,8 +150,8 @@ def _data_arguments(opts, p) -> None:
 
 
 def _model_arguments(opts, p) -> None:
-    from ..features import PRESET_ALIASES, PRESETS
-    from ..training import DEFAULT_FEATURES
+    from emovox.features import PRESET_ALIASES, PRESETS
+    from emovox.training.run import DEFAULT_FEATURES
 
     g = p.add_argument_group("model and features")
     opts.add(g, "--model", default=_tc("model"),
@@ -201,7 +201,7 @@ def _backbone_arguments(opts, p) -> None:
 
 
 def _training_arguments(opts, p) -> None:
-    from ..training import LABEL_SCOPES
+    from emovox.training.run import LABEL_SCOPES
 
     g = p.add_argument_group("training")
     opts.add(g, "--epochs", type=int, default=_tc("epochs"), help="most epochs to train")
@@ -289,8 +289,8 @@ def _output_arguments(opts, p) -> None:
 def settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     """Every option's value from the layers (defaults < recipe < config file < explicit flags), and
     where the non-default ones came from (``{"recipe", "recipe_options", "config_options", "explicit"}``)."""
-    from ..options import OptionError
-    from ..recipes import recipe
+    from emovox.commands.options import OptionError
+    from emovox.training.recipes import recipe
 
     opts = args._train_options
     explicit = opts.explicit(args)
@@ -319,7 +319,7 @@ def load_rows(data_dirs, corpora=None, csv_path=None):
     """Manifest rows of every data dir (merged), following seed 000's --csv_path convention."""
     from pathlib import Path
 
-    from ..corpora import CorpusError, scan
+    from emovox.data.corpora import CorpusError, scan
 
     corpora = list(corpora or [])
     if corpora and len(corpora) not in (1, len(data_dirs)):
@@ -367,7 +367,7 @@ def model_kwargs(args, defaults: dict) -> dict:
 
 
 def run(args) -> int:
-    from .. import distributed
+    from emovox.training import distributed
 
     distributed.init_from_env()  # no-op unless launched by torchrun with several processes
     try:
@@ -379,7 +379,7 @@ def run(args) -> int:
 def _announce(a, sources: dict, say) -> None:
     """Say which settings the recipe and the config file gave, and which of the recipe's the config file
     or flags changed (``a``: the resolved options)."""
-    from ..recipes import recipe
+    from emovox.training.recipes import recipe
 
     def listed(layer):
         return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in layer.items())
@@ -394,8 +394,8 @@ def _announce(a, sources: dict, say) -> None:
 
 
 def _feature_config(a):
-    from ..features import preset
-    from ..training import DEFAULT_FEATURES
+    from emovox.features import preset
+    from emovox.training.run import DEFAULT_FEATURES
 
     feats = preset(a.features or DEFAULT_FEATURES.get(a.model, "logmel64"))
     changes = {}
@@ -409,8 +409,8 @@ def _feature_config(a):
 
 
 def train_config(a, defaults: dict):
-    """The :class:`~emovox.training.TrainConfig` of resolved options ``a``."""
-    from ..training import TrainConfig
+    """The :class:`~emovox.training.run.TrainConfig` of resolved options ``a``."""
+    from emovox.training.run import TrainConfig
 
     return TrainConfig(
         model=a.model, model_kwargs=model_kwargs(a, defaults), features=_feature_config(a).to_dict(), labels=a.labels,
@@ -428,8 +428,8 @@ def train_config(a, defaults: dict):
 
 
 def _run(args, *, rank0: bool = True) -> int:
-    from ..data import default_cache_dir
-    from ..training import run_training
+    from emovox.data.cache import default_cache_dir
+    from emovox.training.run import run_training
 
     a, sources = settings(args)
     say = print if rank0 else (lambda *_: None)
@@ -439,7 +439,7 @@ def _run(args, *, rank0: bool = True) -> int:
 
         torch.set_num_threads(a.threads)
     if a.export:
-        from ..export import check_dependencies
+        from emovox.export import check_dependencies
 
         check_dependencies(a.export)  # before hours of training, not after
     rows = load_rows(a.data_dir, a.corpus, a.csv_path)
@@ -457,8 +457,8 @@ def _run(args, *, rank0: bool = True) -> int:
 
 
 def _export(out_dir, formats, inputs, verbose: int, say) -> None:
-    from ..export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
-    from .export import quiet_converters
+    from emovox.commands.export import quiet_converters
+    from emovox.export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
 
     try:
         with quiet_converters(verbose):

@@ -23,9 +23,9 @@ format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the
 
 from __future__ import annotations
 
-from .checks import DEFAULT_TOLERANCE, synthetic_clips
-from .coreml_export import FLAVOURS as COREML_FLAVOURS
-from .exporter import (
+from emovox.export.checks import DEFAULT_TOLERANCE, synthetic_clips
+from emovox.export.coreml_export import FLAVOURS as COREML_FLAVOURS
+from emovox.export.exporter import (
     FORMATS,
     MANIFEST_FILE,
     PREPROCESSING_FILE,
@@ -37,9 +37,9 @@ from .exporter import (
     export_model,
     export_trained_model,
 )
-from .onnx_export import DEFAULT_OPSET
-from .preprocessing import preprocessing_spec
-from .spec import INPUT_KINDS
+from emovox.export.onnx_export import DEFAULT_OPSET
+from emovox.export.preprocessing import preprocessing_spec
+from emovox.export.spec import INPUT_KINDS
 
 __all__ = [
     "COREML_FLAVOURS",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .spec import GraphSpec
+from emovox.export.spec import GraphSpec
 
 FLAVOURS = ("neuralnetwork", "mlprogram")
 EXTENSIONS = {"neuralnetwork": ".mlmodel", "mlprogram": ".mlpackage"}

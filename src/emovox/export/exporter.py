@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ExportError
-from ..modelio import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, LoadedModel, ModelLoadError, load_model_dir
-from .checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
-from .coreml_export import FLAVOURS
-from .onnx_export import DEFAULT_OPSET
-from .preprocessing import preprocessing_spec
-from .spec import DEFAULT_COREML_MAX_SECONDS, INPUT_KINDS, GraphSpec, build_graph_spec
+from emovox import __version__
+from emovox.errors import ExportError
+from emovox.export.checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
+from emovox.export.coreml_export import FLAVOURS
+from emovox.export.onnx_export import DEFAULT_OPSET
+from emovox.export.preprocessing import preprocessing_spec
+from emovox.export.spec import DEFAULT_COREML_MAX_SECONDS, INPUT_KINDS, GraphSpec, build_graph_spec
+from emovox.modelio import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, LoadedModel, ModelLoadError, load_model_dir
 
 FORMATS = ("onnx", "coreml", "torchscript")
 EXPORT_FORMAT = "emovox-export"
@@ -208,7 +208,7 @@ def _check_json_files(folder: Path, config: dict[str, Any]) -> None:
 def _clips(sources, sample_rate_hz: int) -> list[np.ndarray]:
     if not sources:
         return synthetic_clips(sample_rate_hz)
-    from ..audio import load_audio
+    from emovox.audio import load_audio
 
     clips = []
     for s in sources:
@@ -274,7 +274,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
         cases = build_cases(spec, ref.pipeline, clips) if clips else []
         checks: dict[str, Any] = {}
         if "onnx" in formats:
-            from .onnx_export import OnnxRunner, external_data_files, quantize_int8, write_onnx
+            from emovox.export.onnx_export import OnnxRunner, external_data_files, quantize_int8, write_onnx
 
             path = tmp / f"{spec.stem}.onnx"
             write_onnx(spec, path, opset=opset, metadata={**meta, "opset": opset})
@@ -296,7 +296,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
                     q["vs_pytorch"].pop("tolerance")
                 report.quantization[spec.kind] = q
         if "torchscript" in formats:
-            from .torchscript_export import TorchScriptRunner, write_torchscript
+            from emovox.export.torchscript_export import TorchScriptRunner, write_torchscript
 
             path = tmp / f"{spec.stem}.pt"
             write_torchscript(spec, path, config=config, metadata=meta, preprocessing=prep)
@@ -304,7 +304,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
             if cases:
                 checks["torchscript"] = check_runner(spec, TorchScriptRunner(path, spec), cases, tolerance=tolerance)
         if "coreml" in formats:
-            from .coreml_export import CoreMLRunner, can_predict, write_coreml
+            from emovox.export.coreml_export import CoreMLRunner, can_predict, write_coreml
 
             written = write_coreml(spec, tmp, flavours=flavours, metadata=meta, author=author,
                                    license_text=license_text, description=desc)

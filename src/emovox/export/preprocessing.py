@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..features import (
+from emovox.features import (
     LEVEL_QUANTILE,
     PEAK_EPS,
     FeatureConfig,
@@ -192,8 +192,8 @@ def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]
 
 
 def _is_streaming(config: dict[str, Any]) -> bool:
-    from ..models import MODELS, _load_all
-    from ..models.common import is_streaming
+    from emovox.models import MODELS, _load_all
+    from emovox.models.common import is_streaming
 
     _load_all()
     cls = MODELS.get(config["model"]["name"])

@@ -14,8 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modelio import EmotionPipeline
-from .graphs import FeatureGraph, StreamingStepGraph, WaveformGraph, state_names, streaming_state_layout
+from emovox.export.graphs import (
+    FeatureGraph,
+    StreamingStepGraph,
+    WaveformGraph,
+    state_names,
+    streaming_state_layout,
+)
+from emovox.modelio import EmotionPipeline
 
 INPUT_KINDS = ("waveform", "features")
 #: Core ML's waveform input accepts this many seconds at most (a flexible shape needs a bound).

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .coreml_export import trace
-from .graphs import Seed003Step
-from .spec import GraphSpec
+from emovox.export.coreml_export import trace
+from emovox.export.graphs import Seed003Step
+from emovox.export.spec import GraphSpec
 
 EXTRA_FILES = ("config.json", "export.json", "preprocessing.json")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import length_mask
+from emovox.models.common import length_mask
 
 
 def _mask_like(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

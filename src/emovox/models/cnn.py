@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-from .common import masked_mean, zero_padding
+from emovox.models import register
+from emovox.models.common import masked_mean, zero_padding
 
 
 @register("cnn")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-from .blocks import masked_mean_2d, masked_sequential
+from emovox.models import register
+from emovox.models.blocks import masked_mean_2d, masked_sequential
 
 
 @register("cnn2d")

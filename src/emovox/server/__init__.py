@@ -8,7 +8,7 @@ See ``docs/server.md`` for the endpoints, settings and limits.
 
 from __future__ import annotations
 
-from .app import create_app
-from .settings import Settings, SettingsError
+from emovox.server.app import create_app
+from emovox.server.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "create_app"]

@@ -38,16 +38,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..audio import AudioError, pcm16_to_float
-from ..labels import TAXONOMIES, LabelError, music_mood
-from . import schemas
-from .batching import DynamicBatcher, Overloaded
-from .clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
-from .observability import ARRIVED, Metrics, ObservabilityMiddleware
-from .services import Services, load_services
-from .settings import MAX_WS_TEXT_BYTES, MIN_WS_FRAME_S, Settings
-from .uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
+from emovox import __version__
+from emovox.audio import AudioError, pcm16_to_float
+from emovox.data.labels import TAXONOMIES, LabelError, music_mood
+from emovox.server import schemas
+from emovox.server.batching import DynamicBatcher, Overloaded
+from emovox.server.clips import AUDIO_FORMATS, audio_error, check_header, classify_clips, decode_clip
+from emovox.server.observability import ARRIVED, Metrics, ObservabilityMiddleware
+from emovox.server.services import Services, load_services
+from emovox.server.settings import MAX_WS_TEXT_BYTES, MIN_WS_FRAME_S, Settings
+from emovox.server.uploads import ApiError, BodyLimitMiddleware, error_body, read_upload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

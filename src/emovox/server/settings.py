@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
 
 log = logging.getLogger(__name__)
 

@@ -164,7 +164,7 @@ class Encoder:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
         self.ref = ref
         self.device = torch.device(device)
-        from ..hfcheckpoint import quiet_loading
+        from emovox.pretrained.hfcheckpoint import quiet_loading
 
         try:
             with quiet_loading():

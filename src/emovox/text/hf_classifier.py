@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hfcheckpoint import (
+from emovox.pretrained.hfcheckpoint import (
     CheckpointError,
     architecture,
     label_names,
@@ -38,6 +38,7 @@ from ..hfcheckpoint import (
     read_hf_config,
     weights_file,
 )
+
 from .data import TextModelError
 from .encoder import padded_batches, tokenize
 from .model import CONFIG_FILE, TextModel, _read_json

@@ -5,7 +5,7 @@ Where the weights come from
     pip packages carry in CTranslate2 (faster-whisper) format, so they install offline from the
     package registry (:data:`PACKAGED`). A local CTranslate2 folder (``model.bin`` beside its
     ``config.json``) works the same way. Hugging Face Whisper folders and hub ids are loaded by
-    :func:`emovox.backbones.load_backbone` through transformers and end up in the same encoder.
+    :func:`emovox.pretrained.backbones.load_backbone` through transformers and end up in the same encoder.
 
 The CTranslate2 ``model.bin`` (format version 6), read by :func:`read_ct2_variables`
     little-endian: ``u32`` version, string spec name (``WhisperSpec``), ``u32`` revision, ``u32``
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import WhisperWeightsError
+from emovox.errors import WhisperWeightsError
 
 # the NumPy half (reader, packaged checkpoints, sizes) lives in whisper_weights; re-exported here
-from .whisper_weights import (  # noqa: F401
+from emovox.pretrained.whisper_weights import (  # noqa: F401
     CONV_STRIDE,
     CT2_DTYPES,
     CT2_SPEC,

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .hfcheckpoint import (
+from emovox.data.labels import LabelError, canonical
+from emovox.modelio import WEIGHTS_FILE, ModelLoadError
+from emovox.pretrained.hfcheckpoint import (
     CheckpointError,
     architecture,
     label_names,
@@ -32,8 +34,6 @@ from .hfcheckpoint import (
     read_hf_config,
     weights_file,
 )
-from .labels import LabelError, canonical
-from .modelio import WEIGHTS_FILE, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Canonical emotion names are lower-case English words (``neutral``, ``calm``, ``happy``, ``sad``,
 ``angry``, ``fearful``, ``disgust``, ``surprised``). Corpus codes (``ANG``, ``ps``, ``W``...) are
-turned into these names by :mod:`emovox.corpora`; this module maps canonical names between
+turned into these names by :mod:`emovox.data.corpora`; this module maps canonical names between
 taxonomies and folds probability vectors accordingly (mass is summed, never lost).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LabelError
+from emovox.errors import LabelError
 
 RAVDESS8 = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 EKMAN7 = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")

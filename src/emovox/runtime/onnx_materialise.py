@@ -3,7 +3,7 @@
 The default model's ``onnx/model.onnx`` holds Whisper's front-end and the probe, but not the encoder's
 20M weights: each encoder initializer is ONNX external data named ``<backbone>:<parameter>`` (see
 :mod:`emovox.export.runtime_build`). Here those references are filled from the pinned Whisper packages
-(:mod:`emovox.whisper_weights`, NumPy only), the graph is optimised by ONNX Runtime itself (constant
+(:mod:`emovox.pretrained.whisper_weights`, NumPy only), the graph is optimised by ONNX Runtime itself (constant
 folding of the weight transposes) and, where the runtime manifest asks for it, dynamically quantised
 to int8 (``onnxruntime.quantization.quantize_dynamic``, the encoder's matrix products only). The result
 is written to the cache folder (``$EMOVOX_CACHE_DIR/onnx``, default ``~/.cache/emovox/onnx``), named by
@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .defaults import cache_env
-from .errors import ModelLoadError
+from emovox.defaults import cache_env
+from emovox.errors import ModelLoadError
 
 CACHE_SUBDIR = "onnx"
 
@@ -31,7 +31,7 @@ def cache_root() -> Path:
 
 
 def _weights_files(backbone: str) -> list[Path]:
-    from .whisper_weights import PACKAGED, packaged_files
+    from emovox.pretrained.whisper_weights import PACKAGED, packaged_files
 
     if backbone not in PACKAGED:
         raise ModelLoadError(f"the runtime graph refers to encoder weights {backbone!r}, which are not a packaged "
@@ -99,7 +99,7 @@ def _fill(graph: Path, backbone: str, out: Path) -> None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    from .whisper_weights import ct2_encoder_arrays
+    from emovox.pretrained.whisper_weights import ct2_encoder_arrays
 
     _dims, arrays = ct2_encoder_arrays(_weights_files(backbone))
     model = onnx.load(str(graph), load_external_data=False)

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import TrainingError
-from .features import FeatureConfig
-from .modelio import _atomic_write, torch_saver
+from emovox import __version__
+from emovox.errors import TrainingError
+from emovox.features import FeatureConfig
+from emovox.modelio import _atomic_write, torch_saver
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "emovox-checkpoint"

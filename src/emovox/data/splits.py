@@ -4,7 +4,7 @@ Every function returns :class:`Split` objects that say which kind of split was m
 (no speaker in both parts) or ``"stratified"`` (random by label, used only when speakers are
 unknown, and then said so in :attr:`Split.message`). A :class:`Split` unpacks as ``train, test``.
 
-Rows are :class:`emovox.corpora.ManifestRow` objects or anything with ``label`` and ``speaker``
+Rows are :class:`emovox.data.corpora.ManifestRow` objects or anything with ``label`` and ``speaker``
 attributes (or keys). Clips without a speaker, mixed with clips that have one, are treated as
 their own single-clip speakers, and the message says how many there were.
 """

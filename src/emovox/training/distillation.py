@@ -9,20 +9,20 @@ Teacher labels
     The teacher's raw logits (before its calibration temperature) for every training clip, in a JSON
     Lines file: a header line (``format``, the teacher, its labels and calibration temperature) and one
     line per clip ``{"key": SHA-1 of the clip's bytes, "path": ..., "logits": [...]}``. Clips are found by
-    the content key (:func:`emovox.data.content_key`), so the file stays valid when a corpus moves. The
+    the content key (:func:`emovox.data.cache.content_key`), so the file stays valid when a corpus moves. The
     file is appended to and flushed as clips are done, so an interrupted run resumes where it stopped
     (a torn last line is ignored and recomputed). :func:`write_teacher_labels` writes it; ``emovox train
     --teacher MODEL`` computes the missing ones itself before training.
 
 Computing them
     A frozen-backbone ``ssl`` teacher (the shipped ``default``) reads the backbone's hidden states from
-    the training cache (:class:`emovox.backbone_data.HiddenStateCache`, filled by its own training), so
+    the training cache (:class:`emovox.data.backbone_data.HiddenStateCache`, filled by its own training), so
     its soft labels cost a head's forward pass per clip; clips not cached there run the encoder. Any
     other teacher runs its whole pipeline on the decoded clip.
 
 Augmented copies
     Training augments in the log-mel domain (random crops, speed, gain, noise, SpecAugment; see
-    :mod:`emovox.data`): an augmented crop gets the soft label of its clean clip (the teacher is not run
+    :mod:`emovox.data.cache`): an augmented crop gets the soft label of its clean clip (the teacher is not run
     on augmented audio). Mixup mixes the soft labels with the same weight as the clips.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import TrainingError
+from emovox.errors import TrainingError
 
 TEACHER_LABELS_FORMAT = "emovox-teacher-labels"
 
@@ -121,7 +121,7 @@ class TeacherLabels:
 
     def lookup(self, paths: Sequence[str]) -> np.ndarray:
         """Logits ``(len(paths), n_labels)`` of clips by their content; a clip without an entry is an error."""
-        from .data import content_key
+        from emovox.data.cache import content_key
 
         keys = [content_key(p) for p in paths]
         missing = [p for p, k in zip(paths, keys) if k not in self.logits]
@@ -134,7 +134,7 @@ class TeacherLabels:
 
 
 def _header(teacher: str, labels: Sequence[str], temperature: float) -> dict[str, Any]:
-    from . import __version__
+    from emovox import __version__
 
     return {"format": TEACHER_LABELS_FORMAT, "version": 1, "teacher": teacher, "labels": list(labels),
             "teacher_temperature": float(temperature), "logits": "raw (before the teacher's temperature)",
@@ -149,9 +149,9 @@ class Teacher:
     """A loaded teacher model that gives raw logits for clips (see the module docstring)."""
 
     def __init__(self, name_or_path: str | os.PathLike, *, cache=True):
-        from .backbone_data import cache_root
-        from .inference import resolve_model_path
-        from .modelio import load_model_dir
+        from emovox.data.backbone_data import cache_root
+        from emovox.inference import resolve_model_path
+        from emovox.modelio import load_model_dir
 
         self.name, folder = resolve_model_path(name_or_path)
         self.source = str(name_or_path)
@@ -162,7 +162,7 @@ class Teacher:
         model = self.pipeline.model
         self.cache = None
         if getattr(model, "head_kind", None) is not None and not getattr(model, "finetune_layers", 0):
-            from .backbone_data import HiddenStateCache
+            from emovox.data.backbone_data import HiddenStateCache
 
             root = cache_root(cache)
             if root is not None:
@@ -171,8 +171,8 @@ class Teacher:
     @torch.inference_mode()
     def logits(self, path: str) -> np.ndarray:
         """The teacher's raw logits for one clip (cached backbone states when it has them)."""
-        from .audio import load_audio
-        from .defaults import MAX_TRAINING_CLIP_S
+        from emovox.audio import load_audio
+        from emovox.defaults import MAX_TRAINING_CLIP_S
 
         states = self.cache.get(path) if self.cache is not None else None
         if states is not None:
@@ -187,8 +187,8 @@ def write_teacher_labels(teacher: str | os.PathLike | Teacher, paths: Sequence[s
     """Append the teacher's logits for every clip of ``paths`` not yet in ``out`` (created with a header when
     absent), flushing every ``flush_every`` clips; returns the complete file's contents. Refuses a file
     written by a teacher with other labels. Unreadable clips are reported and left out."""
-    from .audio import AudioError
-    from .data import content_key
+    from emovox.audio import AudioError
+    from emovox.data.cache import content_key
 
     say = echo or (lambda s: None)
     t = teacher if isinstance(teacher, Teacher) else Teacher(teacher, cache=cache)
@@ -236,7 +236,7 @@ def teacher_logits_for(rows: Sequence[Any], labels: Sequence[str], *, teacher: s
     """The teacher logits ``(len(rows), n_labels)`` of training rows, in the student's label order: read from
     ``teacher_labels`` (computing the missing ones first when ``teacher`` is given too, or into
     ``OUT``-less memory when only ``teacher`` is given)."""
-    from .data import row_path
+    from emovox.data.cache import row_path
 
     paths = [row_path(r) for r in rows]
     if teacher_labels is not None and teacher is not None:
@@ -251,7 +251,7 @@ def teacher_logits_for(rows: Sequence[Any], labels: Sequence[str], *, teacher: s
         if say:
             say(f"teacher {teacher}: computing soft labels for {len(paths)} training clips (not saved: give "
                 "--teacher-labels FILE to keep them)")
-        from .data import content_key
+        from emovox.data.cache import content_key
 
         for p in paths:
             tl.logits[content_key(p)] = t.logits(p).astype(np.float32)

@@ -1,6 +1,6 @@
 """Local Hugging Face checkpoint folders (``save_pretrained`` output), opened safely and quietly.
 
-Shared by the audio adapter (:mod:`emovox.hf_audio`) and the text adapter
+Shared by the audio adapter (:mod:`emovox.pretrained.hf_audio`) and the text adapter
 (:mod:`emovox.text.hf_classifier`): what architecture a folder holds, which weights file it has
 (safetensors only: loading never unpickles), and its label names (``labels.json`` beside it, else
 the config's ``id2label``). Nothing is ever downloaded: folders are opened with
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from emovox.errors import CheckpointError
 
 HF_CONFIG = "config.json"
 LABELS_FILE = "labels.json"

@@ -1,14 +1,14 @@
 """Data for the backbone models (``--model ssl``): the hidden-state cache, decoded waveforms, batches,
 and what the trainer and the evaluator need to train and evaluate a head on a pretrained backbone.
 
-This is the backbone counterpart of :mod:`emovox.data` (log-mel features, ``FeatureCache``,
+This is the backbone counterpart of :mod:`emovox.data.cache` (log-mel features, ``FeatureCache``,
 ``BatchMaker``); the networks themselves live in :mod:`emovox.models.ssl` and the encoders in
-:mod:`emovox.backbones`, which import nothing from here.
+:mod:`emovox.pretrained.backbones`, which import nothing from here.
 
 Hidden-state cache
     :class:`HiddenStateCache` stores each clip's selected hidden states as one float16 ``.npy``
     of shape ``(n_layers, hidden, frames)`` under ``ROOT/ssl-<key>/<k[:2]>/<k>.npy``; see
-    :mod:`emovox.backbones` for the key and the sizes.
+    :mod:`emovox.pretrained.backbones` for the key and the sizes.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
-from .audio import AudioError, load_audio
-from .backbones import SAMPLE_RATE_HZ, Backbone
-from .data import (
+from emovox.audio import AudioError, load_audio
+from emovox.data.cache import (
     ClipCache,
     FeatureCache,
     FeatureSet,
@@ -37,10 +35,12 @@ from .data import (
     default_cache_dir,
     row_path,
 )
-from .defaults import MAX_TRAINING_CLIP_S
-from .errors import TrainingError
-from .models import build_model
-from .models.ssl import PROBE_HEADS, SSLHybrid
+from emovox.defaults import MAX_TRAINING_CLIP_S
+from emovox.errors import TrainingError
+from emovox.models import build_model
+from emovox.models.ssl import PROBE_HEADS, SSLHybrid
+from emovox.pretrained.backbones import SAMPLE_RATE_HZ, Backbone
+from emovox.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
                        max_duration_s: float | None = MAX_TRAINING_CLIP_S):
     """Hidden states ``(n_layers, hidden, frames)`` float16 for ``rows``, from the cache or computed.
 
-    Returns an :class:`emovox.data.FeatureSet` (``features``: memory-mapped cache files when a
+    Returns an :class:`emovox.data.cache.FeatureSet` (``features``: memory-mapped cache files when a
     cache is used, in-memory float16 arrays otherwise; ``decoded``: clips run through the
     backbone). Unreadable clips are left out and listed in ``errors``.
     """
@@ -238,7 +238,7 @@ class WaveBatches:
 
 
 class SSLTraining:
-    """What :func:`emovox.training.train_model` needs for ``--model ssl``.
+    """What :func:`emovox.training.run.train_model` needs for ``--model ssl``.
 
     Builds the model (loading the backbone), bundles the backbone into the output folder when the
     model kwargs ask for it (``bundle_backbone=True``), and provides the data: frozen backbones
@@ -316,7 +316,7 @@ class SSLTraining:
         return self.cache is not None and not self.finetune
 
     def load(self, rows, *, desc: str = "features"):
-        """A :class:`emovox.data.FeatureSet` of cached states (frozen) or waveforms (fine-tuning)."""
+        """A :class:`emovox.data.cache.FeatureSet` of cached states (frozen) or waveforms (fine-tuning)."""
         if self.finetune:
             return load_waveforms(rows, num_workers=self.num_workers, progress=self.progress, desc=desc)
         return load_hidden_states(rows, self.model.backbone, self.model.layers, cache=self.cache, device=self.device,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import canonical
+from emovox.data.labels import canonical
 
 DEFAULT_LABELS = ("neutral", "happy", "sad", "angry")
 
@@ -140,7 +140,7 @@ def make_synthetic_corpus(
     """Write a synthetic corpus (WAV files + ``labels.csv`` with ``path,label,speaker``) to ``out_dir``.
 
     Files are named ``synthetic_spk01_happy_003.wav``; speakers are ``spk01``... (``csv_spk01`` once
-    read back by :func:`emovox.corpora.scan`). Returns ``out_dir``. Deterministic for a given seed.
+    read back by :func:`emovox.data.corpora.scan`). Returns ``out_dir``. Deterministic for a given seed.
     """
     import soundfile as sf
 
@@ -173,7 +173,7 @@ def make_synthetic_corpus(
         w.writerows(rows)
     total_s = len(rows) * duration_s
     (out / "README.txt").write_text(
-        "SYNTHETIC data written by emovox.synth.make_synthetic_corpus: tones with emotion-like recipes\n"
+        "SYNTHETIC data written by emovox.data.synth.make_synthetic_corpus: tones with emotion-like recipes\n"
         "(pitch, contour, brightness, loudness, syllable rate, noise), not human speech. For tests and\n"
         "demos only; accuracy on it says nothing about real emotion recognition.\n\n"
         f"labels: {', '.join(labels)}\nspeakers: {n_speakers}\nclips per label per speaker: "

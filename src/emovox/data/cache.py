@@ -66,9 +66,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio import AudioError, load_audio
-from .defaults import MAX_TRAINING_CLIP_S, cache_env
-from .features import (
+from emovox.audio import AudioError, load_audio
+from emovox.defaults import MAX_TRAINING_CLIP_S, cache_env
+from emovox.features import (
     FeatureConfig,
     FeatureStats,
     LogMel,

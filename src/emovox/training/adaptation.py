@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import AdaptationError
+from emovox.errors import AdaptationError
 
 __all__ = ["AdaptationError", "MIN_ADAPTATION_CLIPS", "adapt_model"]
 
@@ -32,9 +32,9 @@ def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], ou
     """Write a copy of ``model`` (a shipped name or a folder) to ``out_dir`` whose pooled-feature
     standardisation is estimated on ``clips`` (audio files of the target domain, unlabelled).
     Returns the ``adaptation`` record saved in its config."""
-    from .backbone_data import load_hidden_states
-    from .inference import resolve_model_path
-    from .modelio import load_model_dir, save_model
+    from emovox.data.backbone_data import load_hidden_states
+    from emovox.inference import resolve_model_path
+    from emovox.modelio import load_model_dir, save_model
 
     src = Path(model) if Path(model).exists() else resolve_model_path(model)[1]
     loaded = load_model_dir(src)

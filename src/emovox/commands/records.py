@@ -116,7 +116,7 @@ def _from_manifest(manifest: Path, path: str) -> str:
 def expand_inputs(paths: Iterable[str]) -> list[str]:
     """Files as given, folders recursively, globs expanded, manifests (``.jsonl``, ``.csv``) read; order
     kept, duplicates dropped. A path that matches nothing is kept so that its record reports the error."""
-    from .audio import find_audio_files
+    from emovox.audio import find_audio_files
 
     out: list[str] = []
     for p in paths:

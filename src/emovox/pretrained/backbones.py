@@ -71,9 +71,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import whisper
-from .errors import BackboneError
-from .features import WhisperLogMel
+from emovox.errors import BackboneError
+from emovox.features import WhisperLogMel
+from emovox.pretrained import whisper
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def _check_expected(expected: BackboneRef | None, loaded: BackboneRef, location:
 
 def _load_hf(ref: BackboneRef, location: str):
     """``(model, feature extractor, loaded ref)`` through transformers' Auto classes; a Whisper checkpoint
-    gives emovox's :class:`~emovox.whisper.WhisperEncoder` with its encoder weights."""
+    gives emovox's :class:`~emovox.pretrained.whisper.WhisperEncoder` with its encoder weights."""
     access = _HubAccess(ref, location)
     try:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel

@@ -2,7 +2,7 @@
 
 Choices, and why:
 
-- **Inputs.** Features are read from the disk cache (:mod:`emovox.data`). Frame models (cnn,
+- **Inputs.** Features are read from the disk cache (:mod:`emovox.data.cache`). Frame models (cnn,
   cnn2d, crnn) train on random fixed-length crops (``crop_s``, default 3 s; shorter clips are
   padded and masked) and are evaluated on whole clips (global pooling is length-independent; the
   masks make padding invisible). Streaming models (lstm) train on whole clips (at most
@@ -29,11 +29,11 @@ Choices, and why:
   types, so it loads with ``torch.load(weights_only=True)``.
 - **Calibration.** After training, a temperature is fitted on the validation split (LBFGS on the
   NLL) and saved in the model config; ECE before and after is reported.
-- **Pretrained backbones** (``ssl``): :class:`emovox.backbone_data.SSLTraining` supplies the model, the
+- **Pretrained backbones** (``ssl``): :class:`emovox.data.backbone_data.SSLTraining` supplies the model, the
   features (backbone hidden states cached once per clip, or waveforms when fine-tuning) and the
   batch makers in place of the log-mel ones; the loop is the same (see ``docs/ssl.md``).
 - **Distributed.** Under ``torchrun`` every rank builds the same global batch and trains on its
-  rows; validation is sharded and gathered; rank 0 writes (:mod:`emovox.distributed`).
+  rows; validation is sharded and gathered; rank 0 writes (:mod:`emovox.training.distributed`).
 - **Reported split.** The held-out test split when there is one (``test_speakers`` or folds),
   otherwise the validation split (which also chose the epoch, so it is optimistic; the metrics
   file says which).
@@ -65,25 +65,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from . import distributed as ddp
-from .checkpoints import CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint, TrainState  # noqa: F401  (re-exported)
-from .data import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
-from .distillation import distill_loss, soft_targets, teacher_logits_for
-from .errors import TrainingError
-from .evaluation import (
-    compute_metrics,
-    expected_calibration_error,
-    fit_temperature,
-    forward_model,
-    plot_training_curves,
-    predict_logits,
-    softmax,
-    write_report,
+from emovox import __version__
+from emovox.data.cache import AugmentConfig, BatchMaker, FeatureCache, fit_stats, load_features
+from emovox.data.labels import CANONICAL_ORDER, LabelMap, order_labels
+from emovox.data.splits import (
+    Split,
+    balanced_subset,
+    speaker_folds,
+    stratified_split,
+    test_speaker_split,
+    train_val_split,
 )
-from .features import PRESETS, FeatureConfig, FeatureStats, Normalize, normalize_level, preset, preset_choices
-from .labels import CANONICAL_ORDER, LabelMap, order_labels
-from .modelio import (
+from emovox.errors import TrainingError
+from emovox.features import (
+    PRESETS,
+    FeatureConfig,
+    FeatureStats,
+    Normalize,
+    normalize_level,
+    preset,
+    preset_choices,
+)
+from emovox.modelio import (
     FULL_MODEL_FILE,
     STREAMING_FULL_MODEL_FILE,
     STREAMING_TORCHSCRIPT_FILE,
@@ -96,15 +99,20 @@ from .modelio import (
     torch_saver,
     write_json,
 )
-from .models import build_model, count_parameters
-from .models.common import is_streaming, stream_step
-from .splits import (
-    Split,
-    balanced_subset,
-    speaker_folds,
-    stratified_split,
-    test_speaker_split,
-    train_val_split,
+from emovox.models import build_model, count_parameters
+from emovox.models.common import is_streaming, stream_step
+from emovox.training import distributed as ddp
+from emovox.training.checkpoints import CHECKPOINT_FILE, CHECKPOINT_FORMAT, Checkpoint, TrainState  # noqa: F401  (re-exported)
+from emovox.training.distillation import distill_loss, soft_targets, teacher_logits_for
+from emovox.training.evaluation import (
+    compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    forward_model,
+    plot_training_curves,
+    predict_logits,
+    softmax,
+    write_report,
 )
 
 log = logging.getLogger(__name__)
@@ -160,7 +168,7 @@ class TrainConfig:
     # --model ssl with the 'mean' or 'stats' head (a linear probe): inverse L2 strengths tried, the best on validation
     # UAR kept; None: emovox.models.ssl.PROBE_C
     probe_c: list[float] | None = None
-    # knowledge distillation (emovox.distillation): a teacher model and/or a file of its soft labels per clip; the loss
+    # knowledge distillation (emovox.training.distillation): a teacher model and/or a file of its soft labels per clip; the loss
     # is (1 - distill_weight) * CE(true label) + distill_weight * T^2 * KL(teacher_T || student_T), T the temperature
     teacher: str | None = None
     teacher_labels: str | None = None
@@ -247,7 +255,7 @@ def _canonical_order(labels) -> list[str]:
 
 def _spec_orders(spec: str | None) -> bool:
     """Whether a label spec gives the model's label order (a taxonomy or a list; merges alone do not)."""
-    from .labels import parse_label_spec
+    from emovox.data.labels import parse_label_spec
 
     return spec is not None and str(spec).strip() != "" and parse_label_spec(spec).target is not None
 
@@ -256,10 +264,10 @@ def map_labels(rows: Sequence[Any], spec: str | None) -> tuple[list[Any], list[s
     """Apply a label spec to manifest rows.
 
     Returns the kept rows (relabelled), the model's labels (those present, in the order the spec
-    gives, else by :func:`emovox.labels.order_labels`), the clips dropped per source label and the
+    gives, else by :func:`emovox.data.labels.order_labels`), the clips dropped per source label and the
     mapping used.
     """
-    from .labels import LabelError
+    from emovox.data.labels import LabelError
 
     source = _canonical_order({r.label for r in rows})
     spec = None if spec is None or str(spec).strip() == "" else spec
@@ -500,7 +508,7 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
         _atomic_write(out / FULL_MODEL_FILE, torch_saver(full))
         return {"full_model": FULL_MODEL_FILE, "full_model_warning": f"{FULL_MODEL_FILE} is a pickle: loading it runs "
                 "code; load it only from a trusted source"}
-    from .export.graphs import script_seed003_step
+    from emovox.export.graphs import script_seed003_step
 
     scripted = script_seed003_step(full, calibrated=True)
     atomic_write_all([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
@@ -571,7 +579,7 @@ def _fit_linear_probe(hooks, sets, y, labels, cfg: TrainConfig, say) -> tuple[li
     number; the model holds the best fit. Labels without training clips get a -30 bias (never predicted)."""
     from sklearn.linear_model import LogisticRegression
 
-    from .models.ssl import PROBE_C
+    from emovox.models.ssl import PROBE_C
 
     model_head = hooks.model.head_kind
     if cfg.label_scope != "all":
@@ -626,8 +634,8 @@ def _hash_rows(rows) -> str:
 class TrainData:
     """A split plan's feature sets (``train``, ``val``, ``test``: None when empty) and label indices.
 
-    Log-mel/MFCC models: features from :func:`emovox.data.load_features` and ``stats`` (normalisation
-    fitted on ``train``). ``--model ssl``: ``hooks`` (:class:`emovox.backbone_data.SSLTraining`) built the
+    Log-mel/MFCC models: features from :func:`emovox.data.cache.load_features` and ``stats`` (normalisation
+    fitted on ``train``). ``--model ssl``: ``hooks`` (:class:`emovox.data.backbone_data.SSLTraining`) built the
     model and gives cached backbone states or waveforms, and its own batches; ``stats`` is None."""
 
     sets: dict[str, Any]
@@ -646,7 +654,7 @@ def load_training_data(plan: SplitPlan, labels: list[str], cfg: TrainConfig, out
     feat_cfg = cfg.feature_config()
     hooks = None  # families that bring their own features and batches (ssl: cached backbone states)
     if cfg.model == "ssl":
-        from .backbone_data import SSLTraining
+        from emovox.data.backbone_data import SSLTraining
 
         torch.manual_seed(cfg.seed)
         hooks = SSLTraining(cfg, n_classes=len(labels), out_dir=out, cache=cache, num_workers=cfg.num_workers,
@@ -779,7 +787,7 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
 
 
 def _teacher_logits(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> torch.Tensor:
-    """Distillation: the teacher's logits ``(n_train, n_labels)`` for the training clips (emovox.distillation)."""
+    """Distillation: the teacher's logits ``(n_train, n_labels)`` for the training clips (emovox.training.distillation)."""
     if data.is_probe:
         raise TrainingError("distillation trains by epochs; the probe head of --model ssl is fit in closed form")
     logits = teacher_logits_for(data.sets["train"].rows, labels, teacher=cfg.teacher, teacher_labels=cfg.teacher_labels,
@@ -971,7 +979,7 @@ def train_model(plan: SplitPlan, labels: Sequence[str], cfg: TrainConfig, out_di
 def _train_model(plan, labels, cfg: TrainConfig, out_dir, *, cache, resume, save_full_model, meta, progress,
                  echo, plots) -> TrainResult:
     say = echo or log.info
-    # under torchrun (emovox.distributed): every rank trains its share of each batch, rank 0 writes and talks
+    # under torchrun (emovox.training.distributed): every rank trains its share of each batch, rank 0 writes and talks
     is_main = ddp.is_rank0()
     if not is_main:
         say, progress = log.debug, False

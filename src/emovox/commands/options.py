@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import OptionError
+from emovox.errors import OptionError
 
 #: Deepest nesting a config file may have (option values are scalars, lists or one level of mapping).
 MAX_CONFIG_DEPTH = 16

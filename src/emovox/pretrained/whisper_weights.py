@@ -2,8 +2,8 @@
 and its weights as NumPy arrays under transformers' parameter names.
 
 The ONNX Runtime path (:mod:`emovox.onnx_runtime`) fills the shipped default model's graph from here, so
-classifying a clip never imports torch; :mod:`emovox.whisper` builds the torch encoder from the same arrays.
-See :mod:`emovox.whisper` for the ``model.bin`` layout and where the weights come from.
+classifying a clip never imports torch; :mod:`emovox.pretrained.whisper` builds the torch encoder from the same arrays.
+See :mod:`emovox.pretrained.whisper` for the ``model.bin`` layout and where the weights come from.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import WhisperWeightsError
+from emovox.errors import WhisperWeightsError
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 CT2_SPEC = "WhisperSpec"

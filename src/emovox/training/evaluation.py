@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import BatchMaker, FeatureCache, length_batches, load_features
-from .labels import LabelMap
-from .models.common import is_streaming
+from emovox.data.cache import BatchMaker, FeatureCache, length_batches, load_features
+from emovox.data.labels import LabelMap
+from emovox.models.common import is_streaming
 
 ECE_BINS = 15
 
@@ -159,7 +159,7 @@ def _figure(figsize):
 
 
 def _save_png(fig, out: str | os.PathLike) -> Path:
-    from .modelio import _atomic_write
+    from emovox.modelio import _atomic_write
 
     out = Path(out)
     buf = io.BytesIO()
@@ -237,7 +237,7 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], *, title: 
 
     ``metrics`` is :func:`compute_metrics`'s dict plus anything else to record (kept in the JSON).
     """
-    from .modelio import _atomic_write, write_json
+    from emovox.modelio import _atomic_write, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
     import json
     from datetime import datetime, timezone
 
-    from . import __version__
+    from emovox import __version__
 
     try:  # the model's own provenance, when it has readable one
         trained = json.loads((Path(loaded_model.path) / "model_meta.json").read_text())
@@ -350,7 +350,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     ``labels`` may give extra merges such as ``{"disgust": "angry"}``); clips whose label the
     model cannot express are left out and counted in ``dropped``. Predictions take the argmax over
     the model labels present in the mapped corpus only. Features come from ``cache`` (see
-    :func:`emovox.data.load_features`); the model's own temperature calibrates probabilities.
+    :func:`emovox.data.cache.load_features`); the model's own temperature calibrates probabilities.
     """
     pipeline = loaded_model.pipeline
     model_labels = list(pipeline.labels)
@@ -372,7 +372,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
     present = [lab for lab in model_labels if lab in {mapping[r.label] for r in kept}]
     cfg = pipeline.feature_config
     if cfg.kind == "waveform":  # raw-sample models (ssl): cached backbone states or waveforms, their own batches
-        from .backbone_data import evaluation_data
+        from emovox.data.backbone_data import evaluation_data
 
         fs, batches = evaluation_data(pipeline.model, kept, cache=cache, num_workers=num_workers, progress=progress)
     else:
@@ -400,7 +400,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
         "corpora": sorted({getattr(r, "corpus", "?") for r in fs.rows}),
     })
     if out_dir is not None:
-        from .modelio import write_json
+        from emovox.modelio import write_json
 
         write_report(out_dir, metrics)
         if Path(out_dir).resolve() != Path(loaded_model.path).resolve():  # never touch the model's own files

@@ -11,7 +11,7 @@ Supported layouts (``CORPORA``):
 - ``csv``: a ``labels.csv`` with header ``path,label[,speaker][,corpus]`` (paths relative to the CSV).
 - ``folders``: one sub-folder per class, the folder name is the label.
 
-Every label is a canonical emotion name (:func:`emovox.labels.canonical`). Speakers are namespaced
+Every label is a canonical emotion name (:func:`emovox.data.labels.canonical`). Speakers are namespaced
 by corpus (``ravdess_01``, ``crema-d_1001``, ``tess_OAF``) so corpora can be merged.
 :func:`scan` detects the corpus from file names (or nEMO's ``data.tsv``) when it is not given.
 """
@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_info, find_audio_files
-from .errors import CorpusError
-from .labels import CANONICAL_ORDER, SYNONYMS, LabelError, canonical
+from emovox.audio import AUDIO_EXTENSIONS, AudioError, audio_info, find_audio_files
+from emovox.data.labels import CANONICAL_ORDER, SYNONYMS, LabelError, canonical
+from emovox.errors import CorpusError
 
 #: Name of the label file the ``csv`` layout looks for inside a folder.
 LABELS_CSV = "labels.csv"
