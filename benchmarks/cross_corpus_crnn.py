@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     from emovox.data.cache import default_cache_dir
     from emovox.modelio import write_json
-    from emovox.training.run import TrainConfig, train_model
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     opts = argparse.Namespace(data=args.data, limit=None, quick=False, seed=0, folds=5, run_folds=None)

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from sklearn.svm import SVC
 
     from emovox.data.cache import default_cache_dir
-    from emovox.training.run import map_labels
+    from emovox.training.plan import map_labels
 
     ns = argparse.Namespace(data=args.data, limit=None, quick=False, seed=0)
     data, labels = {}, None

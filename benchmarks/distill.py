@@ -44,7 +44,8 @@ def cmd_labels(args) -> int:
 def cmd_train(args, argv) -> int:
     import torch
 
-    from emovox.training.run import TrainConfig, train_model
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     plan, labels = per_corpus_plan(args.data, args.labels, 0.1, args.seed)

@@ -154,7 +154,8 @@ def load_corpus(args, name: str):
 def protocol_plans(args, protocol: str, corpora: dict):
     """(labels, [SplitPlan, ...], description) for a protocol."""
     from emovox.data.splits import train_val_split
-    from emovox.training.run import SplitPlan, TrainConfig, map_labels, plan_splits
+    from emovox.training.config import TrainConfig
+    from emovox.training.plan import SplitPlan, map_labels, plan_splits
 
     if protocol in ("ravdess8", "crema6"):
         rows = corpora["ravdess" if protocol == "ravdess8" else "crema-d"]
@@ -178,7 +179,7 @@ def protocol_plans(args, protocol: str, corpora: dict):
 
 def held_out_plan(args, protocol: str, corpora: dict):
     from emovox.data.splits import train_val_split
-    from emovox.training.run import SplitPlan, map_labels
+    from emovox.training.plan import SplitPlan, map_labels
 
     test_name = HELD_OUT[protocol]
     train_names = [n for n in sorted(corpora) if n != test_name]
@@ -259,7 +260,8 @@ def run_svm(plan, labels, feats: dict, seed: int) -> dict:
 
 def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
     from emovox.modelio import write_json
-    from emovox.training.run import TrainConfig, train_model
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     result_file = out_dir / "result.json"
     if result_file.exists() and not args.force:

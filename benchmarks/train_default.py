@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     import torch
 
     from emovox.modelio import write_json
-    from emovox.training.run import TrainConfig, train_model
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     corpora = tuple(args.corpora.split(","))

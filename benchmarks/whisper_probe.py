@@ -48,7 +48,8 @@ def xy(rows, labels, store) -> tuple[np.ndarray, np.ndarray]:
 def run_protocol(protocol: str, data, store, cs) -> None:
     """The speech_benchmark protocols ``ravdess8`` (5 speaker folds) and ``cross`` (core4 both ways)."""
     from emovox.data.corpora import scan
-    from emovox.training.run import TrainConfig, map_labels, plan_splits
+    from emovox.training.config import TrainConfig
+    from emovox.training.plan import map_labels, plan_splits
 
     if protocol == "ravdess8":
         kept, labels, _, _ = map_labels(scan(data / "ravdess", "ravdess", with_duration=False), "ravdess8")

@@ -48,7 +48,8 @@ def test_cache_variable_and_its_deprecated_alias(monkeypatch, tmp_path):
 
 
 def test_train_config_from_dict_is_strict():
-    from emovox.training.run import TrainConfig, TrainingError
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import TrainingError
 
     cfg = TrainConfig(model="cnn", epochs=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from emovox.errors import TrainingError
+from emovox.training.config import TrainConfig
 from emovox.training.distillation import (
     DistillationError,
     TeacherLabels,
@@ -16,7 +17,6 @@ from emovox.training.distillation import (
     soft_targets,
     write_teacher_labels,
 )
-from emovox.training.run import TrainConfig
 
 EKMAN7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
@@ -25,7 +25,7 @@ EKMAN7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 def clips(shared_data):
     """12 RAVDESS clips of two actors (one for validation), every emotion."""
     from emovox.data.corpora import scan
-    from emovox.training.run import map_labels
+    from emovox.training.plan import map_labels
 
     rows = [r for r in scan(shared_data / "ravdess", "ravdess", with_duration=False)
             if r.speaker in ("ravdess_03", "ravdess_04")]
@@ -111,7 +111,8 @@ def test_distillation_alone_moves_the_student_toward_the_teacher(clips, teacher_
     on its training clips is much closer to the teacher's than the same network's at initialisation."""
     from emovox.modelio import EmotionPipeline, load_model_dir
     from emovox.models import build_model
-    from emovox.training.run import SplitPlan, train_model
+    from emovox.training.plan import SplitPlan
+    from emovox.training.run import train_model
 
     path, _ = teacher_file
     train, val = clips[:8], clips[8:]
@@ -139,7 +140,8 @@ def test_distillation_alone_moves_the_student_toward_the_teacher(clips, teacher_
 
 
 def test_distillation_refuses_a_teacher_with_other_labels(clips, teacher_file, tmp_path):
-    from emovox.training.run import SplitPlan, train_model
+    from emovox.training.plan import SplitPlan
+    from emovox.training.run import train_model
 
     path, _ = teacher_file
     core4 = [r for r in clips if r.label in ("neutral", "happy", "sad", "angry")]

@@ -19,7 +19,7 @@ from emovox.data.corpora import scan
 from emovox.data.labels import BASIC5, order_labels
 from emovox.data.splits import balanced_subset
 from emovox.data.synth import make_synthetic_corpus
-from emovox.training.run import map_labels
+from emovox.training.plan import map_labels
 
 SEED000_ORDER = ["happy", "sad", "angry", "surprised", "neutral"]  # seed 000's "Emotion Classes (in order)"
 

@@ -204,9 +204,9 @@ def test_timeline_segments_tile_the_recording(client, reference, long_clip):
 
 
 def test_timeline_window_count_is_bounded(client, long_clip, monkeypatch):
-    import emovox.server.app as server_app
+    import emovox.server.context as server_context
 
-    monkeypatch.setattr(server_app, "MAX_TIMELINE_WINDOWS", 5)
+    monkeypatch.setattr(server_context, "MAX_TIMELINE_WINDOWS", 5)
     assert_error(client.post("/predict-timeline/?hop_s=1", **_multipart("file", long_clip)), 400, "hop_s >=")
     assert client.post("/predict-timeline/?hop_s=2", **_multipart("file", long_clip)).status_code == 200
 

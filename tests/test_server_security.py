@@ -230,7 +230,7 @@ def test_wrong_api_keys_are_401(model_dir, clip):
 def test_key_comparison_hashes_both_sides_before_a_constant_time_compare():
     import inspect
 
-    from emovox.server.app import _key_ok
+    from emovox.server.auth import key_ok as _key_ok
 
     src = inspect.getsource(_key_ok)
     assert "hmac.compare_digest" in src and "sha256" in src

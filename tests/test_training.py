@@ -22,7 +22,10 @@ from emovox.data.cache import (
 )
 from emovox.data.corpora import scan
 from emovox.features import preset
-from emovox.training.run import TrainConfig, lr_at, map_labels, plan_splits, train_model
+from emovox.training.config import TrainConfig
+from emovox.training.loop import lr_at
+from emovox.training.plan import map_labels, plan_splits
+from emovox.training.run import train_model
 
 ARTIFACTS = ["best_model.pth", "model_config.json", "labels.json", "model_meta.json", "training_history.json",
              "metrics_overall.json", "metrics_report.csv", "confusion_matrix.npy", "confusion_matrix.png",
@@ -93,7 +96,7 @@ def test_full_streaming_model_steps_frame_by_frame_on_raw_mfcc(tmp_path):
     """Seed 003's backend: torch.load(model) then model(frame (1, 1, 13), hidden) -> (logits, hidden)."""
     from emovox.features import FeatureStats
     from emovox.models import build_model
-    from emovox.training.run import FullStreamingModel
+    from emovox.training.full_model import FullStreamingModel
 
     torch.manual_seed(0)
     model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8).eval()
@@ -124,7 +127,7 @@ def test_save_full_model_runs_seed003_loop_literally(synth_corpus, tmp_path, cap
     import librosa
 
     from emovox.inference import load_model
-    from emovox.training.run import FullStreamingModel
+    from emovox.training.full_model import FullStreamingModel
 
     out = tmp_path / "out"
     rc = main(["train", "--data_dir", str(synth_corpus), "--model", "lstm", "--features", "framewise-librosa-mfcc13",
@@ -363,7 +366,7 @@ def test_augmentation_keeps_shapes_and_changes_values(synth_corpus):
 
 def test_frame_objective_ignores_padding_and_reads_the_last_real_frame():
     from emovox.models import build_model
-    from emovox.training.run import _frame_objective
+    from emovox.training.loop import _frame_objective
 
     torch.manual_seed(0)
     model = build_model("lstm", n_features=13, n_classes=4, hidden_size=8, num_layers=2).eval()
@@ -417,7 +420,7 @@ def _rows_of_two_corpora():
 
 def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
     from emovox.cli import build_parser
-    from emovox.training.run import corpus_label_gaps, corpus_label_mask, label_scope_message
+    from emovox.training.plan import corpus_label_gaps, corpus_label_mask, label_scope_message
 
     rows = _rows_of_two_corpora()
     labels = ["neutral", "calm", "sad", "angry", "surprised"]  # calm: no training clip at all, masked nowhere
@@ -455,7 +458,8 @@ def test_corpus_label_mask_masks_the_labels_a_corpus_lacks():
 
 def test_corpus_label_scope_gives_absent_labels_no_gradient():
     import emovox.training.distributed as ddp
-    from emovox.training.run import _frame_objective, corpus_label_mask
+    from emovox.training.loop import _frame_objective
+    from emovox.training.plan import corpus_label_mask
 
     rows = _rows_of_two_corpora()[:5]
     labels = ["neutral", "sad", "angry", "surprised"]

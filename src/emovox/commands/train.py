@@ -116,7 +116,7 @@ def _tc(name: str):
     """TrainConfig's default for a field: the one owner of every training default."""
     from dataclasses import fields
 
-    from emovox.training.run import TrainConfig
+    from emovox.training.config import TrainConfig
 
     return {f.name: f.default for f in fields(TrainConfig)}[name]
 
@@ -151,7 +151,7 @@ def _data_arguments(opts, p) -> None:
 
 def _model_arguments(opts, p) -> None:
     from emovox.features import PRESET_ALIASES, PRESETS
-    from emovox.training.run import DEFAULT_FEATURES
+    from emovox.training.config import DEFAULT_FEATURES
 
     g = p.add_argument_group("model and features")
     opts.add(g, "--model", default=_tc("model"),
@@ -201,7 +201,7 @@ def _backbone_arguments(opts, p) -> None:
 
 
 def _training_arguments(opts, p) -> None:
-    from emovox.training.run import LABEL_SCOPES
+    from emovox.training.config import LABEL_SCOPES
 
     g = p.add_argument_group("training")
     opts.add(g, "--epochs", type=int, default=_tc("epochs"), help="most epochs to train")
@@ -395,7 +395,7 @@ def _announce(a, sources: dict, say) -> None:
 
 def _feature_config(a):
     from emovox.features import preset
-    from emovox.training.run import DEFAULT_FEATURES
+    from emovox.training.config import DEFAULT_FEATURES
 
     feats = preset(a.features or DEFAULT_FEATURES.get(a.model, "logmel64"))
     changes = {}
@@ -409,8 +409,8 @@ def _feature_config(a):
 
 
 def train_config(a, defaults: dict):
-    """The :class:`~emovox.training.run.TrainConfig` of resolved options ``a``."""
-    from emovox.training.run import TrainConfig
+    """The :class:`~emovox.training.config.TrainConfig` of resolved options ``a``."""
+    from emovox.training.config import TrainConfig
 
     return TrainConfig(
         model=a.model, model_kwargs=model_kwargs(a, defaults), features=_feature_config(a).to_dict(), labels=a.labels,

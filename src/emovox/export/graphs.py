@@ -97,7 +97,7 @@ class StreamingStepGraph(nn.Module):
     The state is the model's ``hidden`` flattened to tensors (``(h, c)`` for an LSTM); zeros are
     the initial state. Feeding frames one by one with the returned state equals the whole sequence.
     ``pipeline``: an :class:`EmotionPipeline`, or anything with its ``normalize``, ``model`` and
-    ``temperature`` (:class:`emovox.training.run.FullStreamingModel`); ``calibrated`` divides the logits
+    ``temperature`` (:class:`emovox.training.full_model.FullStreamingModel`); ``calibrated`` divides the logits
     by the temperature (seed 003's drop-in, whose ``softmax`` must give emovox's probabilities).
     """
 
@@ -158,7 +158,7 @@ class Seed003Step(nn.Module):
 
 def script_seed003_step(pipeline: EmotionPipeline | nn.Module, *, calibrated: bool = False) -> torch.jit.ScriptModule:
     """The :class:`Seed003Step` TorchScript module of a streaming LSTM (a pipeline, or a
-    :class:`emovox.training.run.FullStreamingModel` with ``calibrated=True``)."""
+    :class:`emovox.training.full_model.FullStreamingModel` with ``calibrated=True``)."""
     import warnings
 
     is_tuple, shapes, axes = streaming_state_layout(pipeline)

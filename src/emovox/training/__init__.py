@@ -4,6 +4,6 @@ Pickled full models (``model_full.pth``) refer to ``emovox.training.FullModel`` 
 ``emovox.training.FullStreamingModel``; those two names stay importable from here.
 """
 
-from emovox.training.run import FullModel, FullStreamingModel
+from emovox.training.full_model import FullModel, FullStreamingModel
 
 __all__ = ["FullModel", "FullStreamingModel"]
