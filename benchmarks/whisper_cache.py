@@ -22,7 +22,7 @@ from emovox.data.backbone_data import HiddenStateCache, load_hidden_states
 from emovox.data.cache import default_cache_dir
 from emovox.data.corpora import scan
 from emovox.models.ssl import parse_layers
-from emovox.pretrained.backbones import load_backbone
+from emovox.pretrained.backbone_loading import load_backbone
 
 
 def main(argv=None) -> None:

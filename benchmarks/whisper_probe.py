@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     from emovox.data.backbone_data import HiddenStateCache
     from emovox.data.cache import default_cache_dir
-    from emovox.pretrained.backbones import load_backbone
+    from emovox.pretrained.backbone_loading import load_backbone
 
     backbone = load_backbone(args.backbone)
     store = HiddenStateCache(default_cache_dir(), backbone, list(range(backbone.num_layers + 1)))

@@ -15,9 +15,11 @@ import torch
 from emovox.audio import load_audio
 from emovox.cli import main
 from emovox.data.backbone_data import HiddenStateCache, load_hidden_states
+from emovox.errors import BackboneError
 from emovox.inference import load_model
 from emovox.modelio import ModelLoadError, load_model_dir
-from emovox.pretrained.backbones import Backbone, BackboneError, load_backbone
+from emovox.pretrained.backbone_loading import load_backbone
+from emovox.pretrained.backbones import Backbone
 
 transformers = pytest.importorskip("transformers")
 
@@ -264,7 +266,7 @@ def test_long_clips_are_chunked_on_the_frame_grid(backbones, tmp_path):
 
 
 def test_backbone_errors_say_what_was_tried_and_how_to_fix_it(monkeypatch, tmp_path, synth_corpus, capsys):
-    import emovox.pretrained.backbones as bbmod
+    import emovox.pretrained.backbone_loading as bbmod
 
     t0 = time.perf_counter()
     with pytest.raises(BackboneError) as e:

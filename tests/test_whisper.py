@@ -13,9 +13,11 @@ import soundfile as sf
 import torch
 
 from emovox.audio import load_audio
+from emovox.errors import BackboneError
 from emovox.features import WhisperLogMel
 from emovox.pretrained import whisper
-from emovox.pretrained.backbones import BackboneError, WhisperBackbone, load_backbone
+from emovox.pretrained.backbone_loading import load_backbone
+from emovox.pretrained.backbones import WhisperBackbone
 
 transformers = pytest.importorskip("transformers")
 
@@ -353,7 +355,7 @@ def test_finetuning_the_top_whisper_layer_trains_and_saves_it(ct2_folder, synth_
     layer) are trained, saved with the head, and reloaded over the packaged weights."""
     from emovox.cli import main
     from emovox.modelio import load_model_dir
-    from emovox.pretrained.backbones import load_backbone
+    from emovox.pretrained.backbone_loading import load_backbone
 
     out = tmp_path / "ft"
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "ssl", "--backbone", str(ct2_folder),

@@ -19,7 +19,7 @@ masked, and the backbone runs each clip of a padded batch at its own length.
 backbone.
 
 Saving: ``state_dict()`` holds the head and the fine-tuned top backbone layers only; the frozen
-backbone is referenced (``kwargs["backbone"]``, a :class:`~emovox.pretrained.backbones.BackboneRef`) and
+backbone is referenced (``kwargs["backbone"]``, a :class:`~emovox.pretrained.backbone_ref.BackboneRef`) and
 reloaded from its source, or from ``backbone/`` inside the model folder when bundled.
 """
 
@@ -92,7 +92,9 @@ class SSLHybrid(nn.Module):
                  layer_norm: bool = True, chunk_s: float | None = None, overlap_s: float = 2.0,
                  model_dir: str | os.PathLike | None = None):
         super().__init__()
-        from emovox.pretrained.backbones import BackboneError, BackboneRef, load_backbone
+        from emovox.errors import BackboneError
+        from emovox.pretrained.backbone_loading import load_backbone
+        from emovox.pretrained.backbone_ref import BackboneRef
 
         if n_features != 1:
             raise ValueError(f"the ssl model takes raw samples (features kind 'waveform', one feature), "
@@ -178,7 +180,7 @@ class SSLHybrid(nn.Module):
 
     def bundle_backbone(self, out_dir: str | os.PathLike, *, write: bool = True) -> Path:
         """Copy the backbone into ``out_dir/backbone`` (when ``write``) and reference it from there."""
-        from emovox.pretrained.backbones import BUNDLE_DIR
+        from emovox.pretrained.backbone_ref import BUNDLE_DIR
 
         dest = Path(out_dir) / BUNDLE_DIR
         if write:

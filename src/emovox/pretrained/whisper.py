@@ -5,7 +5,7 @@ Where the weights come from
     pip packages carry in CTranslate2 (faster-whisper) format, so they install offline from the
     package registry (:data:`PACKAGED`). A local CTranslate2 folder (``model.bin`` beside its
     ``config.json``) works the same way. Hugging Face Whisper folders and hub ids are loaded by
-    :func:`emovox.pretrained.backbones.load_backbone` through transformers and end up in the same encoder.
+    :func:`emovox.pretrained.backbone_loading.load_backbone` through transformers and end up in the same encoder.
 
 The CTranslate2 ``model.bin`` (format version 6), read by :func:`read_ct2_variables`
     little-endian: ``u32`` version, string spec name (``WhisperSpec``), ``u32`` revision, ``u32``
