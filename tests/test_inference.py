@@ -16,9 +16,10 @@ from emovox.audio import AudioError
 from emovox.cli import main
 from emovox.data.labels import EKMAN7
 from emovox.features import preset
-from emovox.inference import Prediction, load_model, merge_segments, softmax
+from emovox.inference import load_model
 from emovox.modelio import ModelLoadError, save_model
 from emovox.models import build_model
+from emovox.runtime.answers import Prediction, merge_segments, softmax
 from emovox.testing import create_model
 
 SR = 16000

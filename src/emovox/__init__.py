@@ -25,10 +25,10 @@ _LAZY = {
     "LabelMap": "emovox.data.labels",
     "load_model": "emovox.inference",
     "available_models": "emovox.inference",
-    "Prediction": "emovox.inference",
+    "Prediction": "emovox.runtime.answers",
     "EmotionModel": "emovox.inference",
-    "StreamingSession": "emovox.inference",
-    "Timeline": "emovox.inference",
+    "StreamingSession": "emovox.runtime.streaming",
+    "Timeline": "emovox.runtime.answers",
     "ModelLoadError": "emovox.modelio",
     "load_text_model": "emovox.text",
 }

@@ -88,7 +88,7 @@ def streaming_step(pipeline: nn.Module, raw: torch.Tensor, hidden: Any = None, *
     logits after the last frame (after every frame with ``every_frame``) and the new state
     (:func:`emovox.models.common.stream_step`). ``pipeline``: an :class:`EmotionPipeline`, or
     anything with its ``feature_config``, ``normalize`` and ``model`` (a training
-    ``FullStreamingModel``). Trace-safe: :class:`emovox.inference.StreamingSession` and the exported
+    ``FullStreamingModel``). Trace-safe: :class:`emovox.runtime.streaming.StreamingSession` and the exported
     step graphs (:class:`emovox.export.graphs.StreamingStepGraph`) both run it."""
     feats = prepare_input(raw, pipeline.feature_config, pipeline.normalize)
     return stream_step(pipeline.model, feats, hidden, every_frame=every_frame)
