@@ -206,7 +206,8 @@ def test_streaming_models_declare_the_protocol():
 def test_nonzero_frame_mask_is_one_trace_safe_function():
     import torch
 
-    from emovox.features import nonzero_frame_mask, preset
+    from emovox.features import preset
+    from emovox.frames import nonzero_frame_mask
 
     cfg = preset("seed003")
     x = torch.zeros(2, 16000)

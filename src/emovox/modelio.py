@@ -32,18 +32,8 @@ from torch import nn
 from emovox import __version__
 from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
 from emovox.errors import ModelLoadError
-from emovox.features import (
-    FeatureConfig,
-    FeatureStats,
-    Normalize,
-    build_frontend,
-    compact_frames,
-    fix_frames,
-    frame_counts,
-    nonzero_frame_mask,
-    pad_to_one_frame,
-    prepare_input,
-)
+from emovox.features import FeatureConfig, FeatureStats, Normalize, build_frontend, prepare_input
+from emovox.frames import compact_frames, fix_frames, frame_counts, nonzero_frame_mask, pad_to_one_frame
 from emovox.model_config import FORMAT, FORMAT_VERSION, ModelConfig
 from emovox.models import build_model
 from emovox.models.common import head_logits, is_streaming, stream_step

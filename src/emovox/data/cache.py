@@ -73,17 +73,14 @@ from emovox.features import (
     FeatureStats,
     LogMel,
     Normalize,
-    compact_frames,
     dct_matrix,
-    fix_frames,
     hz_to_mel,
     mel_filterbank,
     mel_to_hz,
-    nonzero_frame_mask,
     normalize_level,
-    pad_to_one_frame,
     prepare_input,
 )
+from emovox.frames import compact_frames, fix_frames, nonzero_frame_mask, pad_to_one_frame
 
 CACHE_VERSION = 1
 

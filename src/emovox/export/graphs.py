@@ -12,8 +12,8 @@ normaliser and the model), so nothing about the features is re-implemented:
   ``(1, 1, n_features)``) plus the recurrent state → logits and the new state, for streaming
   models; normalisation inside.
 
-The crop/pad (:func:`emovox.features.fix_frames`), the zero-frame test
-(:func:`~emovox.features.nonzero_frame_mask`) and compaction (:func:`~emovox.features.compact_frames`)
+The crop/pad (:func:`emovox.frames.fix_frames`), the zero-frame test
+(:func:`~emovox.frames.nonzero_frame_mask`) and compaction (:func:`~emovox.frames.compact_frames`)
 are the pipeline's own functions, written as tensor arithmetic (gathers with computed indices, a
 stable sort by a computed key) so one traced graph serves every length and batch; the streaming
 step is :func:`emovox.modelio.streaming_step`. ``tests/test_export.py`` checks the graphs against
@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emovox.features import compact_frames, fix_frames, nonzero_frame_mask, prepare_input
+from emovox.features import prepare_input
+from emovox.frames import compact_frames, fix_frames, nonzero_frame_mask
 from emovox.modelio import EmotionPipeline, streaming_step
 from emovox.models.common import head_logits, is_streaming
 

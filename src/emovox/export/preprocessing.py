@@ -20,8 +20,8 @@ from emovox.features import (
     _padded_window,
     dct_matrix,
     mel_filterbank,
-    silence_features,
 )
+from emovox.frames import silence_features
 
 SPEC_FORMAT = "emovox-preprocessing"
 SPEC_VERSION = 1

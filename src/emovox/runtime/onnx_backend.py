@@ -268,7 +268,7 @@ def _read_runtime(graph: Path) -> dict[str, Any]:
 
 class OnnxFrameStepper:
     """One streaming step on ONNX Runtime, equal to :class:`emovox.inference.TorchFrameStepper`: the frames'
-    raw features (``frontend.onnx``), all-zero frames skipped (as ``features.nonzero_frame_mask``), then the
+    raw features (``frontend.onnx``), all-zero frames skipped (as ``frames.nonzero_frame_mask``), then the
     recurrent step with its state carried over (``step.onnx``)."""
 
     peak_normalize = False  # the runtime build refuses features that depend on the whole stream's peak
