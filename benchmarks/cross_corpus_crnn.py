@@ -42,8 +42,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from emovox.atomic import write_json
     from emovox.data.cache import default_cache_dir
-    from emovox.modelio import write_json
     from emovox.training.config import TrainConfig
     from emovox.training.run import train_model
 

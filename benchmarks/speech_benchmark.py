@@ -259,7 +259,7 @@ def run_svm(plan, labels, feats: dict, seed: int) -> dict:
 
 
 def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
-    from emovox.modelio import write_json
+    from emovox.atomic import write_json
     from emovox.training.config import TrainConfig
     from emovox.training.run import train_model
 
@@ -369,8 +369,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from emovox.atomic import write_json
     from emovox.data.cache import default_cache_dir
-    from emovox.modelio import write_json
 
     cache_root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     workers = args.workers or min(4, os.cpu_count() or 1)

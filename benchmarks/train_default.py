@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from emovox.modelio import write_json
+    from emovox.atomic import write_json
     from emovox.training.config import TrainConfig
     from emovox.training.run import train_model
 

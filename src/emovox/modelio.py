@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from emovox import __version__
+from emovox.atomic import write_files
 from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
 from emovox.errors import ModelLoadError
 from emovox.features import FeatureConfig, FeatureStats, Normalize, build_frontend, prepare_input
@@ -183,46 +183,14 @@ class EmotionPipeline(nn.Module):
 # Saving
 
 
-def atomic_write_all(writes: Sequence[tuple[Path, Callable[[str], Any]]]) -> None:
-    """Write several files (``(path, write(tmp_path))`` pairs) so that a failure part-way (a full disk, a
-    kill) leaves every one of them as it was: all are staged as temporary files first, then renamed."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, write in writes:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            staged.append((tmp, path))
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is an ordinary readable file
-    except BaseException as e:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:
-            where = staged[-1][1] if staged else writes[0][0]
-            raise OSError(e.errno, f"cannot write {where} ({e.strerror}); the files already there are "
-                                   f"unchanged") from e
-        raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, write) -> None:
-    atomic_write_all([(path, write)])
-
-
 def torch_saver(obj: Any) -> Callable[[str], None]:
-    """A writer for :func:`atomic_write_all` that ``torch.save``s ``obj``: serialised in memory first, so a
+    """A writer for :func:`emovox.atomic.write_files` that ``torch.save``s ``obj``: serialised in memory first, so a
     failing disk raises an ``OSError`` that names the problem (torch's own writer says "iostream error")."""
     import io
 
     buf = io.BytesIO()
     torch.save(obj, buf)
     return lambda tmp: Path(tmp).write_bytes(buf.getbuffer())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(Path(path), lambda t: Path(t).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_model(out_dir: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> Path:
@@ -235,7 +203,7 @@ def save_model(out_dir: str | os.PathLike, model: nn.Module, config: dict[str, A
         "config": config,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    atomic_write_all([(out / WEIGHTS_FILE, torch_saver(payload)),
+    write_files([(out / WEIGHTS_FILE, torch_saver(payload)),
                       (out / CONFIG_FILE, lambda t: Path(t).write_text(json.dumps(config, indent=2) + "\n")),
                       (out / LABELS_FILE, lambda t: Path(t).write_text(json.dumps(list(config["labels"]), indent=2)
                                                                        + "\n"))])

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from emovox.atomic import move_into_place
+
 #: What a record can hold (``Prediction.to_dict`` plus the path), for ``--fields``; error records have
 #: ``path`` and ``error`` only.
 FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "warning", "silent",
@@ -208,7 +210,7 @@ class RecordWriter:
                 self._flush()
             self._parquet.close()
         if ok:
-            os.replace(self._tmp, self.path)
+            move_into_place(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
 

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -66,6 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emovox.atomic import write_bytes
 from emovox.audio import AudioError, load_audio
 from emovox.defaults import MAX_TRAINING_CLIP_S, cache_env
 from emovox.features import (
@@ -198,10 +198,10 @@ class ClipCache:
         f.parent.mkdir(parents=True, exist_ok=True)
         info = self.dir / self.info_name
         if not info.exists():
-            atomic_bytes(info, json.dumps(self._describe(), indent=2).encode())
+            write_bytes(info, json.dumps(self._describe(), indent=2).encode())
         buf = io.BytesIO()
         np.save(buf, np.asarray(arr, dtype=np.float16), allow_pickle=False)
-        atomic_bytes(f, with_checksum(buf.getvalue()))
+        write_bytes(f, with_checksum(buf.getvalue()))
         return f
 
 
@@ -227,18 +227,6 @@ def content_key(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         while block := fh.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 #: Cache entries end with this tag and the SHA-1 of every byte before it; ``np.load`` ignores bytes after the array.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from emovox import __version__
+from emovox.atomic import move_into_place, write_json
 from emovox.errors import ExportError
 from emovox.export.checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
 from emovox.export.coreml_export import FLAVOURS
@@ -108,8 +109,8 @@ def export_model(model: str | os.PathLike, output_dir: str | os.PathLike, *,
                               license_text=license_text, description=description)
         report.seconds = time.perf_counter() - t0
         report.output_dir = out
-        _write_json(tmp / MANIFEST_FILE, _manifest(report, conv, specs, opset))
-        _move_into_place(tmp, out, overwrite=overwrite)
+        write_json(tmp / MANIFEST_FILE, _manifest(report, conv, specs, opset))
+        replace_export_folder(tmp, out, overwrite=overwrite)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (RuntimeError, OSError)) or (isinstance(e, ValueError) and not isinstance(e, ExportError)):
@@ -261,9 +262,9 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
                  quantize, opset, clips, tolerance, author, license_text, description) -> ExportReport:
     config = conv.config
     prep = preprocessing_spec(config)
-    _write_json(tmp / PREPROCESSING_FILE, prep)
-    _write_json(tmp / "model_config.json", config)
-    _write_json(tmp / "labels.json", list(config["labels"]))
+    write_json(tmp / PREPROCESSING_FILE, prep)
+    write_json(tmp / "model_config.json", config)
+    write_json(tmp / "labels.json", list(config["labels"]))
     report = ExportReport(output_dir=tmp, files={}, versions=_versions(formats))
     author = author or config.get("author") or "emovox"
     license_text = license_text or config.get("license") or DEFAULT_LICENSE
@@ -390,17 +391,8 @@ def _manifest(report: ExportReport, conv: LoadedModel, specs: list[GraphSpec], o
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"output folder {out} appeared during the export; not replacing it")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, out)
+def replace_export_folder(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Move a finished export folder into place; an ``out`` that appeared meanwhile is replaced only with ``overwrite``."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder {out} appeared during the export; not replacing it")
+    move_into_place(tmp, out)

@@ -181,7 +181,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     different lengths runs once; without it each length runs on its own (faster for the crnn's 2-D
     convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch").
     """
-    from emovox.export.exporter import _move_into_place  # atomic folder replace, shared with `emovox export`
+    from emovox.atomic import move_into_place
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
@@ -196,7 +196,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     try:
         manifest = _fill(tmp, loaded, meta, quantization=quantization, opset=opset, lengths_input=lengths_input)
         (tmp / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        _move_into_place(tmp, out, overwrite=True)
+        move_into_place(tmp, out)
     except BaseException:  # a model the runtime cannot take, or an interrupt: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise

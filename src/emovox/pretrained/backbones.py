@@ -60,7 +60,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emovox.atomic import write_folder
 from emovox.features import WhisperLogMel
 from emovox.pretrained import whisper
 from emovox.pretrained.backbone_ref import WEIGHT_FILES, BackboneRef
@@ -235,7 +235,7 @@ class Backbone(nn.Module):
     # -- bundling
     def save_to(self, dest: str | os.PathLike) -> Path:
         """Write a self-contained copy (config, weights, preprocessor config) to ``dest``, atomically."""
-        return write_folder_atomically(dest, self._fill_copy)
+        return write_folder(dest, self._fill_copy)
 
     def _fill_copy(self, tmp: Path) -> None:
         src = Path(self.location)
@@ -251,22 +251,6 @@ class Backbone(nn.Module):
             self.model.save_pretrained(tmp)
             if self.feature_extractor is not None:
                 self.feature_extractor.save_pretrained(tmp)
-
-
-def write_folder_atomically(dest: str | os.PathLike, fill) -> Path:
-    """Build a folder with ``fill(tmp)`` beside ``dest`` and rename it into place (a failure leaves nothing)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        fill(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 class _EncoderHolder(nn.Module):
@@ -336,4 +320,4 @@ class WhisperBackbone(Backbone):
             (tmp / WHISPER_ENCODER_JSON).write_text(json.dumps(info, indent=1))
             save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp / "model.safetensors"))
 
-        return write_folder_atomically(dest, fill)
+        return write_folder(dest, fill)

@@ -14,12 +14,12 @@ When the cache cannot be written the model is built in a temporary folder for th
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from emovox.atomic import move_into_place
 from emovox.defaults import cache_env
 from emovox.errors import ModelLoadError
 
@@ -70,7 +70,7 @@ def materialise(graph: Path, manifest: dict[str, Any]) -> Path:
         built = _build(graph, backbone, quantization, out_dir)
         if not persistent:
             return built
-        os.replace(built, target)
+        move_into_place(built, target)
         return target
     finally:
         if persistent:  # the intermediate files (or everything, after a failure)

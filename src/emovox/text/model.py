@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emovox import atomic
+
 from .data import TextError, TextModelError, check_text
 from .encoder import Encoder, EncoderRef, fingerprint, resolve_encoder
 from .grouping import groups_for, normalize_taxonomy
@@ -266,15 +268,11 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, ensure_ascii=False)
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                                  str(tmp), metadata=metadata))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from emovox.atomic import write_folder
 from emovox.errors import AdaptationError
 
 __all__ = ["AdaptationError", "MIN_ADAPTATION_CLIPS", "adapt_model"]
@@ -55,15 +55,9 @@ def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], ou
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "what": "pooled-feature mean and standard deviation re-estimated on unlabelled target clips"}
     config = {**loaded.config, "adaptation": record}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:  # the whole folder appears at once, or not at all
+    def fill(staging: Path) -> None:  # the whole folder appears at once, or not at all
         shutil.copytree(src, staging, dirs_exist_ok=True)
         save_model(staging, net, config)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_folder(out, fill)
     return record

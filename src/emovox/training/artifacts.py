@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from emovox import __version__
+from emovox.atomic import write_json
 from emovox.modelio import (
     WEIGHTS_FILE,
     save_model,
-    write_json,
 )
 from emovox.models import count_parameters
 from emovox.training.checkpoints import TrainState

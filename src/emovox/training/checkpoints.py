@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from emovox import __version__
+from emovox.atomic import write_file
 from emovox.errors import TrainingError
 from emovox.features import FeatureConfig
-from emovox.modelio import _atomic_write, torch_saver
+from emovox.modelio import torch_saver
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "emovox-checkpoint"
@@ -135,4 +136,4 @@ class Checkpoint:
             "train_config": train_config, "data": self.run_id,
             "training_time_s": training_time_s,
         }
-        _atomic_write(self.path, torch_saver(ck))
+        write_file(self.path, torch_saver(ck))

@@ -159,12 +159,12 @@ def _figure(figsize):
 
 
 def _save_png(fig, out: str | os.PathLike) -> Path:
-    from emovox.modelio import _atomic_write
+    from emovox.atomic import write_file
 
     out = Path(out)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _atomic_write(out, lambda t: Path(t).write_bytes(buf.getvalue()))
+    write_file(out, lambda t: Path(t).write_bytes(buf.getvalue()))
     return out
 
 
@@ -237,7 +237,7 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], *, title: 
 
     ``metrics`` is :func:`compute_metrics`'s dict plus anything else to record (kept in the JSON).
     """
-    from emovox.modelio import _atomic_write, write_json
+    from emovox.atomic import write_file, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,11 +255,11 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], *, title: 
     w.writerow(["accuracy", "", "", f"{metrics['accuracy']:.4f}", n])
     w.writerow(["macro avg (UAR = recall)", "", f"{metrics['uar']:.4f}", f"{metrics['macro_f1']:.4f}", n])
     w.writerow(["weighted avg", "", "", f"{metrics['weighted_f1']:.4f}", n])
-    _atomic_write(out / "metrics_report.csv", lambda t: Path(t).write_text(buf.getvalue()))
-    _atomic_write(out / "confusion_matrix.npy", lambda t: _save_npy(t, cm))
+    write_file(out / "metrics_report.csv", lambda t: Path(t).write_text(buf.getvalue()))
+    write_file(out / "confusion_matrix.npy", lambda t: _save_npy(t, cm))
     if plots:
         counts = plot_confusion(cm, labels, out / "confusion_matrix_counts.png", "none", title=title)
-        _atomic_write(out / "confusion_matrix.png", lambda t: Path(t).write_bytes(counts.read_bytes()))
+        write_file(out / "confusion_matrix.png", lambda t: Path(t).write_bytes(counts.read_bytes()))
         plot_confusion(cm, labels, out / "confusion_matrix_rownorm.png", "row",
                        title=title and f"{title} (row-normalised)")
     return out
@@ -400,7 +400,7 @@ def evaluate_model(loaded_model, rows: Sequence[Any], out_dir: str | os.PathLike
         "corpora": sorted({getattr(r, "corpus", "?") for r in fs.rows}),
     })
     if out_dir is not None:
-        from emovox.modelio import write_json
+        from emovox.atomic import write_json
 
         write_report(out_dir, metrics)
         if Path(out_dir).resolve() != Path(loaded_model.path).resolve():  # never touch the model's own files

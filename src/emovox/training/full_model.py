@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emovox.atomic import write_file, write_files
 from emovox.features import (
     FeatureConfig,
     FeatureStats,
@@ -22,8 +23,6 @@ from emovox.modelio import (
     STREAMING_FULL_MODEL_FILE,
     STREAMING_TORCHSCRIPT_FILE,
     STREAMING_WEIGHTS_FILE,
-    _atomic_write,
-    atomic_write_all,
     torch_saver,
 )
 from emovox.models.common import is_streaming
@@ -81,13 +80,13 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
     cls = FullStreamingModel if streaming else FullModel
     full = cls(copy.deepcopy(model).cpu().eval(), stats, feat_cfg, temperature, labels).eval()
     if not streaming:
-        _atomic_write(out / FULL_MODEL_FILE, torch_saver(full))
+        write_file(out / FULL_MODEL_FILE, torch_saver(full))
         return {"full_model": FULL_MODEL_FILE, "full_model_warning": f"{FULL_MODEL_FILE} is a pickle: loading it runs "
                 "code; load it only from a trusted source"}
     from emovox.export.graphs import script_seed003_step
 
     scripted = script_seed003_step(full, calibrated=True)
-    atomic_write_all([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
+    write_files([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
                       (out / STREAMING_WEIGHTS_FILE, torch_saver(full.state_dict())),
                       (out / STREAMING_TORCHSCRIPT_FILE, lambda t: torch.jit.save(scripted, t))])
     if feat_cfg != preset(SEED003_BACKEND_FEATURES):

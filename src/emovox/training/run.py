@@ -58,6 +58,7 @@ except ImportError:  # Windows: no advisory locks, training folders are not guar
 import numpy as np
 import torch
 
+from emovox.atomic import write_json
 from emovox.data.cache import FeatureCache
 from emovox.data.labels import order_labels
 from emovox.data.splits import (
@@ -66,7 +67,6 @@ from emovox.data.splits import (
 from emovox.errors import TrainingError
 from emovox.modelio import (
     save_model,
-    write_json,
 )
 from emovox.training import distributed as ddp
 from emovox.training.artifacts import calibrate_and_report, write_artifacts
