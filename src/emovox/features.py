@@ -301,7 +301,7 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
     return basis
 
 
-def _padded_window(cfg: FeatureConfig) -> torch.Tensor:
+def padded_window(cfg: FeatureConfig) -> torch.Tensor:
     """The window over one frame of ``cfg.frame_span`` samples (float64).
 
     Usually a periodic Hann of ``win_length`` centred in ``n_fft`` zeros. With ``librosa_per_frame``:
@@ -373,7 +373,7 @@ class _Spectrogram(nn.Module):
             raise ValueError(f"stft_mode must be 'torch' or 'conv', got {stft_mode!r}")
         self.cfg = cfg
         self.stft_mode = stft_mode
-        window = _padded_window(cfg)
+        window = padded_window(cfg)
         self.register_buffer("window", window.float(), persistent=False)
         if stft_mode == "conv":
             n_bins = cfg.n_fft // 2 + 1

@@ -23,15 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from emovox.audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
+from emovox.audio import AudioError, is_silent, load_audio
 from emovox.data.labels import FOLD_FALLBACKS, LabelMap
-from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S, MAX_SERVED_CLIP_S
 from emovox.errors import ModelLoadError
 from emovox.runtime.answers import Prediction, Timeline, merge_segments, softmax
 from emovox.runtime.streaming import StreamingSession
 
-#: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
-DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
 #: A model folder's ONNX Runtime graphs (:mod:`emovox.export.runtime_build`).
 RUNTIME_DIR = "onnx"
@@ -110,7 +108,7 @@ class EmotionModel:
     """A loaded speech emotion model (PyTorch or ONNX backend) with a clip-level API."""
 
     def __init__(self, backend: Backend, *, name: str = "", path: Path | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S):
+                 threshold: float = CONFIDENCE_THRESHOLD, max_duration_s: float | None = MAX_CLIP_S):
         self.backend = backend
         self.name = name
         self.path = path
@@ -316,7 +314,7 @@ BACKENDS = ("auto", "onnx", "torch")
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "auto",
-               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+               threshold: float = CONFIDENCE_THRESHOLD, max_duration_s: float | None = MAX_CLIP_S,
                allow_pickle: bool = False, threads: int | None = None) -> EmotionModel:
     """Load the default shipped model (``None``), a shipped model by name, a trained model folder, an
     ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.pretrained.hf_audio`).

@@ -30,9 +30,9 @@ from emovox.data.cache import (
     ClipCache,
     FeatureCache,
     FeatureSet,
-    _progress_enabled,
     cached_lookup,
     default_cache_dir,
+    progress_enabled,
     row_path,
 )
 from emovox.defaults import MAX_TRAINING_CLIP_S
@@ -133,7 +133,7 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
     results, todo = cached_lookup(store, paths)
     errors: dict[int, str] = {}
     if todo:
-        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress_enabled(progress),
                    dynamic_ncols=True, leave=False)
         with torch.inference_mode():
             for d in _decode_all(paths, todo, num_workers=num_workers, max_duration_s=max_duration_s):
@@ -164,7 +164,7 @@ def load_waveforms(rows: Sequence[Any], *, num_workers: int | None = None, progr
     paths = [row_path(r) for r in rows]
     results: list[np.ndarray | None] = [None] * len(paths)
     errors: dict[int, str] = {}
-    bar = tqdm(total=len(paths), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+    bar = tqdm(total=len(paths), desc=desc, unit="clip", disable=not progress_enabled(progress),
                dynamic_ncols=True, leave=False)
     for d in _decode_all(paths, list(range(len(paths))), num_workers=num_workers, max_duration_s=max_duration_s):
         if d.error is not None:

@@ -293,7 +293,7 @@ def row_path(row: Any) -> str:
     return os.fspath(row.path if hasattr(row, "path") else row)
 
 
-def _progress_enabled(progress: bool | None) -> bool:
+def progress_enabled(progress: bool | None) -> bool:
     if progress is not None:
         return progress
     return sys.stderr.isatty()
@@ -331,7 +331,7 @@ def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCach
 
     if todo:
         workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
-        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not _progress_enabled(progress),
+        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress_enabled(progress),
                    dynamic_ncols=True, leave=False)
         if workers == 1:
             outs = map(work, todo)

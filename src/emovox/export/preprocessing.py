@@ -17,9 +17,9 @@ from emovox.features import (
     LEVEL_QUANTILE,
     PEAK_EPS,
     FeatureConfig,
-    _padded_window,
     dct_matrix,
     mel_filterbank,
+    padded_window,
 )
 from emovox.frames import silence_features
 
@@ -58,7 +58,7 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
             "window": "hann",
             "window_periodic": True,
             **_window_spec(cfg),
-            "window_values": _f32(_padded_window(cfg).numpy()),
+            "window_values": _f32(padded_window(cfg).numpy()),
             "center": cfg.center,
             "center_padding": ({"left": cfg.n_fft // 2, "right": cfg.n_fft // 2, "mode": "constant zeros"}
                                if cfg.center else None),
@@ -192,10 +192,10 @@ def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]
 
 
 def _is_streaming(config: dict[str, Any]) -> bool:
-    from emovox.models import MODELS, _load_all
+    from emovox.models import MODELS, load_all
     from emovox.models.common import is_streaming
 
-    _load_all()
+    load_all()
     cls = MODELS.get(config["model"]["name"])
     return is_streaming(cls)
 

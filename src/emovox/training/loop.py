@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emovox.data.cache import BatchMaker, fit_stats, load_features
+from emovox.data.cache import BatchMaker, fit_stats, load_features, progress_enabled
 from emovox.errors import TrainingError
 from emovox.features import (
     FeatureStats,
@@ -90,10 +89,6 @@ def _frame_objective(frame_logits: torch.Tensor, target: torch.Tensor, lengths: 
     per_clip = (ce * mask).sum(1) / mask.sum(1)
     last = frame_logits.gather(1, (n - 1).view(b, 1, 1).expand(b, 1, frame_logits.shape[2])).squeeze(1)
     return last, per_clip
-
-
-def _progress_enabled(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def _hash_rows(rows) -> str:
@@ -327,7 +322,7 @@ def train_epoch(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, state: 
     batches = [b for b in _batches(order, cfg.batch_size) if len(b) >= run.world_size]  # every rank needs a clip
     rng = np.random.default_rng([cfg.seed, epoch])
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True,
-               disable=not _progress_enabled(progress))
+               disable=not progress_enabled(progress))
     loss_sum, n_seen, correct, lr = 0.0, 0, 0, run.lr(state.step)
     for idx in bar:
         lr = run.lr(state.step)
