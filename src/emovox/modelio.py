@@ -30,7 +30,7 @@ from torch import nn
 
 from emovox import __version__
 from emovox.atomic import write_files
-from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
+from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 from emovox.errors import ModelLoadError
 from emovox.features import FeatureConfig, FeatureStats, Normalize, build_frontend, prepare_input
 from emovox.frames import compact_frames, fix_frames, frame_counts, nonzero_frame_mask, pad_to_one_frame

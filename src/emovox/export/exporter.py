@@ -21,13 +21,14 @@ import numpy as np
 
 from emovox import __version__
 from emovox.atomic import move_into_place, write_json
+from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 from emovox.errors import ExportError
 from emovox.export.checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
 from emovox.export.coreml_export import FLAVOURS
 from emovox.export.onnx_export import DEFAULT_OPSET
 from emovox.export.preprocessing import preprocessing_spec
 from emovox.export.spec import DEFAULT_COREML_MAX_SECONDS, INPUT_KINDS, GraphSpec, build_graph_spec
-from emovox.modelio import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, LoadedModel, ModelLoadError, load_model_dir
+from emovox.modelio import LoadedModel, ModelLoadError, load_model_dir
 
 FORMATS = ("onnx", "coreml", "torchscript")
 EXPORT_FORMAT = "emovox-export"

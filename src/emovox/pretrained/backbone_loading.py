@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from emovox import errors
 from emovox.errors import BackboneError
-from emovox.pretrained import whisper
+from emovox.pretrained import whisper, whisper_weights
 from emovox.pretrained.backbone_ref import (
     BUNDLE_DIR,
     HOW_TO_PROVIDE,
@@ -211,12 +212,12 @@ def _load_hf(ref: BackboneRef, location: str):
     if model_type == "whisper":
         full = access.load(AutoModel.from_pretrained)
         encoder = _wrap_weights_error(lambda: whisper.load_encoder(
-            whisper.EncoderDims.from_hf_config(config), full.get_encoder().state_dict(), location), ref)
+            whisper_weights.EncoderDims.from_hf_config(config), full.get_encoder().state_dict(), location), ref)
         return encoder, None, _with_revision(_whisper_ref(ref, encoder), config)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise BackboneError(f"backbone {ref.describe()} is a {model_type or 'unknown'!r} model; supported speech "
                             f"backbones: {', '.join(SUPPORTED_MODEL_TYPES)} (wav2vec2, HuBERT and WavLM families) "
-                            f"and Whisper ({', '.join(whisper.PACKAGED)} installed offline, a CTranslate2 or "
+                            f"and Whisper ({', '.join(whisper_weights.PACKAGED)} installed offline, a CTranslate2 or "
                             "Hugging Face Whisper folder, or a hub id)")
     fe, normalize, normalize_from = _input_normalisation(ref, location, access, AutoFeatureExtractor)
     model = access.load(AutoModel.from_pretrained)
@@ -262,7 +263,7 @@ def _input_normalisation(ref: BackboneRef, location: str, access: _HubAccess, au
 def _whisper_files(ref: BackboneRef, model_dir: str | os.PathLike | None) -> tuple[str, list[Path]] | None:
     """``(format, files)`` when ``ref`` is a Whisper checkpoint emovox reads itself, else None."""
     if ref.kind == "package":
-        return "ct2", _wrap_weights_error(lambda: whisper.packaged_files(ref.source)[0], ref)
+        return "ct2", _wrap_weights_error(lambda: whisper_weights.packaged_files(ref.source)[0], ref)
     if ref.kind == "hub" or (ref.kind == "bundled" and model_dir is None):
         return None
     folder = Path(model_dir) / ref.source if ref.kind == "bundled" else Path(ref.source)
@@ -282,7 +283,7 @@ def _load_whisper_files(ref: BackboneRef, fmt: str, files: list[Path]) -> tuple[
     folder = files[0]
     try:
         info = json.loads((folder / WHISPER_ENCODER_JSON).read_text())
-        dims = whisper.EncoderDims(**{k: int(info[k]) for k in whisper.EncoderDims.__dataclass_fields__})
+        dims = whisper_weights.EncoderDims(**{k: int(info[k]) for k in whisper_weights.EncoderDims.__dataclass_fields__})
         state = load_file(str(folder / "model.safetensors"))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise BackboneError(f"cannot read the Whisper encoder folder {folder}: {_first_line(e)}") from None
@@ -292,7 +293,7 @@ def _load_whisper_files(ref: BackboneRef, fmt: str, files: list[Path]) -> tuple[
 def _wrap_weights_error(fn, ref: BackboneRef):
     try:
         return fn()
-    except whisper.WhisperWeightsError as e:
+    except errors.WhisperWeightsError as e:
         raise BackboneError(f"backbone {ref.describe()}: {e}") from e
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from emovox.errors import BackboneError
-from emovox.pretrained import whisper
+from emovox.pretrained import whisper_weights
 
 #: Folder name of a backbone bundled inside a model folder (``--bundle-backbone``).
 BUNDLE_DIR = "backbone"
@@ -72,7 +72,7 @@ def parse_source(name_or_dir: str | os.PathLike, *, revision: str | None = None)
     if not s:
         raise BackboneError("no backbone given: pass a Hugging Face model id (e.g. facebook/wav2vec2-base) "
                             "or a local checkpoint folder")
-    if s in whisper.PACKAGED:
+    if s in whisper_weights.PACKAGED:
         return BackboneRef(source=s, kind="package")
     p = Path(s).expanduser()
     if p.is_dir():

@@ -69,7 +69,7 @@ from torch import nn
 
 from emovox.atomic import write_folder
 from emovox.features import WhisperLogMel
-from emovox.pretrained import whisper
+from emovox.pretrained import whisper, whisper_weights
 from emovox.pretrained.backbone_ref import WEIGHT_FILES, BackboneRef
 
 SAMPLE_RATE_HZ = 16000
@@ -274,7 +274,7 @@ class WhisperBackbone(Backbone):
                  chunk_s: float = WHISPER_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S, precision: str = "auto"):
         nn.Module.__init__(self)
         self.frontend = WhisperLogMel(encoder.dims.n_mels)
-        self._setup(_EncoderHolder(encoder), ref, location, None, stride=whisper.HOP_LENGTH * whisper.CONV_STRIDE,
+        self._setup(_EncoderHolder(encoder), ref, location, None, stride=whisper_weights.HOP_LENGTH * whisper_weights.CONV_STRIDE,
                     receptive_field=WhisperLogMel.n_fft, num_layers=encoder.dims.n_layers,
                     hidden_size=encoder.dims.d_model, chunk_s=chunk_s, overlap_s=overlap_s, precision=precision)
 
@@ -284,8 +284,8 @@ class WhisperBackbone(Backbone):
                              f"{WHISPER_CHUNK_S:g} s (its context); got chunk_s={chunk_s}, overlap_s={overlap_s}")
 
     def num_frames(self, num_samples: int) -> int:
-        mel = max(int(num_samples), self.min_samples) // whisper.HOP_LENGTH
-        return -(-mel // whisper.CONV_STRIDE)
+        mel = max(int(num_samples), self.min_samples) // whisper_weights.HOP_LENGTH
+        return -(-mel // whisper_weights.CONV_STRIDE)
 
     def cache_key(self, layers: Sequence[int], device: torch.device | str) -> dict[str, Any]:
         return {**super().cache_key(layers, device), "frontend": f"whisper-logmel{self.frontend.n_mels}"}
@@ -302,10 +302,10 @@ class WhisperBackbone(Backbone):
         if x.shape[-1] < self.min_samples:
             x = torch.nn.functional.pad(x, (0, self.min_samples - x.shape[-1]))
         mel = self.frontend(x)
-        hop = whisper.HOP_LENGTH
+        hop = whisper_weights.HOP_LENGTH
         if mel.shape[-1] <= self.chunk_samples // hop:
             return self.run(mel, layers)
-        return stitch_windows(lambda w: self.run(w, layers), mel, stride=whisper.CONV_STRIDE,
+        return stitch_windows(lambda w: self.run(w, layers), mel, stride=whisper_weights.CONV_STRIDE,
                               chunk=self.chunk_samples // hop, overlap=self.overlap_samples // hop,
                               n_out=self.num_frames(x.shape[-1]))
 

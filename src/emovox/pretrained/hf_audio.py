@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from emovox.data.labels import LabelError, canonical
-from emovox.modelio import WEIGHTS_FILE, ModelLoadError
+from emovox.defaults import WEIGHTS_FILE
+from emovox.modelio import ModelLoadError
 from emovox.pretrained.hfcheckpoint import (
     CheckpointError,
     architecture,

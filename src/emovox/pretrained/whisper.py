@@ -32,23 +32,13 @@ from torch import nn
 
 from emovox.errors import WhisperWeightsError
 
-# the NumPy half (reader, packaged checkpoints, sizes) lives in whisper_weights; re-exported here
-from emovox.pretrained.whisper_weights import (  # noqa: F401
+# the NumPy half (reader, packaged checkpoints, sizes) lives in whisper_weights
+from emovox.pretrained.whisper_weights import (
     CONV_STRIDE,
-    CT2_DTYPES,
-    CT2_SPEC,
-    CT2_VERSIONS,
     HOP_LENGTH,
-    MAX_POSITIONS,
-    PACKAGED,
     EncoderDims,
-    PackagedWhisper,
-    PartsReader,
     ct2_encoder_arrays,
     encoder_arrays,
-    package_file,
-    packaged_files,
-    read_ct2_variables,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,8 @@ from typing import Any
 
 from emovox import __version__
 from emovox.atomic import write_json
-from emovox.modelio import (
-    WEIGHTS_FILE,
-    save_model,
-)
+from emovox.defaults import WEIGHTS_FILE
+from emovox.modelio import save_model
 from emovox.models import count_parameters
 from emovox.training.checkpoints import TrainState
 from emovox.training.config import TrainConfig
