@@ -23,7 +23,7 @@ Precision
     depend on whether the cache is on). Log-mel values lie in [-100, +60] dB; float16's spacing is
     at most 2^-5 dB = 0.031 dB below 64 dB (0.0625 dB for |values| in [64, 128)), so the rounding
     error is at most 0.016 dB (0.031 dB) — about 1/1000 of a feature's standard deviation after
-    normalisation, far below anything a model can learn from. ``tests/test_training.py`` checks that
+    normalisation, far below anything a model can learn from. ``tests/training/test_training.py`` checks that
     cached features give the pipeline's logits.
 
 Augmentation (training data only, :class:`AugmentConfig`), all in the log-mel domain so it works

@@ -16,7 +16,7 @@ The crop/pad (:func:`emovox.frames.fix_frames`), the zero-frame test
 (:func:`~emovox.frames.nonzero_frame_mask`) and compaction (:func:`~emovox.frames.compact_frames`)
 are the pipeline's own functions, written as tensor arithmetic (gathers with computed indices, a
 stable sort by a computed key) so one traced graph serves every length and batch; the streaming
-step is :func:`emovox.modelio.streaming_step`. ``tests/test_export.py`` checks the graphs against
+step is :func:`emovox.modelio.streaming_step`. ``tests/export/test_export.py`` checks the graphs against
 the pipeline itself for several lengths and batch sizes.
 """
 

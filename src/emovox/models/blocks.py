@@ -2,7 +2,7 @@
 
 A batch of clips of different lengths is zero-padded to the longest one and carries
 ``lengths`` (real frames per clip). These blocks make padding invisible in eval mode: a clip
-gives the same logits alone or padded inside a batch (``tests/test_models.py`` checks it).
+gives the same logits alone or padded inside a batch (``tests/models/test_models.py`` checks it).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class WhisperEncoder(nn.Module):
     parameter names, so its state dicts load unchanged) for two reasons: its ``forward`` refuses any input
     that is not exactly 3000 mel frames (30 s; padding a 3-s clip to 30 s costs ~10x the time), and
     importing its modeling code takes ~6 s here, which a one-clip ``emovox classify`` would pay on every
-    call. ``tests/test_whisper.py`` checks it against transformers' encoder on the same weights.
+    call. ``tests/pretrained/test_whisper.py`` checks it against transformers' encoder on the same weights.
     """
 
     def __init__(self, dims: EncoderDims, device=None):

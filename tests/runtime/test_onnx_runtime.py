@@ -13,7 +13,7 @@ import pytest
 from emovox.audio import load_audio
 from emovox.inference import load_model, resolve_model_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ravdess_03-01-05-02-01-01-12.flac"
 SHIPPED = ("default", "crnn", "streaming", "fast")
 

@@ -22,7 +22,7 @@ from emovox.pretrained.backbones import WhisperBackbone
 
 transformers = pytest.importorskip("transformers")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ravdess_03-01-05-02-01-01-12.flac"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ravdess_03-01-05-02-01-01-12.flac"
 TINY = whisper_weights.EncoderDims(n_mels=80, d_model=32, n_layers=2, n_heads=2, ffn_dim=64)
 
 

@@ -31,7 +31,7 @@ ort = pytest.importorskip("onnxruntime")
 
 SR = 16000
 LABELS = ["happy", "sad", "angry", "surprised", "neutral"]
-RAVDESS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess"
+RAVDESS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ravdess"
 TOL = 1e-4
 #: Small settings per family (unknown families are built with their defaults).
 TINY = {
@@ -82,7 +82,7 @@ def clips() -> list[np.ndarray]:
 
 
 def _all_families() -> list[str]:
-    # ssl needs a pretrained backbone checkpoint (built in tests/test_ssl.py, which tests its export)
+    # ssl needs a pretrained backbone checkpoint (built in tests/pretrained/test_ssl.py, which tests its export)
     return [n for n in model_names() if n != "ssl"]
 
 
@@ -486,7 +486,7 @@ def test_onnx_model_predict_logits_equals_pytorch(cli_export, clips):
 def test_onnx_backend_runs_without_torch(cli_export):
     """onnx_backend.py imports no torch: load it on its own in a process where torch cannot be imported."""
     _, out = cli_export
-    src = Path(__file__).resolve().parents[1] / "src" / "emovox" / "onnx_backend.py"
+    src = Path(__file__).resolve().parents[2] / "src" / "emovox" / "onnx_backend.py"
     code = textwrap.dedent(f"""
         import importlib.util, sys
         import numpy as np

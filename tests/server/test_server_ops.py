@@ -24,6 +24,7 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from test_server import make_model_dir, settings_for, voice, wav_bytes  # noqa: E402
 
 from emovox.data.labels import BASIC5, EKMAN7  # noqa: E402
 from emovox.inference import load_model  # noqa: E402
@@ -32,7 +33,6 @@ from emovox.server import Settings, SettingsError, create_app  # noqa: E402
 from emovox.server.batching import DynamicBatcher, Overloaded  # noqa: E402
 from emovox.server.observability import log_config  # noqa: E402
 from emovox.server.process import server_process  # noqa: E402
-from test_server import make_model_dir, settings_for, voice, wav_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -509,7 +509,7 @@ def test_streaming_model_refuses_level_normalisation(tmp_path):
 
 # ------------------------------------------------------------------------------ shipped model
 
-EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_shipped_default_model_loads_from_package_data_and_answers():
