@@ -7,6 +7,10 @@ unknown, and then said so in :attr:`Split.message`). A :class:`Split` unpacks as
 Rows are :class:`emovox.data.corpora.ManifestRow` objects or anything with ``label`` and ``speaker``
 attributes (or keys). Clips without a speaker, mixed with clips that have one, are treated as
 their own single-clip speakers, and the message says how many there were.
+
+Hand-written rather than scikit-learn's ``StratifiedGroupKFold`` / ``GroupShuffleSplit``: those draw
+other partitions for the same seed, and a model folder's recorded split (and every cached run) must stay
+the one emovox has always drawn; they also cannot fall back to a stratified split when speakers are unknown.
 """
 
 from __future__ import annotations

@@ -50,29 +50,35 @@ def _as_indices(y: Sequence, labels: Sequence[str]) -> np.ndarray:
 
 
 def confusion_matrix(y_true: Sequence, y_pred: Sequence, labels: Sequence[str]) -> np.ndarray:
-    """``(n, n)`` counts, rows true labels, columns predicted labels, in ``labels`` order."""
-    t, p = _as_indices(y_true, labels), _as_indices(y_pred, labels)
+    """``(n, n)`` counts, rows true labels, columns predicted labels, in ``labels`` order (scikit-learn's)."""
+    from sklearn import metrics
+
     n = len(labels)
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
+    t, p = _as_indices(y_true, labels), _as_indices(y_pred, labels)
+    if not n or not len(t):  # scikit-learn refuses empty input
+        return np.zeros((n, n), dtype=np.int64)
+    return metrics.confusion_matrix(t, p, labels=np.arange(n)).astype(np.int64)
 
 
 def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, UAR, macro-F1, weighted-F1 and per-class precision/recall/F1/support.
+    """Accuracy, UAR, macro-F1, weighted-F1 and per-class precision/recall/F1/support (scikit-learn's).
 
     ``y_true``/``y_pred`` are label names or indices into ``labels``. Classes absent from
-    ``y_true`` are listed (support 0) but left out of UAR and macro-F1.
+    ``y_true`` are listed (support 0) but left out of UAR and macro-F1: UAR is the mean recall over the
+    classes present, i.e. scikit-learn's ``balanced_accuracy_score``.
     """
+    from sklearn import metrics
+
     labels = list(labels)
     cm = confusion_matrix(y_true, y_pred, labels)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
+    t, p = _as_indices(y_true, labels), _as_indices(y_pred, labels)
+    if len(t):
+        precision, recall, f1, support = metrics.precision_recall_fscore_support(
+            t, p, labels=np.arange(len(labels)), zero_division=0)
+    else:
+        precision = recall = f1 = np.zeros(len(labels))
+        support = np.zeros(len(labels), dtype=np.int64)
     tp = np.diag(cm).astype(np.float64)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     present = support > 0
     n = int(support.sum())
     return {
