@@ -11,7 +11,7 @@ inference) and a fixed ``Conv1d`` holding the windowed DFT basis (``stft_mode="c
 exports to ONNX, Core ML and TorchScript as plain convolutions.
 
 ``librosa_per_frame`` with ``peak_normalize`` (the ``framewise-librosa-mfcc13`` preset) reproduces
-seed 003's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
+the streaming MFCC-LSTM's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
 400-sample frame: here all frames go through one batched ``rfft`` (see ``docs/features.md``).
 
 ``kind="waveform"`` is the front-end of models that take raw samples (the pretrained-backbone
@@ -37,7 +37,7 @@ FeatureKind = Literal["logmel", "mfcc", "waveform"]
 
 #: librosa's default STFT hop in ``librosa.feature.mfcc`` / ``melspectrogram`` (``librosa_per_frame``).
 LIBROSA_HOP = 512
-#: What ``peak_normalize`` adds to the peak (seed 003: ``audio / (np.max(np.abs(audio)) + 1e-9)``).
+#: What ``peak_normalize`` adds to the peak (the streaming MFCC-LSTM: ``audio / (np.max(np.abs(audio)) + 1e-9)``).
 PEAK_EPS = 1e-9
 
 #: What ``kind="waveform"`` fixes: a frame is one sample, one feature, no STFT.
@@ -61,11 +61,11 @@ class FeatureConfig:
     log_floor: float = 1e-10  # librosa's amin: 10*log10(max(S, floor))
     top_db: float | None = None  # librosa's top_db (clip relative to each clip's max); None: off
     n_mfcc: int = 13
-    #: MFCC only: drop frames whose samples are all exactly zero (seed 003).
+    #: MFCC only: drop frames whose samples are all exactly zero (the streaming MFCC-LSTM).
     skip_zero_frames: bool = False
-    #: Divide each clip by ``max(|x|) + 1e-9`` before anything else (seed 003's backend).
+    #: Divide each clip by ``max(|x|) + 1e-9`` before anything else (the streaming MFCC-LSTM's backend).
     peak_normalize: bool = False
-    #: Analyse each ``win_length`` frame alone, as seed 003's loop calls
+    #: Analyse each ``win_length`` frame alone, as the streaming MFCC-LSTM's loop calls
     #: ``librosa.feature.mfcc(y=frame, n_fft=n_fft)`` per frame: frames are cut without centre
     #: padding (``librosa.util.frame``), librosa zero-pads each by ``n_fft // 2`` on both sides
     #: (``center=True``, ``pad_mode='constant'``), so the frame's samples meet the periodic Hann
@@ -191,22 +191,22 @@ class _Presets(dict):
 PRESETS: dict[str, FeatureConfig] = _Presets({
     # emovox's default front-end: 25 ms windows, 10 ms hop, 64 mel bins.
     "logmel64": FeatureConfig(),
-    # Seed 000's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
+    # The Core ML mobile CNN's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
     # 100 frames x 512 samples = 51,200 samples = 3.2 s at 16 kHz (the document's "~1 s" is wrong).
     "logmel64-hop512-100f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
                                           num_frames=100),
-    # Seed 001's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
+    # The Keras backend CNN's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
     # (32 x 512 samples = 1.02 s at 16 kHz), FFT 2048.
     "logmel64-hop512-32f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
                                          num_frames=32),
     # Streaming MFCC (alias seed003): 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
-    # gives exactly the offline features. emovox's own 40-mel reading of seed 003's plan (what the
+    # gives exactly the offline features. emovox's own 40-mel reading of the streaming MFCC-LSTM's plan (what the
     # shipped `streaming` model uses), not the numbers of the seed's backend: those are
     # "framewise-librosa-mfcc13".
     "mfcc13-streaming": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
                                       n_mfcc=13, center=False, skip_zero_frames=True),
-    # Seed 003's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
+    # The streaming MFCC-LSTM's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
     # samples (librosa.util.frame), all-zero frames skipped, and per frame the column mean of
     # librosa.feature.mfcc(y=frame, sr=16000, n_mfcc=13) with librosa's defaults (FFT 2048 of the
     # zero-padded frame, 128 Slaney mels, power_to_db with top_db 80 per frame, ortho DCT-II).

@@ -89,7 +89,7 @@ def frame_counts(num_samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each item's kept frames to the front, in order; return them and their count (≥ 1).
 
-    ``feats``: ``(batch, n_features, frames)``; ``keep``: ``(batch, frames)`` bool (seed 003's
+    ``feats``: ``(batch, n_features, frames)``; ``keep``: ``(batch, frames)`` bool (the streaming MFCC-LSTM's
     non-zero frames, :func:`nonzero_frame_mask`). An item with no kept frame keeps its first frame.
     Frames past an item's count are zero. The one implementation of zero-frame compaction: a stable
     sort by a computed key and a gather, no Python loop, so the exported graphs run it with any

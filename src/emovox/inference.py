@@ -8,8 +8,8 @@ The answers are in :mod:`emovox.runtime.answers`, streaming in :mod:`emovox.runt
 >>> p.label, p.score, p.scores                 # top emotion, its probability, every label's
 
 Scores are calibrated probabilities (temperature scaling fitted on held-out validation data at
-training time). ``labels=`` folds them into another label set (``"basic5"`` for seed 000's app,
-``"app6"`` for seed 003's front-end, or a mapping), summing probability mass.
+training time). ``labels=`` folds them into another label set (``"basic5"`` for the Core ML mobile CNN's app,
+``"app6"`` for the streaming MFCC-LSTM's front-end, or a mapping), summing probability mass.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from emovox.models import build_model
 from emovox.models.common import head_logits, is_streaming, stream_step
 
 FULL_MODEL_FILE = "model_full.pth"
-#: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.
+#: ``--save-full-model`` for streaming models: the streaming MFCC-LSTM's file names, and a pickle-free TorchScript twin.
 STREAMING_FULL_MODEL_FILE = "model.pth"
 STREAMING_WEIGHTS_FILE = "model_weights.pth"
 STREAMING_TORCHSCRIPT_FILE = "model_torchscript.pt"
@@ -66,7 +66,7 @@ def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: Feat
 
 
 def default_io(features: FeatureConfig) -> dict[str, str]:
-    """Tensor names used by exports (seed 000's Core ML names for log-mel models)."""
+    """Tensor names used by exports (the Core ML mobile CNN's Core ML names for log-mel models)."""
     feat_name = "log_mel_spectrogram" if features.kind == "logmel" else "mfcc"
     return {"features_input": feat_name, "waveform_input": "waveform", "output": "emotion_logits"}
 
@@ -120,7 +120,7 @@ class EmotionPipeline(nn.Module):
         speech-level normalisation (``level_db``) and standardisation, which :meth:`features` applies.
 
         ``lengths_samples`` gives each clip's real length in a zero-padded batch; frames past it
-        are masked by the model's pooling (or skipped as all-zero frames by seed 003's MFCC).
+        are masked by the model's pooling (or skipped as all-zero frames by the streaming MFCC-LSTM's MFCC).
         """
         cfg = self.feature_config
         wave = pad_to_one_frame(wave, cfg)

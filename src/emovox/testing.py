@@ -30,7 +30,7 @@ def create_model(path: str | os.PathLike, *, name: str = "cnn", features: str = 
     torch.manual_seed(seed)
     cfg = preset(features)
     model = build_model(name, n_features=cfg.n_features, n_classes=len(labels), **(model_kwargs or {}))
-    # centred around speech levels: log-mel around -40 dB; seed 003's librosa MFCC c0 around -400
+    # centred around speech levels: log-mel around -40 dB; the streaming MFCC-LSTM's librosa MFCC c0 around -400
     if cfg.kind == "logmel":
         stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features)
     else:

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
     p.add_argument("--format", choices=["json", "jsonl", "csv", "table"], default="json", help="output format")
     p.add_argument("--fields", default=None, metavar="NAMES",
-                   help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (seed 001's "
+                   help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (the Keras backend CNN's "
                         f"output); any of {', '.join(FIELDS)} (an 'error' field is always kept)")
     p.add_argument("--threshold", type=float, default=CONFIDENCE_THRESHOLD,
                    help="flag low_confidence below this top score")

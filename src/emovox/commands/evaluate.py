@@ -7,7 +7,7 @@ HELP = "evaluate a model folder on a corpus (metrics, report, confusion matrices
 EPILOG = """\
 Corpus labels are mapped to the model's (calm counts as neutral for a model without calm);
 clips whose label the model cannot express are left out and counted; predictions take the
-argmax over the model labels present in the corpus. Writes seed 004's metrics_overall.json,
+argmax over the model labels present in the corpus. Writes the text and audio evaluation kit's metrics_overall.json,
 metrics_report.csv, confusion_matrix.npy, confusion_matrix_counts.png (also as
 confusion_matrix.png), confusion_matrix_rownorm.png, labels.json and model_meta.json to
 --output-dir.

@@ -1,4 +1,4 @@
-"""emovox serve: the HTTP service (seed 001/002/004 endpoints, WebSocket streaming) and its web page."""
+"""emovox serve: the HTTP service (endpoints of the Keras backend CNN, the FastAPI wav2vec2 hybrid and the text and audio evaluation kit, WebSocket streaming) and its web page."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runtime: auto (ONNX Runtime where the model has its graphs, PyTorch otherwise), onnx, torch")
     p.add_argument("--final-answer", dest="final_answer", choices=["last", "mean"], default="last",
                    help="frame-by-frame models: report the answer after the last frame, or the mean of every "
-                        "frame's probabilities (seed 003's two options)")
+                        "frame's probabilities (the streaming MFCC-LSTM's two options)")
     p.add_argument("--chunk-ms", type=float, default=250.0, help="chunk length fed per update (ms)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
     p.add_argument("--sample-rate", type=int, default=16000, help="rate of the raw PCM on stdin (Hz)")

@@ -6,7 +6,7 @@ disk and every later epoch, run or evaluation reads the cache instead of decodin
 What is cached
     The **log-mel** frames ``(n_mels, frames)`` of the whole clip, computed by the same
     :class:`emovox.features.LogMel` module the model pipeline uses, with the feature config's
-    settings (for MFCC configs: the log-mel under the MFCC, with seed 003's all-zero frames already
+    settings (for MFCC configs: the log-mel under the MFCC, with the streaming MFCC-LSTM's all-zero frames already
     skipped; the DCT is a cheap matrix product applied per batch by :func:`model_features`).
     Caching the log-mel rather than the final features lets augmentation work in the power domain
     (noise at an SNR, gain) for MFCC models too.

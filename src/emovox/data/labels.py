@@ -22,8 +22,8 @@ from emovox.errors import LabelError
 RAVDESS8 = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 EKMAN7 = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 CREMA6 = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
-BASIC5 = ("happy", "sad", "angry", "surprised", "neutral")  # seed 000, in that order
-APP6 = ("happy", "sad", "angry", "neutral", "fearful", "surprised")  # seed 003's front-end, class ids 0..5
+BASIC5 = ("happy", "sad", "angry", "surprised", "neutral")  # the Core ML mobile CNN, in that order
+APP6 = ("happy", "sad", "angry", "neutral", "fearful", "surprised")  # the streaming MFCC-LSTM's front-end, class ids 0..5
 CORE4 = ("neutral", "happy", "sad", "angry")
 
 GOEMOTIONS28 = (
@@ -76,7 +76,7 @@ SYNONYMS = {
     "boredom": "boredom", "bored": "boredom",
 }
 
-#: Music mood per emotion (seed 002: neutral chill, calm relaxing, happy upbeat; the rest completed).
+#: Music mood per emotion (the FastAPI wav2vec2 hybrid: neutral chill, calm relaxing, happy upbeat; the rest completed).
 MUSIC_MOODS = {
     "neutral": "chill",
     "calm": "relaxing",
@@ -101,7 +101,7 @@ FOLD_FALLBACKS = {"calm": "neutral", "boredom": "neutral", "disgust": "angry", "
 
 
 #: Merges a taxonomy implies when training (on top of :data:`DEFAULT_MERGES`), so that training under
-#: it treats a label as folding probabilities into it does: seed 003's six-class front-end takes
+#: it treats a label as folding probabilities into it does: the streaming MFCC-LSTM's six-class front-end takes
 #: disgust as angry (the document's "Option B"; :data:`FOLD_FALLBACKS` folds disgust→angry too).
 TAXONOMY_MERGES: dict[str, dict[str, str]] = {"app6": {"disgust": "angry"}}
 
@@ -118,7 +118,7 @@ def order_labels(labels) -> tuple[list[str], str]:
     the rule that chose it, in words.
 
     When the labels are exactly the set of a named taxonomy (:data:`TAXONOMIES`, first match), its
-    order: a ``labels.csv`` with seed 000's five labels gives basic5's happy, sad, angry, surprised,
+    order: a ``labels.csv`` with the Core ML mobile CNN's five labels gives basic5's happy, sad, angry, surprised,
     neutral. Otherwise :data:`CANONICAL_ORDER` for the names it knows, then any others alphabetically.
     Neither depends on the order of files or rows, so the same label set always gives the same order.
     """

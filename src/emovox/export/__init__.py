@@ -8,14 +8,14 @@ An export folder holds, per input kind (``waveform``, ``features``):
 
 - ``emotion_<kind>.onnx`` (+ ``emotion_<kind>.int8.onnx`` with ``quantize="int8"``),
 - ``EmotionClassifierWaveform.mlmodel`` / ``.mlpackage`` and ``EmotionClassifier.mlmodel`` /
-  ``.mlpackage`` (the feature-in model, seed 000's name),
+  ``.mlpackage`` (the feature-in model, the Core ML mobile CNN's name),
 - ``emotion_<kind>.pt`` (TorchScript),
 
 and ``preprocessing.json`` (how to compute the features exactly), ``export.json`` (files,
 tensor names and shapes, labels, temperature, check results, versions), ``model_config.json``
 and ``labels.json``. See ``docs/device-integration.md``. ``emovox train --export`` writes such a
 folder as ``export/`` inside the trained model folder and links the feature-in ONNX and Core ML files
-beside ``best_model.pth`` under seed 000's names (:func:`export_trained_model`).
+beside ``best_model.pth`` under the Core ML mobile CNN's names (:func:`export_trained_model`).
 
 Modules: :mod:`.graphs` (trace-safe graphs), :mod:`.spec` (names and shapes), one writer per
 format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the whole run).

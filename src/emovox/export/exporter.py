@@ -146,15 +146,15 @@ def check_dependencies(formats: Sequence[str]) -> None:
 
 #: Where ``emovox train --export`` writes the export inside the trained model folder.
 TRAIN_EXPORT_DIR = "export"
-#: Seed 000's names for the feature-input graph, placed at the top of a trained model folder.
+#: The Core ML mobile CNN's names for the feature-input graph, placed at the top of a trained model folder.
 SEED000_FILES = {"onnx": "emotion_classifier.onnx", "coreml": "EmotionClassifier.mlmodel"}
 
 
 def export_trained_model(model_dir: str | os.PathLike, *, formats: Sequence[str] = ("onnx", "coreml"),
                          inputs: Sequence[str] | str = INPUT_KINDS) -> tuple[ExportReport, list[Path]]:
     """``emovox train --export``: export a trained model folder into ``model_dir/export/`` (everything
-    :func:`export_model` writes, checked against PyTorch; Core ML as ``.mlmodel``, seed 000's format) and
-    put its feature-input ONNX and Core ML files at the top of the folder under seed 000's names,
+    :func:`export_model` writes, checked against PyTorch; Core ML as ``.mlmodel``, the Core ML mobile CNN's format) and
+    put its feature-input ONNX and Core ML files at the top of the folder under the Core ML mobile CNN's names,
     ``emotion_classifier.onnx`` and ``EmotionClassifier.mlmodel`` (hard links to the files in ``export/``,
     copies where the file system has no links). Returns the report and the top-level files.
     """

@@ -207,7 +207,7 @@ def _summary(cfg: FeatureConfig) -> str:
          f"in an {cfg.n_fft}-point FFT, hop {cfg.hop_length} ({1000 * cfg.hop_length / cfg.sample_rate_hz:g} ms), "
          f"{'centred with zero padding' if cfg.center else 'no centre padding'}")
     if cfg.librosa_per_frame:
-        s += (f"; each frame as one librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}) call (seed 003's loop): the "
+        s += (f"; each frame as one librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}) call (the streaming MFCC-LSTM's loop): the "
               f"second half of an {cfg.n_fft}-point Hann" + ("" if cfg.top_db is None else f", top_db {cfg.top_db:g} per frame"))
     if cfg.peak_normalize:
         s = "peak-normalised clip; " + s

@@ -64,7 +64,7 @@ class GraphSpec:
 
     @property
     def coreml_stem(self) -> str:
-        """File stem for Core ML files (Xcode makes it the Swift class name); seed 000's name for features."""
+        """File stem for Core ML files (Xcode makes it the Swift class name); the Core ML mobile CNN's name for features."""
         return "EmotionClassifier" if self.kind == "features" else "EmotionClassifierWaveform"
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:

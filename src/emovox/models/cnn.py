@@ -1,4 +1,4 @@
-"""Seed 000's tiny mobile model: log-mel ``(batch, 64, frames)`` → 3 Conv1d blocks → global
+"""The Core ML mobile CNN's tiny mobile model: log-mel ``(batch, 64, frames)`` → 3 Conv1d blocks → global
 average pooling → fully connected layers. About 50K parameters (~200 KB as float32)."""
 
 from __future__ import annotations

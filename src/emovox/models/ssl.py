@@ -1,4 +1,4 @@
-"""Seed 002's hybrid: a pretrained speech backbone (wav2vec2, HuBERT, WavLM) + a small trained head.
+"""The FastAPI wav2vec2 hybrid's hybrid: a pretrained speech backbone (wav2vec2, HuBERT, WavLM) + a small trained head.
 
 ``(batch, 1, samples)`` 16 kHz waveform (features kind ``"waveform"``) → backbone (frozen by
 default; :mod:`emovox.pretrained.backbones`) → hidden states of the selected layers ``(batch, n_layers,

@@ -40,7 +40,7 @@ class Prediction:
 
     @property
     def warning(self) -> str | None:
-        """Seed 002's warning for predictions under the threshold (``None`` when confident)."""
+        """The FastAPI wav2vec2 hybrid's warning for predictions under the threshold (``None`` when confident)."""
         if not self.low_confidence:
             return None
         return (f"low confidence: {self.label} at {self.score:.2f} is below the {self.threshold:.2f} threshold; "
@@ -50,7 +50,7 @@ class Prediction:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
 
     def to_dict(self, *, top_k: int | None = None) -> dict[str, Any]:
-        """The one output schema (CLI JSON, HTTP): seed 001's ``{"emotion", "confidence"}`` plus more."""
+        """The one output schema (CLI JSON, HTTP): the Keras backend CNN's ``{"emotion", "confidence"}`` plus more."""
         scores = dict(self.top_k(top_k)) if top_k else dict(self.scores)
         return {
             "emotion": self.label,

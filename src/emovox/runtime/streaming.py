@@ -31,9 +31,9 @@ class StreamingSession:
       ``window_s`` seconds on each push; :meth:`finish` classifies everything received.
 
     ``final_answer`` (streaming models): ``"last"`` reports the answer after the last frame,
-    ``"mean"`` the mean of every frame's probabilities (seed 003's two options).
+    ``"mean"`` the mean of every frame's probabilities (the streaming MFCC-LSTM's two options).
 
-    Every non-empty chunk gets an update, all-zero ones included. Updates carry seed 003's
+    Every non-empty chunk gets an update, all-zero ones included. Updates carry the streaming MFCC-LSTM's
     ``{"class": int, "confidence": [...]}`` in the order of the output labels (``labels=`` folds
     them, e.g. ``app6``), the labelled result (``emotion``, ``score``, ``scores``, ...), and
     ``silent`` (as ``classify`` records) when the audio the answer is about is silent: everything
@@ -146,7 +146,7 @@ class StreamingSession:
     def _update(self, probs: np.ndarray, *, silent: bool) -> dict[str, Any]:
         pred = self.model._to_prediction(probs, self.labels, silent=silent)
         labelled = pred.to_dict()
-        # Seed 003's shape: "class" (the index of the top label) and "confidence" (every label's
+        # The streaming MFCC-LSTM's shape: "class" (the index of the top label) and "confidence" (every label's
         # probability), both in the order of the output labels (folded when labels= is given); the
         # labelled result has its top score as "score".
         labelled["score"] = labelled.pop("confidence")

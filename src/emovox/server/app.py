@@ -1,4 +1,4 @@
-"""The HTTP service: seed 002's and seed 001's endpoints, timelines, text, a WebSocket stream, a web page.
+"""The HTTP service: the FastAPI wav2vec2 hybrid's and the Keras backend CNN's endpoints, timelines, text, a WebSocket stream, a web page.
 
 >>> from emovox.server import Settings, create_app
 >>> app = create_app(Settings(model="runs/r1"))        # or create_app() to read the environment

@@ -1,4 +1,4 @@
-"""The HTTP routes: the web page, speech (seed 002's and seed 001's endpoints, timelines), text, and operations."""
+"""The HTTP routes: the web page, speech (the FastAPI wav2vec2 hybrid's and the Keras backend CNN's endpoints, timelines), text, and operations."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def add_speech_routes(app: FastAPI) -> None:
     # -- predictions -------------------------------------------------------------------------
     @app.post("/predict-emotion/", response_model=schemas.EmotionResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=multipart_doc("file"), tags=["speech"],
-              summary="Classify one clip (seed 002)")
+              summary="Classify one clip (the FastAPI wav2vec2 hybrid)")
     async def predict_emotion(request: Request, labels: str | None = LABELS_QUERY):
         pred, duration = await classify_upload(request, labels, ("file",))
         s, st = loaded_services(request), app_settings(request)
@@ -111,7 +111,7 @@ def add_speech_routes(app: FastAPI) -> None:
 
     @app.post("/predict-realtime/", response_model=schemas.RealtimeResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=multipart_doc("audio_buffer"), tags=["speech"],
-              summary="Classify a short buffer (seed 002)")
+              summary="Classify a short buffer (the FastAPI wav2vec2 hybrid)")
     async def predict_realtime(request: Request, labels: str | None = LABELS_QUERY):
         pred, _ = await classify_upload(request, labels, ("audio_buffer",))
         return mark_mock(request, {"emotion": pred.label, "confidence": round6(pred.score), "music_mood": pred.music_mood,
@@ -119,7 +119,7 @@ def add_speech_routes(app: FastAPI) -> None:
 
     @app.post("/api/classify-emotion", response_model=schemas.ClassifyResponse, response_model_exclude_none=True,
               responses=ERRORS, dependencies=auth, openapi_extra=multipart_doc("file", "audio"), tags=["speech"],
-              summary="Classify one clip (seed 001; field 'file' or 'audio')")
+              summary="Classify one clip (the Keras backend CNN; field 'file' or 'audio')")
     async def classify_emotion(request: Request, labels: str | None = LABELS_QUERY):
         pred, _ = await classify_upload(request, labels, ("file", "audio"))
         return mark_mock(request, {"emotion": pred.label, "confidence": round6(pred.score)})
@@ -139,7 +139,7 @@ def add_speech_routes(app: FastAPI) -> None:
 
     @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
-             summary="The model's labels (seed 002)")
+             summary="The model's labels (the FastAPI wav2vec2 hybrid)")
     async def emotions(request: Request, labels: str | None = LABELS_QUERY):
         s = loaded_services(request)
         labels = check_labels(s, labels)
@@ -149,12 +149,12 @@ def add_speech_routes(app: FastAPI) -> None:
 
     @app.get("/music-moods/", response_model=dict[str, str],
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
-             summary="Music mood per label (seed 002): {emotion: mood}; in mock mode the mapping stays the "
+             summary="Music mood per label (the FastAPI wav2vec2 hybrid): {emotion: mood}; in mock mode the mapping stays the "
                      "same and the X-Emovox-Mock: true header says so")
     async def music_moods(request: Request, labels: str | None = LABELS_QUERY):
         s = loaded_services(request)
         names = s.audio.output_labels(check_labels(s, labels))
-        return {n: music_mood(n) for n in names}  # the bare mapping, as seed 002's clients read it
+        return {n: music_mood(n) for n in names}  # the bare mapping, as the FastAPI wav2vec2 hybrid's clients read it
 
 
 def add_text_routes(app: FastAPI) -> None:
@@ -165,7 +165,7 @@ def add_text_routes(app: FastAPI) -> None:
               response_model_exclude_none=True,
               responses={400: ERRORS[400], 401: ERRORS[401], 413: ERRORS[413], 422: ERRORS[422],
                          503: {"model": schemas.ErrorResponse, "description": "no text model available"}},
-              dependencies=auth, tags=["text"], summary="Multi-label text emotion (seed 004)")
+              dependencies=auth, tags=["text"], summary="Multi-label text emotion (the text and audio evaluation kit)")
     async def predict_text(request: Request, body: schemas.TextRequest,
                            labels: str = Query("goemotions", description="goemotions, ekman or audio7")):
         s = loaded_services(request)

@@ -19,8 +19,8 @@ from emovox.features import (
 #: Feature preset used when none is given, per model family.
 DEFAULT_FEATURES = {"cnn": "logmel64", "cnn2d": "logmel64", "crnn": "logmel128", "fast": "logmel64h20", "lstm": "mfcc13-streaming",
                     "ssl": "waveform"}
-#: The preset that reproduces seed 003's backend features (its per-frame librosa loop).
-SEED003_BACKEND_FEATURES = "framewise-librosa-mfcc13"
+#: The preset that reproduces the streaming MFCC-LSTM's backend features (its per-frame librosa loop).
+LSTM_LOOP_FEATURES = "framewise-librosa-mfcc13"
 #: Values of ``TrainConfig.label_scope``: each clip's loss over every label, or its corpus's labels only.
 LABEL_SCOPES = ("all", "corpus")
 
@@ -55,7 +55,7 @@ class TrainConfig:
     max_train_s: float = 8.0  # longest training sequence for streaming models
     # streaming models: "frames" trains the clip's label at every frame after the first
     # `frame_loss_skip_s` (an answer all along the stream, and gradients at every step), "last" only at
-    # the last frame (seed 003's objective)
+    # the last frame (the streaming MFCC-LSTM's objective)
     streaming_loss: str = "frames"
     frame_loss_skip_s: float = 0.5
     early_stopping_patience: int | None = 5  # None or 0: off

@@ -5,7 +5,7 @@ recall: the mean of per-class recalls over the classes present in the ground tru
 (mean F1 over those same classes), weighted-F1 (F1 weighted by support) and the expected
 calibration error (ECE, 15 equal-width confidence bins, top label).
 
-Artifacts written by :func:`write_report` (names from seed 004): ``metrics_overall.json``,
+Artifacts written by :func:`write_report` (names from the text and audio evaluation kit): ``metrics_overall.json``,
 ``metrics_report.csv``, ``confusion_matrix.npy`` (rows: true, columns: predicted, in
 ``labels`` order), ``confusion_matrix_counts.png`` (also as ``confusion_matrix.png``),
 ``confusion_matrix_rownorm.png``; and by :func:`evaluate_model`, when evaluating into a folder
@@ -272,7 +272,7 @@ def write_report(out_dir: str | os.PathLike, metrics: dict[str, Any], *, title: 
 
 
 def evaluation_meta(loaded_model, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Seed 004's ``model_meta.json`` for an evaluation: model, classes, data, seed, date, notes."""
+    """The text and audio evaluation kit's ``model_meta.json`` for an evaluation: model, classes, data, seed, date, notes."""
     import json
     from datetime import datetime, timezone
 

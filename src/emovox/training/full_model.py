@@ -26,7 +26,7 @@ from emovox.modelio import (
     torch_saver,
 )
 from emovox.models.common import is_streaming
-from emovox.training.config import SEED003_BACKEND_FEATURES
+from emovox.training.config import LSTM_LOOP_FEATURES
 
 
 class FullModel(nn.Module):
@@ -55,11 +55,11 @@ class FullModel(nn.Module):
 
 
 class FullStreamingModel(FullModel):
-    """What ``--save-full-model`` pickles to ``model.pth`` for streaming models: seed 003's interface
+    """What ``--save-full-model`` pickles to ``model.pth`` for streaming models: the streaming MFCC-LSTM's interface
     ``forward(x, hidden=None) -> (logits, hidden)`` with raw MFCC frames ``x`` of shape ``(batch,
     frames, n_mfcc)``: a single frame ``(1, 1, 13)`` continues the sequence from ``hidden``.
     Normalisation and temperature inside, so ``softmax(logits)`` is emovox's answer. With the
-    ``framewise-librosa-mfcc13`` features, seed 003's backend loop runs it as written; torch >= 2.6
+    ``framewise-librosa-mfcc13`` features, the streaming MFCC-LSTM's backend loop runs it as written; torch >= 2.6
     loads it with ``torch.load(path, weights_only=False)`` only, and emovox must be importable
     there (the pickle names this class). Same warning as :class:`FullModel`."""
 
@@ -72,9 +72,9 @@ class FullStreamingModel(FullModel):
 def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, feat_cfg: FeatureConfig,
                      temperature: float, labels: Sequence[str], say: Callable[[str], None]) -> dict[str, Any]:
     """``--save-full-model``: frame models get ``model_full.pth`` (a :class:`FullModel` pickle);
-    streaming models get seed 003's files: ``model.pth`` (a :class:`FullStreamingModel` pickle),
+    streaming models get the streaming MFCC-LSTM's files: ``model.pth`` (a :class:`FullStreamingModel` pickle),
     ``model_weights.pth`` (its state dict) and ``model_torchscript.pt`` (the same model as
-    TorchScript with seed 003's ``forward(x, hidden)``: loads without emovox and without unpickling
+    TorchScript with the streaming MFCC-LSTM's ``forward(x, hidden)``: loads without emovox and without unpickling
     Python objects). Returns the ``model_meta.json`` entries that name them."""
     streaming = is_streaming(model)
     cls = FullStreamingModel if streaming else FullModel
@@ -83,16 +83,16 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
         write_file(out / FULL_MODEL_FILE, torch_saver(full))
         return {"full_model": FULL_MODEL_FILE, "full_model_warning": f"{FULL_MODEL_FILE} is a pickle: loading it runs "
                 "code; load it only from a trusted source"}
-    from emovox.export.graphs import script_seed003_step
+    from emovox.export.graphs import script_hidden_state_step
 
-    scripted = script_seed003_step(full, calibrated=True)
+    scripted = script_hidden_state_step(full, calibrated=True)
     write_files([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
                       (out / STREAMING_WEIGHTS_FILE, torch_saver(full.state_dict())),
                       (out / STREAMING_TORCHSCRIPT_FILE, lambda t: torch.jit.save(scripted, t))])
-    if feat_cfg != preset(SEED003_BACKEND_FEATURES):
-        say(f"note: {STREAMING_FULL_MODEL_FILE} takes this model's own raw features; seed 003's backend loop computes "
-            f"its MFCC as the {SEED003_BACKEND_FEATURES!r} preset does: train with --features "
-            f"{SEED003_BACKEND_FEATURES} for that loop to run the model unchanged")
+    if feat_cfg != preset(LSTM_LOOP_FEATURES):
+        say(f"note: {STREAMING_FULL_MODEL_FILE} takes this model's own raw features; the streaming MFCC-LSTM's backend loop computes "
+            f"its MFCC as the {LSTM_LOOP_FEATURES!r} preset does: train with --features "
+            f"{LSTM_LOOP_FEATURES} for that loop to run the model unchanged")
     return {
         "full_model": STREAMING_FULL_MODEL_FILE,
         "full_model_weights": STREAMING_WEIGHTS_FILE,

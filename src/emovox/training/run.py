@@ -7,7 +7,7 @@ Choices, and why:
   padded and masked) and are evaluated on whole clips (global pooling is length-independent; the
   masks make padding invisible). Streaming models (lstm) train on whole clips (at most
   ``max_train_s``, randomly cropped beyond), padded and masked with packed sequences. Fixed-input
-  configs (``num_frames``, seed 000's ``--time_steps``) crop/pad to that size everywhere.
+  configs (``num_frames``, the Core ML mobile CNN's ``--time_steps``) crop/pad to that size everywhere.
 - **Imbalance.** ``class_balance="loss"`` (default): cross-entropy weighted by ``n / (C * n_c)``;
   ``"sampler"``: classes drawn equally often; ``"none"``.
 - **Label scope.** Merged corpora lack classes (CREMA-D has no surprised, nEMO no disgust); with
