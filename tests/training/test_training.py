@@ -629,3 +629,22 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_model(synth_corp
     a, b = load_model_dir(tmp_path / "straight"), load_model_dir(out)
     for (k, x), (_, y) in zip(a.pipeline.state_dict().items(), b.pipeline.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_pickled_full_models_name_the_documented_paths():
+    """Full-model pickles record emovox.training.FullModel / FullStreamingModel, wherever the classes live."""
+    import io
+    import pickletools
+    import zipfile
+
+    from emovox.features import preset
+    from emovox.models import build_model
+    from emovox.training import FullModel, FullStreamingModel
+
+    for cls, name, n in ((FullModel, "cnn", 64), (FullStreamingModel, "lstm", 13)):
+        full = cls(build_model(name, n_features=n, n_classes=3), None, preset("seed003"), 1.0, ["a", "b", "c"])
+        buf = io.BytesIO()
+        torch.save(full, buf)
+        data = next(zipfile.ZipFile(buf).read(f) for f in zipfile.ZipFile(buf).namelist() if f.endswith("data.pkl"))
+        strings = [str(a) for op, a, _ in pickletools.genops(data) if isinstance(a, str)]
+        assert f"emovox.training {cls.__name__}" in strings

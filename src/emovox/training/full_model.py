@@ -40,6 +40,8 @@ class FullModel(nn.Module):
     reads ``best_model.pth``, which holds tensors only).
     """
 
+    __module__ = "emovox.training"  # the path pickles record (emovox/training/__init__.py exposes it)
+
     def __init__(self, model: nn.Module, stats: FeatureStats | None, feature_config: FeatureConfig,
                  temperature: float, labels: Sequence[str]):
         super().__init__()
@@ -62,6 +64,8 @@ class FullStreamingModel(FullModel):
     ``framewise-librosa-mfcc13`` features, the streaming MFCC-LSTM's backend loop runs it as written; torch >= 2.6
     loads it with ``torch.load(path, weights_only=False)`` only, and emovox must be importable
     there (the pickle names this class). Same warning as :class:`FullModel`."""
+
+    __module__ = "emovox.training"  # the path pickles record (emovox/training/__init__.py exposes it)
 
     def forward(self, x: torch.Tensor, hidden=None, lengths: torch.Tensor | None = None):
         x = self.normalize(x.transpose(1, 2)).transpose(1, 2)
