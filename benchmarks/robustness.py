@@ -67,7 +67,7 @@ def setup(data: Path, threads: int | None = None):
     Runtime, and the pooled-state cache."""
     import json
 
-    from emovox.data import default_cache_dir
+    from emovox.data.cache import default_cache_dir
     from emovox.degrade.multicondition import PooledEncoder, PooledStateCache
     from emovox.inference import resolve_model_path
 
@@ -163,7 +163,7 @@ def condition_scores(logits: np.ndarray, y: np.ndarray, corpora: np.ndarray, tem
     ECE and mean confidence."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from emovox.evaluation import expected_calibration_error, softmax
+    from emovox.training.evaluation import expected_calibration_error, softmax
 
     probs = softmax(logits, temperature)
     pred = probs.argmax(axis=1)
@@ -191,7 +191,7 @@ def selection_score(scores: dict) -> float:
 def calibrate(probe, val) -> float:
     """The temperature minimising NLL over every validation condition together."""
     from emovox.degrade.multicondition import probe_logits
-    from emovox.evaluation import nll_temperature
+    from emovox.training.evaluation import nll_temperature
 
     logits = np.concatenate([probe_logits(probe, x) for x, _, _ in val.values()])
     return nll_temperature(logits, np.concatenate([y for _, y, _ in val.values()]))
@@ -263,7 +263,7 @@ def egemaps_svm(plan, labels, seed: int = 0, n_train: int = 3000):
     from sklearn.svm import SVC
 
     from benchmarks.speech_benchmark import SVM_C_GRID, egemaps_features
-    from emovox.data import default_cache_dir
+    from emovox.data.cache import default_cache_dir
 
     rows = plan.train
     if len(rows) > n_train:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ClipCache, content_key
+from ..data.cache import ClipCache, content_key
 from .spec import Degrader
 
 CLEAN = "clean"
@@ -67,7 +67,7 @@ class PooledEncoder:
     of the probe's standardisation) as an extra output. ``pooled(wave)`` → float32 ``(size,)``."""
 
     def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None):
-        from ..onnx_backend import OnnxModel
+        from ..runtime.onnx_backend import OnnxModel
 
         model = OnnxModel(Path(model_dir) / "onnx", threads=threads)
         self.model = model

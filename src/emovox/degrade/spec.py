@@ -26,7 +26,6 @@ import numpy as np
 
 from .conditions import KINDS, DegradeError, Sources
 
-
 #: Part of every cache key (the implementations' generation before kinds got versions of their own).
 KEY_EPOCH = 4
 
