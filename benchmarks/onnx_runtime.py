@@ -2,6 +2,7 @@
 
     python -m benchmarks.onnx_runtime speed   [--models default,crnn,streaming] [--json OUT]
     python -m benchmarks.onnx_runtime quant   [--max-clips N] [--json OUT]
+    python -m benchmarks.onnx_runtime batch   [--clips N] [--rounds R] [--json OUT]
 
 ``speed``: for each model, in process on 3–4 s RAVDESS clips (decode + resampling included): clips/s of
 ``predict_batch`` (first pass and steady state), single-clip latency (median, p95), peak RSS of a process
@@ -12,6 +13,13 @@ Then the one-clip command, ``emovox classify one.flac`` (ONNX Runtime, the defau
 ``quant``: the default model's dynamic-int8 encoder against its float32 graph on the validation speakers
 of ``benchmarks/train_default.py`` (top-1 agreement, UAR of each; the issue's bar: ≥ 98 % agreement and
 ≤ 0.5 point of UAR), and float32 ONNX Runtime against PyTorch (largest logit difference).
+
+``batch`` (issue 26): the default model's Whisper graph per clip length (the graph shipped before) against the
+padded-batch graph (``lengths`` input), both built now from the default model, on the same clips in one process,
+alternated round by round: ``predict_batch`` clips/s (decode included, batches of 16) and process CPU seconds per
+clip (less sensitive to other jobs on a shared machine), spinning or sleeping intra-op threads, ONNX Runtime's
+graph optimisation levels (the shipped sessions use all) and intra-op threads, and single-clip ``predict``
+latency; medians over the rounds.
 """
 
 from __future__ import annotations
@@ -128,7 +136,7 @@ def run_quant(max_clips: int | None) -> dict:
         w = load_audio(r.path, sample_rate_hz=16000)[None]
         w = np.pad(w, ((0, 0), (0, max(0, manifest["min_samples"] - w.shape[1]))))
         for q, s in sessions.items():
-            logits[q].append(s.run(None, {"waveform": w})[0][0])
+            logits[q].append(s.run(None, _feed(s, w))[0][0])
     y = np.array([labels.index(r.label) for r in rows])
     pred = {q: np.argmax(np.array(v), 1) for q, v in logits.items()}
     out = {"clips": len(rows), "agreement_int8_vs_float": float((pred["int8"] == pred["none"]).mean()),
@@ -138,6 +146,12 @@ def run_quant(max_clips: int | None) -> dict:
     out["torch_parity"] = _torch_parity([r.path for r in rows[:20]], sessions["none"], manifest)
     print(json.dumps(out), flush=True)
     return out
+
+
+def _feed(sess, w: np.ndarray) -> dict:
+    """One clip's inputs: the waveform, and its length where the graph takes lengths (the padded-batch graph)."""
+    names = [i.name for i in sess.get_inputs()]
+    return {"waveform": w, **({"lengths": np.array([w.shape[1]], np.int64)} if "lengths" in names else {})}
 
 
 def _torch_parity(paths, sess, manifest) -> dict:
@@ -153,23 +167,108 @@ def _torch_parity(paths, sess, manifest) -> dict:
         w = load_audio(p, sample_rate_hz=16000)[None]
         with torch.inference_mode():
             ref = pipe(torch.from_numpy(w)).numpy()
-        diffs.append(float(np.abs(sess.run(None, {"waveform": w})[0] - ref).max()))
+        diffs.append(float(np.abs(sess.run(None, _feed(sess, w))[0] - ref).max()))
     return {"clips": len(paths), "max_abs_logit_diff": max(diffs), "median": statistics.median(diffs)}
+
+
+BATCH_VARIANTS = {  # name: (graph, optimisation level, intra-op threads, spinning threads)
+    "per-length graph, 2 spinning threads (before)": ("old", "all", 2, True),
+    "batched graph, 2 spinning threads": ("batch", "all", 2, True),
+    "per-length graph, 2 threads not spinning": ("old", "all", 2, False),
+    "batched graph, 2 threads not spinning (shipped)": ("batch", "all", 2, False),
+    "batched, not spinning, basic optimisations only": ("batch", "basic", 2, False),
+    "batched, not spinning, extended optimisations": ("batch", "extended", 2, False),
+    "batched, 1 thread": ("batch", "all", 1, False),
+}
+
+
+def _variant_model(folders: dict, graph: str, level: str, threads: int, spin: bool):
+    import onnxruntime as ort
+
+    from emovox.inference import EmotionModel
+    from emovox.runtime.onnx_backend import OnnxModel
+    from emovox.runtime.onnx_materialise import materialise
+
+    m = OnnxModel(folders[graph], threads=threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    m.session = ort.InferenceSession(str(materialise(m.path, m.runtime)), opts, providers=["CPUExecutionProvider"])
+    return EmotionModel(m, name="default")
+
+
+def run_batch(n: int, rounds: int) -> dict:
+    """Per-length against batched graph (and the session settings) on the same clips, alternated."""
+    import resource
+    import shutil
+    import tempfile
+
+    from emovox.export.runtime_build import build_runtime
+    from emovox.inference import resolve_model_path
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    files = clips(n)
+    tmp = Path(tempfile.mkdtemp(prefix="emovox-batch-"))
+    try:
+        folders = {}
+        for graph in ("old", "batch"):
+            shutil.copytree(resolve_model_path("default")[1], tmp / graph, ignore=shutil.ignore_patterns("onnx"))
+            folders[graph] = build_runtime(tmp / graph, lengths_input=graph == "batch")
+        models = {k: _variant_model(folders, *v) for k, v in BATCH_VARIANTS.items()}
+        for m in models.values():  # warm-up: kernels, the file cache
+            m.predict_batch(files[:16])
+        speed = {k: [] for k in models}
+        per_clip = {k: [] for k in models}
+        latency = {k: [] for k in models}
+        for _ in range(rounds):
+            for k, m in models.items():
+                t, c = time.perf_counter(), cpu()
+                m.predict_batch(files, num_workers=2)
+                speed[k].append(len(files) / (time.perf_counter() - t))
+                per_clip[k].append((cpu() - c) / len(files))
+                for f in files[:5]:
+                    t = time.perf_counter()
+                    m.predict(f)
+                    latency[k].append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = statistics.median(speed[next(iter(models))])
+    base_cpu = statistics.median(per_clip[next(iter(models))])
+    rows = [{"variant": k, "clips_per_s": statistics.median(speed[k]), "all_clips_per_s": speed[k],
+             "gain": statistics.median(speed[k]) / base, "cpu_ms_per_clip": 1000 * statistics.median(per_clip[k]),
+             "cpu_gain": base_cpu / statistics.median(per_clip[k]),
+             "latency_ms_median": 1000 * statistics.median(latency[k])} for k in models]
+    print("| variant | clips/s (median) | × before | CPU ms per clip | × before (CPU) | single clip (ms) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['clips_per_s']:.1f} | {r['gain']:.2f} | {r['cpu_ms_per_clip']:.0f} | "
+              f"{r['cpu_gain']:.2f} | {r['latency_ms_median']:.0f} |")
+    return {"clips": len(files), "rounds": rounds, "rows": rows}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["speed", "quant", "_child"])
+    ap.add_argument("what", choices=["speed", "quant", "batch", "_child"])
     ap.add_argument("rest", nargs="*")
     ap.add_argument("--models", default="default,crnn,streaming")
     ap.add_argument("--clips", type=int, default=120)
     ap.add_argument("--max-clips", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.what == "_child":
         print(json.dumps(_child_speed(a.rest[0], a.rest[1], int(a.rest[2]))))
         return
-    res = run_speed(a.models.split(","), a.clips) if a.what == "speed" else run_quant(a.max_clips)
+    if a.what == "batch":
+        res = run_batch(a.clips, a.rounds)
+    else:
+        res = run_speed(a.models.split(","), a.clips) if a.what == "speed" else run_quant(a.max_clips)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1))

@@ -476,7 +476,8 @@ class WhisperLogMel(nn.Module):
     400-point STFT of a periodic Hann window, hop 160, centred with reflect padding, the last frame
     dropped; power through Slaney mel filters (librosa's, 0-8 kHz); ``log10`` floored at 1e-10 and
     at the clip's maximum minus 8; then ``(x + 4) / 4``. ``lengths`` (samples per clip of a
-    zero-padded batch) restrict each clip's maximum to its real frames.
+    zero-padded batch, each > 200) make each clip's frames what it gets alone: reflect padding at its own
+    end, its maximum over its own ``length // 160`` frames.
     """
 
     n_fft = 400
@@ -500,9 +501,11 @@ class WhisperLogMel(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 1:
             x = x.unsqueeze(0)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            padded = F.pad(x[:, None], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0]
-            power = self.traceable(padded)[..., :-1]
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if lengths is not None:  # each clip reflected at its own end, as it is alone
+            power = self._power(_reflect_clips(x, lengths, self.n_fft // 2), tracing)
+        elif tracing:
+            power = self._power(F.pad(x[:, None], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0], True)
         else:
             spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect",
                               return_complex=True)[..., :-1]
@@ -514,6 +517,22 @@ class WhisperLogMel(nn.Module):
             real = torch.arange(logmel.shape[-1], device=x.device)[None, :] < (lengths[:, None] // self.hop_length)
             peak = logmel.masked_fill(~real[:, None, :], float("-inf")).amax(dim=(-2, -1), keepdim=True)
         return (torch.maximum(logmel, peak - 8.0) + 4.0) / 4.0
+
+    def _power(self, padded: torch.Tensor, tracing: bool) -> torch.Tensor:
+        """Power spectrum of already padded samples, the last frame dropped (as the centred STFT)."""
+        if tracing:
+            return self.traceable(padded)[..., :-1]
+        spec = torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False,
+                          return_complex=True)[..., :-1]
+        return torch.addcmul(spec.real * spec.real, spec.imag, spec.imag)
+
+
+def _reflect_clips(x: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """A zero-padded batch ``(batch, samples)`` → ``(batch, samples + 2 pad)``, each clip reflect-padded at its own
+    ends (as ``F.pad(mode="reflect")`` of the clip alone; needs lengths > pad); past that, its first sample."""
+    i = (torch.arange(x.shape[-1] + 2 * pad, device=x.device)[None, :] - pad).abs()
+    last = lengths.to(torch.int64)[:, None] - 1
+    return torch.gather(x, 1, torch.where(i > last, 2 * last - i, i).clamp_min(0))
 
 
 def build_frontend(cfg: FeatureConfig, *, stft_mode: str = "torch") -> nn.Module:

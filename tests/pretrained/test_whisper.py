@@ -117,13 +117,36 @@ def test_log_mel_equals_whisper_feature_extractor(seconds):
     assert np.abs(ours - ref).max() < 1e-5  # measured 1.2e-7 on the 3.6-s clip
 
 
-def test_masked_log_mel_of_a_padded_batch_equals_each_clip_alone():
+@pytest.mark.parametrize("tracing", [False, True])
+def test_masked_log_mel_of_a_padded_batch_equals_each_clip_alone(tracing, monkeypatch):
+    """Every frame, the last ones included: each clip is reflected at its own end (``tracing``: the exported
+    graphs' convolution STFT), and its floor is its own maximum minus 8."""
     torch.manual_seed(1)
-    a, b = torch.randn(16000) * 0.1, torch.randn(9600) * 0.3
-    batch = torch.stack([a, torch.nn.functional.pad(b, (0, 6400))])
-    out = WhisperLogMel()(batch, lengths=torch.tensor([16000, 9600]))
-    alone = WhisperLogMel()(b)[0]
-    assert torch.allclose(out[1, :, : alone.shape[-1] - 2], alone[:, :-2], atol=1e-5)  # edges see the padding
+    clips = [torch.randn(16000) * 0.1, torch.randn(9600) * 0.3, torch.randn(401) * 0.5, torch.randn(12345) * 0.01]
+    lengths = torch.tensor([len(c) for c in clips])
+    batch = torch.stack([torch.nn.functional.pad(c, (0, 16000 - len(c))) for c in clips])
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: tracing)
+    out = WhisperLogMel()(batch, lengths=lengths)
+    for i, c in enumerate(clips):
+        alone = WhisperLogMel()(c)[0]
+        assert torch.allclose(out[i, :, : alone.shape[-1]], alone, atol=1e-4), i
+
+
+def test_encoder_on_a_padded_batch_gives_each_clip_its_states_alone(hf_encoder):
+    """With each clip's mel frames, frames past its end do not leak through the convolutions (conv2's stride-2
+    window reaches one frame past an even end) nor through attention (keys masked)."""
+    enc = whisper.load_encoder(TINY, hf_encoder.state_dict(), "test")
+    torch.manual_seed(2)
+    frames = torch.tensor([300, 171, 170, 1, 2])
+    mel = torch.randn(len(frames), 80, 300) * 3  # padding that is not zero, as a padded clip's log-mel
+    with torch.no_grad():
+        batch = enc(mel, frames)
+        for i, n in enumerate(frames.tolist()):
+            alone = enc(mel[i : i + 1, :, :n])
+            t = int(whisper.output_frames(frames[i]))
+            assert alone[0].shape[1] == t
+            for a, b in zip(alone, batch):
+                assert torch.allclose(b[i, :t], a[0], atol=1e-5), (i, n)
 
 
 def test_encoder_equals_transformers_whisper_encoder_on_30_s(hf_encoder):

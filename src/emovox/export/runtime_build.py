@@ -6,15 +6,16 @@ pick them when present). What a folder gets depends on the model:
 
 ``model.onnx``  (every model) waveforms ``(batch, samples)`` → logits, front-end inside: the
     ``emovox export`` waveform graph for log-mel/MFCC models; for a Whisper model with a linear-probe
-    head (the shipped default) Whisper's log-mel, the encoder at the clip's own length (dynamic time
-    axis, at most 30 s) and the probe. Its encoder weights are not copied into the file: they are
+    head (the shipped default) Whisper's log-mel, the encoder (dynamic time axis, at most 30 s) and the
+    probe, on zero-padded clips + their lengths, each clip computed as alone (``lengths_input``). Its encoder weights are not copied into the file: they are
     references (ONNX external data named ``<backbone>:<parameter>``) that
     :mod:`emovox.runtime.onnx_materialise` fills from the pinned Whisper packages the model already needs.
 ``frontend.onnx`` + ``step.onnx``  (streaming models) the frames' raw features, and one streaming
     step (raw features + state → logits after every frame + state), so ``emovox stream`` steps the
     recurrent model frame by frame exactly as the PyTorch session does.
 ``runtime.json``  labels, temperature, sample rate, graph files, clip-length limits, state layout,
-    and the quantisation the runtime applies when it builds its cached copy.
+    the quantisation the runtime applies when it builds its cached copy, whether the graph takes
+    ``lengths`` and whether its intra-op threads spin (``intra_op_spinning``).
 """
 
 from __future__ import annotations
@@ -62,14 +63,33 @@ class WhisperProbeGraph(nn.Module):
         self.whisper_encoder = backbone.model.encoder
         self.layers = list(ssl.layers)
         self.probe = ssl
+        self.min_samples = int(backbone.min_samples)
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, pooled features)``: the pooled row before the probe's standardisation is a second output,
         so the runtime can re-standardise on a user's recordings (``--adapt``) without PyTorch."""
         states = self.whisper_encoder(self.frontend(waveform))
-        stacked = torch.stack([states[i] for i in self.layers], dim=1).transpose(2, 3)
-        pooled = self.probe.pool_states(stacked.float())
+        return self._head(states, None)
+
+    def _head(self, states: list[torch.Tensor], frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack([states[i] for i in self.layers], dim=1)  # (batch, layers, frames, d_model)
+        pooled = self.probe.pool_states(stacked.float(), frames, time_axis=2)
         return self.probe.classifier((pooled - self.probe.pooled_mean) / self.probe.pooled_std), pooled
+
+
+class WhisperProbeBatchGraph(WhisperProbeGraph):
+    """Zero-padded waveforms ``(batch, samples)`` + each clip's length → ``(logits, pooled features)``, each clip
+    exactly as :class:`WhisperProbeGraph` alone: its log-mel reflected at its own end with its own floor, its
+    frames past the end zeroed before the encoder's convolutions and masked out of attention, pooling over its
+    real frames. Lengths under ``min_samples`` count as ``min_samples`` (a short clip alone is zero-padded)."""
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        from emovox.pretrained.whisper import output_frames
+
+        n = lengths.to(torch.int64).clamp_min(self.min_samples)
+        mel_frames = n // self.frontend.hop_length
+        states = self.whisper_encoder(self.frontend(waveform, n), mel_frames)
+        return self._head(states, output_frames(mel_frames))
 
 
 class FrameFeaturesGraph(nn.Module):
@@ -129,16 +149,30 @@ def _example(samples: int) -> torch.Tensor:
     return (torch.rand(1, samples, generator=g) * 2 - 1) * 0.3
 
 
-def _probe_spec(pipe: EmotionPipeline) -> tuple[GraphSpec, dict[str, Any]]:
+def _probe_spec(pipe: EmotionPipeline, batched: bool = True) -> tuple[GraphSpec, dict[str, Any]]:
+    """The Whisper probe graph: ``batched`` takes zero-padded clips and their lengths (one run per batch of mixed
+    lengths), else clips of one length per run (the per-length graph, kept for comparison)."""
     backbone = pipe.model.backbone
-    graph = WhisperProbeGraph(pipe).eval()
-    wave = TensorSpec("waveform", ["batch", "samples"], "16 kHz mono float32 samples, at least min_samples and at "
-                      "most max_samples (30 s); clips of one length per batch")
     logits = TensorSpec("emotion_logits", ["batch", len(pipe.labels)], "emotion logits")
     pooled = TensorSpec(POOLED_OUTPUT, ["batch", int(pipe.model.pooled_mean.numel())],
-                        "the probe's input before its standardisation: each layer's time mean")
-    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits, pooled], (_example(3 * 16000),), ())
+                        "the probe's input before its standardisation: each layer's time mean over the clip's frames")
+    if batched:
+        graph: WhisperProbeGraph = WhisperProbeBatchGraph(pipe).eval()
+        inputs = [TensorSpec("waveform", ["batch", "samples"], "zero-padded 16 kHz mono float32 samples, at least "
+                             "min_samples and at most max_samples (30 s)"),
+                  TensorSpec("lengths", ["batch"], "each clip's real length in samples (int64)")]
+        example: tuple = (_example(3 * 16000).repeat(3, 1), torch.tensor([48000, 40000, 30000]))
+    else:
+        graph = WhisperProbeGraph(pipe).eval()
+        inputs = [TensorSpec("waveform", ["batch", "samples"], "16 kHz mono float32 samples, at least min_samples "
+                             "and at most max_samples (30 s); clips of one length per batch")]
+        example = (_example(3 * 16000),)
+    spec = GraphSpec("waveform", False, graph, graph, inputs, [logits, pooled], example, ())
     limits = {"min_samples": int(backbone.min_samples), "max_samples": int(backbone.chunk_samples),
+              "lengths_input": batched,
+              # the encoder's operators are large: threads that sleep between them lose nothing, and on a shared
+              # machine spinning ones take cores from decoding and other work (BENCHMARKS.md, "Batched default")
+              "intra_op_spinning": False,
               "long_clips": "windows of max_samples, logits averaged weighted by frames (exact for the linear "
                             "probe's pooling; each window has its own log-mel range and no context across windows)",
               "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX},
@@ -186,9 +220,10 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
 
     ``quantization="int8"`` asks the runtime to quantise the encoder's matrix products (dynamic int8) when it
     builds its cached copy; choose it only where the benchmark shows it keeps the answers.
-    ``lengths_input`` (frame models): the graph takes each clip's length, so a zero-padded batch of clips of
-    different lengths runs once; without it each length runs on its own (faster for the crnn's 2-D
-    convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch").
+    ``lengths_input``: the graph takes each clip's length, so a zero-padded batch of clips of different lengths
+    runs once (each clip as alone); without it each length runs on its own (faster for the crnn's 2-D
+    convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch"; for the Whisper
+    probe the per-length graph is kept for comparison: BENCHMARKS.md, "Batched default").
     """
     from emovox.atomic import move_into_place
 
@@ -218,7 +253,7 @@ def _fill(tmp: Path, loaded: LoadedModel, meta: dict[str, Any], *, quantization:
     pipe = loaded.pipeline
     extra: dict[str, Any] = {"quantization": quantization}
     if pipe.feature_config.kind == "waveform":
-        spec, limits = _probe_spec(pipe)
+        spec, limits = _probe_spec(pipe, batched=lengths_input)
         _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"}, fold=False)
         _externalise(tmp / "model.onnx", limits["external_weights"])
         extra.update(limits)

@@ -199,21 +199,26 @@ class SSLHybrid(nn.Module):
         pooled = _stats_pool(h, lengths) if self.pool is None else self.pool(h, lengths)
         return self.classifier(pooled)
 
-    def pool_states(self, states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def pool_states(self, states: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    time_axis: int = -1) -> torch.Tensor:
         """``(batch, n_layers, hidden, frames)`` → each layer's mean over the real frames, ``(batch, n_layers *
-        hidden)``; the ``stats`` head adds each layer's log standard deviation, ``log(std + 1e-3)``, after them."""
+        hidden)``; the ``stats`` head adds each layer's log standard deviation, ``log(std + 1e-3)``, after them.
+        ``time_axis=2``: states ``(batch, n_layers, frames, hidden)`` (the encoder's own layout, no transpose)."""
         if lengths is None:  # .mean, not a sum over a frame count: trace-safe with a dynamic time axis
-            mean = states.mean(dim=-1)
+            mean = states.mean(dim=time_axis)
             if self.head_kind != "stats":
                 return mean.flatten(1)
-            var = ((states - mean[..., None]) ** 2).mean(dim=-1)
+            var = ((states - mean.unsqueeze(time_axis)) ** 2).mean(dim=time_axis)
         else:
-            m = length_mask(lengths, states.shape[-1], device=states.device).to(states.dtype)[:, None, None, :]
-            n = m.sum(dim=-1).clamp_min(1.0)
-            mean = (states * m).sum(dim=-1) / n
+            # means over all frames divided by the real frames' share: a clip without padding gets exactly the
+            # unmasked .mean (its share is 1.0), so a padded batch's graph answers a whole clip as the one-length one
+            m = length_mask(lengths, states.shape[time_axis], device=states.device).to(states.dtype)
+            m = m[:, None, :, None] if time_axis in (2, -2) else m[:, None, None, :]
+            share = m.mean(dim=time_axis).clamp_min(1e-12)
+            mean = (states * m).mean(dim=time_axis) / share
             if self.head_kind != "stats":
                 return mean.flatten(1)
-            var = (((states - mean[..., None]) * m) ** 2).sum(dim=-1) / n
+            var = (((states - mean.unsqueeze(time_axis)) * m) ** 2).mean(dim=time_axis) / share
         return torch.cat([mean.flatten(1), torch.log(var.sqrt() + 1e-3).flatten(1)], dim=1)
 
     def pooled_rows(self, features) -> np.ndarray:

@@ -52,11 +52,12 @@ class _SelfAttention(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(d, d, device=device), nn.Linear(d, d, bias=False, device=device)
         self.v_proj, self.out_proj = nn.Linear(d, d, device=device), nn.Linear(d, d, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: ``(batch, 1, 1, frames)``, 0 on each clip's real frames and -inf on its padding (keys only)."""
         b, t, d = x.shape
         q, k, v = (p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v, as Whisper
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q k^T / sqrt(head_dim)) v
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -70,8 +71,8 @@ class _EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d, device=device)
         self.fc1, self.fc2 = nn.Linear(d, ffn, device=device), nn.Linear(ffn, d, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
@@ -96,11 +97,23 @@ class WhisperEncoder(nn.Module):
                                     for _ in range(dims.n_layers))
         self.layer_norm = nn.LayerNorm(d, device=device)
 
-    def forward(self, mel: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, mel: torch.Tensor, frames: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Log-mel ``(batch, n_mels, frames)`` → every hidden state ``(batch, ceil(frames/2), d_model)``: the
         input to the first layer, then each layer's output, the last one after the final LayerNorm (as
-        transformers' ``hidden_states`` and CTranslate2's ``encode``). At most 3000 mel frames (30 s)."""
-        x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
+        transformers' ``hidden_states`` and CTranslate2's ``encode``). At most 3000 mel frames (30 s).
+
+        ``frames`` (each clip's real mel frames in a zero-padded batch) runs each clip as it runs alone: its
+        frames past its end are zeroed before each convolution (alone, they are the convolutions' zero
+        padding: conv2's last window reaches one frame past the end) and masked out of attention as keys;
+        a clip's states are its first :func:`output_frames` rows (the rest is padding)."""
+        if frames is None:
+            x, mask = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2), None
+        else:
+            keep = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]).to(mel.dtype)[:, None]
+            x = F.gelu(self.conv2(F.gelu(self.conv1(mel * keep)) * keep)).transpose(1, 2)
+            real = torch.arange(x.shape[1], device=mel.device)[None, :] < output_frames(frames)[:, None]
+            mask = torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_fill(~real, float("-inf"))
+            mask = mask[:, None, None, :]
         n = x.shape[1]
         if n > self.dims.max_positions:
             raise ValueError(f"a Whisper encoder takes at most {self.dims.max_positions} frames "
@@ -108,10 +121,16 @@ class WhisperEncoder(nn.Module):
         x = x + self.embed_positions.weight[:n]
         states = [x]
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, mask)
             states.append(x)
         states[-1] = self.layer_norm(x)
         return states
+
+
+def output_frames(mel_frames: torch.Tensor) -> torch.Tensor:
+    """The encoder's frames for a clip of ``mel_frames`` log-mel frames: conv2 (kernel 3, stride 2, padding 1)
+    gives ``ceil(mel_frames / 2)``."""
+    return (mel_frames + 1) // CONV_STRIDE
 
 
 def _hf_state_dict(variables: dict[str, np.ndarray], n_layers: int) -> dict[str, torch.Tensor]:

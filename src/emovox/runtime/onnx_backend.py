@@ -77,23 +77,26 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_SESSIONS: dict[tuple[str, int, tuple[str, ...]], Any] = {}
+_SESSIONS: dict[tuple[str, int, tuple[str, ...], bool], Any] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
-def session(path: Path, *, threads: int | None = None, providers: list[str] | None = None):
-    """One ``onnxruntime.InferenceSession`` per file, thread count and providers in this process (sessions are
-    thread-safe to run; creating one costs tens to hundreds of milliseconds)."""
+def session(path: Path, *, threads: int | None = None, providers: list[str] | None = None, spinning: bool = True):
+    """One ``onnxruntime.InferenceSession`` per file, thread count, providers and spinning in this process (sessions
+    are thread-safe to run; creating one costs tens to hundreds of milliseconds). ``spinning=False``: the
+    intra-op threads sleep between operators instead of spinning (``runtime.json``: ``intra_op_spinning``)."""
     import onnxruntime as ort
 
     threads = int(threads or default_threads())
-    key = (str(Path(path).resolve()), threads, tuple(providers or ["CPUExecutionProvider"]))
+    key = (str(Path(path).resolve()), threads, tuple(providers or ["CPUExecutionProvider"]), bool(spinning))
     with _SESSIONS_LOCK:
         if key not in _SESSIONS:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3  # errors only: not the optimiser's notes on every load
+            if not spinning:
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=list(key[2]))
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -183,12 +186,11 @@ class OnnxModel:
                 raise OnnxModelError(f"{self.path}: runtime.json names probe tensor {e} the graph lacks") from e
         return self._probe
 
-    def pooled_features(self, waves: np.ndarray) -> np.ndarray:
-        """The probe's input before standardisation, ``(batch, pooled_size)``, for clips of one length."""
+    def pooled_features(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """The probe's input before standardisation, ``(batch, pooled_size)``; ``lengths`` as :meth:`predict_logits`."""
         if self.pooled_output is None:
             raise OnnxModelError(f"{self.path}: not a linear-probe graph with pooled features")
-        x = np.asarray(waves, dtype=np.float32)
-        return self._run(x[None] if x.ndim == 1 else x, self.pooled_output)
+        return self._predict(waves, lengths, self.pooled_output)
 
     def frame_stepper(self) -> OnnxFrameStepper | None:
         """A streaming model's frame-by-frame step (its ``frontend.onnx`` + ``step.onnx``), else None."""
@@ -196,18 +198,20 @@ class OnnxModel:
         return OnnxFrameStepper(self.path.parent, info, len(self.labels)) if info else None
 
     def _session(self, threads: int | None, providers: list[str] | None):
+        spinning = bool(self.runtime.get("intra_op_spinning", True))
         if not self.runtime.get("external_weights"):
-            return session(self.path, threads=threads, providers=providers)
+            return session(self.path, threads=threads, providers=providers, spinning=spinning)
         from emovox.runtime.onnx_materialise import (
             materialise,  # a graph that refers to packaged encoder weights
         )
 
         built = materialise(self.path, self.runtime)
         try:
-            return session(built, threads=threads, providers=providers)
+            return session(built, threads=threads, providers=providers, spinning=spinning)
         except OnnxModelError:  # a damaged cached copy (a full disk, an edit): build it again, once
             built.unlink(missing_ok=True)
-            return session(materialise(self.path, self.runtime), threads=threads, providers=providers)
+            return session(materialise(self.path, self.runtime), threads=threads, providers=providers,
+                           spinning=spinning)
 
     def _metadata(self) -> dict[str, Any]:
         if self.runtime:
@@ -245,39 +249,51 @@ class OnnxModel:
     def predict_logits(self, waves: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Logits ``(batch, n_labels)`` for ``waves`` ``(batch, samples)`` (or one clip ``(samples,)``).
 
-        ``lengths`` (samples per clip) marks a zero-padded batch: each clip then runs on its own
-        samples only (clips of equal length together), which is what the PyTorch pipeline's
-        length masking computes.
+        ``lengths`` (samples per clip) marks a zero-padded batch: each clip gets what it gets alone, which is
+        what the PyTorch pipeline's length masking computes. A graph with a ``lengths`` input
+        (``runtime.json``: ``lengths_input``) runs the padded batch once; otherwise clips of equal length run
+        together, one length at a time.
         """
+        return self._predict(waves, lengths, self.output_name)
+
+    def _predict(self, waves: np.ndarray, lengths: np.ndarray | None, output: str) -> np.ndarray:
         x = np.asarray(waves, dtype=np.float32)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2:
             raise ValueError(f"waves must be (batch, samples) or (samples,), got shape {x.shape}")
+        width = self.pooled_size if output == self.pooled_output else len(self.labels)
         if x.shape[0] == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
+            return np.zeros((0, width), np.float32)
         if lengths is None and not self.lengths_input:
-            return self._run(x)
+            return self._run(x, output)
         n = np.asarray(lengths if lengths is not None else [x.shape[1]] * x.shape[0], dtype=np.int64).reshape(-1)
         if n.shape[0] != x.shape[0] or (n < 1).any() or (n > x.shape[1]).any():
             raise ValueError(f"lengths must give 1..{x.shape[1]} samples for each of the {x.shape[0]} clips")
+        out = np.zeros((x.shape[0], width), np.float32)
         if self.lengths_input:  # one run: the graph masks each clip's padding as the PyTorch pipeline does
-            if x.shape[1] < self.min_samples:
-                x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
-            return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x), "lengths": n})[0]
-        out = np.zeros((x.shape[0], len(self.labels)), np.float32)
+            long = n > self.max_samples if self.max_samples else np.zeros(len(n), bool)
+            short = np.flatnonzero(~long)
+            if short.size:
+                out[short] = self._run(x[short, : int(n[short].max())], output, n[short])
+            for i in np.flatnonzero(long):  # past the graph's longest input: windows, one clip at a time
+                out[i] = self._run(x[i : i + 1, : int(n[i])], output)[0]
+            return out
         for length in np.unique(n):
             idx = np.flatnonzero(n == length)
-            out[idx] = self._run(x[idx, :length])
+            out[idx] = self._run(x[idx, :length], output)
         return out
 
-    def _run(self, x: np.ndarray, output: str | None = None) -> np.ndarray:
+    def _run(self, x: np.ndarray, output: str | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
         output = output or self.output_name
         if x.shape[1] < self.min_samples:  # as the PyTorch model: zero-padded to the shortest input it takes
             x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
         if self.max_samples and x.shape[1] > self.max_samples:
             return self._run_windows(x, int(self.max_samples), output)
-        return self.session.run([output], {self.input_name: np.ascontiguousarray(x)})[0]
+        feed = {self.input_name: np.ascontiguousarray(x)}
+        if self.lengths_input:  # without lengths: a batch of one length, every clip whole
+            feed["lengths"] = lengths if lengths is not None else np.full(x.shape[0], x.shape[1], np.int64)
+        return self.session.run([output], feed)[0]
 
     def _run_windows(self, x: np.ndarray, size: int, output: str) -> np.ndarray:
         """A clip longer than the graph takes: consecutive windows of ``size`` samples (the last one ending at
