@@ -8,9 +8,11 @@ generators: :func:`emovox.degrade.spec.seeded` fixes both around each call.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -52,6 +54,20 @@ class Sources:
             if len(self._loaded) > 256:  # keep memory bounded on long jobs
                 self._loaded.pop(next(iter(self._loaded)))
         return self._loaded[i]
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """audiomentations draws from Python's ``random`` and NumPy's global generator: fix both for one call and
+    put them back afterwards, so a degradation is reproducible and leaves the caller's random state alone."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _augment(transform, wave: np.ndarray) -> np.ndarray:
@@ -161,8 +177,6 @@ def room_impulse_response(rt60_s: float, bank: str, index: int) -> np.ndarray:
     of the bank's name, the RT60 and the index). Training and evaluation use different banks: never the same rooms."""
     import pyroomacoustics
     from audiomentations import RoomSimulator
-
-    from .spec import seeded
 
     seed = int.from_bytes(hashlib.sha1(f"{bank}\0{rt60_s:.3f}\0{index}".encode()).digest()[:4], "little")
     impulse = np.zeros(int((1.5 * rt60_s + 0.2) * SAMPLE_RATE_HZ), np.float32)
