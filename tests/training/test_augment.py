@@ -253,3 +253,25 @@ def test_babble_comes_from_training_speakers_only(synth_corpus, tmp_path):
     _, other = training_degrader(TrainConfig(augment_spec="babble:5"), plan.train[:-1])
     assert other != pool  # another pool, other cache entries
     assert training_degrader(TrainConfig(augment_spec=SPEC), plan.train)[1] == ""
+
+
+def test_a_resumed_run_replays_the_straight_one_and_another_spec_is_refused(synth_corpus, tmp_path):
+    from emovox.data.corpora import scan
+    from emovox.training.config import TrainConfig
+    from emovox.training.plan import map_labels, plan_splits
+    from emovox.training.run import train_model
+
+    rows, labels, _, _ = map_labels(scan(synth_corpus, with_duration=False), None)
+    base = dict(model="cnn", model_kwargs={"channels": [8, 8, 8], "hidden": 8}, batch_size=16, lr=3e-3, seed=3,
+                early_stopping_patience=None, augment_spec=SPEC, augment_copies=2)
+    plan = plan_splits(rows, TrainConfig(**base))[0]
+    cache = tmp_path / "cache"
+    straight = train_model(plan, labels, TrainConfig(epochs=3, **base), tmp_path / "straight", cache=cache, plots=False)
+    train_model(plan, labels, TrainConfig(epochs=1, **base), tmp_path / "resumed", cache=cache, plots=False)
+    resumed = train_model(plan, labels, TrainConfig(epochs=3, **base), tmp_path / "resumed", cache=cache, resume=True,
+                          plots=False)
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5) and a["val_uar"] == b["val_uar"]
+    with pytest.raises(ValueError, match="checkpoint was made with other"):
+        train_model(plan, labels, TrainConfig(epochs=4, **{**base, "augment_copies": 1}), tmp_path / "resumed",
+                    cache=cache, resume=True, plots=False)
