@@ -28,12 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .data import TextError, TextModelError, check_text
-from .encoder import Encoder, EncoderRef, fingerprint, resolve_encoder
 from .grouping import groups_for, normalize_taxonomy
-from .head import MLPHead
 from .metrics import decide
 
 FORMAT = "emovox-text-model"
@@ -81,18 +78,6 @@ def _read_json(path: Path) -> Any:
         raise TextModelError(f"{path}: not valid JSON ({e})") from e
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise TextModelError(f"{path}: missing (weights file named in {CONFIG_FILE})")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise TextModelError(f"{path}: cannot read safetensors weights ({e})") from e
-
-
 def default_model_path() -> Path:
     path = Path(str(resources.files("emovox").joinpath(*DEFAULT_MODEL)))
     if not (path / CONFIG_FILE).is_file():
@@ -102,10 +87,15 @@ def default_model_path() -> Path:
 
 
 class TextModel:
-    """A loaded text emotion model. Build with :func:`load_text_model`."""
+    """A loaded text emotion model: the decision rule and label sets over :meth:`probabilities`, which each
+    runtime provides (:class:`emovox.text.runtime.OnnxTextModel` on ONNX Runtime,
+    :class:`emovox.text.torch_model.TorchTextModel` and the Hugging Face classifier on PyTorch).
+    Build with :func:`emovox.text.load_text_model`."""
 
-    def __init__(self, path: Path, config: dict, encoder: Encoder, head: MLPHead):
-        self.path, self.config, self.encoder, self.head = path, config, encoder, head
+    backend = "none"
+
+    def __init__(self, path: Path, config: dict):
+        self.path, self.config = path, config
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.thresholds = np.array([config["thresholds"][lab] for lab in self.labels], dtype=np.float64)
         self.global_threshold = float(config["global_threshold"])
@@ -115,25 +105,16 @@ class TextModel:
 
     def __repr__(self) -> str:
         enc = self.config["encoder"]["name"]
-        return f"TextModel({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
+        return f"{type(self).__name__}({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
 
     @property
     def weights_path(self) -> Path:
         """The file whose content identifies this model's weights (the head)."""
         return Path(self.path) / self.config.get("head", {}).get("file", HEAD_FILE)
 
-    # -- scores --------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def scores_from_embeddings(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
-        self.head.eval()
-        x = torch.as_tensor(np.asarray(emb, dtype=np.float32)).to(self.encoder.device)
-        return torch.sigmoid(self.head(x)).double().cpu().numpy()
-
     def probabilities(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sigmoid scores ``(n, n_labels)``, token counts and truncation flags for valid texts."""
-        ids, n_tokens, truncated = self.encoder.tokenize(list(texts))
-        emb = self.encoder.embed_ids(ids, batch_size=batch_size)
-        return self.scores_from_embeddings(emb), n_tokens, truncated
+        """Sigmoid scores ``(n, n_labels)`` (float64), token counts and truncation flags for valid texts."""
+        raise NotImplementedError
 
     # -- predictions ---------------------------------------------------------------------------
     def predict(self, texts: str | Sequence[str], *, labels: str = "goemotions", top_k: int | None = None,
@@ -223,10 +204,8 @@ def _check_config(cfg: Any, path: Path) -> None:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
 
 
-def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder: str | os.PathLike | None = None,
-                     check_encoder: bool = True) -> TextModel:
-    """Load a text model folder in emovox's own format (:func:`emovox.text.load_text_model` takes
-    Hugging Face classifier folders too). Arguments as there."""
+def read_model_config(root: Path) -> dict:
+    """``inference_config.json`` of an emovox text model folder, checked, with ``labels.json`` agreeing."""
     cfg_path = root / CONFIG_FILE
     cfg = _read_json(cfg_path)
     _check_config(cfg, cfg_path)
@@ -234,47 +213,10 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
     labels = _read_json(labels_path)
     if labels != cfg["labels"]:
         raise TextModelError(f"{labels_path}: labels differ from those in {CONFIG_FILE}")
-
-    hcfg = cfg["head"]
-    head_path = root / hcfg.get("file", HEAD_FILE)
-    state = _read_safetensors(head_path)
-    try:
-        head = MLPHead(int(hcfg["input_dim"]), len(labels), hidden_dim=int(hcfg["hidden_dim"]),
-                       dropout=float(hcfg.get("dropout", 0.0)))
-        head.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError) as e:
-        raise TextModelError(f"{head_path}: does not match the head described in {CONFIG_FILE} ({e})") from e
-
-    ecfg = cfg["encoder"]
-    ref: EncoderRef = resolve_encoder(encoder if encoder is not None else (ecfg.get("path") or ecfg["name"]))
-    if check_encoder and ecfg.get("fingerprint") and fingerprint(ref.path) != ecfg["fingerprint"]:
-        raise TextModelError(
-            f"{ref.path}: encoder weights differ from those the model in {root} was trained with "
-            f"(fingerprint {ecfg['fingerprint']}); install the same encoder or pass check_encoder=False"
-        )
-    enc = Encoder(ref, max_length=int(cfg["max_length"]), device=device)
-    if enc.hidden_size != head.input_dim:
-        raise TextModelError(f"{head_path}: head takes {head.input_dim}-d vectors, encoder {ref.name!r} gives "
-                             f"{enc.hidden_size}")
-    dcfg = cfg.get("encoder_delta")
-    if dcfg:
-        delta_path = root / dcfg.get("file", DELTA_FILE)
-        enc.apply_delta(_read_safetensors(delta_path), source=str(delta_path))
-    enc.model.eval()
-    head.to(enc.device).eval()
-    return TextModel(root, cfg, enc, head)
+    return cfg
 
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
