@@ -60,13 +60,14 @@ class TextGraph(nn.Module):
 
 def _write_graph(model: TorchTextModel, path: Path) -> None:
     graph = TextGraph(model).eval()
-    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0]])
+    ids, _, _ = model.encoder.tokenize(["an example text to trace the graph with", "a short one"])
+    _, batch = next(model.encoder.batches(ids, 2))  # padded: the trace sees a real mask
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
             "scores": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer chatter
         try:
-            torch.onnx.export(graph, (ids, (ids != 0).long()), str(path), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(graph, (batch["input_ids"], batch["attention_mask"]), str(path), dynamo=False, opset_version=OPSET,
                               input_names=["input_ids", "attention_mask"], output_names=["scores"],
                               dynamic_axes=axes, do_constant_folding=False)
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds

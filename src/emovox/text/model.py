@@ -186,22 +186,68 @@ class TextModel:
         return np.full(len(self.labels), float(threshold))
 
 
+def _is_int(v: Any, low: int, high: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def _is_probability(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0
+
+
+def _is_file_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and Path(v).name == v and v not in (".", "..")
+
+
 def _check_config(cfg: Any, path: Path) -> None:
+    """Every key the loaders read, with its type and range: a :class:`TextModelError` naming the key."""
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise TextModelError(f"{path}: not an emovox text model config (format {FORMAT!r} expected)")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise TextModelError(f"{path}: format_version {cfg.get('format_version')} is newer than this emovox "
+    version = cfg.get("format_version", 0)
+    if not _is_int(version, 0):
+        raise TextModelError(f"{path}: format_version must be a whole number, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise TextModelError(f"{path}: format_version {version} is newer than this emovox "
                              f"reads ({FORMAT_VERSION}); upgrade emovox")
     for key in ("encoder", "max_length", "labels", "head", "thresholds", "global_threshold"):
         if key not in cfg:
             raise TextModelError(f"{path}: missing key {key!r}")
+    _check_parts(cfg, path)
     labels = cfg["labels"]
     thr = cfg["thresholds"]
     if not isinstance(thr, dict) or set(thr) != set(labels):
         raise TextModelError(f"{path}: 'thresholds' must give one value per label")
-    bad = [k for k, v in thr.items() if not isinstance(v, (int, float)) or not 0.0 < v < 1.0]
+    bad = [k for k, v in thr.items() if not _is_probability(v)]
     if bad:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
+
+
+def _check_parts(cfg: dict, path: Path) -> None:
+    labels = cfg["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise TextModelError(f"{path}: 'labels' must be a non-empty list of distinct label names")
+    enc = cfg["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"] \
+            or not isinstance(enc.get("path"), (str, type(None))) or not isinstance(enc.get("fingerprint"), (str, type(None))):
+        raise TextModelError(f"{path}: 'encoder' must be an object with a 'name' (and optional 'path', "
+                             "'fingerprint' strings)")
+    head = cfg["head"]
+    if not isinstance(head, dict) or not _is_int(head.get("input_dim"), 1) or not _is_int(head.get("hidden_dim"), 0) \
+            or not _is_file_name(head.get("file", HEAD_FILE)) or not isinstance(head.get("dropout", 0.0), (int, float)):
+        raise TextModelError(f"{path}: 'head' must be an object with 'input_dim' (>= 1), 'hidden_dim' (>= 0) and "
+                             "optional 'file' (a file name in the folder) and 'dropout'")
+    delta = cfg.get("encoder_delta")
+    if delta is not None and (not isinstance(delta, dict) or not _is_file_name(delta.get("file", DELTA_FILE))):
+        raise TextModelError(f"{path}: 'encoder_delta' must be null or an object whose 'file' names a file in the folder")
+    if not _is_int(cfg["max_length"], 4, 1 << 16):
+        raise TextModelError(f"{path}: max_length must be a whole number of tokens in [4, 65536], "
+                             f"got {cfg['max_length']!r}")
+    if not _is_probability(cfg["global_threshold"]):
+        raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
+    if not _is_int(cfg.get("top_k", 0), 0):
+        raise TextModelError(f"{path}: top_k must be a whole number >= 0 (0: no cap), got {cfg.get('top_k')!r}")
+    if not isinstance(cfg.get("always_one", False), bool):
+        raise TextModelError(f"{path}: always_one must be true or false, got {cfg.get('always_one')!r}")
 
 
 def read_model_config(root: Path) -> dict:

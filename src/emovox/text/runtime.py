@@ -109,8 +109,11 @@ def read_runtime(folder: Path) -> dict[str, Any]:
         if not name or Path(name).name != name:
             raise TextModelError(f"{path}: files.{key} must name a file in {folder} (got {name!r})")
     ext = data.get("external_weights")
-    if ext is not None and (not isinstance(ext, dict) or not set(ext.get("sources", [])) <= set(SOURCES)):
-        raise TextModelError(f"{path}: external_weights.sources must be among {', '.join(SOURCES)}")
+    sources = ext.get("sources") if isinstance(ext, dict) else None
+    if ext is not None and (not isinstance(sources, list) or not all(isinstance(x, str) for x in sources)
+                            or not set(sources) <= set(SOURCES)):
+        raise TextModelError(f"{path}: external_weights must be null or an object whose 'sources' lists some of "
+                             f"{', '.join(SOURCES)}")
     return data
 
 
