@@ -56,10 +56,14 @@ def has_runtime(root: Path) -> bool:
 
 
 def sha256_file(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes; a :class:`TextModelError` naming it when it cannot be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise TextModelError(f"{path}: cannot read it ({e.strerror or e}); the model folder names it") from None
     return "sha256:" + h.hexdigest()
 
 
