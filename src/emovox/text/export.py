@@ -77,12 +77,14 @@ def _write_graph(model: TorchTextModel, path: Path) -> None:
 def _externalise(path: Path, model: TorchTextModel) -> dict[str, int]:
     """Turn the encoder's and head's initializers into references ``encoder:<name>`` / ``head:<name>``."""
     import onnx
+    from safetensors import safe_open
 
-    from .encoder_ref import resolve_encoder
-    from .runtime import _read_weights
-
-    ecfg = model.config["encoder"]
-    own = set(_read_weights(resolve_encoder(ecfg.get("path") or ecfg["name"]).path / "model.safetensors"))
+    weights = Path(model.encoder.ref.path) / "model.safetensors"
+    if not weights.is_file():
+        raise TextModelError(f"{weights}: missing; the ONNX runtime fills the graph from the encoder's safetensors "
+                             "(convert with save_pretrained(d, safe_serialization=True)), or export --self-contained")
+    with safe_open(str(weights), "np") as f:
+        own = set(f.keys())
     proto = onnx.load(str(path))
     moved = {"encoder": 0, "head": 0}
     for t in proto.graph.initializer:
