@@ -23,14 +23,15 @@ def _is_hf_classifier(root: Path) -> bool:
     return (root / "config.json").is_file()  # emovox's own folders never hold one (hf_classifier imports torch)
 
 
-def choose_backend(root: Path, backend: str, *, encoder: Any = None) -> str:
-    """``onnx`` or ``torch`` for this folder (see the module docstring); a clear error when not possible."""
+def choose_backend(root: Path, backend: str, *, torch_only: str | None = None) -> str:
+    """``onnx`` or ``torch`` for this folder (see the module docstring); a clear error when not possible.
+    ``torch_only``: why the caller's options need PyTorch, if they do."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return "torch"
     why = ("a Hugging Face classifier folder runs on PyTorch" if _is_hf_classifier(root) else
-           "encoder= (a moved encoder) needs PyTorch" if encoder is not None else
+           torch_only if torch_only else
            None if has_runtime(root) else
            f"{root} has no ONNX Runtime graph (onnx/runtime.json); write one with `emovox text-export --model {root}`")
     if why is None:
@@ -57,7 +58,10 @@ def load_text_model(path: str | os.PathLike | None = None, *, backend: str = "au
     root = default_model_path() if path is None else Path(path)
     if not root.is_dir():
         raise TextModelError(f"{root}: not a text model folder (it should hold {CONFIG_FILE})")
-    if choose_backend(root, backend, encoder=encoder) == "onnx":
+    torch_only = ("encoder= (a moved encoder) is PyTorch's" if encoder is not None else
+                  "check_encoder=False is PyTorch's" if not check_encoder else
+                  f"device={device!r} is PyTorch's" if str(device) != "cpu" else None)
+    if choose_backend(root, backend, torch_only=torch_only) == "onnx":
         return load_onnx_text_model(root, threads=threads)
     return _load_torch(root, device=device, encoder=encoder, check_encoder=check_encoder)
 
