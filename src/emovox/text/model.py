@@ -266,3 +266,13 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def __getattr__(name: str) -> Any:
+    """``save_weights`` and ``load_text_folder`` lived here before the PyTorch parts moved to
+    :mod:`emovox.text.torch_model`; they are still found here (importing torch only when asked for)."""
+    if name in ("save_weights", "load_text_folder", "read_safetensors"):
+        from . import torch_model
+
+        return getattr(torch_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
