@@ -140,6 +140,55 @@ class OnnxModel:
             raise OnnxModelError(f"{self.path}: {n_out} outputs but {len(self.labels)} labels {self.labels}")
         self.metadata = meta
         self.config: dict[str, Any] = self._config()
+        probe = self.runtime.get("probe") or {}
+        names = [o.name for o in outputs]
+        self.pooled_output: str | None = probe.get("pooled_output") if probe.get("pooled_output") in names else None
+        self.pooled_size = int(outputs[names.index(self.pooled_output)].shape[-1]) if self.pooled_output else 0
+        self._probe: dict[str, np.ndarray] | None = None
+
+    @property
+    def pooled_key(self) -> str:
+        """A digest of what computes the pooled features: the graph's nodes and every initializer but the probe's
+        (a retrained probe on the same encoder keeps the key), and the external weights it refers to."""
+        import hashlib
+
+        import onnx
+
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        probe = set((self.runtime.get("probe") or {}).values())
+        h = hashlib.sha256(json.dumps(self.runtime.get("external_weights"), sort_keys=True).encode())
+        for node in graph.node:
+            h.update(node.SerializeToString())
+        for t in graph.initializer:
+            if t.name not in probe:
+                h.update(t.SerializeToString())
+        return h.hexdigest()[:20]
+
+    def probe_parameters(self) -> dict[str, np.ndarray]:
+        """A linear-probe graph's standardisation and linear layer (``mean``, ``std``, ``weight``, ``bias``), read
+        from the graph's own initializers, so ``logits = (pooled - mean) / std @ weight.T + bias``."""
+        if self.pooled_output is None:
+            raise OnnxModelError(f"{self.path}: not a linear-probe graph with pooled features")
+        if self._probe is None:
+            import onnx
+            from onnx import numpy_helper
+
+            graph = onnx.load(str(self.path), load_external_data=False).graph
+            found = {t.name: t for t in graph.initializer}
+            info = self.runtime["probe"]
+            try:
+                self._probe = {k: numpy_helper.to_array(found[info[k]]).astype(np.float32)
+                               for k in ("mean", "std", "weight", "bias")}
+            except KeyError as e:
+                raise OnnxModelError(f"{self.path}: runtime.json names probe tensor {e} the graph lacks") from e
+        return self._probe
+
+    def pooled_features(self, waves: np.ndarray) -> np.ndarray:
+        """The probe's input before standardisation, ``(batch, pooled_size)``, for clips of one length."""
+        if self.pooled_output is None:
+            raise OnnxModelError(f"{self.path}: not a linear-probe graph with pooled features")
+        x = np.asarray(waves, dtype=np.float32)
+        return self._run(x[None] if x.ndim == 1 else x, self.pooled_output)
 
     def frame_stepper(self) -> OnnxFrameStepper | None:
         """A streaming model's frame-by-frame step (its ``frontend.onnx`` + ``step.onnx``), else None."""
@@ -220,25 +269,27 @@ class OnnxModel:
             out[idx] = self._run(x[idx, :length])
         return out
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, output: str | None = None) -> np.ndarray:
+        output = output or self.output_name
         if x.shape[1] < self.min_samples:  # as the PyTorch model: zero-padded to the shortest input it takes
             x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
         if self.max_samples and x.shape[1] > self.max_samples:
-            return self._run_windows(x, int(self.max_samples))
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0]
+            return self._run_windows(x, int(self.max_samples), output)
+        return self.session.run([output], {self.input_name: np.ascontiguousarray(x)})[0]
 
-    def _run_windows(self, x: np.ndarray, size: int) -> np.ndarray:
+    def _run_windows(self, x: np.ndarray, size: int, output: str) -> np.ndarray:
         """A clip longer than the graph takes: consecutive windows of ``size`` samples (the last one ending at
         the clip's end), logits averaged weighted by the new samples each window adds (runtime.json's
         ``long_clips`` says how this relates to the PyTorch model)."""
         starts = list(range(0, x.shape[1] - size + 1, size))
         if starts[-1] + size < x.shape[1]:
             starts.append(x.shape[1] - size)
-        total = np.zeros((x.shape[0], len(self.labels)), np.float64)
+        total = np.zeros((x.shape[0], self.pooled_size if output == self.pooled_output else len(self.labels)),
+                         np.float64)
         covered = 0
         for s in starts:
             new = s + size - covered  # samples not counted yet (the last window overlaps the one before)
-            total += new * self._run(x[:, s : s + size]).astype(np.float64)
+            total += new * self._run(x[:, s : s + size], output).astype(np.float64)
             covered = s + size
         return (total / covered).astype(np.float32)
 

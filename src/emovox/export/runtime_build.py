@@ -42,6 +42,8 @@ RUNTIME_FORMAT_VERSION = 1
 #: Prefix of the encoder's parameters in the Whisper probe graph (their ONNX initializer names).
 ENCODER_PREFIX = "whisper_encoder."
 QUANTIZATIONS = ("none", "int8")
+#: The probe graph's second output: the pooled row before standardisation (what ``--adapt`` re-standardises).
+POOLED_OUTPUT = "pooled_features"
 
 
 class WhisperProbeGraph(nn.Module):
@@ -61,10 +63,13 @@ class WhisperProbeGraph(nn.Module):
         self.layers = list(ssl.layers)
         self.probe = ssl
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, pooled features)``: the pooled row before the probe's standardisation is a second output,
+        so the runtime can re-standardise on a user's recordings (``--adapt``) without PyTorch."""
         states = self.whisper_encoder(self.frontend(waveform))
         stacked = torch.stack([states[i] for i in self.layers], dim=1).transpose(2, 3)
-        return self.probe.head(stacked)
+        pooled = self.probe.pool_states(stacked.float())
+        return self.probe.classifier((pooled - self.probe.pooled_mean) / self.probe.pooled_std), pooled
 
 
 class FrameFeaturesGraph(nn.Module):
@@ -130,11 +135,15 @@ def _probe_spec(pipe: EmotionPipeline) -> tuple[GraphSpec, dict[str, Any]]:
     wave = TensorSpec("waveform", ["batch", "samples"], "16 kHz mono float32 samples, at least min_samples and at "
                       "most max_samples (30 s); clips of one length per batch")
     logits = TensorSpec("emotion_logits", ["batch", len(pipe.labels)], "emotion logits")
-    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits], (_example(3 * 16000),), ())
+    pooled = TensorSpec(POOLED_OUTPUT, ["batch", int(pipe.model.pooled_mean.numel())],
+                        "the probe's input before its standardisation: each layer's time mean")
+    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits, pooled], (_example(3 * 16000),), ())
     limits = {"min_samples": int(backbone.min_samples), "max_samples": int(backbone.chunk_samples),
               "long_clips": "windows of max_samples, logits averaged weighted by frames (exact for the linear "
                             "probe's pooling; each window has its own log-mel range and no context across windows)",
-              "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX}}
+              "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX},
+              "probe": {"pooled_output": POOLED_OUTPUT, "mean": "probe.pooled_mean", "std": "probe.pooled_std",
+                        "weight": "probe.classifier.1.weight", "bias": "probe.classifier.1.bias"}}
     return spec, limits
 
 
