@@ -268,11 +268,11 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def __getattr__(name: str) -> Any:
-    """``save_weights`` and ``load_text_folder`` lived here before the PyTorch parts moved to
-    :mod:`emovox.text.torch_model`; they are still found here (importing torch only when asked for)."""
-    if name in ("save_weights", "load_text_folder", "read_safetensors"):
-        from . import torch_model
+def save_weights(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Tensors (PyTorch's: only training and export call this) to a safetensors file, atomically."""
+    from safetensors.torch import save_file
 
-        return getattr(torch_model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

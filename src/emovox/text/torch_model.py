@@ -90,12 +90,3 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
     enc.model.eval()
     head.to(enc.device).eval()
     return TorchTextModel(root, cfg, enc, head)
-
-
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -57,10 +57,10 @@ from .model import (
     HEAD_FILE,
     LABELS_FILE,
     META_FILE,
+    save_weights,
     write_json,
 )
 from .runtime import RUNTIME_DIR
-from .torch_model import save_weights
 
 log = logging.getLogger(__name__)
 
