@@ -22,12 +22,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .defaults import MAX_CLIP_S
-from .errors import AudioError
+from emovox.defaults import MAX_CLIP_S
+from emovox.errors import AudioError
 
 SAMPLE_RATE_HZ = 16000
-#: Default upper bound on a clip's duration; callers (CLI, server) may lower or raise it.
-DEFAULT_MAX_DURATION_S = MAX_CLIP_S
 #: Source sample rates emovox accepts (a header claiming 0, 1 or 10**9 Hz is corrupt or hostile).
 SOURCE_RATE_RANGE_HZ = (1000, 768_000)
 #: Peak level (dBFS) under which a clip counts as silent.
@@ -260,7 +258,7 @@ def load_audio(
     *,
     sample_rate_hz: int = SAMPLE_RATE_HZ,
     source_sample_rate_hz: int | None = None,
-    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    max_duration_s: float | None = MAX_CLIP_S,
 ) -> np.ndarray:
     """Decode ``source`` to mono float32 at ``sample_rate_hz``.
 

@@ -8,6 +8,7 @@ generators: :func:`emovox.degrade.spec.seeded` fixes both around each call.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ class Sources:
     babble_speakers: Sequence[str] = ()  # each babble clip's speaker, so a clip's own speaker can be left out
     noise_dir: str | os.PathLike | None = None
     exclude_speaker: str | None = None
+    room_bank: str = "train"  # which bank of simulated rooms (evaluation uses its own)
     _loaded: dict = field(default_factory=dict, repr=False)
 
     def clip(self, i: int) -> np.ndarray:
@@ -147,18 +149,42 @@ def noise_files(noise_dir: str | os.PathLike | None) -> tuple[str, ...]:
     return _noise_files_in(str(folder.resolve()))
 
 
-def room(wave: np.ndarray, rt60_s: float, sources: Sources) -> np.ndarray:
-    """A simulated shoebox room with reverberation time ``rt60_s`` (audiomentations' RoomSimulator on
-    pyroomacoustics, its hybrid of image sources up to order 3 and ray tracing for the tail, which reaches the
-    target RT60 within a few per cent; room size, source and microphone places drawn at random), same length."""
+ROOM_BANK_SIZE = 16  # simulated rooms per RT60 step and bank
+ROOM_RT60_STEP_S = 0.1
+
+
+@lru_cache(maxsize=2048)
+def room_impulse_response(rt60_s: float, bank: str, index: int) -> np.ndarray:
+    """Room ``index`` of a bank: the impulse response of a shoebox room with reverberation time ``rt60_s``
+    (audiomentations' RoomSimulator on pyroomacoustics, image sources up to order 3 and ray tracing for the tail,
+    which reaches the target RT60 within about 10 %; room size, source and microphone places drawn from a seed
+    of the bank's name, the RT60 and the index). Training and evaluation use different banks: never the same rooms."""
     import pyroomacoustics
     from audiomentations import RoomSimulator
 
-    pyroomacoustics.random.seed(int(np.random.randint(2**31)))  # its NumPy and C++ (ray tracer) generators
-    sim = RoomSimulator(min_target_rt60=rt60_s, max_target_rt60=rt60_s, calculation_mode="rt60",
-                        min_mic_distance=0.5, max_mic_distance=2.5, use_ray_tracing=True, max_order=3,
-                        leave_length_unchanged=True, p=1.0)
-    out = _augment(sim, wave)
+    from .spec import seeded
+
+    seed = int.from_bytes(hashlib.sha1(f"{bank}\0{rt60_s:.3f}\0{index}".encode()).digest()[:4], "little")
+    impulse = np.zeros(int((1.5 * rt60_s + 0.2) * SAMPLE_RATE_HZ), np.float32)
+    impulse[0] = 1.0
+    with seeded(seed):
+        pyroomacoustics.random.seed(seed)  # its NumPy and C++ (ray tracer) generators
+        sim = RoomSimulator(min_target_rt60=rt60_s, max_target_rt60=rt60_s, calculation_mode="rt60",
+                            min_mic_distance=0.5, max_mic_distance=2.5, use_ray_tracing=True, max_order=3,
+                            ray_tracing_options={"receiver_radius": 0.5, "n_rays": 2000, "energy_thres": 1e-5},
+                            leave_length_unchanged=True, p=1.0)
+        return _augment(sim, impulse)
+
+
+def room(wave: np.ndarray, rt60_s: float, sources: Sources) -> np.ndarray:
+    """Speech in a simulated room with reverberation time ``rt60_s`` (to 0.1 s): one of the bank's rooms
+    (:func:`room_impulse_response`; simulating a room costs about a second, so each is simulated once per process
+    and reused), convolved with SciPy's FFT convolution, same length and level as the input."""
+    from scipy.signal import fftconvolve
+
+    rt60 = round(rt60_s / ROOM_RT60_STEP_S) * ROOM_RT60_STEP_S
+    rir = room_impulse_response(rt60, sources.room_bank, int(np.random.randint(ROOM_BANK_SIZE)))
+    out = fftconvolve(wave, rir)[: len(wave)].astype(np.float32)
     peak = float(np.max(np.abs(out))) if len(out) else 0.0
     ref = float(np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
     out_rms = float(np.sqrt(np.mean(out.astype(np.float64) ** 2)))
@@ -205,29 +231,34 @@ def telephone(wave: np.ndarray, law_code: float, sources: Sources) -> np.ndarray
     return companding("alaw" if law_code >= 0.5 else "mulaw")(x, 0.0, sources)
 
 
+#: The bitrates an MPEG-2 layer III encoder offers at 16 kHz; a drawn bitrate is moved to the nearest.
+MP3_BITRATES = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+
+
 def mp3(wave: np.ndarray, kbps: float, sources: Sources) -> np.ndarray:
-    """MP3 at ``kbps`` (audiomentations' Mp3Compression; its encoder delay is compensated, length kept)."""
+    """MP3 at the encoder's bitrate nearest ``kbps`` (audiomentations' Mp3Compression; its encoder delay is
+    compensated, length kept)."""
     from audiomentations import Mp3Compression
 
-    rate = int(round(kbps))
+    rate = min(MP3_BITRATES, key=lambda b: abs(b - kbps))
     return _same_length(_augment(Mp3Compression(min_bitrate=rate, max_bitrate=rate, p=1.0), wave), len(wave))
 
 
 @lru_cache(maxsize=32)
 def opus_level(kbps: float) -> float:
     """libsndfile's Opus ``compression_level`` that gives about ``kbps`` on speech-like audio: libsndfile takes
-    a level in [0, 1], not a bitrate, so the level is found by bisection on the encoded size of 4 s of noise."""
+    a level in [0, 1], not a bitrate, so the level is found by bisection on the encoded size of 2 s of noise."""
     import soundfile as sf
 
-    probe = np.random.default_rng(0).standard_normal(4 * SAMPLE_RATE_HZ).astype(np.float32) * 0.1
+    probe = np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE_HZ).astype(np.float32) * 0.1
 
     def rate(level: float) -> float:
         buf = io.BytesIO()
         sf.write(buf, probe, SAMPLE_RATE_HZ, format="OGG", subtype="OPUS", compression_level=level)
-        return len(buf.getvalue()) * 8 / 4.0 / 1000.0
+        return len(buf.getvalue()) * 8 / 2.0 / 1000.0
 
     lo, hi = 0.0, 0.999
-    for _ in range(12):
+    for _ in range(10):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if rate(mid) > kbps else (lo, mid)
     return (lo + hi) / 2
@@ -239,7 +270,7 @@ def opus(wave: np.ndarray, kbps: float, sources: Sources) -> np.ndarray:
 
     buf = io.BytesIO()
     sf.write(buf, np.clip(wave, -1.0, 1.0), SAMPLE_RATE_HZ, format="OGG", subtype="OPUS",
-             compression_level=opus_level(float(kbps)))
+             compression_level=opus_level(float(round(kbps))))  # whole kbit/s: each level is found once
     buf.seek(0)
     decoded, _ = sf.read(buf, dtype="float32")
     return _same_length(decoded, len(wave))
@@ -266,6 +297,7 @@ class Kind:
     unit: str  # what the value is, for messages
     default: float | None  # the value when the spec gives none
     limits: tuple[float, float]
+    version: int = 1  # bumped when what it produces changes: cached copies made before are stale
 
 
 KINDS: dict[str, Kind] = {
@@ -274,11 +306,11 @@ KINDS: dict[str, Kind] = {
     "brown": Kind(color_noise("brown"), "SNR in dB", None, (-10.0, 60.0)),
     "babble": Kind(babble, "SNR in dB", None, (-10.0, 60.0)),
     "noise": Kind(recorded_noise, "SNR in dB", None, (-10.0, 60.0)),
-    "room": Kind(room, "RT60 in s", None, (0.1, 2.0)),
+    "room": Kind(room, "RT60 in s", None, (0.1, 2.0), version=2),
     "telephone": Kind(telephone, "0 mu-law, 1 A-law", 0.0, (0.0, 1.0)),
     "mulaw": Kind(companding("mulaw"), "no value", 0.0, (0.0, 0.0)),
     "alaw": Kind(companding("alaw"), "no value", 0.0, (0.0, 0.0)),
-    "mp3": Kind(mp3, "kbit/s", 32.0, (8.0, 320.0)),
+    "mp3": Kind(mp3, "kbit/s", 32.0, (8.0, 160.0)),
     "opus": Kind(opus, "kbit/s", 12.0, (6.0, 128.0)),
     "gain": Kind(gain, "dB", None, (-60.0, 30.0)),
     "clip": Kind(clipping, "% of samples clipped", 5.0, (0.0, 40.0)),

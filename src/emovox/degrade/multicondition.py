@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ClipCache, content_key
+from ..data.cache import ClipCache, content_key
 from .spec import Degrader
 
 CLEAN = "clean"
@@ -67,7 +67,7 @@ class PooledEncoder:
     of the probe's standardisation) as an extra output. ``pooled(wave)`` → float32 ``(size,)``."""
 
     def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None):
-        from ..onnx_backend import OnnxModel
+        from ..runtime.onnx_backend import OnnxModel
 
         model = OnnxModel(Path(model_dir) / "onnx", threads=threads)
         self.model = model
@@ -83,10 +83,11 @@ class PooledEncoder:
 
 def pooled_rows(rows: Sequence[Any], cache: PooledStateCache, encoder: PooledEncoder, *,
                 degrader: Degrader | None = None, namespace: str = "train", copy: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[int]]:
+                progress: Callable[[int, int], None] | None = None,
+                compute: bool = True) -> tuple[np.ndarray, list[int]]:
     """Pooled states of ``rows`` (clean when ``degrader`` is None, else their ``copy``-th degraded copy), from the
     cache or computed and cached. Returns ``(array (n_kept, size), kept row indices)``; unreadable clips are
-    left out."""
+    left out, and so are uncached ones when ``compute`` is False (``encoder`` may then be None)."""
     from ..audio import AudioError, load_audio
 
     out, kept = [], []
@@ -95,6 +96,8 @@ def pooled_rows(rows: Sequence[Any], cache: PooledStateCache, encoder: PooledEnc
         seed = None if degrader is None else copy_seed(path, namespace, copy)
         item = (path, variant_name(degrader, seed))
         vec = cache.get(item)
+        if vec is None and not compute:
+            continue
         if vec is None:
             try:
                 wave = load_audio(path, sample_rate_hz=16000)
@@ -112,3 +115,24 @@ def pooled_rows(rows: Sequence[Any], cache: PooledStateCache, encoder: PooledEnc
         if progress is not None:
             progress(i + 1, len(rows))
     return (np.stack(out) if out else np.zeros((0, cache.size), np.float32)), kept
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, n_labels: int, c: float) -> dict[str, np.ndarray]:
+    """The probe head fit on pooled rows: standardisation from these rows (their mix of clean and degraded
+    copies), then a class-balanced multinomial logistic regression with inverse L2 strength ``c`` (scikit-learn's
+    L-BFGS); labels without clips get a -30 bias. Returns ``mean``, ``std``, ``weight``, ``bias``."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x_train.mean(axis=0)
+    std = np.maximum(x_train.std(axis=0), 1e-3)
+    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+    clf.fit((x_train - mean) / std, y_train)
+    weight, bias = np.zeros((n_labels, x_train.shape[1])), np.full(n_labels, -30.0)
+    weight[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "weight": weight.astype(np.float32),
+            "bias": bias.astype(np.float32)}
+
+
+def probe_logits(probe: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """What the probe head computes: ``(x - mean) / std @ weight.T + bias``."""
+    return ((x - probe["mean"]) / probe["std"]) @ probe["weight"].T + probe["bias"]

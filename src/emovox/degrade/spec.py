@@ -26,9 +26,8 @@ import numpy as np
 
 from .conditions import KINDS, DegradeError, Sources
 
-
-#: Bumped whenever a degradation's implementation changes what it produces: cached copies made before are stale.
-IMPLEMENTATION = 4
+#: Part of every cache key (the implementations' generation before kinds got versions of their own).
+KEY_EPOCH = 4
 
 
 class SpecError(ValueError):
@@ -186,9 +185,12 @@ class Degrader:
         return "; ".join(s.text() for s in self.stages)
 
     def key(self) -> str:
-        """What identifies this degradation in a cache key: the parsed steps (not how they were written) and
-        :data:`IMPLEMENTATION`."""
-        return hashlib.sha1(f"{IMPLEMENTATION}\0{self.describe()}".encode()).hexdigest()[:16]
+        """What identifies this degradation in a cache key: the parsed steps (not how they were written), the
+        versions of the kinds they use and the room bank."""
+        kinds = sorted({s.kind for st in self.stages for chain in st.options for s in chain})
+        extra = "".join(f"\0{k}{KINDS[k].version}" for k in kinds if KINDS[k].version != 1)
+        extra += f"\0{self.sources.room_bank}" if "room" in kinds else ""
+        return hashlib.sha1(f"{KEY_EPOCH}\0{self.describe()}{extra}".encode()).hexdigest()[:16]
 
     def draw(self, seed: int) -> list[tuple[Step, float]]:
         """The steps and values applied for ``seed`` (a preset may draw none: then the first stage is forced)."""
@@ -233,7 +235,8 @@ def seeded(seed: int):
 
 
 def parse_spec(spec: str, *, babble: Sequence[str | os.PathLike | np.ndarray] = (),
-               babble_speakers: Sequence[str] = (), noise_dir: str | os.PathLike | None = None) -> Degrader:
+               babble_speakers: Sequence[str] = (), noise_dir: str | os.PathLike | None = None,
+               room_bank: str = "train") -> Degrader:
     """Read a spec (see the module's doc); refuse it with a message that lists the accepted forms."""
     if not isinstance(spec, str) or not spec.strip():
         raise _error("empty degradation spec")
@@ -251,7 +254,7 @@ def parse_spec(spec: str, *, babble: Sequence[str | os.PathLike | np.ndarray] = 
         if not isinstance(copies, int) or isinstance(copies, bool) or not 1 <= copies <= 64:
             raise _error(f"'copies' must be a whole number from 1 to 64, got {copies!r}")
     degrader = Degrader(stages, spec, copies, Sources(babble=list(babble), babble_speakers=list(babble_speakers),
-                                                              noise_dir=noise_dir))
+                                                              noise_dir=noise_dir, room_bank=room_bank))
     kinds = {s.kind for st in stages for chain in st.options for s in chain}
     if "noise" in kinds:
         from .conditions import noise_files
