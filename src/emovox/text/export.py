@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from emovox import atomic
 
 from .. import __version__
 from .data import TextModelError
@@ -155,24 +156,21 @@ def export_text_onnx(model_dir: str | Path, out_dir: str | Path | None = None, *
         for name in _MODEL_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, root / name)
-    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{RUNTIME_DIR}.tmp-"))
-    try:
+    manifest: dict = {}
+
+    def fill(work: Path) -> None:
         shutil.copy2(_tokenizer_file(model), work / TOKENIZER_FILE)
         _write_graph(model, work / GRAPH_FILE)
         moved = None if self_contained else _externalise(work / GRAPH_FILE, model)
-        manifest = _manifest(model, root, work / TOKENIZER_FILE, moved)
+        manifest.update(_manifest(model, root, work / TOKENIZER_FILE, moved))
         (work / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        final = root / RUNTIME_DIR
-        shutil.rmtree(final, ignore_errors=True)
         work.chmod(0o755)  # mkdtemp's 0700 would keep other users from reading an installed model
-        work.rename(final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+
+    atomic.write_folder(root / RUNTIME_DIR, fill)
     try:
         manifest["parity_max_abs_diff"] = _check(root, model)
     except BaseException:
         shutil.rmtree(root / RUNTIME_DIR, ignore_errors=True)
         raise
-    (root / RUNTIME_DIR / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    atomic.write_text(root / RUNTIME_DIR / RUNTIME_FILE, json.dumps(manifest, indent=1) + "\n")
     return root

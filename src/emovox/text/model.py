@@ -20,7 +20,6 @@ their fingerprint is checked so a head never runs on an encoder it was not train
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources

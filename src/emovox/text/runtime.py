@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from emovox import atomic
+
 from ..defaults import cache_env
 from .data import TextModelError
 from .encoder_ref import file_stamp, fingerprint, resolve_encoder, weight_files
@@ -249,8 +251,8 @@ def materialise(root: Path, cfg: dict, manifest: dict) -> Path:
         _optimise(work / "filled.onnx", work / target.name)
         if not persistent:
             return work / target.name
-        os.replace(work / (target.name + ".data"), target.with_name(target.name + ".data"))
-        os.replace(work / target.name, target)  # last: the graph's presence says both files are complete
+        atomic.move_into_place(work / (target.name + ".data"), target.with_name(target.name + ".data"))
+        atomic.move_into_place(work / target.name, target)  # last: the graph's presence says both are complete
         return target
     finally:
         if persistent:
