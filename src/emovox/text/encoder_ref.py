@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -57,11 +56,20 @@ def minilm_dir() -> Path:
 def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
     """``'minilm'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
     if str(spec) == MINILM:
+        import importlib.metadata  # here: importing it costs 0.1 s, which the ONNX Runtime path does not pay
+
         try:
             version = importlib.metadata.version(MINILM_PACKAGE)
         except importlib.metadata.PackageNotFoundError:
             version = None
         return EncoderRef(MINILM, minilm_dir(), MINILM_PACKAGE, version)
+    return EncoderRef(str(spec), encoder_path(spec))
+
+
+def encoder_path(spec: str | os.PathLike) -> Path:
+    """Where ``'minilm'`` or a checkpoint folder is (raises when unusable); no package metadata read."""
+    if str(spec) == MINILM:
+        return minilm_dir()
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise TextModelError(
@@ -70,7 +78,7 @@ def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
         )
     if not (path / "config.json").is_file():
         raise TextModelError(f"{path / 'config.json'}: missing; an encoder folder is a save_pretrained() checkpoint")
-    return EncoderRef(str(spec), path.resolve())
+    return path.resolve()
 
 
 def weight_files(path: Path) -> list[Path]:

@@ -33,7 +33,7 @@ from emovox import atomic
 
 from ..defaults import cache_env
 from .data import TextModelError
-from .encoder_ref import file_stamp, fingerprint, resolve_encoder, weight_files
+from .encoder_ref import encoder_path, file_stamp, fingerprint, weight_files
 from .model import CONFIG_FILE, DELTA_FILE, HEAD_FILE, TextModel, read_model_config
 from .tokenizer import TextTokenizer
 
@@ -157,20 +157,20 @@ def _read_weights(path: Path) -> dict[str, np.ndarray]:
 def _encoder_arrays(root: Path, cfg: dict) -> dict[str, np.ndarray]:
     """The encoder's weights as the model runs them: its own, plus the fine-tuning delta where there is one."""
     ecfg = cfg["encoder"]
-    ref = resolve_encoder(ecfg.get("path") or ecfg["name"])
-    if ecfg.get("fingerprint") and fingerprint(ref.path) != ecfg["fingerprint"]:
-        raise TextModelError(f"{ref.path}: encoder weights differ from those the model in {root} was trained with "
+    path = encoder_path(ecfg.get("path") or ecfg["name"])
+    if ecfg.get("fingerprint") and fingerprint(path) != ecfg["fingerprint"]:
+        raise TextModelError(f"{path}: encoder weights differ from those the model in {root} was trained with "
                              f"(fingerprint {ecfg['fingerprint']}); install the same encoder")
-    weights = ref.path / "model.safetensors"
+    weights = path / "model.safetensors"
     if not weights.is_file():
-        raise TextModelError(f"{ref.path}: no model.safetensors; the ONNX runtime reads the encoder's weights "
+        raise TextModelError(f"{path}: no model.safetensors; the ONNX runtime reads the encoder's weights "
                              "from safetensors only (convert with save_pretrained(d, safe_serialization=True))")
     arrays = _read_weights(weights)
     if cfg.get("encoder_delta"):
         delta_path = root / cfg["encoder_delta"].get("file", DELTA_FILE)
         for name, d in _read_weights(delta_path).items():
             if name not in arrays or arrays[name].shape != d.shape:
-                raise TextModelError(f"{delta_path}: tensor {name!r} does not match encoder {ref.name!r}")
+                raise TextModelError(f"{delta_path}: tensor {name!r} does not match encoder {ecfg['name']!r}")
             arrays[name] = arrays[name] + d.astype(arrays[name].dtype)  # as PyTorch's p.add_(d.to(p.dtype))
     return arrays
 
@@ -222,7 +222,7 @@ def _cache_key(graph: Path, root: Path, cfg: dict, manifest: dict) -> str:
     import onnxruntime
 
     ecfg = cfg["encoder"]
-    encoder = resolve_encoder(ecfg.get("path") or ecfg["name"]).path
+    encoder = encoder_path(ecfg.get("path") or ecfg["name"])
     h = hashlib.sha256(graph.read_bytes())
     h.update(json.dumps(manifest["built_from"], sort_keys=True).encode())
     h.update(repr(file_stamp(weight_files(encoder))).encode())

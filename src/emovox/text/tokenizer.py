@@ -46,25 +46,25 @@ class TextTokenizer:
         if max_length < 4:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
         try:
-            self._full = Tokenizer.from_file(str(self.path))
-            self._cut = Tokenizer.from_file(str(self.path))
+            self._tok = Tokenizer.from_file(str(self.path))  # one copy: reading the file costs ~60 ms
         except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type (and OSError)
             raise TextModelError(f"{self.path}: cannot read the tokenizer ({str(e).splitlines()[0][:200]})") from e
         self.pad_id = self._pad_id()
-        for tok in (self._full, self._cut):
-            tok.no_padding()
-            tok.no_truncation()
-        self._cut.enable_truncation(max_length=int(max_length))
+        self._tok.no_padding()
+        self._tok.no_truncation()  # never changed afterwards: the object is shared by threads
         self.max_length = int(max_length)
+        self._room = self.max_length - self._tok.num_special_tokens_to_add(False)
+        if self._room < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for text beside the special tokens")
 
     def _pad_id(self) -> int:
         """The padding id the file configures, else that of a usual padding token, else 0 (the attention
         mask hides padded positions, so the id only has to be a valid one)."""
-        padding = self._full.padding
+        padding = self._tok.padding
         if padding and padding.get("pad_id") is not None:
             return int(padding["pad_id"])
         for token in ("[PAD]", "<pad>", "<|padding|>"):
-            idx = self._full.token_to_id(token)
+            idx = self._tok.token_to_id(token)
             if idx is not None:
                 return int(idx)
         return 0
@@ -77,14 +77,14 @@ class TextTokenizer:
         strings = [as_text(t, f"text {i}") for i, t in enumerate(texts)]
         if not strings:
             return [], np.zeros(0, np.int64), np.zeros(0, bool)
-        ids = [e.ids for e in self._cut.encode_batch(strings)]
-        n_tokens = np.array([len(x) for x in ids], dtype=np.int64)
-        truncated = np.zeros(len(ids), dtype=bool)
-        at_limit = [i for i, n in enumerate(n_tokens) if n >= self.max_length]
-        if at_limit:  # only these can have been cut: count their full length
-            for i, enc in zip(at_limit, self._full.encode_batch([strings[i] for i in at_limit])):
-                n_tokens[i] = len(enc.ids)
-                truncated[i] = len(enc.ids) > self.max_length
+        full = self._tok.encode_batch(strings)
+        n_tokens = np.array([len(e.ids) for e in full], dtype=np.int64)
+        truncated = n_tokens > self.max_length
+        ids = [e.ids for e in full]
+        for i in np.flatnonzero(truncated):  # cut the text's own tokens, then add the special tokens again
+            raw = self._tok.encode(strings[i], add_special_tokens=False)
+            raw.truncate(self._room)
+            ids[i] = self._tok.post_process(raw).ids
         return ids, n_tokens, truncated
 
     def batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
