@@ -70,20 +70,6 @@ class Sources:
         return self._loaded[i]
 
 
-@contextlib.contextmanager
-def seeded(seed: int):
-    """audiomentations draws from Python's ``random`` and NumPy's global generator: fix both for one call and
-    put them back afterwards, so a degradation is reproducible and leaves the caller's random state alone."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-
-
 def _augment(transform, wave: np.ndarray) -> np.ndarray:
     out = transform(samples=np.ascontiguousarray(wave, dtype=np.float32), sample_rate=SAMPLE_RATE_HZ)
     return np.asarray(out, dtype=np.float32)
