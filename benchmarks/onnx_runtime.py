@@ -174,8 +174,8 @@ def _torch_parity(paths, sess, manifest) -> dict:
 BATCH_VARIANTS = {  # name: (graph, optimisation level, intra-op threads, spinning threads)
     "per-length graph, 2 spinning threads (before)": ("old", "all", 2, True),
     "batched graph, 2 spinning threads": ("batch", "all", 2, True),
-    "per-length graph, 2 threads not spinning": ("old", "all", 2, False),
-    "batched graph, 2 threads not spinning (shipped)": ("batch", "all", 2, False),
+    "per-length graph, 2 threads not spinning (shipped)": ("old", "all", 2, False),
+    "batched graph, 2 threads not spinning": ("batch", "all", 2, False),
     "batched, not spinning, basic optimisations only": ("batch", "basic", 2, False),
     "batched, not spinning, extended optimisations": ("batch", "extended", 2, False),
     "batched, 1 thread": ("batch", "all", 1, False),

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
 
     if args.runtime_only:
         for name in args.runtime_only:
-            print(f"wrote {build_runtime(ASSETS / name, lengths_input=not args.no_lengths_input)}")
+            print(f"wrote {build_runtime(ASSETS / name, lengths_input=False if args.no_lengths_input else None)}")
         return 0
     if args.run is None:
         ap.error("give a run folder to ship, or --runtime-only NAME...")
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         shutil.copy2(args.run / f, tmp / f)
     (tmp / "MODEL_CARD.md").write_text(card(args.run, args.name, args.command, args.machine,
                                                args.notes.read_text() if args.notes else ""))
-    build_runtime(tmp, tmp / "onnx", lengths_input=not args.no_lengths_input)
+    build_runtime(tmp, tmp / "onnx", lengths_input=False if args.no_lengths_input else None)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {args.run} as {dest}")

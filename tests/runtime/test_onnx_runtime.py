@@ -65,30 +65,33 @@ def test_long_clip_runs_in_windows(models, shared_data):
 
 
 @pytest.fixture(scope="module")
-def per_length_default(tmp_path_factory):
-    """The default model's graph without the ``lengths`` input (one clip length per run: the graph shipped before)."""
+def batched_default(tmp_path_factory):
+    """The default model's padded-batch graph (``lengths`` input); the shipped one runs one clip length per run."""
     import shutil
 
     from emovox.export.runtime_build import build_runtime
     from emovox.runtime.onnx_backend import OnnxModel
 
-    folder = tmp_path_factory.mktemp("per-length") / "default"
+    folder = tmp_path_factory.mktemp("batched") / "default"
     shutil.copytree(resolve_model_path("default")[1], folder, ignore=shutil.ignore_patterns("onnx"))
-    return OnnxModel(build_runtime(folder, lengths_input=False))
+    return OnnxModel(build_runtime(folder, lengths_input=True))
 
 
 @pytest.mark.realdata
-def test_default_padded_batch_gives_each_clip_its_answer_alone(models, shared_data, per_length_default):
-    """The shipped default runs a zero-padded batch of mixed lengths once, and each clip gets its logits (within
-    1e-4) and pooled features alone, on the per-length graph and on its own graph: the log-mel reflected at the
-    clip's own end with its own floor, no padding through the encoder's convolutions or attention, pooling over
-    its own frames. Clips under the encoder's 400 samples and past its 30 s are in the mixes."""
-    batched = models["default"][0].backend
-    assert batched.lengths_input and not per_length_default.lengths_input
+def test_default_padded_batch_gives_each_clip_its_answer_alone(models, shared_data, batched_default):
+    """The default's padded-batch graph runs a zero-padded batch of mixed lengths once, and each clip gets its
+    logits (within 1e-4) and pooled features alone, on the shipped one-length graph and on its own graph: the
+    log-mel reflected at the clip's own end with its own floor, no padding through the encoder's convolutions or
+    attention, pooling over its own frames. Clips under the encoder's 400 samples and past its 30 s are in the
+    mixes; a whole clip gets exactly the shipped graph's numbers."""
+    shipped = models["default"][0].backend
+    assert batched_default.lengths_input and not shipped.lengths_input
+    assert shipped.runtime["intra_op_spinning"] is False
     files = sorted(EXAMPLE.parent.glob("*.flac")) + sorted(EXAMPLE.parent.glob("*.opus")) + \
         sorted((shared_data / "ravdess" / "Actor_06").glob("*.flac"))[::7][:3] + \
         sorted((shared_data / "crema-d").glob("1004_*.opus"))[::9][:3]
     clips = [load_audio(f, sample_rate_hz=16000) for f in files]
+    np.testing.assert_array_equal(batched_default.predict_logits(clips[0]), shipped.predict_logits(clips[0]))
     mixes = [clips, [c[:n] for c, n in zip(clips, (300, 401, 999, 16000, 16161, 16319, 32001, 40000))],
              [np.resize(clips[0], 31 * 16000), clips[1][:777], clips[2], np.resize(clips[3], 12 * 16000)]]
     for mix in mixes:
@@ -96,12 +99,13 @@ def test_default_padded_batch_gives_each_clip_its_answer_alone(models, shared_da
         batch = np.zeros((len(mix), lengths.max()), np.float32)
         for i, c in enumerate(mix):
             batch[i, : len(c)] = c
-        logits, pooled = batched.predict_logits(batch, lengths), batched.pooled_features(batch, lengths)
+        logits = batched_default.predict_logits(batch, lengths)
+        pooled = batched_default.pooled_features(batch, lengths)
         for i, c in enumerate(mix):
-            alone = per_length_default.predict_logits(c[None])[0]
+            alone = shipped.predict_logits(c[None])[0]
             assert np.abs(logits[i] - alone).max() < 1e-4, len(c)
-            assert np.abs(logits[i] - batched.predict_logits(c[None])[0]).max() < 1e-4, len(c)
-            rows = per_length_default.pooled_features(c[None])[0]
+            assert np.abs(logits[i] - batched_default.predict_logits(c[None])[0]).max() < 1e-4, len(c)
+            rows = shipped.pooled_features(c[None])[0]
             assert np.abs(pooled[i] - rows).max() < 1e-4 * np.abs(rows).max(), len(c)
 
 

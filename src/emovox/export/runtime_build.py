@@ -7,7 +7,8 @@ pick them when present). What a folder gets depends on the model:
 ``model.onnx``  (every model) waveforms ``(batch, samples)`` → logits, front-end inside: the
     ``emovox export`` waveform graph for log-mel/MFCC models; for a Whisper model with a linear-probe
     head (the shipped default) Whisper's log-mel, the encoder (dynamic time axis, at most 30 s) and the
-    probe, on zero-padded clips + their lengths, each clip computed as alone (``lengths_input``). Its encoder weights are not copied into the file: they are
+    probe, one clip length per run (``lengths_input=True`` builds the padded-batch graph: zero-padded clips +
+    their lengths, each clip computed as alone; on 2 CPU cores it is slower, BENCHMARKS.md, "Batched default"). Its encoder weights are not copied into the file: they are
     references (ONNX external data named ``<backbone>:<parameter>``) that
     :mod:`emovox.runtime.onnx_materialise` fills from the pinned Whisper packages the model already needs.
 ``frontend.onnx`` + ``step.onnx``  (streaming models) the frames' raw features, and one streaming
@@ -216,15 +217,16 @@ def runtime_manifest(loaded: LoadedModel, files: dict[str, str], extra: dict[str
 
 
 def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                  quantization: str = "none", opset: int = DEFAULT_OPSET, lengths_input: bool = True) -> Path:
+                  quantization: str = "none", opset: int = DEFAULT_OPSET, lengths_input: bool | None = None) -> Path:
     """Write ``<model_dir>/onnx`` (or ``out_dir``): the graphs and ``runtime.json`` (see the module docstring).
 
     ``quantization="int8"`` asks the runtime to quantise the encoder's matrix products (dynamic int8) when it
     builds its cached copy; choose it only where the benchmark shows it keeps the answers.
     ``lengths_input``: the graph takes each clip's length, so a zero-padded batch of clips of different lengths
-    runs once (each clip as alone); without it each length runs on its own (faster for the crnn's 2-D
-    convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch"; for the Whisper
-    probe the per-length graph is kept for comparison: BENCHMARKS.md, "Batched default").
+    runs once (each clip as alone); without it each length runs on its own. ``None`` (the default): with it for
+    frame models (the fast model: faster), without it for the Whisper probe, whose padded batches cost more CPU
+    time per clip than one clip length per run (BENCHMARKS.md, "Batched default"); the crnn is shipped without it
+    (faster for its 2-D convolutions on ONNX Runtime's CPU kernels: "Inference without PyTorch").
     """
     from emovox.atomic import move_into_place
 
@@ -250,17 +252,17 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
 
 
 def _fill(tmp: Path, loaded: LoadedModel, meta: dict[str, Any], *, quantization: str, opset: int,
-          lengths_input: bool) -> dict[str, Any]:
+          lengths_input: bool | None) -> dict[str, Any]:
     """Write the graphs into ``tmp``; returns the runtime manifest."""
     pipe = loaded.pipeline
     extra: dict[str, Any] = {"quantization": quantization}
     if pipe.feature_config.kind == "waveform":
-        spec, limits = _probe_spec(pipe, batched=lengths_input)
+        spec, limits = _probe_spec(pipe, batched=bool(lengths_input))
         _write(spec, tmp / "model.onnx", opset, {**meta, "input_kind": "waveform"}, fold=False)
         _externalise(tmp / "model.onnx", limits["external_weights"])
         extra.update(limits)
     else:
-        batched = lengths_input and not pipe.streaming and pipe.feature_config.num_frames is None
+        batched = lengths_input is not False and not pipe.streaming and pipe.feature_config.num_frames is None
         spec = _lengths_spec(pipe) if batched else build_graph_spec(pipe, "waveform")
         extra["lengths_input"] = batched
         extra["min_samples"] = int(pipe.feature_config.samples_for(1))  # PyTorch zero-pads a shorter clip to one frame
