@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-duration-s", type=float, default=MAX_CLIP_S, help="reject clips longer than this")
     p.add_argument("--adapt", action="store_true",
                    help="standardise the default model's features on these inputs themselves (a folder of one "
-                        "domain: one microphone, room, language or corpus; at least 30 clips): see docs/features.md")
+                        "domain: one microphone, room, language or corpus; at least 30 clips): see docs/real-recordings.md")
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")
     p.add_argument("--window-s", type=float, default=3.0, help="timeline window length (s)")
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")
