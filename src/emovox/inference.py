@@ -411,6 +411,17 @@ class EmotionModel:
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
 
+    def segments(self, source, *, sample_rate_hz: int | None = None, labels=None, batch_size: int = 16,
+                 max_duration_s: float | None = None, progress: bool = False, **options):
+        """Speech segments of a recording of any length (voice activity detection, decoded in blocks), each
+        classified as a whole → :class:`emovox.segments.SegmentedRecording` (no segments, and a ``message``,
+        when there is no speech). ``options``: :class:`emovox.segments.SegmentOptions` (``min_speech_ms``,
+        ``min_silence_ms``, ``speech_pad_ms``, ``max_segment_s``, ``threshold``)."""
+        from .segments import SegmentOptions, classify_segments
+
+        return classify_segments(self, source, sample_rate_hz=sample_rate_hz, labels=labels, batch_size=batch_size,
+                                 options=SegmentOptions(**options), max_duration_s=max_duration_s, progress=progress)
+
     def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                final_answer: str = "last") -> StreamingSession:
         """An incremental session (:class:`StreamingSession`); ``final_answer`` ``"last"`` or
