@@ -412,15 +412,16 @@ class EmotionModel:
                         segments=merge_segments(windows, duration))
 
     def segments(self, source, *, sample_rate_hz: int | None = None, labels=None, batch_size: int = 16,
-                 max_duration_s: float | None = None, progress: bool = False, **options):
+                 max_duration_s: float | None = None, progress: bool = False, options=None, **option_values):
         """Speech segments of a recording of any length (voice activity detection, decoded in blocks), each
         classified as a whole → :class:`emovox.segments.SegmentedRecording` (no segments, and a ``message``,
-        when there is no speech). ``options``: :class:`emovox.segments.SegmentOptions` (``min_speech_ms``,
-        ``min_silence_ms``, ``speech_pad_ms``, ``max_segment_s``, ``threshold``)."""
+        when there is no speech). ``options``: a :class:`emovox.segments.SegmentOptions`, or its fields as
+        keywords (``min_speech_ms``, ``min_silence_ms``, ``speech_pad_ms``, ``max_segment_s``, ``threshold``)."""
         from .segments import SegmentOptions, classify_segments
 
+        options = options if options is not None else SegmentOptions(**option_values)
         return classify_segments(self, source, sample_rate_hz=sample_rate_hz, labels=labels, batch_size=batch_size,
-                                 options=SegmentOptions(**options), max_duration_s=max_duration_s, progress=progress)
+                                 options=options, max_duration_s=max_duration_s, progress=progress)
 
     def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                final_answer: str = "last") -> StreamingSession:
