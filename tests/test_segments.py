@@ -347,3 +347,22 @@ print(json.dumps({{"torch": "torch" in sys.modules, "n": len(r.segments), "lines
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got == {"torch": False, "n": 2, "lines": 2}
+
+
+def test_timeline_windows_without_speech_are_marked_not_classified(model, examples, tmp_path, capsys):
+    x, truth = join([examples[0]], [4.0, 4.0], trim=True)  # 4 s of silence, speech, 4 s of silence
+    tl = model.timeline((x, SR), window_s=2.0, hop_s=1.0, speech_only=True)
+    for a, b, p in tl.windows:
+        overlaps = min(b, truth[0][1]) - max(a, truth[0][0]) > 0.3
+        assert (p is not None) == overlaps or 0 < min(b, truth[0][1]) - max(a, truth[0][0]) <= 0.3
+    assert tl.windows[0][2] is None and tl.windows[-1][2] is None
+    assert tl.to_dict()["windows"][0] == {"start": 0.0, "end": 2.0, "speech": False}
+    assert tl.segments[0].emotion is None and any(s.emotion for s in tl.segments)
+    assert all(p is not None for _, _, p in model.timeline((x, SR), window_s=2.0, hop_s=1.0).windows)
+    path = tmp_path / "t.wav"
+    sf.write(path, x, SR)
+    assert main(["classify", str(path), "--timeline", "--window-s", "2", "--plot", str(tmp_path / "t.png")]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["segments"][0] == {"start": 0.0, "end": rec["segments"][0]["end"], "speech": False}
+    assert main(["classify", str(path), "--timeline", "--window-s", "2", "--all-windows"]) == 0
+    assert all("emotion" in w for w in json.loads(capsys.readouterr().out)["windows"])

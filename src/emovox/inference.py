@@ -169,12 +169,19 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 class Segment:
     start_s: float
     end_s: float
-    emotion: str
+    emotion: str | None  # None: no speech there (a timeline with speech_only=True)
     confidence: float
 
     def to_dict(self) -> dict[str, Any]:
+        if self.emotion is None:
+            return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "speech": False}
         return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "emotion": self.emotion,
                 "confidence": round(self.confidence, 6)}
+
+
+def _window_dict(a: float, b: float, p: Prediction | None) -> dict[str, Any]:
+    """A timeline window: its prediction, or ``"speech": false`` for a window without speech (not classified)."""
+    return {"start": round(a, 3), "end": round(b, 3), **(p.to_dict() if p is not None else {"speech": False})}
 
 
 @dataclass
@@ -184,7 +191,7 @@ class Timeline:
     duration_s: float
     window_s: float
     hop_s: float
-    windows: list[tuple[float, float, Prediction]] = field(default_factory=list)
+    windows: list[tuple[float, float, Prediction | None]] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,7 +200,7 @@ class Timeline:
             "window_s": self.window_s,
             "hop_s": self.hop_s,
             "segments": [s.to_dict() for s in self.segments],
-            "windows": [{"start": round(a, 3), "end": round(b, 3), **p.to_dict()} for a, b, p in self.windows],
+            "windows": [_window_dict(a, b, p) for a, b, p in self.windows],
         }
 
     def plot(self, path: str | os.PathLike) -> Path:
@@ -202,17 +209,20 @@ class Timeline:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        labels = self.windows[0][2].labels if self.windows else []
+        labels = next((p.labels for _, _, p in self.windows if p is not None), [])
         centers = [(a + b) / 2 for a, b, _ in self.windows]
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        for lab in labels:
-            ax1.plot(centers, [p.scores[lab] for _, _, p in self.windows], label=lab, lw=1.5)
+        for lab in labels:  # no speech: a gap in the line
+            ax1.plot(centers, [p.scores[lab] if p is not None else np.nan for _, _, p in self.windows], label=lab,
+                     lw=1.5)
         ax1.set_ylabel("probability")
         ax1.set_ylim(0, 1)
         ax1.legend(loc="upper right", fontsize=8, ncol=4)
         ax1.set_title("emotion over time")
         cmap = plt.get_cmap("tab10")
         for seg in self.segments:
+            if seg.emotion is None:
+                continue
             i = labels.index(seg.emotion) if seg.emotion in labels else 0
             ax2.axvspan(seg.start_s, seg.end_s, color=cmap(i % 10), alpha=0.8)
             ax2.text((seg.start_s + seg.end_s) / 2, 0.5, seg.emotion, ha="center", va="center", fontsize=8)
@@ -227,8 +237,8 @@ class Timeline:
         return out
 
 
-def merge_segments(windows: Sequence[tuple[float, float, Prediction]], duration_s: float) -> list[Segment]:
-    """Merge consecutive windows with the same top emotion.
+def merge_segments(windows: Sequence[tuple[float, float, Prediction | None]], duration_s: float) -> list[Segment]:
+    """Merge consecutive windows with the same top emotion (windows without speech, ``None``: emotion ``None``).
 
     Each window owns the span around its centre up to the midpoints with its neighbours, so
     segments tile ``[0, duration_s]`` without overlaps or gaps.
@@ -240,13 +250,14 @@ def merge_segments(windows: Sequence[tuple[float, float, Prediction]], duration_
     segments: list[Segment] = []
     confs: list[float] = []
     for i, (_, _, p) in enumerate(windows):
-        if segments and segments[-1].emotion == p.label:
+        label, score = (p.label, p.score) if p is not None else (None, 0.0)
+        if segments and segments[-1].emotion == label:
             segments[-1].end_s = bounds[i + 1]
-            confs.append(p.score)
+            confs.append(score)
             segments[-1].confidence = float(np.mean(confs))
         else:
-            confs = [p.score]
-            segments.append(Segment(bounds[i], bounds[i + 1], p.label, p.score))
+            confs = [score]
+            segments.append(Segment(bounds[i], bounds[i + 1], label, score))
     return segments
 
 
@@ -393,8 +404,10 @@ class EmotionModel:
         return results  # type: ignore[return-value]
 
     def timeline(self, source, *, sample_rate_hz: int | None = None, window_s: float = 3.0, hop_s: float = 1.0,
-                 labels=None, batch_size: int = 16) -> Timeline:
-        """Sliding-window predictions over a long recording, merged into segments."""
+                 labels=None, batch_size: int = 16, speech_only: bool = False) -> Timeline:
+        """Sliding-window predictions over a long recording, merged into segments. ``speech_only``: windows
+        without speech (Silero VAD, :mod:`emovox.segments`) are not classified: ``None`` in ``windows``,
+        ``"speech": false`` in the output."""
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"window_s and hop_s must be positive (got {window_s}, {hop_s})")
         wave = self.load(source, sample_rate_hz=sample_rate_hz)
@@ -405,9 +418,14 @@ class EmotionModel:
         if len(wave) > win and starts[-1] + win < len(wave):
             starts.append(len(wave) - win)  # cover the tail
         chunks = [wave[s : s + win] for s in starts]
-        probs = self.probabilities(chunks, batch_size=batch_size)
-        windows = [(s / sr, (s + len(c)) / sr, self._to_prediction(p, labels, silent=is_silent(c)))
-                   for s, c, p in zip(starts, chunks, probs)]
+        keep = [True] * len(chunks)
+        if speech_only:
+            from .segments.windows import speech_windows
+
+            keep = speech_windows(wave, sr, starts, win)
+        probs = iter(self.probabilities([c for c, k in zip(chunks, keep) if k], batch_size=batch_size))
+        windows = [(s / sr, (s + len(c)) / sr, self._to_prediction(next(probs), labels, silent=is_silent(c)) if k
+                    else None) for s, c, k in zip(starts, chunks, keep)]
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
 

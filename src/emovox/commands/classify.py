@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")
     p.add_argument("--window-s", type=float, default=3.0, help="timeline window length (s)")
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")
+    p.add_argument("--all-windows", action="store_true",
+                   help="with --timeline: classify every window (default: windows without speech are marked "
+                        "\"speech\": false, not classified)")
     p.add_argument("--plot", default=None, metavar="OUT.png",
                    help="with --timeline: draw emotion over time; with --segments: segments over the waveform")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -179,7 +182,7 @@ def _local_records(args, files: list[str], fields):
         for f in files:
             try:
                 tl = model.timeline(f, window_s=args.window_s, hop_s=args.hop_s, labels=args.labels,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, speech_only=not args.all_windows)
             except AudioError as e:
                 records.append({"path": f, "error": str(e)})
                 continue
