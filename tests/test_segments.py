@@ -366,3 +366,32 @@ def test_timeline_windows_without_speech_are_marked_not_classified(model, exampl
     assert rec["segments"][0] == {"start": 0.0, "end": rec["segments"][0]["end"], "speech": False}
     assert main(["classify", str(path), "--timeline", "--window-s", "2", "--all-windows"]) == 0
     assert all("emotion" in w for w in json.loads(capsys.readouterr().out)["windows"])
+
+
+def test_the_server_returns_the_segment_list(examples):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    pytest.importorskip("httpx")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from emovox.server import Settings, create_app
+
+    x, truth = join(examples, [0.8, 1.2, 0.8], trim=True)
+    buf = io.BytesIO()
+    sf.write(buf, x, SR, format="WAV")
+    quiet = io.BytesIO()
+    sf.write(quiet, np.zeros(3 * SR, np.float32), SR, format="WAV")
+    with TestClient(create_app(Settings(text_model="none", use_mock_models=False))) as c:
+        r = c.post("/predict-segments/?min_silence_ms=200", files={"file": ("rec.wav", buf.getvalue(), "audio/wav")})
+        empty = c.post("/predict-segments/", files={"file": ("quiet.wav", quiet.getvalue(), "audio/wav")})
+        bad = c.post("/predict-segments/", files={"file": ("bad.wav", b"not audio" * 20, "audio/wav")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "success" and body["duration"] == pytest.approx(x.size / SR, abs=1e-3)
+    assert len(body["segments"]) == 2 and "message" not in body
+    for seg, (a, b) in zip(body["segments"], truth):
+        assert abs(seg["start"] - a) <= 0.2 and abs(seg["end"] - b) <= 0.2 and seg["emotion"] in seg["scores"]
+    assert empty.status_code == 200 and empty.json()["segments"] == [] and "no speech" in empty.json()["message"]
+    assert bad.status_code in (400, 415, 422) and "not a recognised audio file" in bad.text

@@ -185,6 +185,14 @@ def _timeline(services: Services, settings: Settings, data: bytes, labels: str |
         raise audio_error(e) from e
 
 
+def _segments(services: Services, settings: Settings, data: bytes, labels: str | None, options: dict):
+    check_header(data, max_duration_s=settings.max_duration_s)
+    try:
+        return services.audio.segments(data, labels=labels, max_duration_s=settings.max_duration_s, **options)
+    except AudioError as e:
+        raise audio_error(e) from e
+
+
 def _round(x: float) -> float:
     return round(float(x), 6)
 
@@ -453,6 +461,23 @@ def _add_speech_routes(app: FastAPI) -> None:
         with _model_slot(request):  # its windows are batched within the request
             tl = await _in_thread(request, _timeline, s, st, upload.data, labels, window_s, hop_s)
         return _out(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
+
+    @app.post("/predict-segments/", response_model=schemas.SegmentsResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=_multipart_doc("file"), tags=["speech"],
+              summary="The speech in a recording, each segment's emotion (voice activity detection)")
+    async def predict_segments(request: Request, labels: str | None = LABELS_QUERY,
+                               min_silence_ms: float = Query(300.0, ge=0, le=10000, description="a pause this long "
+                                                             "ends a segment"),
+                               speech_pad_ms: float = Query(30.0, ge=0, le=2000, description="padding on each side"),
+                               max_segment_s: float = Query(30.0, ge=5.0, le=600.0, description="longer segments "
+                                                            "are split at their longest pause")):
+        s, st = _services(request), _settings(request)
+        labels = _check_labels(s, labels)
+        upload = await read_upload(request, ("file",), max_parts=st.max_parts)
+        options = {"min_silence_ms": min_silence_ms, "speech_pad_ms": speech_pad_ms, "max_segment_s": max_segment_s}
+        with _model_slot(request):  # its segments are batched within the request
+            res = await _in_thread(request, _segments, s, st, upload.data, labels, options)
+        return _out(request, {**res.to_dict(), "message": res.message, "status": "success", "model": s.audio.name})
 
     @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
