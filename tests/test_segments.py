@@ -395,3 +395,24 @@ def test_the_server_returns_the_segment_list(examples):
         assert abs(seg["start"] - a) <= 0.2 and abs(seg["end"] - b) <= 0.2 and seg["emotion"] in seg["scores"]
     assert empty.status_code == 200 and empty.json()["segments"] == [] and "no speech" in empty.json()["message"]
     assert bad.status_code in (400, 415, 422) and "not a recognised audio file" in bad.text
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ray_batch_gives_the_local_segment_records(examples, tmp_path, capsys):
+    pytest.importorskip("ray", reason="the Ray engine needs its extra: pip install 'emovox[ray]'")
+    x, _ = join(examples, [0.8, 1.2, 0.8], trim=True)
+    sf.write(tmp_path / "rec.wav", x, SR)
+    sf.write(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32), SR)
+    (tmp_path / "bad.wav").write_bytes(b"")
+    paths = [str(tmp_path / n) for n in ("rec.wav", "quiet.wav", "bad.wav")]
+    assert main(["classify", *paths, "--segments", "--format", "jsonl"]) == 1
+    local = capsys.readouterr().out
+    assert main(["classify", *paths, "--segments", "--format", "jsonl", "--engine", "ray", "--ray-actors", "1",
+                 "--ray-num-cpus", "2"]) == 1
+    out = capsys.readouterr()
+    got, want = [json.loads(line) for line in out.out.splitlines()], [json.loads(line) for line in local.splitlines()]
+    assert [(r["path"], r.get("segment")) for r in got] == [(r["path"], r.get("segment")) for r in want]
+    assert len(got) == 3 and "empty file" in got[-1]["error"] and "no speech found" in out.err
+    for g, w in zip(got[:2], want[:2]):
+        assert (g["start"], g["end"], g["emotion"]) == (w["start"], w["end"], w["emotion"])

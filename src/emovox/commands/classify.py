@@ -219,7 +219,8 @@ def _ray_records(args, files: list[str], fields):
     spec = ModelSpec(model=args.model, backend=args.backend, threshold=args.threshold,
                      max_duration_s=_max_duration(args), labels=args.labels, top_k=args.top_k,
                      fields=tuple(fields) if fields else None, batch_size=args.batch_size,
-                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)))
+                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)),
+                     segments=segments_cli.options_from_args(args) if args.segments else None)
     if ray_opts.address is None:
         check_model(spec)  # same machine: a wrong model is one line before Ray starts
     with ray_session(ray_opts, part="data"):
