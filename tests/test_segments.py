@@ -416,3 +416,32 @@ def test_ray_batch_gives_the_local_segment_records(examples, tmp_path, capsys):
     assert len(got) == 3 and "empty file" in got[-1]["error"] and "no speech found" in out.err
     for g, w in zip(got[:2], want[:2]):
         assert (g["start"], g["end"], g["emotion"]) == (w["start"], w["end"], w["emotion"])
+
+
+def test_streamed_endpointing_equals_the_offline_segments(model, examples, tmp_path, capsys):
+    from emovox.segments.live import LiveSegments
+
+    x, _ = join(examples + examples, [0.9, 0.4, 1.7, 0.6, 1.1], noise=0.001)
+    offline = model.segments((x, SR))
+    live, events, rng = LiveSegments(model), [], np.random.default_rng(4)
+    i = 0
+    while i < x.size:
+        k = int(rng.integers(100, 9000))
+        events += live.push(x[i:i + k])
+        i += k
+    events += live.finish()
+    ends = [e for e in events if e["event"] == "speech_end"]
+    starts = [e for e in events if e["event"] == "speech_start"]
+    assert [(e["start"], e["end"], e["emotion"]) for e in ends] == \
+        [(round(s.start_s, 3), round(s.end_s, 3), s.prediction.label) for s in offline.segments]
+    assert len(starts) == len(ends) == 4
+    for s, e in zip(starts, ends):  # each start reported before its end, as soon as the speech began
+        assert events.index(s) < events.index(e) and s["time_s"] - s["start"] < 0.5
+        assert e["confidence"] == pytest.approx(
+            next(seg.prediction.score for seg in offline.segments if round(seg.start_s, 3) == e["start"]), abs=1e-5)
+    path = tmp_path / "s.wav"
+    sf.write(path, x, SR)
+    assert main(["stream", str(path), "--segments"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [ln["start"] for ln in lines if ln.get("event") == "speech_end"] == [e["start"] for e in ends]
+    assert lines[-1]["final"] is True and "event" not in lines[-1]
