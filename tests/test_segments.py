@@ -445,3 +445,27 @@ def test_streamed_endpointing_equals_the_offline_segments(model, examples, tmp_p
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [ln["start"] for ln in lines if ln.get("event") == "speech_end"] == [e["start"] for e in ends]
     assert lines[-1]["final"] is True and "event" not in lines[-1]
+
+
+def test_the_websocket_stream_reports_speech_events(model, examples):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from emovox.server import Settings, create_app
+
+    x, _ = join(examples, [0.8, 1.2, 0.8], trim=True)
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    want = model.segments((pcm.astype(np.float32) / 32768.0, SR))
+    with TestClient(create_app(Settings(text_model="none", use_mock_models=False))) as c:
+        with c.websocket_connect("/stream?segments=true") as ws:
+            for i in range(0, pcm.size, 4000):
+                ws.send_bytes(pcm[i:i + 4000].tobytes())
+            ws.send_text(json.dumps({"event": "end"}))
+            got = []
+            while not got or not got[-1].get("final"):
+                got.append(ws.receive_json())
+    ends = [m for m in got if m.get("event") == "speech_end"]
+    assert [(e["start"], e["end"], e["emotion"]) for e in ends] == \
+        [(round(s.start_s, 3), round(s.end_s, 3), s.prediction.label) for s in want.segments]
+    assert sum(m.get("event") == "speech_start" for m in got) == 2 and "emotion" in got[-1]

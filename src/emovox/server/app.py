@@ -530,8 +530,8 @@ def _add_text_routes(app: FastAPI) -> None:
     # -- streaming ----------------------------------------------------------------------------
     @app.websocket("/stream")
     async def stream(ws: WebSocket, labels: str | None = None, sample_rate_hz: int = 16000,
-                     api_key: str | None = None, final_answer: str = "last"):
-        await _stream(ws, labels, sample_rate_hz, api_key, final_answer)
+                     api_key: str | None = None, final_answer: str = "last", segments: bool = False):
+        await _stream(ws, labels, sample_rate_hz, api_key, final_answer, segments)
 
 
 def _add_operations_routes(app: FastAPI) -> None:
@@ -601,7 +601,7 @@ async def _open_stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, a
 
 
 async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
-                  final_answer: str = "last") -> None:
+                  final_answer: str = "last", segments: bool = False) -> None:
     """``WS /stream``: binary 16-bit little-endian PCM chunks in, one JSON update per chunk out.
 
     Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
@@ -612,6 +612,8 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
     ``EMOVOX_MAX_UPLOAD_MB`` and text messages over :data:`MAX_WS_TEXT_BYTES` are closed with 1009;
     a wrong API key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models):
     every update and the final one report the mean of every frame's probabilities instead of the last frame's.
+    ``segments=true``: speech events too (:class:`emovox.segments.live.LiveSegments`): ``{"event":
+    "speech_start"}`` as speech starts and ``{"event": "speech_end"}`` with the utterance's emotion as it ends.
     """
     _services(ws)  # still loading: refused before the socket is accepted
     await ws.accept()
@@ -619,6 +621,10 @@ async def _stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_ke
     if opened is None:
         return
     stream = _StreamState(ws, *opened, sample_rate_hz)
+    if segments:
+        from ..segments.live import LiveSegments
+
+        stream.live = LiveSegments(_services(ws).audio, labels=stream.session.labels)
     try:
         while True:
             message = await ws.receive()
@@ -646,18 +652,23 @@ class _StreamState:
         # against the limit, so 1-sample frames cannot buy 16000 model runs per second of audio
         self.min_frame = int(MIN_WS_FRAME_S * sample_rate_hz)
         self.received = 0
+        self.live: Any = None  # segments=true: the stream's speech events
 
     def _push(self, x: np.ndarray) -> list[dict[str, Any]]:
         if self.resampler is not None:
             x = self.resampler.resample_chunk(x)
-        return self.session.push(x)
+        return self.session.push(x) + (self.live.push(x) if self.live is not None and x.size else [])
 
-    def _finish(self) -> dict[str, Any] | None:
+    def _finish(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        events: list[dict[str, Any]] = []
         if self.resampler is not None:
             tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             if tail.size:
                 self.session.push(tail)
-        return self.session.finish()
+                events += self.live.push(tail) if self.live is not None else []
+        if self.live is not None and self.received:
+            events += self.live.finish()
+        return events, self.session.finish()
 
     async def _send_error(self, message: str, code: str, **detail: Any) -> None:
         await self.ws.send_json(_out(self.ws, {**error_body(message, detail or None), "code": code}))
@@ -698,7 +709,9 @@ class _StreamState:
         except (ValueError, AttributeError, RecursionError):
             event = None
         if event == "end":
-            final = await _in_thread(ws, self._finish)
+            events, final = await _in_thread(ws, self._finish)
+            for event in events:
+                await ws.send_json(_out(ws, {**event, "status": "success", "final": False}))
             if final is None:
                 await ws.send_json(_out(ws, {**error_body("no audio was received"), "final": True}))
             else:
@@ -707,6 +720,8 @@ class _StreamState:
             return False
         if event == "reset":
             self.session.reset()
+            if self.live is not None:
+                self.live.reset()
             self.received = 0
             await ws.send_json(_out(ws, {"status": "success", "event": "reset"}))
             return True
