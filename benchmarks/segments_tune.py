@@ -70,5 +70,42 @@ def main(argv=None) -> int:
     return 0
 
 
+
+
+def context_main(argv=None) -> int:
+    """How much audio around a segment to classify with it: UAR of the segments of a clean recording of training
+    speakers' clips, classified with 0–1 s of the recording on each side (the boundaries stay as found).
+
+        nice -n 10 python -m benchmarks.segments_tune context [--clips 200]
+    """
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--contexts", default="0,0.25,0.5,1.0", help="seconds on each side")
+    args = ap.parse_args(argv)
+    from pathlib import Path
+
+    import emovox
+    from benchmarks.segments import match, uar
+    from emovox.audio import load_audio
+    from emovox.segments import SegmentOptions, SileroVad, speech_segments
+
+    model = emovox.load_model(max_duration_s=None)
+    rows = training_clips(model, Path(args.data), args.clips, args.seed)
+    waves = [load_audio(r.path) for r in rows]
+    x, _, utts = build(waves, [speech_span(w) for w in waves], None, args.seed)
+    spans = speech_segments(SileroVad().probabilities(x), x.size, SegmentOptions())
+    m = match([(a / SR, b / SR) for a, b in utts], [(a / SR, b / SR) for a, b in spans])
+    labels = [r.label for r in rows]
+    for ctx in (float(c) for c in args.contexts.split(",")):
+        k = int(ctx * SR)
+        probs = model.probabilities([x[max(0, a - k):b + k] for a, b in spans])
+        pred = [model.labels[int(np.argmax(probs[m[i]]))] if i in m else "(missed)" for i in range(len(rows))]
+        print(f"context {ctx:.2f} s: UAR {100 * uar(labels, pred):.1f} over {len(rows)} utterances, "
+              f"{len(m)} matched", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(context_main(sys.argv[2:]) if sys.argv[1:2] == ["context"] else main())
