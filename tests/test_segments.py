@@ -215,8 +215,8 @@ def test_segments_are_the_same_spans_of_the_decoded_recording(examples, tmp_path
     sf.write(path, soxr.resample(x, SR, 44100), 44100)
     rec = open_recording(path)
     whole = load_audio(path)
-    spans, envelope = find_speech(rec, SegmentOptions())
-    assert spans and envelope.size == -(-whole.size // 1600)
+    spans, envelope, n = find_speech(rec, SegmentOptions())
+    assert spans and envelope.size == -(-whole.size // 1600) and n == whole.size
     for (a, b), got in zip(spans, cut_spans(rec, spans)):
         np.testing.assert_array_equal(got, whole[a:b])
     # an array with its rate gives the same segments
@@ -285,7 +285,7 @@ def test_a_long_recording_is_decoded_in_bounded_memory(examples, tmp_path):
             f.write(block.astype(np.float32))
     tracemalloc.start()
     try:
-        spans, _ = find_speech(open_recording(path), SegmentOptions())
+        spans, _, _ = find_speech(open_recording(path), SegmentOptions())
         pieces = sum(1 for _ in cut_spans(open_recording(path), spans))
         peak = tracemalloc.get_traced_memory()[1]
     finally:

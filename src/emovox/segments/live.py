@@ -47,6 +47,9 @@ class LiveSegments:
         self._buf = np.zeros(0, np.float32)  # 16 kHz audio from sample self._offset on
         self._offset = 0
         self._announced: int | None = None  # the open segment's start already reported
+        self._held: list[tuple[int, int, int]] = []  # final segments waiting for their context: (lo, start, end)
+        self._last_end = 0  # the end of the last final segment (the next one's context stops there)
+        self.context = int(self.options.context_ms * VAD_RATE_HZ / 1000)
 
     @property
     def received(self) -> int:
@@ -66,8 +69,10 @@ class LiveSegments:
 
     def _step(self, prob: float) -> list[dict[str, Any]]:
         seg = self.segmenter
-        spans = seg.push([prob])
-        events = [self._utterance(a, b) for a, b in spans]
+        for a, b in seg.push([prob]):
+            self._held.append((max(a - self.context, self._last_end), a, b))
+            self._last_end = b
+        events = self._release()
         ep = seg.endpointer
         start = ep.start
         # announced once it is sure to become an utterance: longer than min_speech_ms, and not in a pause
@@ -82,21 +87,52 @@ class LiveSegments:
         """Seconds of audio the VAD has seen: when an event became known."""
         return round(min(self.received, FRAME * self.segmenter.endpointer.frame) / VAD_RATE_HZ, 3)
 
-    def _utterance(self, a: int, b: int) -> dict[str, Any]:
-        wave = _to_model_rate(self._buf[a - self._offset:b - self._offset], self.model.sample_rate_hz)
+    def _context_end(self) -> int | None:
+        """Where the first held segment's context ends, once certain: ``context`` past its end, or the next
+        segment's start when that comes first (None: a segment may still start there)."""
+        _, _, b = self._held[0]
+        want = b + self.context
+        if len(self._held) > 1:
+            return min(want, self._held[1][1])
+        seg = self.segmenter
+        if seg.padder.pending is not None:  # the next segment, its start final
+            return min(want, seg.padder.pending[0])
+        ep = seg.endpointer  # a segment yet to come starts no earlier than a pad before this
+        earliest = (ep.start if ep.start is not None else FRAME * ep.frame) - seg.padder.pad
+        return want if earliest >= want else None
+
+    def _release(self, end_of_stream: int | None = None) -> list[dict[str, Any]]:
+        """Events for the held segments whose context is complete (all of them at the end of the stream)."""
+        events = []
+        while self._held:
+            if end_of_stream is None:
+                hi = self._context_end()
+            else:
+                hi = min(self._held[0][2] + self.context, self._held[1][1] if len(self._held) > 1 else end_of_stream)
+            if hi is None:
+                break
+            lo, a, b = self._held.pop(0)
+            events.append(self._utterance(a, b, lo, hi))
+        return events
+
+    def _utterance(self, a: int, b: int, lo: int, hi: int) -> dict[str, Any]:
+        wave = _to_model_rate(self._buf[lo - self._offset:hi - self._offset], self.model.sample_rate_hz)
         probs = self.model.probabilities([wave])[0]
         pred = self.model._to_prediction(probs, self.labels, silent=is_silent(wave))
         return {"event": "speech_end", "start": round(a / VAD_RATE_HZ, 3), "end": round(b / VAD_RATE_HZ, 3),
                 "time_s": self._now(), **pred.to_dict()}
 
     def _trim(self) -> None:
-        """Drop the audio no utterance can still need."""
+        """Drop the audio no utterance can still need (its context included)."""
         seg = self.segmenter
         keep = self.received - int(seg.padder.pad) - FRAME
         if seg.endpointer.start is not None:
             keep = min(keep, seg.endpointer.start - int(seg.padder.pad) - 1)
         if seg.padder.pending is not None:
             keep = min(keep, seg.padder.pending[0])
+        keep = max(keep - self.context, self._last_end)
+        if self._held:
+            keep = min(keep, self._held[0][0])
         drop = max(0, min(keep - self._offset, self._buf.size))
         if drop:
             self._buf, self._offset = self._buf[drop:], self._offset + drop
@@ -112,6 +148,9 @@ class LiveSegments:
                 events += self._step(float(p))
         for p in self.vad.finish():
             events += self._step(float(p))
-        events += [self._utterance(a, b) for a, b in self.segmenter.finish(self.received)]
+        for a, b in self.segmenter.finish(self.received):
+            self._held.append((max(a - self.context, self._last_end), a, b))
+            self._last_end = b
+        events += self._release(end_of_stream=self.received)
         self.reset()
         return events

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .decode import Recording, open_recording
-from .segmenter import Segmenter, SegmentOptions
+from .segmenter import Segmenter, SegmentOptions, context_windows
 from .vad import VAD_RATE_HZ, SileroVad
 
 #: Samples per envelope point (0.1 s at 16 kHz): what the plot draws of the waveform.
@@ -71,8 +71,10 @@ class SegmentedRecording:
         return plot_segments(self, path)
 
 
-def find_speech(rec: Recording, options: SegmentOptions, progress=None) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """The first pass: speech segments ``(start, end)`` in samples at 16 kHz, and the envelope."""
+def find_speech(rec: Recording, options: SegmentOptions,
+                progress=None) -> tuple[list[tuple[int, int]], np.ndarray, int]:
+    """The first pass: speech segments ``(start, end)`` in samples at 16 kHz, the envelope (one peak per
+    :data:`ENVELOPE_HOP` samples), and the number of samples."""
     vad, seg = SileroVad(), Segmenter(options)
     spans: list[tuple[int, int]] = []
     peaks: list[np.ndarray] = []
@@ -90,11 +92,11 @@ def find_speech(rec: Recording, options: SegmentOptions, progress=None) -> tuple
     spans += seg.push(vad.finish()) + seg.finish(n)
     if carry.size:
         peaks.append(carry.max(keepdims=True))
-    return spans, np.concatenate(peaks) if peaks else np.zeros(0, np.float32)
+    return spans, np.concatenate(peaks) if peaks else np.zeros(0, np.float32), n
 
 
 def cut_spans(rec: Recording, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
-    """The second pass: each span's samples, in order (spans sorted, not overlapping)."""
+    """The second pass: each span's samples, in order (spans sorted by start and by end)."""
     if not spans:
         return
     buf, offset, i = np.zeros(0, np.float32), 0, 0
@@ -141,13 +143,14 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
                          max_duration_s=max_duration_s)
     bar = _bar(progress, rec.duration_s, "finding speech", "s")
     try:
-        spans, envelope = find_speech(rec, options, bar)
+        spans, envelope, n = find_speech(rec, options, bar)
     finally:
         if bar is not None:
             bar.close()
     out = SegmentedRecording(rec.desc, rec.duration_s, options=options, envelope=envelope)
     bar = _bar(progress and bool(spans), len(spans), "classifying segments", "seg")
-    waves = (_to_model_rate(w, model.sample_rate_hz) for w in cut_spans(rec, spans))
+    windows = context_windows(spans, n, int(options.context_ms * VAD_RATE_HZ / 1000))
+    waves = (_to_model_rate(w, model.sample_rate_hz) for w in cut_spans(rec, windows))
     done = 0
     for batch in _batches(waves, SEGMENTS_PER_BATCH):
         probs = model.probabilities(batch, batch_size=batch_size)

@@ -39,11 +39,14 @@ class SegmentOptions:
     speech_pad_ms: float = 30.0
     max_segment_s: float | None = 30.0
     neg_threshold: float | None = None
+    #: audio classified with each segment on both sides, never past a neighbouring segment (the boundaries
+    #: reported stay as found): the default model was trained on clips with their silences
+    context_ms: float = 500.0
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
-        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
+        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms", "context_ms"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number of milliseconds, got {value}")
@@ -198,3 +201,14 @@ def speech_segments(probs, n_samples: int, options: SegmentOptions = SegmentOpti
     """All segments ``(start, end)`` in samples of a recording of ``n_samples`` with these frame probabilities."""
     seg = Segmenter(options)
     return seg.push(probs) + seg.finish(n_samples)
+
+
+def context_windows(spans: list[tuple[int, int]], n_samples: int, context: int) -> list[tuple[int, int]]:
+    """Each segment widened by ``context`` samples on both sides, never into its neighbours nor past the
+    recording (``n_samples``): what is classified for it."""
+    out = []
+    for i, (a, b) in enumerate(spans):
+        lo = spans[i - 1][1] if i else 0
+        hi = spans[i + 1][0] if i + 1 < len(spans) else n_samples
+        out.append((max(a - context, lo), min(b + context, hi)))
+    return out
