@@ -40,7 +40,9 @@ class SegmentOptions:
     max_segment_s: float | None = 30.0
     neg_threshold: float | None = None
     #: audio classified with each segment on both sides, never past a neighbouring segment (the boundaries
-    #: reported stay as found): the default model was trained on clips with their silences
+    #: reported stay as found): the default model was trained on clips with their silences. On the training
+    #: speakers' recording of ``benchmarks.segments_tune context``, UAR 81.6 with none, 83.6 with 0.25 s, 87.4
+    #: with 0.5 s, 76.5 with 1 s (which reaches into the neighbours' speech)
     context_ms: float = 500.0
 
     def __post_init__(self):
