@@ -46,6 +46,7 @@ class SegmentedRecording:
     segments: list[SpeechSegment] = field(default_factory=list)
     options: SegmentOptions = field(default_factory=SegmentOptions)
     envelope: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    envelope_hop_s: float = ENVELOPE_HOP / VAD_RATE_HZ
 
     @property
     def speech_s(self) -> float:

@@ -15,11 +15,8 @@ def plot_segments(result, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .pipeline import ENVELOPE_HOP
-    from .vad import VAD_RATE_HZ
-
     env = result.envelope
-    t = np.arange(env.size) * ENVELOPE_HOP / VAD_RATE_HZ
+    t = np.arange(env.size) * result.envelope_hop_s
     labels = list(result.segments[0].prediction.scores) if result.segments else []
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(12, 3.2))
