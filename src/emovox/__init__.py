@@ -29,6 +29,8 @@ _LAZY = {
     "EmotionModel": "emovox.inference",
     "StreamingSession": "emovox.inference",
     "Timeline": "emovox.inference",
+    "SegmentOptions": "emovox.segments",
+    "SegmentedRecording": "emovox.segments",
     "ModelLoadError": "emovox.modelio",
     "load_text_model": "emovox.text",
 }
