@@ -24,9 +24,9 @@ CORPORA = ("ravdess", "crema-d", "nemo")
 
 def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int, corpora=CORPORA):
     """A SplitPlan whose validation speakers are ~``val_fraction`` of each corpus's speakers."""
-    from emovox.corpora import scan
-    from emovox.splits import train_val_split
-    from emovox.training import SplitPlan, map_labels
+    from emovox.data.corpora import scan
+    from emovox.data.splits import train_val_split
+    from emovox.training.plan import SplitPlan, map_labels
 
     train, val, speakers, messages = [], [], [], []
     labels: list[str] = []
@@ -47,8 +47,8 @@ def per_corpus_plan(data: Path, labels_spec: str, val_fraction: float, seed: int
 def validation_clips(model, data: Path):
     """``(corpus, clips, labels)`` for each corpus with clips of the model's validation speakers (from its
     ``model_meta.json``): the clips mapped to the model's labels, and the labels that corpus has, sorted."""
-    from emovox.corpora import scan
-    from emovox.training import map_labels
+    from emovox.data.corpora import scan
+    from emovox.training.plan import map_labels
 
     val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
     for corpus in CORPORA:

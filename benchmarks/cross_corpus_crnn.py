@@ -42,9 +42,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from emovox.data import default_cache_dir
-    from emovox.modelio import write_json
-    from emovox.training import TrainConfig, train_model
+    from emovox.atomic import write_json
+    from emovox.data.cache import default_cache_dir
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     opts = argparse.Namespace(data=args.data, limit=None, quick=False, seed=0, folds=5, run_folds=None)

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from emovox.data import default_cache_dir
-    from emovox.training import map_labels
+    from emovox.data.cache import default_cache_dir
+    from emovox.training.plan import map_labels
 
     ns = argparse.Namespace(data=args.data, limit=None, quick=False, seed=0)
     data, labels = {}, None

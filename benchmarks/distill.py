@@ -8,7 +8,7 @@
 
 ``labels`` writes the teacher's raw logits for every clip of RAVDESS, CREMA-D and nEMO (training and
 validation speakers; the validation ones only to measure agreement) from the cached Whisper-base states
-(``emovox.distillation``). ``train`` trains on the default model's split (``benchmarks.train_default.
+(``emovox.training.distillation``). ``train`` trains on the default model's split (``benchmarks.train_default.
 per_corpus_plan``: ~10 % of each corpus's speakers held out, seed 0), so the figures compare with the
 teacher's card. ``report`` prints the validation UAR overall and per corpus of each model and of the
 teacher, and how often the students agree with the teacher.
@@ -33,7 +33,7 @@ def all_rows(data: Path, labels: str, corpora=CORPORA):
 
 
 def cmd_labels(args) -> int:
-    from emovox.distillation import write_teacher_labels
+    from emovox.training.distillation import write_teacher_labels
 
     rows = all_rows(args.data, args.labels)
     tl = write_teacher_labels(args.teacher, [str(r.path) for r in rows], args.out, echo=lambda s: print(s, flush=True))
@@ -44,7 +44,8 @@ def cmd_labels(args) -> int:
 def cmd_train(args, argv) -> int:
     import torch
 
-    from emovox.training import TrainConfig, train_model
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     plan, labels = per_corpus_plan(args.data, args.labels, 0.1, args.seed)
@@ -75,7 +76,7 @@ def _val_logits(model_dir: str, rows) -> np.ndarray:
 
 
 def _teacher_val_logits(teacher: str, rows) -> np.ndarray:
-    from emovox.distillation import Teacher
+    from emovox.training.distillation import Teacher
 
     t = Teacher(teacher)
     return np.stack([t.logits(str(r.path)) for r in rows])

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from emovox.synth import make_synthetic_corpus
+    from emovox.data.synth import make_synthetic_corpus
 
     work = Path(tempfile.mkdtemp(prefix="emovox-faults-"))
     corpus = make_synthetic_corpus(work / "corpus")

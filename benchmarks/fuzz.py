@@ -81,7 +81,7 @@ def target_audio(data: Path):
 
 
 def target_labels(data: Path):
-    from emovox.labels import LabelError, LabelMap
+    from emovox.data.labels import LabelError, LabelMap
 
     words = ["happy", "sad", "angry", "neutral", "calm", "fearful", "disgust", "surprised", "ekman7", "core4",
              "app6", "ravdess8", "=", ",", " ", "", "\x00", "é", "a" * 300]
@@ -157,7 +157,7 @@ def target_corpus(data: Path):
     import shutil
     import tempfile
 
-    from emovox.corpora import scan
+    from emovox.data.corpora import scan
     from emovox.errors import CorpusError
 
     clip = audio_seeds(data)[0]

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from sklearn.metrics import balanced_accuracy_score
 
     import emovox
-    from emovox.modelio import write_json
+    from emovox.atomic import write_json
 
     gains = [float(g) for g in args.gains.split(",")]
     if 0.0 not in gains:

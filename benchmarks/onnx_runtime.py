@@ -114,8 +114,8 @@ def run_quant(max_clips: int | None) -> dict:
     from benchmarks.train_default import per_corpus_plan
     from emovox.audio import load_audio
     from emovox.inference import resolve_model_path
-    from emovox.onnx_backend import _read_runtime, session
-    from emovox.onnx_materialise import materialise
+    from emovox.runtime.onnx_backend import _read_runtime, session
+    from emovox.runtime.onnx_materialise import materialise
 
     plan, labels = per_corpus_plan(DATA, "ekman7", 0.1, 0)
     rows = plan.val[:max_clips] if max_clips else plan.val

@@ -68,8 +68,8 @@ def pick_clips(data: Path, n: int) -> list[str]:
 
 
 def run_local(model_name: str, clips: list[str], batch_size: int, out: Path) -> dict:
+    from emovox.commands.records import RecordWriter, build_record
     from emovox.inference import load_model
-    from emovox.records import RecordWriter, build_record
 
     t0, c0 = time.perf_counter(), time.process_time()
     model = load_model(model_name, threads=1)
@@ -83,7 +83,7 @@ def run_local(model_name: str, clips: list[str], batch_size: int, out: Path) -> 
 
 
 def run_ray(model_name: str, clips: list[str], batch_size: int, actors: int, out: Path, log: Path) -> dict:
-    from emovox.records import RecordWriter
+    from emovox.commands.records import RecordWriter
     from emovox.scale.options import BatchOptions
     from emovox.scale.ray_batch import ModelSpec, classify_with_ray
 
@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one model thread per process, actors and local alike
-    from emovox.records import read_records
+    from emovox.commands.records import read_records
     from emovox.scale.options import RayOptions
     from emovox.scale.ray_support import ray_session
 

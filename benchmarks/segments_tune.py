@@ -19,8 +19,8 @@ from benchmarks.segments import SR, build, precision_recall, speech_span
 
 
 def training_clips(model, data, n: int, seed: int):
-    from emovox.corpora import scan
-    from emovox.training import map_labels
+    from emovox.data.corpora import scan
+    from emovox.training.plan import map_labels
 
     val = set(json.loads((model.path / "model_meta.json").read_text())["split"]["val_speakers"])
     rows = []

@@ -383,8 +383,8 @@ def pick_model(args, tmp: str) -> str | None:
 def tiny_model(folder: Path) -> Path:
     import torch
 
+    from emovox.data.labels import EKMAN7
     from emovox.features import FeatureStats, preset
-    from emovox.labels import EKMAN7
     from emovox.modelio import make_config, save_model
     from emovox.models import build_model
 

@@ -140,7 +140,7 @@ def subsample(rows, limit: int | None, seed: int):
 
 
 def load_corpus(args, name: str):
-    from emovox.corpora import scan
+    from emovox.data.corpora import scan
 
     folder = {"ravdess": "ravdess", "crema-d": "crema-d", "nemo": "nemo"}[name]
     rows = scan(args.data / folder, name, with_duration=False)
@@ -153,8 +153,9 @@ def load_corpus(args, name: str):
 
 def protocol_plans(args, protocol: str, corpora: dict):
     """(labels, [SplitPlan, ...], description) for a protocol."""
-    from emovox.splits import train_val_split
-    from emovox.training import SplitPlan, TrainConfig, map_labels, plan_splits
+    from emovox.data.splits import train_val_split
+    from emovox.training.config import TrainConfig
+    from emovox.training.plan import SplitPlan, map_labels, plan_splits
 
     if protocol in ("ravdess8", "crema6"):
         rows = corpora["ravdess" if protocol == "ravdess8" else "crema-d"]
@@ -177,8 +178,8 @@ def protocol_plans(args, protocol: str, corpora: dict):
 
 
 def held_out_plan(args, protocol: str, corpora: dict):
-    from emovox.splits import train_val_split
-    from emovox.training import SplitPlan, map_labels
+    from emovox.data.splits import train_val_split
+    from emovox.training.plan import SplitPlan, map_labels
 
     test_name = HELD_OUT[protocol]
     train_names = [n for n in sorted(corpora) if n != test_name]
@@ -230,7 +231,7 @@ def run_svm(plan, labels, feats: dict, seed: int) -> dict:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from emovox.evaluation import compute_metrics
+    from emovox.training.evaluation import compute_metrics
 
     train = plan.train + plan.val  # the SVM picks C by its own inner CV, so it gets the validation clips too
     x_tr = np.stack([feats[r.path] for r in train])
@@ -258,8 +259,9 @@ def run_svm(plan, labels, feats: dict, seed: int) -> dict:
 
 
 def run_family(args, family: str, plan, labels, out_dir: Path, cache) -> dict:
-    from emovox.modelio import write_json
-    from emovox.training import TrainConfig, train_model
+    from emovox.atomic import write_json
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     result_file = out_dir / "result.json"
     if result_file.exists() and not args.force:
@@ -300,9 +302,9 @@ def adapted_figures(plan, out_dir: Path, cache) -> dict:
     both scored by ``emovox evaluate`` (argmax over the labels the test corpus has)."""
     import shutil
 
-    from emovox.adaptation import adapt_model
-    from emovox.evaluation import evaluate_model
     from emovox.modelio import load_model_dir
+    from emovox.training.adaptation import adapt_model
+    from emovox.training.evaluation import evaluate_model
 
     adapted = out_dir / "adapted"
     shutil.rmtree(adapted, ignore_errors=True)
@@ -367,8 +369,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from emovox.data import default_cache_dir
-    from emovox.modelio import write_json
+    from emovox.atomic import write_json
+    from emovox.data.cache import default_cache_dir
 
     cache_root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     workers = args.workers or min(4, os.cpu_count() or 1)

@@ -154,7 +154,7 @@ def bench_fast(model_name, files48, *, threads=2, batch_size=64, repeats=3):
     import emovox
     from emovox.export import export_model
     from emovox.inference import EmotionModel
-    from emovox.onnx_backend import OnnxModel
+    from emovox.runtime.onnx_backend import OnnxModel
 
     torch.set_num_threads(threads)
     n = len(files48)

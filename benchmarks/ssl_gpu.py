@@ -3,7 +3,7 @@
 Random-weight backbones built from a config (no download): ``tiny`` (the tests' size: 2 layers x
 32) and ``base`` (wav2vec2-base dimensions: 7 conv layers of 512, 12 transformer layers x 768,
 12 heads, 3072 feed-forward; 94 M parameters). Each is saved with ``save_pretrained`` and loaded
-through emovox's real path (:class:`emovox.models.ssl.SSLHybrid` → :func:`emovox.backbones.load_backbone`).
+through emovox's real path (:class:`emovox.models.ssl.SSLHybrid` → :func:`emovox.pretrained.backbone_loading.load_backbone`).
 Synthetic audio: ``--clips`` clips of ``--seconds`` (harmonics with a moving pitch plus noise).
 
 Per size and precision (fp32; bf16 autocast on CUDA, or with ``--cpu-bf16``):
@@ -98,7 +98,7 @@ def batches(n: int, size: int) -> list[list[int]]:
 
 
 def bench_size(size: str, folder: Path, clips: list[np.ndarray], args, device: torch.device, precision: str) -> dict:
-    from emovox.backbone_data import StateBatches, WaveBatches
+    from emovox.data.backbone_data import StateBatches, WaveBatches
     from emovox.models.ssl import SSLHybrid
 
     n = len(clips)

@@ -73,8 +73,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from emovox.modelio import write_json
-    from emovox.training import TrainConfig, train_model
+    from emovox.atomic import write_json
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import train_model
 
     torch.set_num_threads(args.threads)
     corpora = tuple(args.corpora.split(","))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compute and cache a backbone's hidden states for whole corpora, once per clip (resumable).
 
-Training and the benchmarks read the same cache (``emovox.backbone_data.HiddenStateCache``: one float16
+Training and the benchmarks read the same cache (``emovox.data.backbone_data.HiddenStateCache``: one float16
 ``(layers, hidden, frames)`` file per clip, keyed by the backbone, the layers and the clip), so an
 interrupted run loses at most the clip in flight; run it again to go on. Prints the disk cost per clip
 and per corpus.
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import DEFAULT_DATA
-from emovox.backbone_data import HiddenStateCache, load_hidden_states
-from emovox.backbones import load_backbone
-from emovox.corpora import scan
-from emovox.data import default_cache_dir
+from emovox.data.backbone_data import HiddenStateCache, load_hidden_states
+from emovox.data.cache import default_cache_dir
+from emovox.data.corpora import scan
 from emovox.models.ssl import parse_layers
+from emovox.pretrained.backbone_loading import load_backbone
 
 
 def main(argv=None) -> None:

@@ -47,8 +47,9 @@ def xy(rows, labels, store) -> tuple[np.ndarray, np.ndarray]:
 
 def run_protocol(protocol: str, data, store, cs) -> None:
     """The speech_benchmark protocols ``ravdess8`` (5 speaker folds) and ``cross`` (core4 both ways)."""
-    from emovox.corpora import scan
-    from emovox.training import TrainConfig, map_labels, plan_splits
+    from emovox.data.corpora import scan
+    from emovox.training.config import TrainConfig
+    from emovox.training.plan import map_labels, plan_splits
 
     if protocol == "ravdess8":
         kept, labels, _, _ = map_labels(scan(data / "ravdess", "ravdess", with_duration=False), "ravdess8")
@@ -78,9 +79,9 @@ def main(argv=None) -> int:
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from emovox.backbone_data import HiddenStateCache
-    from emovox.backbones import load_backbone
-    from emovox.data import default_cache_dir
+    from emovox.data.backbone_data import HiddenStateCache
+    from emovox.data.cache import default_cache_dir
+    from emovox.pretrained.backbone_loading import load_backbone
 
     backbone = load_backbone(args.backbone)
     store = HiddenStateCache(default_cache_dir(), backbone, list(range(backbone.num_layers + 1)))

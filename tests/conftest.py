@@ -32,7 +32,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """A synthetic corpus (4 labels x 4 speakers x 5 clips of 1 s, 16 kHz WAV + labels.csv)."""
-    from emovox.synth import make_synthetic_corpus
+    from emovox.data.synth import make_synthetic_corpus
 
     return make_synthetic_corpus(tmp_path_factory.mktemp("synth_corpus"))
 

@@ -126,7 +126,7 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_graph_sees_lazy_imports():
     graph = import_graph()
-    assert "emovox.backbones" in graph["emovox.models.ssl"]  # imported inside SSLHybrid.__init__ only
+    assert "emovox.pretrained.backbone_loading" in graph["emovox.models.ssl"]  # imported inside SSLHybrid.__init__ only
     assert "emovox.features" in graph["emovox.modelio"]  # a module-level import
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -139,7 +139,7 @@ def test_no_import_cycles():
 
 
 #: What a network may not depend on: the layers above it (data, training, serving).
-ABOVE_MODELS = ("emovox.training", "emovox.evaluation", "emovox.data", "emovox.backbone_data", "emovox.inference",
+ABOVE_MODELS = ("emovox.training", "emovox.data", "emovox.inference", "emovox.streaming",
                 "emovox.modelio", "emovox.server", "emovox.export", "emovox.cli", "emovox.commands")
 
 
@@ -156,8 +156,11 @@ def test_errors_and_defaults_are_at_the_bottom():
 
 
 def test_exceptions_are_the_same_class_wherever_imported():
-    from emovox import audio, backbones, corpora, errors, labels, modelio, training
+    from emovox import audio, errors, modelio
+    from emovox.data import corpora, labels
+    from emovox.pretrained import backbone_loading as backbones
     from emovox.text import data as text_data
+    from emovox.training import run as training
 
     assert audio.AudioError is errors.AudioError
     assert labels.LabelError is errors.LabelError
@@ -189,10 +192,10 @@ def test_no_function_over_100_lines():
 def test_streaming_models_declare_the_protocol():
     """Every registered model that says ``streaming = True`` has what :class:`StreamingModel` declares
     (instead of ``hasattr`` checks where it is used); frame models do not claim it."""
-    from emovox.models import MODELS, _load_all, build_model
+    from emovox.models import MODELS, build_model, load_all
     from emovox.models.common import StreamingModel, is_streaming
 
-    _load_all()
+    load_all()
     streaming = [name for name, cls in MODELS.items() if is_streaming(cls)]
     assert streaming
     for name in streaming:
@@ -203,7 +206,8 @@ def test_streaming_models_declare_the_protocol():
 def test_nonzero_frame_mask_is_one_trace_safe_function():
     import torch
 
-    from emovox.features import nonzero_frame_mask, preset
+    from emovox.features import preset
+    from emovox.frames import nonzero_frame_mask
 
     cfg = preset("seed003")
     x = torch.zeros(2, 16000)
@@ -216,3 +220,44 @@ def test_nonzero_frame_mask_is_one_trace_safe_function():
     y = torch.zeros(1, 24000)
     y[0, 100] = 1.0
     assert torch.equal(traced(y), nonzero_frame_mask(y, cfg))  # a dynamic length through the traced graph
+
+
+#: The package's top level holds the few modules every stage shares; a stage's modules live in its folder.
+MAX_TOP_LEVEL_MODULES = 16
+#: A module longer than this holds several jobs; split it along them.
+MAX_MODULE_LINES = 600
+
+
+def test_few_top_level_modules():
+    top = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, f"{len(top)} top-level modules in src/emovox: {top}"
+
+
+def test_no_module_over_600_lines():
+    long = [f"{p.relative_to(SRC)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, "modules over 600 lines: " + ", ".join(long)
+
+
+def _calls_os_replace(tree: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "replace"
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == "os" for n in ast.walk(tree))
+
+
+def test_one_module_renames_files_into_place():
+    """Atomic writes have one owner (:mod:`emovox.atomic`); everything else calls it instead of ``os.replace``."""
+    callers = sorted(name for name, (path, _) in _modules().items()
+                     if _calls_os_replace(ast.parse(path.read_text(encoding="utf-8"))))
+    assert len(callers) <= 2 and "emovox.atomic" in callers, f"os.replace called in {callers}"
+
+
+def test_no_private_name_imported_across_modules():
+    """A ``_name`` is its module's own business: what another module needs gets a public name."""
+    bad = []
+    for name, (path, _) in _modules().items():
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").split(".")[0] == "emovox"):
+                continue
+            bad += [f"{name}: {node.module or '.'}.{a.name}" for a in node.names
+                    if a.name.startswith("_") and not (a.name.startswith("__") and a.name.endswith("__"))]
+    assert not bad, "private names imported across modules: " + ", ".join(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import warnings
 
 import pytest
@@ -15,8 +16,9 @@ def test_threshold_and_longest_clip_have_one_owner():
     from emovox.commands import classify, serve
     from emovox.server import settings
 
-    assert inference.DEFAULT_THRESHOLD == settings.Settings().threshold == defaults.CONFIDENCE_THRESHOLD
-    assert audio.DEFAULT_MAX_DURATION_S == defaults.MAX_CLIP_S
+    assert settings.Settings().threshold == defaults.CONFIDENCE_THRESHOLD
+    assert inspect.signature(inference.EmotionModel).parameters["threshold"].default == defaults.CONFIDENCE_THRESHOLD
+    assert inspect.signature(audio.load_audio).parameters["max_duration_s"].default == defaults.MAX_CLIP_S
     assert settings.Settings().max_duration_s == defaults.MAX_SERVED_CLIP_S
     p = argparse.ArgumentParser()
     classify.add_arguments(p)
@@ -28,7 +30,7 @@ def test_threshold_and_longest_clip_have_one_owner():
 
 
 def test_cache_variable_and_its_deprecated_alias(monkeypatch, tmp_path):
-    from emovox.data import default_cache_dir
+    from emovox.data.cache import default_cache_dir
     from emovox.text.encoder import default_cache_dir as text_cache_dir
 
     monkeypatch.delenv("EMOVOX_CACHE_DIR", raising=False)
@@ -48,9 +50,26 @@ def test_cache_variable_and_its_deprecated_alias(monkeypatch, tmp_path):
 
 
 def test_train_config_from_dict_is_strict():
-    from emovox.training import TrainConfig, TrainingError
+    from emovox.training.config import TrainConfig
+    from emovox.training.run import TrainingError
 
     cfg = TrainConfig(model="cnn", epochs=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(TrainingError, match=r"unknown TrainConfig field\(s\) 'epoch'.*known: model, "):
         TrainConfig.from_dict({**cfg.to_dict(), "epoch": 5})
+
+
+def test_serve_help_shows_the_settings_defaults(capsys):
+    """Flags left out fall back to the environment, then to :class:`Settings`: the help names those defaults."""
+    from emovox.cli import build_parser
+    from emovox.server.settings import Settings
+
+    with pytest.raises(SystemExit):
+        build_parser("serve").parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    s = Settings()
+    assert "(default: None)" not in text
+    for env, value in [("EMOVOX_MAX_UPLOAD_MB", f"{s.max_upload_mb:g}"), ("EMOVOX_MAX_DURATION_S", f"{s.max_duration_s:g}"),
+                       ("EMOVOX_MAX_BATCH", s.max_batch), ("EMOVOX_MAX_QUEUE", s.max_queue),
+                       ("EMOVOX_REQUEST_TIMEOUT_S", f"{s.request_timeout_s:g}"), ("EMOVOX_MAX_PARTS", s.max_parts)]:
+        assert f"env {env}; default {value}" in text, env

@@ -14,15 +14,12 @@ from emovox.features import (
     LogMel,
     Normalize,
     build_frontend,
-    featurize,
-    fix_frames,
     mel_filterbank,
-    nonzero_frame_mask,
     normalize_level,
     preset,
-    silence_features,
     speech_level_db,
 )
+from emovox.frames import featurize, fix_frames, nonzero_frame_mask, silence_features
 
 librosa = pytest.importorskip("librosa")
 SR = 16000

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emovox.corpora import scan
+from emovox.data.corpora import scan
+from emovox.data.labels import TAXONOMIES, LabelMap, parse_label_spec
 from emovox.errors import CorpusError, LabelError, OptionError, TextError
-from emovox.labels import TAXONOMIES, LabelMap, parse_label_spec
 from emovox.text.data import check_text, read_lines, read_tsv
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,

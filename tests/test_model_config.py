@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from emovox.errors import ModelLoadError
-from emovox.features import (
-    PRESET_ALIASES,
-    PRESETS,
-    compact_frames,
-    fix_frames,
-    frame_counts,
-    preset,
-    silence_features,
-)
+from emovox.features import PRESET_ALIASES, PRESETS, preset
+from emovox.frames import compact_frames, fix_frames, frame_counts, silence_features
 from emovox.model_config import ModelConfig
 from emovox.modelio import load_model_dir, make_config
 from emovox.testing import create_model

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from emovox.cli import main  # noqa: E402
-from emovox.labels import EKMAN7, GOEMOTIONS28  # noqa: E402
+from emovox.data.labels import EKMAN7, GOEMOTIONS28  # noqa: E402
 from emovox.text import (  # noqa: E402
     TextError,
     TextModelError,

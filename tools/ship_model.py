@@ -37,7 +37,7 @@ CORPUS_TEXT = {
 
 def backbone_parameters(cfg: dict) -> int:
     """Parameters of the frozen backbone a model config references (loaded to count them)."""
-    from emovox.backbones import load_backbone
+    from emovox.pretrained.backbone_loading import load_backbone
 
     return sum(p.numel() for p in load_backbone(cfg["model"]["kwargs"]["backbone"]).model.parameters())
 

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from emovox import __version__
 
 #: (subcommand, module under emovox.commands). Order is the order shown in --help.
 COMMANDS: list[tuple[str, str]] = [
@@ -48,7 +48,13 @@ def missing_dependency_message(command: str | None, e: ModuleNotFoundError) -> s
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each option's default; an option whose default is ``None`` (not given: its help says what
+    applies then, e.g. ``emovox serve``'s settings from the environment) gets no ``(default: None)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Defaults that several layers share, each defined once here (this module imports nothing from emovox).
 
-Training defaults live on :class:`emovox.training.TrainConfig`, feature defaults on
+Training defaults live on :class:`emovox.training.config.TrainConfig`, feature defaults on
 :class:`emovox.features.FeatureConfig`, server settings on :class:`emovox.server.settings.Settings`;
 what those and the library all need is below.
 """

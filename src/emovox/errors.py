@@ -4,7 +4,7 @@ Each is a :class:`ValueError` whose message names what was wrong and what is acc
 turns it into one line and a non-zero exit, the server into a 4xx JSON body. They are also
 re-exported from the modules that raise them (``emovox.audio.AudioError``,
 ``emovox.modelio.ModelLoadError``, ...), so either import works. One exception lives elsewhere:
-``emovox.onnx_backend.OnnxModelError``, since that module runs on its own, without the package.
+``emovox.runtime.onnx_backend.OnnxModelError``, since that module runs on its own, without the package.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ inference) and a fixed ``Conv1d`` holding the windowed DFT basis (``stft_mode="c
 exports to ONNX, Core ML and TorchScript as plain convolutions.
 
 ``librosa_per_frame`` with ``peak_normalize`` (the ``framewise-librosa-mfcc13`` preset) reproduces
-seed 003's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
+the streaming MFCC-LSTM's backend, which peak-normalises the clip and calls ``librosa.feature.mfcc`` once per
 400-sample frame: here all frames go through one batched ``rfft`` (see ``docs/features.md``).
 
 ``kind="waveform"`` is the front-end of models that take raw samples (the pretrained-backbone
@@ -37,7 +37,7 @@ FeatureKind = Literal["logmel", "mfcc", "waveform"]
 
 #: librosa's default STFT hop in ``librosa.feature.mfcc`` / ``melspectrogram`` (``librosa_per_frame``).
 LIBROSA_HOP = 512
-#: What ``peak_normalize`` adds to the peak (seed 003: ``audio / (np.max(np.abs(audio)) + 1e-9)``).
+#: What ``peak_normalize`` adds to the peak (the streaming MFCC-LSTM: ``audio / (np.max(np.abs(audio)) + 1e-9)``).
 PEAK_EPS = 1e-9
 
 #: What ``kind="waveform"`` fixes: a frame is one sample, one feature, no STFT.
@@ -61,11 +61,11 @@ class FeatureConfig:
     log_floor: float = 1e-10  # librosa's amin: 10*log10(max(S, floor))
     top_db: float | None = None  # librosa's top_db (clip relative to each clip's max); None: off
     n_mfcc: int = 13
-    #: MFCC only: drop frames whose samples are all exactly zero (seed 003).
+    #: MFCC only: drop frames whose samples are all exactly zero (the streaming MFCC-LSTM).
     skip_zero_frames: bool = False
-    #: Divide each clip by ``max(|x|) + 1e-9`` before anything else (seed 003's backend).
+    #: Divide each clip by ``max(|x|) + 1e-9`` before anything else (the streaming MFCC-LSTM's backend).
     peak_normalize: bool = False
-    #: Analyse each ``win_length`` frame alone, as seed 003's loop calls
+    #: Analyse each ``win_length`` frame alone, as the streaming MFCC-LSTM's loop calls
     #: ``librosa.feature.mfcc(y=frame, n_fft=n_fft)`` per frame: frames are cut without centre
     #: padding (``librosa.util.frame``), librosa zero-pads each by ``n_fft // 2`` on both sides
     #: (``center=True``, ``pad_mode='constant'``), so the frame's samples meet the periodic Hann
@@ -191,22 +191,22 @@ class _Presets(dict):
 PRESETS: dict[str, FeatureConfig] = _Presets({
     # emovox's default front-end: 25 ms windows, 10 ms hop, 64 mel bins.
     "logmel64": FeatureConfig(),
-    # Seed 000's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
+    # The Core ML mobile CNN's Core ML input (alias seed000): 64 mel bins, 2048-point FFT, hop 512, 100 frames.
     # 100 frames x 512 samples = 51,200 samples = 3.2 s at 16 kHz (the document's "~1 s" is wrong).
     "logmel64-hop512-100f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
                                           num_frames=100),
-    # Seed 001's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
+    # The Keras backend CNN's Keras CNN input (alias seed001): 64 mel bins x about 32 frames, i.e. 1 s at hop 512
     # (32 x 512 samples = 1.02 s at 16 kHz), FFT 2048.
     "logmel64-hop512-32f": FeatureConfig(kind="logmel", n_fft=2048, win_length=None, hop_length=512, n_mels=64,
                                          num_frames=32),
     # Streaming MFCC (alias seed003): 13 coefficients per 25 ms frame, 10 ms hop, all-zero frames skipped.
     # center=False so every frame depends only on its own 400 samples: frame-by-frame streaming
-    # gives exactly the offline features. emovox's own 40-mel reading of seed 003's plan (what the
+    # gives exactly the offline features. emovox's own 40-mel reading of the streaming MFCC-LSTM's plan (what the
     # shipped `streaming` model uses), not the numbers of the seed's backend: those are
     # "framewise-librosa-mfcc13".
     "mfcc13-streaming": FeatureConfig(kind="mfcc", n_fft=512, win_length=400, hop_length=160, n_mels=40,
                                       n_mfcc=13, center=False, skip_zero_frames=True),
-    # Seed 003's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
+    # The streaming MFCC-LSTM's backend exactly: the clip divided by max|x| + 1e-9, 400-sample frames every 160
     # samples (librosa.util.frame), all-zero frames skipped, and per frame the column mean of
     # librosa.feature.mfcc(y=frame, sr=16000, n_mfcc=13) with librosa's defaults (FFT 2048 of the
     # zero-padded frame, 128 Slaney mels, power_to_db with top_db 80 per frame, ortho DCT-II).
@@ -251,9 +251,6 @@ def preset(name: str) -> FeatureConfig:
     except KeyError:
         raise ValueError(f"unknown feature preset {name!r}; available: {preset_choices()}") from None
 
-
-# ---------------------------------------------------------------------------------------------
-# Filterbanks (Slaney mel scale, as librosa's defaults), cached.
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -304,7 +301,7 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
     return basis
 
 
-def _padded_window(cfg: FeatureConfig) -> torch.Tensor:
+def padded_window(cfg: FeatureConfig) -> torch.Tensor:
     """The window over one frame of ``cfg.frame_span`` samples (float64).
 
     Usually a periodic Hann of ``win_length`` centred in ``n_fft`` zeros. With ``librosa_per_frame``:
@@ -319,9 +316,6 @@ def _padded_window(cfg: FeatureConfig) -> torch.Tensor:
     left = (cfg.n_fft - wl) // 2
     return F.pad(win, (left, cfg.n_fft - wl - left))
 
-
-# ---------------------------------------------------------------------------------------------
-# Speech-level normalisation
 
 #: The quantile of frame energies that :func:`speech_level_db` takes as a clip's level.
 LEVEL_QUANTILE = 0.9
@@ -369,9 +363,6 @@ def prepare_input(raw: torch.Tensor, cfg: FeatureConfig, normalize: nn.Module,
     return normalize(normalize_level(raw, cfg, lengths))
 
 
-# ---------------------------------------------------------------------------------------------
-# Modules
-
 
 class _Spectrogram(nn.Module):
     """Power spectrogram ``(batch, 1 + n_fft//2, frames)``; ``stft_mode`` 'torch' or 'conv'."""
@@ -382,7 +373,7 @@ class _Spectrogram(nn.Module):
             raise ValueError(f"stft_mode must be 'torch' or 'conv', got {stft_mode!r}")
         self.cfg = cfg
         self.stft_mode = stft_mode
-        window = _padded_window(cfg)
+        window = padded_window(cfg)
         self.register_buffer("window", window.float(), persistent=False)
         if stft_mode == "conv":
             n_bins = cfg.n_fft // 2 + 1
@@ -529,137 +520,6 @@ def build_frontend(cfg: FeatureConfig, *, stft_mode: str = "torch") -> nn.Module
     if cfg.kind == "waveform":
         return Waveform(cfg, stft_mode=stft_mode)
     return MFCC(cfg, stft_mode=stft_mode) if cfg.kind == "mfcc" else LogMel(cfg, stft_mode=stft_mode)
-
-
-def pad_to_one_frame(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """``(..., samples)`` zero-padded at the end to at least one frame (``cfg.samples_for(1)``), so a
-    clip shorter than one analysis frame still gives one frame instead of failing."""
-    short = cfg.samples_for(1) - x.shape[-1]
-    return F.pad(x, (0, short)) if short > 0 else x
-
-
-def nonzero_frame_mask(x: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """``(batch, frames)`` bool: True where the frame's window samples are not all exactly zero.
-
-    Frames are the analysis windows of ``cfg`` (same framing as the features), computed as one
-    batched max-pool over ``|x|``: no Python loop, and trace-safe, so the exported graphs
-    (:mod:`emovox.export.graphs`) run this same function with a dynamic length.
-    """
-    if x.dim() == 1:
-        x = x.unsqueeze(0)
-    if cfg.center:
-        x = F.pad(x, (cfg.n_fft // 2, cfg.n_fft // 2))
-    wl, left = cfg.window_length, cfg.window_offset
-    right = cfg.frame_span - wl - left
-    if not torch.jit.is_tracing() and x.shape[-1] < cfg.frame_span:  # not one whole frame
-        return torch.zeros(x.shape[0], 0, dtype=torch.bool, device=x.device)
-    x = x[:, left:] if right == 0 else x[:, left:-right]
-    peak = F.max_pool1d(x.abs().unsqueeze(1), kernel_size=wl, stride=cfg.hop_length).squeeze(1)
-    return peak > 0
-
-
-def featurize(x: torch.Tensor | np.ndarray, cfg: FeatureConfig, frontend: nn.Module | None = None
-              ) -> list[torch.Tensor]:
-    """Features for a batch of equal-length waveforms, as a list of ``(n_features, frames)``.
-
-    Applies ``skip_zero_frames`` (which makes lengths differ) but not ``num_frames``.
-    """
-    x = pad_to_one_frame(torch.as_tensor(x, dtype=torch.float32), cfg)
-    if x.dim() == 1:
-        x = x.unsqueeze(0)
-    frontend = frontend or build_frontend(cfg)
-    with torch.no_grad():
-        feats = frontend(x)
-    if cfg.kind == "mfcc" and cfg.skip_zero_frames:
-        feats, counts = compact_frames(feats, nonzero_frame_mask(x, cfg))
-        return [f[:, :n] for f, n in zip(feats, counts.tolist())]
-    return list(feats)
-
-
-@functools.lru_cache(maxsize=32)
-def _silence_column(cfg: FeatureConfig) -> torch.Tensor:
-    fe = build_frontend(replace(cfg, top_db=None))
-    with torch.no_grad():
-        col = fe(torch.zeros(1, cfg.samples_for(1)))[0, :, 0].clone()
-    return col
-
-
-def silence_features(cfg: FeatureConfig) -> torch.Tensor:
-    """The feature vector ``(n_features,)`` of digital silence: the value used for padding."""
-    return _silence_column(cfg)
-
-
-def _tracing() -> bool:
-    """Whether a graph is being captured (``torch.jit.trace``, the TorchScript-based ONNX exporter,
-    coremltools' trace): shapes are then symbolic, so no Python branch may depend on them."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def frame_counts(num_samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """:meth:`FeatureConfig.num_frames_for` for a tensor of sample counts (each clip of a zero-padded batch)."""
-    n = torch.as_tensor(num_samples)
-    if cfg.center:
-        return 1 + torch.div(n, cfg.hop_length, rounding_mode="floor")
-    whole = 1 + torch.div((n - cfg.frame_span).clamp_min(0), cfg.hop_length, rounding_mode="floor")
-    return torch.where(n < cfg.frame_span, torch.zeros_like(whole), whole)
-
-
-def compact_frames(feats: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each item's kept frames to the front, in order; return them and their count (≥ 1).
-
-    ``feats``: ``(batch, n_features, frames)``; ``keep``: ``(batch, frames)`` bool (seed 003's
-    non-zero frames, :func:`nonzero_frame_mask`). An item with no kept frame keeps its first frame.
-    Frames past an item's count are zero. The one implementation of zero-frame compaction: a stable
-    sort by a computed key and a gather, no Python loop, so the exported graphs run it with any
-    length and batch; eagerly the result is cut to the longest item's count (as ``pad_sequence``).
-    """
-    t = feats.shape[-1]
-    pos = torch.arange(t, device=feats.device).unsqueeze(0)
-    key = torch.where(keep, pos, pos + t)  # unique keys: kept frames first, each group in order
-    order = torch.argsort(key, dim=-1)
-    counts = keep.to(torch.int64).sum(dim=-1)
-    counts = torch.maximum(counts, torch.ones_like(counts))
-    out = torch.gather(feats, 2, order.unsqueeze(1).expand_as(feats))
-    out = torch.where((pos < counts.unsqueeze(1)).unsqueeze(1), out, torch.zeros_like(out))
-    if not _tracing():
-        out = out[..., : int(counts.max())]
-    return out, counts
-
-
-def fix_frames(feats: torch.Tensor, num_frames: int, *, offset: int | None = None,
-               cfg: FeatureConfig | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop or pad ``(..., n_features, frames)`` to ``num_frames``: the one crop/pad of the pipeline.
-
-    Crops at ``offset`` (default: centred, at ``(t - n) // 2``); pads with the features of silence
-    (``cfg`` given) or zeros, ``offset`` frames on the left (default: ``(n - t) // 2``) and the rest
-    on the right. ``lengths`` (``(batch,)``, with ``feats`` ``(batch, n_features, frames)``): each
-    item's real frames in a padded batch, which are what is cropped or padded.
-
-    Batched and trace-safe: computed as a gather with computed indices (index arithmetic in float,
-    exact below 2**24 frames, which Core ML's converter needs), so data batches, the pipeline and
-    the exported graphs (any length, any batch) all run this function.
-    """
-    tracing = _tracing()
-    if not tracing and lengths is None and feats.shape[-1] == num_frames:
-        return feats
-    # n_features as a Python int while tracing: a traced shape here does not convert to Core ML
-    n_features = cfg.n_features if tracing and cfg is not None else feats.shape[-2]
-    flat = feats if feats.dim() == 3 else feats.reshape(-1, n_features, feats.shape[-1])
-    ones = torch.ones_like(flat[:, 0, 0])
-    n = ones * flat.shape[-1] if lengths is None else lengths.to(flat.dtype)
-    half = (n - num_frames) / 2.0
-    shift = torch.sign(half) * torch.floor(torch.abs(half))  # trunc: crop start, or minus the left pad
-    if offset is not None:
-        given = torch.where(n > num_frames, torch.clamp(torch.minimum(ones * offset, n - num_frames), min=0),
-                            -torch.clamp(torch.minimum(ones * offset, num_frames - n), min=0))
-        shift = given
-    src = torch.arange(num_frames, device=flat.device).to(flat.dtype).unsqueeze(0) + shift.unsqueeze(1)
-    valid = torch.logical_and(src >= 0, src < n.unsqueeze(1))
-    src = torch.minimum(torch.maximum(src, torch.zeros_like(src)), (n - 1).unsqueeze(1)).to(torch.int64)
-    gathered = torch.gather(flat, 2, src.unsqueeze(1).expand(-1, n_features, -1))
-    fill = silence_features(cfg) if cfg is not None else torch.zeros(n_features)
-    out = torch.where(valid.unsqueeze(1), gathered, fill.to(device=flat.device, dtype=flat.dtype).view(1, -1, 1))
-    return out if feats.dim() == 3 else out.reshape(*feats.shape[:-1], num_frames)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Inference: one clip, many clips, long-recording timelines, and streaming.
+"""Inference: one clip, many clips, long-recording timelines, and streaming; model loading and the backends.
+
+The answers are in :mod:`emovox.runtime.answers`, streaming in :mod:`emovox.runtime.streaming`.
 
 >>> import emovox
 >>> model = emovox.load_model()                # the shipped default model
@@ -6,8 +8,8 @@
 >>> p.label, p.score, p.scores                 # top emotion, its probability, every label's
 
 Scores are calibrated probabilities (temperature scaling fitted on held-out validation data at
-training time). ``labels=`` folds them into another label set (``"basic5"`` for seed 000's app,
-``"app6"`` for seed 003's front-end, or a mapping), summing probability mass.
+training time). ``labels=`` folds them into another label set (``"basic5"`` for the Core ML mobile CNN's app,
+``"app6"`` for the streaming MFCC-LSTM's front-end, or a mapping), summing probability mass.
 """
 
 from __future__ import annotations
@@ -15,75 +17,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .audio import DEFAULT_MAX_DURATION_S, AudioError, is_silent, load_audio
-from .defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
-from .errors import ModelLoadError
-from .labels import FOLD_FALLBACKS, LabelMap, music_mood
+from emovox.audio import AudioError, is_silent, load_audio
+from emovox.data.labels import FOLD_FALLBACKS, LabelMap
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S, MAX_SERVED_CLIP_S
+from emovox.errors import ModelLoadError
+from emovox.runtime.answers import Prediction, Timeline, merge_segments, softmax
+from emovox.runtime.streaming import StreamingSession
 
-#: Top scores below this are flagged ``low_confidence`` (seed 002's 0.70).
-DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MODEL = "default"
 #: A model folder's ONNX Runtime graphs (:mod:`emovox.export.runtime_build`).
 RUNTIME_DIR = "onnx"
-#: A streaming model's answer: after the last frame, or the mean of every frame's probabilities.
-FINAL_ANSWERS = ("last", "mean")
-
-
-@dataclass
-class Prediction:
-    """One clip's result: the top label, its probability, and every label's probability in order."""
-
-    label: str
-    score: float
-    scores: dict[str, float]
-    threshold: float = DEFAULT_THRESHOLD
-    silent: bool = False
-    #: requested labels (``labels=``) the model cannot express: their score is always 0
-    unsupported_labels: tuple[str, ...] = ()
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.scores)
-
-    @property
-    def music_mood(self) -> str:
-        return music_mood(self.label)
-
-    @property
-    def low_confidence(self) -> bool:
-        return self.score < self.threshold
-
-    @property
-    def warning(self) -> str | None:
-        """Seed 002's warning for predictions under the threshold (``None`` when confident)."""
-        if not self.low_confidence:
-            return None
-        return (f"low confidence: {self.label} at {self.score:.2f} is below the {self.threshold:.2f} threshold; "
-                "the emotion may be wrong")
-
-    def top_k(self, k: int) -> list[tuple[str, float]]:
-        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
-
-    def to_dict(self, *, top_k: int | None = None) -> dict[str, Any]:
-        """The one output schema (CLI JSON, HTTP): seed 001's ``{"emotion", "confidence"}`` plus more."""
-        scores = dict(self.top_k(top_k)) if top_k else dict(self.scores)
-        return {
-            "emotion": self.label,
-            "confidence": round(self.score, 6),
-            "scores": {k: round(v, 6) for k, v in scores.items()},
-            "music_mood": self.music_mood,
-            "low_confidence": self.low_confidence,
-            **({"warning": self.warning} if self.low_confidence else {}),
-            **({"silent": True} if self.silent else {}),
-            **({"unsupported_labels": list(self.unsupported_labels)} if self.unsupported_labels else {}),
-        }
 
 
 class Backend(Protocol):
@@ -100,7 +49,7 @@ class TorchBackend:
     def __init__(self, loaded):
         import torch
 
-        from .models.common import fuse_conv_bn
+        from emovox.models.common import fuse_conv_bn
 
         self._torch = torch
         self.loaded = loaded
@@ -143,7 +92,7 @@ class TorchFrameStepper:
         frames skipped as all-zero (``skip_zero_frames``) give no row and leave the state as it was."""
         import torch
 
-        from .modelio import streaming_step
+        from emovox.modelio import streaming_step
 
         pipe = self.pipeline
         with torch.inference_mode():
@@ -154,122 +103,12 @@ class TorchFrameStepper:
         return logits[0].numpy(), state
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Timelines
-
-
-@dataclass
-class Segment:
-    start_s: float
-    end_s: float
-    emotion: str | None  # None: no speech there (a timeline with speech_only=True)
-    confidence: float
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.emotion is None:
-            return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "speech": False}
-        return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "emotion": self.emotion,
-                "confidence": round(self.confidence, 6)}
-
-
-def _window_dict(a: float, b: float, p: Prediction | None) -> dict[str, Any]:
-    """A timeline window: its prediction, or ``"speech": false`` for a window without speech (not classified)."""
-    return {"start": round(a, 3), "end": round(b, 3), **(p.to_dict() if p is not None else {"speech": False})}
-
-
-@dataclass
-class Timeline:
-    """Per-window predictions of a long recording, and merged segments of the same emotion."""
-
-    duration_s: float
-    window_s: float
-    hop_s: float
-    windows: list[tuple[float, float, Prediction | None]] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "duration": round(self.duration_s, 3),
-            "window_s": self.window_s,
-            "hop_s": self.hop_s,
-            "segments": [s.to_dict() for s in self.segments],
-            "windows": [_window_dict(a, b, p) for a, b, p in self.windows],
-        }
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        labels = next((p.labels for _, _, p in self.windows if p is not None), [])
-        centers = [(a + b) / 2 for a, b, _ in self.windows]
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        for lab in labels:  # no speech: a gap in the line
-            ax1.plot(centers, [p.scores[lab] if p is not None else np.nan for _, _, p in self.windows], label=lab,
-                     lw=1.5)
-        ax1.set_ylabel("probability")
-        ax1.set_ylim(0, 1)
-        ax1.legend(loc="upper right", fontsize=8, ncol=4)
-        ax1.set_title("emotion over time")
-        cmap = plt.get_cmap("tab10")
-        for seg in self.segments:
-            if seg.emotion is None:
-                continue
-            i = labels.index(seg.emotion) if seg.emotion in labels else 0
-            ax2.axvspan(seg.start_s, seg.end_s, color=cmap(i % 10), alpha=0.8)
-            ax2.text((seg.start_s + seg.end_s) / 2, 0.5, seg.emotion, ha="center", va="center", fontsize=8)
-        ax2.set_yticks([])
-        ax2.set_xlabel("time (s)")
-        ax2.set_xlim(0, max(self.duration_s, 1e-3))
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
-        return out
-
-
-def merge_segments(windows: Sequence[tuple[float, float, Prediction | None]], duration_s: float) -> list[Segment]:
-    """Merge consecutive windows with the same top emotion (windows without speech, ``None``: emotion ``None``).
-
-    Each window owns the span around its centre up to the midpoints with its neighbours, so
-    segments tile ``[0, duration_s]`` without overlaps or gaps.
-    """
-    if not windows:
-        return []
-    centers = [(a + b) / 2 for a, b, _ in windows]
-    bounds = [0.0] + [(centers[i] + centers[i + 1]) / 2 for i in range(len(centers) - 1)] + [duration_s]
-    segments: list[Segment] = []
-    confs: list[float] = []
-    for i, (_, _, p) in enumerate(windows):
-        label, score = (p.label, p.score) if p is not None else (None, 0.0)
-        if segments and segments[-1].emotion == label:
-            segments[-1].end_s = bounds[i + 1]
-            confs.append(score)
-            segments[-1].confidence = float(np.mean(confs))
-        else:
-            confs = [score]
-            segments.append(Segment(bounds[i], bounds[i + 1], label, score))
-    return segments
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
-
 
 class EmotionModel:
     """A loaded speech emotion model (PyTorch or ONNX backend) with a clip-level API."""
 
     def __init__(self, backend: Backend, *, name: str = "", path: Path | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S):
+                 threshold: float = CONFIDENCE_THRESHOLD, max_duration_s: float | None = MAX_CLIP_S):
         self.backend = backend
         self.name = name
         self.path = path
@@ -420,7 +259,7 @@ class EmotionModel:
         chunks = [wave[s : s + win] for s in starts]
         keep = [True] * len(chunks)
         if speech_only:
-            from .segments.windows import speech_windows
+            from emovox.segments.windows import speech_windows
 
             keep = speech_windows(wave, sr, starts, win)
         probs = iter(self.probabilities([c for c, k in zip(chunks, keep) if k], batch_size=batch_size))
@@ -435,7 +274,7 @@ class EmotionModel:
         classified as a whole → :class:`emovox.segments.SegmentedRecording` (no segments, and a ``message``,
         when there is no speech). ``options``: a :class:`emovox.segments.SegmentOptions`, or its fields as
         keywords (``min_speech_ms``, ``min_silence_ms``, ``speech_pad_ms``, ``max_segment_s``, ``threshold``)."""
-        from .segments import SegmentOptions, classify_segments
+        from emovox.segments import SegmentOptions, classify_segments
 
         options = options if options is not None else SegmentOptions(**option_values)
         return classify_segments(self, source, sample_rate_hz=sample_rate_hz, labels=labels, batch_size=batch_size,
@@ -448,163 +287,6 @@ class EmotionModel:
         return StreamingSession(self, labels=labels, window_s=window_s, max_buffer_s=max_buffer_s,
                                 final_answer=final_answer)
 
-
-# ---------------------------------------------------------------------------------------------
-# Streaming
-
-
-class StreamingSession:
-    """Feed audio incrementally with :meth:`push`; get one update per chunk.
-
-    - Streaming models (the LSTM on MFCC frames, ``center=False``): every complete frame is
-      featurised as soon as its samples arrive and stepped through the model with its hidden state
-      carried over, so every update equals classifying everything received so far. With
-      ``peak_normalize`` features (``framewise-librosa-mfcc13``) frames are scaled by the peak of
-      everything received so far; when a chunk raises that peak, the kept audio (``max_buffer_s``)
-      is run again from the start, so updates still equal the offline answer.
-    - Other models: the session keeps the audio (up to ``max_buffer_s``) and classifies the last
-      ``window_s`` seconds on each push; :meth:`finish` classifies everything received.
-
-    ``final_answer`` (streaming models): ``"last"`` reports the answer after the last frame,
-    ``"mean"`` the mean of every frame's probabilities (seed 003's two options).
-
-    Every non-empty chunk gets an update, all-zero ones included. Updates carry seed 003's
-    ``{"class": int, "confidence": [...]}`` in the order of the output labels (``labels=`` folds
-    them, e.g. ``app6``), the labelled result (``emotion``, ``score``, ``scores``, ...), and
-    ``silent`` (as ``classify`` records) when the audio the answer is about is silent: everything
-    received (streaming models) or the classified window.
-    """
-
-    def __init__(self, model: EmotionModel, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
-                 final_answer: str = "last"):
-        if final_answer not in FINAL_ANSWERS:
-            raise ValueError(f"final_answer must be one of {', '.join(FINAL_ANSWERS)}, got {final_answer!r}")
-        self.model = model
-        self.labels = labels
-        self.window_s = window_s
-        self.max_buffer_s = max_buffer_s
-        self.final_answer = final_answer
-        self.sample_rate_hz = model.sample_rate_hz
-        if labels is not None:
-            model._label_map(labels)  # an unknown or inexpressible label set fails here, not at the first chunk
-        self.reset()
-        if final_answer == "mean" and not self._frame_mode:
-            raise ValueError(f"final_answer='mean' averages the answers of a model that runs frame by frame (an "
-                             f"LSTM); model {model.name!r} classifies windows of audio: use final_answer='last'")
-
-    def reset(self) -> None:
-        self._buffer = np.zeros(0, dtype=np.float32)  # un-featurised tail (streaming) or all audio
-        self._audio = np.zeros(0, dtype=np.float32)  # streaming with peak_normalize: the audio to run again
-        self._received = 0
-        self._peak = 0.0
-        self._hidden = None
-        self._frames = 0
-        self._last_logits: np.ndarray | None = None
-        self._prob_sum: np.ndarray | None = None
-        make = getattr(self.model.backend, "frame_stepper", None)
-        self._stepper = make() if make is not None else None
-        self._frame_mode = self._stepper is not None
-
-    @property
-    def received_s(self) -> float:
-        return self._received / self.sample_rate_hz
-
-    def push(self, samples) -> list[dict[str, Any]]:
-        """Add float samples in [-1, 1] at the model's rate; returns one update (none only for an
-        empty chunk before any audio)."""
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if not np.isfinite(x).all():
-            raise AudioError("streamed chunk contains NaN or infinite samples")
-        if x.size == 0:
-            return [self._current()] if self._received else []
-        self._received += x.size
-        if self._frame_mode:
-            self._push_frames(x)
-            return [self._current()]
-        self._buffer = np.concatenate([self._buffer, x])
-        limit = int(self.max_buffer_s * self.sample_rate_hz)
-        if self._buffer.size > limit:
-            self._buffer = self._buffer[-limit:]
-        tail = self._buffer[-int(self.window_s * self.sample_rate_hz) :]
-        return [self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))]
-
-    def _push_frames(self, x: np.ndarray) -> None:
-        st = self._stepper
-        peak = max(self._peak, float(np.abs(x).max()))
-        rerun = st.peak_normalize and peak > self._peak and self._frames > 0
-        self._peak = peak
-        if st.peak_normalize:  # keep the audio, whole hops at a time, to run it again when the peak rises
-            self._audio = np.concatenate([self._audio, x])
-            excess = self._audio.size - int(self.max_buffer_s * self.sample_rate_hz)
-            if excess > 0:
-                self._audio = self._audio[-(-excess // st.hop_length) * st.hop_length :]
-        if rerun:
-            self._hidden, self._frames, self._last_logits, self._prob_sum = None, 0, None, None
-            self._step(self._audio)
-        else:
-            self._step(np.concatenate([self._buffer, x]))
-
-    def _step(self, buf: np.ndarray) -> None:
-        """Step the complete frames of ``buf`` through the model (the backend's stepper); keep the rest."""
-        st = self._stepper
-        n_frames = st.num_frames_for(buf.size)
-        self._buffer = buf[n_frames * st.hop_length :] if n_frames else buf
-        if n_frames == 0:
-            return
-        logits, self._hidden = st.step(buf[: st.samples_for(n_frames)], self._peak, self._hidden)
-        if len(logits) == 0:
-            return
-        if self.final_answer == "mean":
-            probs = softmax(logits, self.model.backend.temperature)
-            self._prob_sum = probs.sum(0) + (0.0 if self._prob_sum is None else self._prob_sum)
-        self._frames += len(logits)
-        self._last_logits = logits[-1]
-
-    def _frame_probs(self) -> np.ndarray:
-        """The answer for everything received (streaming models)."""
-        if self._frames:
-            if self.final_answer == "mean":
-                return self._prob_sum / self._frames
-            return softmax(self._last_logits, self.model.backend.temperature)
-        # no non-zero frame yet: less than one frame (zero-padded to one), or only all-zero frames,
-        # which the offline pipeline answers from the first of them
-        span = self._stepper.frame_span
-        head = self._buffer if self._received < span else np.zeros(span, dtype=np.float32)
-        return self.model.probabilities([head])[0]
-
-    def _current(self) -> dict[str, Any]:
-        if self._frame_mode:
-            return self._update(self._frame_probs(), silent=is_silent(np.array([self._peak], np.float32)))
-        tail = self._buffer[-int(self.window_s * self.sample_rate_hz) :]
-        return self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))
-
-    def _update(self, probs: np.ndarray, *, silent: bool) -> dict[str, Any]:
-        pred = self.model._to_prediction(probs, self.labels, silent=silent)
-        labelled = pred.to_dict()
-        # Seed 003's shape: "class" (the index of the top label) and "confidence" (every label's
-        # probability), both in the order of the output labels (folded when labels= is given); the
-        # labelled result has its top score as "score".
-        labelled["score"] = labelled.pop("confidence")
-        return {
-            "time_s": round(self.received_s, 3),
-            "frames": self._frames,
-            "class": list(pred.scores).index(pred.label),
-            "confidence": [round(float(p), 6) for p in pred.scores.values()],
-            **labelled,
-        }
-
-    def finish(self) -> dict[str, Any] | None:
-        """The final result for everything pushed (equal to classifying the whole clip); None when
-        nothing was pushed."""
-        if not self._received:
-            return None
-        if self._frame_mode:
-            return self._current()
-        return self._update(self.model.probabilities([self._buffer])[0], silent=is_silent(self._buffer))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
 
 
 def _assets_root():
@@ -651,10 +333,10 @@ BACKENDS = ("auto", "onnx", "torch")
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = "auto",
-               threshold: float = DEFAULT_THRESHOLD, max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+               threshold: float = CONFIDENCE_THRESHOLD, max_duration_s: float | None = MAX_CLIP_S,
                allow_pickle: bool = False, threads: int | None = None) -> EmotionModel:
     """Load the default shipped model (``None``), a shipped model by name, a trained model folder, an
-    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.hf_audio`).
+    ``emovox export`` folder, or a Hugging Face audio-classification folder (:mod:`emovox.pretrained.hf_audio`).
 
     ``backend``: ``"auto"`` runs the model's ONNX Runtime graphs (``<model>/onnx/``: the shipped models have
     them) when onnxruntime is installed, without importing PyTorch, and PyTorch otherwise; ``"onnx"`` insists
@@ -671,12 +353,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
             raise FileNotFoundError(f"--backend onnx needs a model folder, an exported ONNX folder or a .onnx file, "
                                     f"got {name_or_path!r}")
         if not (p / RUNTIME_DIR).is_dir():
-            from .onnx_backend import OnnxModel
+            from emovox.runtime.onnx_backend import OnnxModel
 
             return EmotionModel(OnnxModel(p, threads=threads), name=p.name, path=p, **common)
     name, folder = resolve_model_path(name_or_path)
     if backend != "torch" and (folder / RUNTIME_DIR / "runtime.json").is_file() and _has_onnxruntime():
-        from .onnx_backend import OnnxModel
+        from emovox.runtime.onnx_backend import OnnxModel
 
         return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
     if backend == "onnx":
@@ -701,8 +383,8 @@ def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> Emo
     if importlib.util.find_spec("torch") is None:
         raise ModelLoadError(f"{folder}: this model runs on PyTorch (it has no {RUNTIME_DIR}/ graphs for ONNX "
                              "Runtime), which is not installed: pip install 'emovox[train]'")
-    from .hf_audio import HFAudioBackend, is_hf_audio_folder
-    from .modelio import load_model_dir
+    from emovox.modelio import load_model_dir
+    from emovox.pretrained.hf_audio import HFAudioBackend, is_hf_audio_folder
 
     if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
         return EmotionModel(HFAudioBackend(folder), name=name, path=folder, **common)
@@ -710,5 +392,4 @@ def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> Emo
     return EmotionModel(TorchBackend(loaded), name=name, path=folder, **common)
 
 
-__all__ = ["EmotionModel", "Prediction", "Segment", "StreamingSession", "Timeline", "available_models",
-           "load_model", "merge_segments", "softmax"]
+__all__ = ["BACKENDS", "EmotionModel", "available_models", "load_model", "resolve_model_path"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import __version__
-from .errors import ModelLoadError
-from .features import FeatureConfig, FeatureStats
+from emovox import __version__
+from emovox.errors import ModelLoadError
+from emovox.features import FeatureConfig, FeatureStats
 
 FORMAT = "emovox-model"
 FORMAT_VERSION = 1
@@ -46,7 +46,7 @@ class ModelConfig:
     emovox_version: str | None = None
     #: Provenance: the training settings (``TrainConfig.to_dict()``) of the run that wrote the model.
     training: dict[str, Any] | None = None
-    #: Provenance: what ``emovox adapt`` changed (``emovox.adaptation``).
+    #: Provenance: what ``emovox adapt`` changed (``emovox.training.adaptation``).
     adaptation: dict[str, Any] | None = None
     #: Export metadata (Core ML author and licence), when the model sets its own.
     author: str | None = None

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,27 +28,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported
-from .errors import ModelLoadError
-from .features import (
-    FeatureConfig,
-    FeatureStats,
-    Normalize,
-    build_frontend,
-    compact_frames,
-    fix_frames,
-    frame_counts,
-    nonzero_frame_mask,
-    pad_to_one_frame,
-    prepare_input,
-)
-from .model_config import FORMAT, FORMAT_VERSION, ModelConfig
-from .models import build_model
-from .models.common import head_logits, is_streaming, stream_step
+from emovox import __version__
+from emovox.atomic import write_files
+from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
+from emovox.errors import ModelLoadError
+from emovox.features import FeatureConfig, FeatureStats, Normalize, build_frontend, prepare_input
+from emovox.frames import compact_frames, fix_frames, frame_counts, nonzero_frame_mask, pad_to_one_frame
+from emovox.model_config import FORMAT, FORMAT_VERSION, ModelConfig
+from emovox.models import build_model
+from emovox.models.common import head_logits, is_streaming, stream_step
 
 FULL_MODEL_FILE = "model_full.pth"
-#: ``--save-full-model`` for streaming models: seed 003's file names, and a pickle-free TorchScript twin.
+#: ``--save-full-model`` for streaming models: the streaming MFCC-LSTM's file names, and a pickle-free TorchScript twin.
 STREAMING_FULL_MODEL_FILE = "model.pth"
 STREAMING_WEIGHTS_FILE = "model_weights.pth"
 STREAMING_TORCHSCRIPT_FILE = "model_torchscript.pt"
@@ -76,7 +66,7 @@ def make_config(*, model_name: str, model_kwargs: dict[str, Any], features: Feat
 
 
 def default_io(features: FeatureConfig) -> dict[str, str]:
-    """Tensor names used by exports (seed 000's Core ML names for log-mel models)."""
+    """Tensor names used by exports (the Core ML mobile CNN's Core ML names for log-mel models)."""
     feat_name = "log_mel_spectrogram" if features.kind == "logmel" else "mfcc"
     return {"features_input": feat_name, "waveform_input": "waveform", "output": "emotion_logits"}
 
@@ -88,7 +78,7 @@ def streaming_step(pipeline: nn.Module, raw: torch.Tensor, hidden: Any = None, *
     logits after the last frame (after every frame with ``every_frame``) and the new state
     (:func:`emovox.models.common.stream_step`). ``pipeline``: an :class:`EmotionPipeline`, or
     anything with its ``feature_config``, ``normalize`` and ``model`` (a training
-    ``FullStreamingModel``). Trace-safe: :class:`emovox.inference.StreamingSession` and the exported
+    ``FullStreamingModel``). Trace-safe: :class:`emovox.runtime.streaming.StreamingSession` and the exported
     step graphs (:class:`emovox.export.graphs.StreamingStepGraph`) both run it."""
     feats = prepare_input(raw, pipeline.feature_config, pipeline.normalize)
     return stream_step(pipeline.model, feats, hidden, every_frame=every_frame)
@@ -130,7 +120,7 @@ class EmotionPipeline(nn.Module):
         speech-level normalisation (``level_db``) and standardisation, which :meth:`features` applies.
 
         ``lengths_samples`` gives each clip's real length in a zero-padded batch; frames past it
-        are masked by the model's pooling (or skipped as all-zero frames by seed 003's MFCC).
+        are masked by the model's pooling (or skipped as all-zero frames by the streaming MFCC-LSTM's MFCC).
         """
         cfg = self.feature_config
         wave = pad_to_one_frame(wave, cfg)
@@ -193,46 +183,14 @@ class EmotionPipeline(nn.Module):
 # Saving
 
 
-def atomic_write_all(writes: Sequence[tuple[Path, Callable[[str], Any]]]) -> None:
-    """Write several files (``(path, write(tmp_path))`` pairs) so that a failure part-way (a full disk, a
-    kill) leaves every one of them as it was: all are staged as temporary files first, then renamed."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, write in writes:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            staged.append((tmp, path))
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is an ordinary readable file
-    except BaseException as e:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:
-            where = staged[-1][1] if staged else writes[0][0]
-            raise OSError(e.errno, f"cannot write {where} ({e.strerror}); the files already there are "
-                                   f"unchanged") from e
-        raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, write) -> None:
-    atomic_write_all([(path, write)])
-
-
 def torch_saver(obj: Any) -> Callable[[str], None]:
-    """A writer for :func:`atomic_write_all` that ``torch.save``s ``obj``: serialised in memory first, so a
+    """A writer for :func:`emovox.atomic.write_files` that ``torch.save``s ``obj``: serialised in memory first, so a
     failing disk raises an ``OSError`` that names the problem (torch's own writer says "iostream error")."""
     import io
 
     buf = io.BytesIO()
     torch.save(obj, buf)
     return lambda tmp: Path(tmp).write_bytes(buf.getbuffer())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(Path(path), lambda t: Path(t).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_model(out_dir: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> Path:
@@ -245,7 +203,7 @@ def save_model(out_dir: str | os.PathLike, model: nn.Module, config: dict[str, A
         "config": config,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    atomic_write_all([(out / WEIGHTS_FILE, torch_saver(payload)),
+    write_files([(out / WEIGHTS_FILE, torch_saver(payload)),
                       (out / CONFIG_FILE, lambda t: Path(t).write_text(json.dumps(config, indent=2) + "\n")),
                       (out / LABELS_FILE, lambda t: Path(t).write_text(json.dumps(list(config["labels"]), indent=2)
                                                                        + "\n"))])

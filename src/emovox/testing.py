@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .labels import taxonomy
+from emovox.data.labels import taxonomy
 
 
 def create_model(path: str | os.PathLike, *, name: str = "cnn", features: str = "logmel64",
@@ -22,15 +22,15 @@ def create_model(path: str | os.PathLike, *, name: str = "cnn", features: str = 
     (default ekman7) in that order, feature statistics around speech levels. Returns ``path``."""
     import torch
 
-    from .features import FeatureStats, preset
-    from .modelio import make_config, save_model
-    from .models import build_model
+    from emovox.features import FeatureStats, preset
+    from emovox.modelio import make_config, save_model
+    from emovox.models import build_model
 
     labels = list(labels or taxonomy("ekman7"))
     torch.manual_seed(seed)
     cfg = preset(features)
     model = build_model(name, n_features=cfg.n_features, n_classes=len(labels), **(model_kwargs or {}))
-    # centred around speech levels: log-mel around -40 dB; seed 003's librosa MFCC c0 around -400
+    # centred around speech levels: log-mel around -40 dB; the streaming MFCC-LSTM's librosa MFCC c0 around -400
     if cfg.kind == "logmel":
         stats = FeatureStats([-40.0] * cfg.n_features, [20.0] * cfg.n_features)
     else:

@@ -31,9 +31,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..adaptation import adapt_model
-    from ..audio import find_audio_files
-    from ..data import default_cache_dir
+    from emovox.audio import find_audio_files
+    from emovox.data.cache import default_cache_dir
+    from emovox.training.adaptation import adapt_model
 
     if args.threads:
         import torch

@@ -9,10 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
-from ..records import FIELDS, build_record, expand_inputs, keep_fields
-from ..scale.options import add_batch_arguments
-from ..segments import cli as segments_cli
+from emovox.commands import segment_records as segments_cli
+from emovox.commands.records import FIELDS, build_record, expand_inputs, keep_fields
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
+from emovox.scale.options import add_batch_arguments
 
 #: Files, folders, globs and manifests → paths (the name this module has always had).
 expand_paths = expand_inputs
@@ -36,7 +36,7 @@ def parse_fields(spec: str | None, fmt: str, extra: tuple[str, ...] = ()) -> lis
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference import BACKENDS  # the runtimes load_model takes (no torch import)
+    from emovox.inference import BACKENDS  # the runtimes load_model takes (no torch import)
 
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="audio files, folders (searched recursively), globs, or manifests (.jsonl or .csv with a "
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores in each record")
     p.add_argument("--format", choices=["json", "jsonl", "csv", "table"], default="json", help="output format")
     p.add_argument("--fields", default=None, metavar="NAMES",
-                   help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (seed 001's "
+                   help="json/jsonl: keep only these fields of each record, e.g. 'emotion,confidence' (the Keras backend CNN's "
                         f"output); any of {', '.join(FIELDS)} (an 'error' field is always kept)")
     p.add_argument("--threshold", type=float, default=CONFIDENCE_THRESHOLD,
                    help="flag low_confidence below this top score")
@@ -121,7 +121,7 @@ def run(args) -> int:
     else:
         records, labels = _local_records(args, files, fields)
     if args.output:
-        from ..records import RecordWriter
+        from emovox.commands.records import RecordWriter
 
         extra = segments_cli.SEGMENT_FIELDS if args.segments else ()
         with RecordWriter(args.output, fields=fields, extra=extra) as out:
@@ -143,7 +143,7 @@ def run(args) -> int:
 def _check_engine(args) -> None:
     """What --output and --engine ray cannot do, said before any work."""
     if args.output:
-        from ..records import output_format
+        from emovox.commands.records import output_format
 
         output_format(args.output)
         if not Path(args.output).absolute().parent.is_dir():
@@ -169,8 +169,8 @@ def _labels_of(records: list[dict]) -> list[str]:
 
 def _local_records(args, files: list[str], fields):
     """(records, output labels) from the model in this process."""
-    from ..audio import AudioError
-    from ..inference import load_model
+    from emovox.audio import AudioError
+    from emovox.inference import load_model
 
     model = load_model(args.model, backend=args.backend, threshold=args.threshold,
                        max_duration_s=_max_duration(args))
@@ -211,9 +211,9 @@ def _ray_records(args, files: list[str], fields):
     """Records from an actor pool on Ray Data, streamed in input order."""
     import math
 
-    from ..scale.options import batch_options, ray_options
-    from ..scale.ray_batch import ModelSpec, check_model, classify_with_ray
-    from ..scale.ray_support import ray_session
+    from emovox.scale.options import batch_options, ray_options
+    from emovox.scale.ray_batch import ModelSpec, check_model, classify_with_ray
+    from emovox.scale.ray_support import ray_session
 
     ray_opts, batch_opts = ray_options(args), batch_options(args)
     spec = ModelSpec(model=args.model, backend=args.backend, threshold=args.threshold,

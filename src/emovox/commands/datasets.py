@@ -51,7 +51,7 @@ def format_table(summary: dict, title: str) -> str:
 def run(args) -> int:
     import json
 
-    from ..corpora import scan, summarize
+    from emovox.data.corpora import scan, summarize
 
     rows = scan(args.dir, args.corpus)
     summary = summarize(rows)

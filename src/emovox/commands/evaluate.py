@@ -7,7 +7,7 @@ HELP = "evaluate a model folder on a corpus (metrics, report, confusion matrices
 EPILOG = """\
 Corpus labels are mapped to the model's (calm counts as neutral for a model without calm);
 clips whose label the model cannot express are left out and counted; predictions take the
-argmax over the model labels present in the corpus. Writes seed 004's metrics_overall.json,
+argmax over the model labels present in the corpus. Writes the text and audio evaluation kit's metrics_overall.json,
 metrics_report.csv, confusion_matrix.npy, confusion_matrix_counts.png (also as
 confusion_matrix.png), confusion_matrix_rownorm.png, labels.json and model_meta.json to
 --output-dir.
@@ -32,11 +32,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..data import default_cache_dir
-    from ..evaluation import evaluate_model
-    from ..modelio import load_model_dir
-    from ..splits import resolve_speaker
-    from .train import load_rows
+    from emovox.commands.train import load_rows
+    from emovox.data.cache import default_cache_dir
+    from emovox.data.splits import resolve_speaker
+    from emovox.modelio import load_model_dir
+    from emovox.training.evaluation import evaluate_model
 
     if args.threads:
         import torch
@@ -44,7 +44,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     from pathlib import Path
 
-    from ..inference import resolve_model_path
+    from emovox.inference import resolve_model_path
 
     model = args.model if Path(args.model).exists() else resolve_model_path(args.model)[1]
     loaded = load_model_dir(model)

@@ -61,12 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model
-    from ..inference import resolve_model_path
+    from emovox.export import export_model
+    from emovox.inference import resolve_model_path
 
     _, folder = resolve_model_path(args.model)
     if args.runtime:
-        from ..export.runtime_build import build_runtime
+        from emovox.export.runtime_build import build_runtime
 
         print(f"wrote {build_runtime(folder)} (ONNX Runtime graphs: this model now runs without PyTorch)")
         if args.format is None and args.output_dir is None:

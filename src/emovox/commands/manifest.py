@@ -22,7 +22,7 @@ def run(args) -> int:
     import json
     import sys
 
-    from ..corpora import scan
+    from emovox.data.corpora import scan
 
     rows = scan(args.dir, args.corpus, with_duration=not args.no_duration)
     out = sys.stdout

@@ -1,4 +1,4 @@
-"""``emovox plot-confusion``: render a saved confusion matrix (seed 004's plot_confusion_matrix.py)."""
+"""``emovox plot-confusion``: render a saved confusion matrix (the text and audio evaluation kit's plot_confusion_matrix.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..evaluation import plot_confusion
+    from emovox.training.evaluation import plot_confusion
 
     src = Path(args.input)
     if not src.is_file():

@@ -1,4 +1,4 @@
-"""emovox serve: the HTTP service (seed 001/002/004 endpoints, WebSocket streaming) and its web page."""
+"""emovox serve: the HTTP service (endpoints of the Keras backend CNN, the FastAPI wav2vec2 hybrid and the text and audio evaluation kit, WebSocket streaming) and its web page."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import tempfile
 import threading
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
-from ..scale.options import add_serve_arguments
+from emovox.scale.options import add_serve_arguments
+from emovox.server.settings import settings_default
 
 HELP = "serve the HTTP API and a web page at /ui (settings from flags, else environment variables, else ./.env)"
 
@@ -29,15 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "inference_config.json), or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default "
-                        f"{CONFIDENCE_THRESHOLD:.2f})")
+                        f"{settings_default('threshold'):.2f})")
     p.add_argument("--max-upload-mb", type=float, default=None,
-                   help="largest request body in MiB (env EMOVOX_MAX_UPLOAD_MB; default 25)")
+                   help=f"largest request body in MiB (env EMOVOX_MAX_UPLOAD_MB; default {settings_default('max_upload_mb'):g})")
     p.add_argument("--max-duration-s", type=float, default=None,
                    help="longest clip or stream in seconds (env EMOVOX_MAX_DURATION_S; default "
-                        f"{MAX_SERVED_CLIP_S:g})")
+                        f"{settings_default('max_duration_s'):g})")
     p.add_argument("--max-parts", type=int, default=None,
                    help="most parts of a multipart upload, checked while it streams in; past it 413 "
-                        "(env EMOVOX_MAX_PARTS; default 16)")
+                        f"(env EMOVOX_MAX_PARTS; default {settings_default('max_parts')})")
     p.add_argument("--api-key", default=None,
                    help="require this key (X-API-Key or Authorization: Bearer); prefer env EMOVOX_API_KEY, "
                         "since flags show in the process list")
@@ -54,15 +54,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "threads (env EMOVOX_MAX_CONCURRENCY; default min(4, cores))")
     p.add_argument("--max-batch", type=int, default=None,
                    help="most clips from concurrent requests classified together; 1 switches batching off "
-                        "(env EMOVOX_MAX_BATCH; default 16)")
+                        f"(env EMOVOX_MAX_BATCH; default {settings_default('max_batch')})")
     p.add_argument("--batch-wait-ms", type=float, default=None,
-                   help="longest a clip waits for others to join its batch (env EMOVOX_BATCH_WAIT_MS; default 5)")
+                   help="longest a clip waits for others to join its batch (env EMOVOX_BATCH_WAIT_MS; default "
+                        f"{settings_default('batch_wait_ms'):g})")
     p.add_argument("--max-queue", type=int, default=None,
                    help="clip and timeline requests in a worker at once (decoding, queued, running); past it 503 "
-                        "with Retry-After (env EMOVOX_MAX_QUEUE; default 64)")
+                        f"with Retry-After (env EMOVOX_MAX_QUEUE; default {settings_default('max_queue')})")
     p.add_argument("--request-timeout-s", type=float, default=None,
                    help="longest a request waits for the model, queue and inference; past it 503 "
-                        "(env EMOVOX_REQUEST_TIMEOUT_S; default 30)")
+                        f"(env EMOVOX_REQUEST_TIMEOUT_S; default {settings_default('request_timeout_s'):g})")
     p.add_argument("--load-in-background", action="store_const", const=True, default=None,
                    help="bind the port first and load the models after: /healthz answers at once, /readyz and "
                         "the model routes 503 until they are loaded (env EMOVOX_LOAD_IN_BACKGROUND; default: "
@@ -94,10 +95,10 @@ def run(args) -> int:
     except ImportError:
         print("emovox serve: error: the server needs its extras: pip install 'emovox[serve]'", file=sys.stderr)
         return 2
-    from ..server.app import create_app
-    from ..server.observability import log_config
-    from ..server.services import finish_loading_text, load_services
-    from ..server.settings import Settings
+    from emovox.server.app import create_app
+    from emovox.server.observability import log_config
+    from emovox.server.services import finish_loading_text, load_services
+    from emovox.server.settings import Settings
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -142,8 +143,8 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
     through prometheus-client's multiprocess folder (a fresh one, removed afterwards, unless set)."""
     import uvicorn
 
-    from ..server.observability import MULTIPROC_VARIABLE
-    from ..server.settings import ENV_FILE_VARIABLE
+    from emovox.server.observability import MULTIPROC_VARIABLE
+    from emovox.server.settings import ENV_FILE_VARIABLE
 
     os.environ.update(settings.to_env())
     os.environ[ENV_FILE_VARIABLE] = "none"  # the settings are all in the environment now
@@ -159,8 +160,8 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
 
 def _run_ray(args, settings) -> int:
     """``--engine ray``: the same app on Ray Serve replicas (each loads its own models)."""
-    from ..scale.options import ray_options, serve_options
-    from ..scale.ray_serve import serve_forever
+    from emovox.scale.options import ray_options, serve_options
+    from emovox.scale.ray_serve import serve_forever
 
     if args.workers != 1:
         raise ValueError("--workers runs uvicorn processes on this machine; with --engine ray use --replicas")

@@ -11,7 +11,7 @@ HELP = "classify audio incrementally: a file played as a stream, or raw 16-bit 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference import BACKENDS  # the runtimes load_model takes (no torch import)
+    from emovox.inference import BACKENDS  # the runtimes load_model takes (no torch import)
 
     p.add_argument("source", nargs="?", default="-", help="audio file, or '-' for raw s16le mono PCM on stdin")
     p.add_argument("--model", default=None,
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runtime: auto (ONNX Runtime where the model has its graphs, PyTorch otherwise), onnx, torch")
     p.add_argument("--final-answer", dest="final_answer", choices=["last", "mean"], default="last",
                    help="frame-by-frame models: report the answer after the last frame, or the mean of every "
-                        "frame's probabilities (seed 003's two options)")
+                        "frame's probabilities (the streaming MFCC-LSTM's two options)")
     p.add_argument("--chunk-ms", type=float, default=250.0, help="chunk length fed per update (ms)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
     p.add_argument("--sample-rate", type=int, default=16000, help="rate of the raw PCM on stdin (Hz)")
@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..audio import load_audio, pcm16_to_float
-    from ..inference import load_model
+    from emovox.audio import load_audio, pcm16_to_float
+    from emovox.inference import load_model
 
     model = load_model(args.model, backend=args.backend)
     session = model.stream(labels=args.labels, window_s=args.window_s, final_answer=args.final_answer)
@@ -87,8 +87,8 @@ def _live(model, args):
     """--segments: the stream's endpointing (:class:`emovox.segments.live.LiveSegments`), else None."""
     if not args.segments:
         return None
-    from ..segments import SegmentOptions
-    from ..segments.live import LiveSegments
+    from emovox.segments import SegmentOptions
+    from emovox.segments.live import LiveSegments
 
     options = SegmentOptions() if args.min_silence_ms is None else SegmentOptions(min_silence_ms=args.min_silence_ms)
     return LiveSegments(model, labels=args.labels, options=options)

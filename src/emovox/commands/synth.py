@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..synth import make_synthetic_corpus
+    from emovox.data.synth import make_synthetic_corpus
 
     labels = [lab.strip() for item in args.labels for lab in item.split(",") if lab.strip()]
     out = make_synthetic_corpus(

@@ -1,4 +1,4 @@
-"""``emovox train``: train a model folder from one or more corpora (seed 000's flags work as written)."""
+"""``emovox train``: train a model folder from one or more corpora (the Core ML mobile CNN's flags work as written)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ Every option is settled in layers: emovox's defaults (shown with each option) < 
 the --config file < the flags given on the command line, so a flag you type always wins.
 
 examples:
-  emovox train --recipe mobile --data_dir data --epochs 50 --batch_size 32 --use_augmentation   (seed 000)
-  emovox train --recipe backend --data_dir dataset                                (seed 001's class folders)
-  emovox train --recipe hybrid --data_dir ravdess --config data/dataset_config.yaml             (seed 002)
-  emovox train --recipe streaming --data_dir data/RAVDESS --output_dir src/api                  (seed 003)
+  emovox train --recipe mobile --data_dir data --epochs 50 --batch_size 32 --use_augmentation   (the Core ML mobile CNN)
+  emovox train --recipe backend --data_dir dataset                                (the Keras backend CNN's class folders)
+  emovox train --recipe hybrid --data_dir ravdess --config data/dataset_config.yaml             (the FastAPI wav2vec2 hybrid)
+  emovox train --recipe streaming --data_dir data/RAVDESS --output_dir src/api                  (the streaming MFCC-LSTM)
   emovox train --data_dir ravdess crema-d --labels core4 --model crnn --folds 5 --output_dir runs/cv
   emovox train --data_dir ravdess crema-d nemo --labels ekman7 --model ssl --backbone whisper-base --ssl-head mean
       (like the default model: a linear probe on Whisper-base's layer means, fit in seconds once states are cached)
@@ -29,12 +29,12 @@ those. The benchmark's settings (benchmarks/speech_benchmark.py), better on real
 (and --threads 1 on a busy machine).
 
 --config FILE: a YAML mapping of option names to values (batch_size: 8, use_augmentation: true,
-labels: [happy, sad], model_option: {{channels: 16}}); names as the flags' without dashes. Seed 002's
+labels: [happy, sad], model_option: {{channels: 16}}); names as the flags' without dashes. The FastAPI wav2vec2 hybrid's
 dataset_config.yaml keys work too: max_samples, batch_size, train_split (= 1 - val_split), and
 num_epochs, learning_rate, wav2vec_model (= --backbone). Unknown keys are an error listing the valid ones.
 
 Label order: a taxonomy or list in --labels gives it; otherwise, when the data's labels are exactly a
-taxonomy's set (seed 000's five: basic5), that taxonomy's order; else emovox's canonical order
+taxonomy's set (the Core ML mobile CNN's five: basic5), that taxonomy's order; else emovox's canonical order
 (neutral, calm, happy, sad, angry, fearful, disgust, surprised, boredom), other labels alphabetically
 after. The run prints the order and writes it to labels.json.
 
@@ -46,12 +46,12 @@ installed packages, offline; or a CTranslate2 / Hugging Face Whisper folder) or 
 Hugging Face id, downloaded when the hub is reachable, or a save_pretrained folder); frozen by default, its
 hidden states are cached per clip in --cache-dir (float16); see docs/ssl.md. Under torchrun, --batch_size is the global batch.
 --export writes OUTPUT_DIR/export/ (what emovox export writes, Core ML as .mlmodel) and links its
-feature-input graph beside best_model.pth as seed 000's emotion_classifier.onnx and EmotionClassifier.mlmodel.
---save-full-model writes model_full.pth (frame models) or, for --model lstm, seed 003's model.pth and
+feature-input graph beside best_model.pth as the Core ML mobile CNN's emotion_classifier.onnx and EmotionClassifier.mlmodel.
+--save-full-model writes model_full.pth (frame models) or, for --model lstm, the streaming MFCC-LSTM's model.pth and
 model_weights.pth plus model_torchscript.pt: model.pth is a pickle (torch >= 2.6 loads it only with
 torch.load(path, weights_only=False), emovox must be importable, and loading it runs code: only from a
 trusted source); model_torchscript.pt takes the same forward(x, hidden) and needs neither (torch.jit.load).
-best_model.pth holds tensors only and loads with weights_only=True. For seed 003's backend loop, which
+best_model.pth holds tensors only and loads with weights_only=True. For the streaming MFCC-LSTM's backend loop, which
 computes its own MFCC, train with --features framewise-librosa-mfcc13 (its exact features).
 """
 
@@ -87,8 +87,8 @@ def _fraction(value) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..options import Options
-    from ..recipes import recipes_help
+    from emovox.commands.options import Options
+    from emovox.training.recipes import recipes_help
 
     opts = Options()
     p.set_defaults(_train_options=opts)
@@ -101,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _distillation_arguments(opts, p)
     _split_arguments(opts, p)
     _output_arguments(opts, p)
-    # seed 002's dataset_config.yaml and train.py constants, accepted in --config files
+    # the FastAPI wav2vec2 hybrid's dataset_config.yaml and train.py constants, accepted in --config files
     opts.alias("train_split", "val_split", _fraction)
     opts.alias("num_epochs", "epochs")
     opts.alias("learning_rate", "lr")
@@ -116,13 +116,13 @@ def _tc(name: str):
     """TrainConfig's default for a field: the one owner of every training default."""
     from dataclasses import fields
 
-    from ..training import TrainConfig
+    from emovox.training.config import TrainConfig
 
     return {f.name: f.default for f in fields(TrainConfig)}[name]
 
 
 def _layer_arguments(opts, p) -> None:
-    from ..recipes import RECIPES
+    from emovox.training.recipes import RECIPES
 
     g = p.add_argument_group("recipe and config file")
     opts.add(g, "--recipe", choices=list(RECIPES), shown="none: emovox's own defaults",
@@ -146,36 +146,36 @@ def _data_arguments(opts, p) -> None:
                   "clips it cannot express are dropped and counted (app6 takes disgust as angry)")
     opts.add(g, "--max-samples", "--max_samples", dest="max_samples", type=int, default=_tc("max_samples"),
              shown="every clip", help="use at most N clips, chosen deterministically (--seed) and spread evenly "
-             "over labels and, within each label, over speakers (seed 002's max_samples)")
+             "over labels and, within each label, over speakers (the FastAPI wav2vec2 hybrid's max_samples)")
 
 
 def _model_arguments(opts, p) -> None:
-    from ..features import PRESET_ALIASES, PRESETS
-    from ..training import DEFAULT_FEATURES
+    from emovox.features import PRESET_ALIASES, PRESETS
+    from emovox.training.config import DEFAULT_FEATURES
 
     g = p.add_argument_group("model and features")
     opts.add(g, "--model", default=_tc("model"),
-             help="model family: cnn (seed 000), cnn2d (seed 001), lstm (seed 003), crnn, fast (a small 1-D CNN), "
-                  "ssl (seed 002)")
+             help="model family: cnn (the Core ML mobile CNN), cnn2d (the Keras backend CNN), lstm (the streaming MFCC-LSTM), crnn, fast (a small 1-D CNN), "
+                  "ssl (the FastAPI wav2vec2 hybrid)")
     opts.add(g, "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
              help="a model setting (repeatable), VALUE as JSON when it parses (dropout=0, channels=[32,32]), "
                   "else a string; added to a recipe's or config file's, KEY by KEY")
     opts.add(g, "--features", choices=[*PRESETS, *PRESET_ALIASES], metavar="PRESET",
              shown="per model: " + ", ".join(f"{m} {f}" for m, f in DEFAULT_FEATURES.items()),
              help=f"feature preset: {', '.join(PRESETS)}; logmel64-hop512-100f and -32f are seeds 000's and 001's "
-                  f"inputs, mfcc13-streaming the streaming LSTM's MFCC, framewise-librosa-mfcc13 seed 003's backend "
+                  f"inputs, mfcc13-streaming the streaming LSTM's MFCC, framewise-librosa-mfcc13 the streaming MFCC-LSTM's backend "
                   f"pipeline exactly; older names, still accepted: "
                   + ", ".join(f"{a} (= {n})" for a, n in PRESET_ALIASES.items()))
     opts.add(g, "--n_mels", "--n-mels", dest="n_mels", type=int, shown="the preset's",
              help="mel bands (overrides the preset)")
     opts.add(g, "--time_steps", "--time-steps", dest="time_steps", type=int, shown="the preset's (mostly: any length)",
-             help="fixed number of input frames (crop/pad, seed 000's fixed input)")
+             help="fixed number of input frames (crop/pad, the Core ML mobile CNN's fixed input)")
     opts.add(g, "--sample_rate", "--sample-rate", dest="sample_rate", type=int, shown="the preset's, 16000",
              help="sample rate in Hz (overrides the preset)")
 
 
 def _backbone_arguments(opts, p) -> None:
-    g = p.add_argument_group("pretrained backbone (--model ssl, seed 002)")
+    g = p.add_argument_group("pretrained backbone (--model ssl, the FastAPI wav2vec2 hybrid)")
     opts.add(g, "--backbone", metavar="NAME_OR_DIR", shown="none: required with --model ssl",
              help="whisper-base or whisper-tiny.en (installed packages: offline), a CTranslate2 Whisper folder, a "
                   "Hugging Face model id (openai/whisper-base, facebook/wav2vec2-base, facebook/hubert-base-ls960, "
@@ -201,7 +201,7 @@ def _backbone_arguments(opts, p) -> None:
 
 
 def _training_arguments(opts, p) -> None:
-    from ..training import LABEL_SCOPES
+    from emovox.training.config import LABEL_SCOPES
 
     g = p.add_argument_group("training")
     opts.add(g, "--epochs", type=int, default=_tc("epochs"), help="most epochs to train")
@@ -224,7 +224,7 @@ def _training_arguments(opts, p) -> None:
              help="training crop length for frame models (evaluation uses whole clips)")
     opts.add(g, "--streaming-loss", dest="streaming_loss", choices=["frames", "last"], default=_tc("streaming_loss"),
              help="streaming models (lstm): train the label at every frame after the first 0.5 s, or only at "
-                  "the last frame (seed 003)")
+                  "the last frame (the streaming MFCC-LSTM)")
     opts.add(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=int,
              default=_tc("early_stopping_patience"),
              help="epochs without validation UAR improvement before stopping (0: off)")
@@ -265,7 +265,7 @@ def _output_arguments(opts, p) -> None:
     g = p.add_argument_group("output and resources")
     opts.add(g, "--output_dir", "--output-dir", dest="output_dir", default="outputs", help="the model folder to write")
     opts.add(g, "--save-full-model", "--save_full_model", dest="save_full_model", action="store_true", default=False,
-             help="also write model_full.pth, or for lstm seed 003's model.pth + model_weights.pth and a pickle-free "
+             help="also write model_full.pth, or for lstm the streaming MFCC-LSTM's model.pth + model_weights.pth and a pickle-free "
                   "model_torchscript.pt (pickles: unsafe to load from untrusted sources)")
     opts.add(g, "--export", nargs="?", const="onnx,coreml", type=_export_formats, metavar="FORMATS",
              shown="off; --export alone: onnx,coreml",
@@ -289,8 +289,8 @@ def _output_arguments(opts, p) -> None:
 def settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     """Every option's value from the layers (defaults < recipe < config file < explicit flags), and
     where the non-default ones came from (``{"recipe", "recipe_options", "config_options", "explicit"}``)."""
-    from ..options import OptionError
-    from ..recipes import recipe
+    from emovox.commands.options import OptionError
+    from emovox.training.recipes import recipe
 
     opts = args._train_options
     explicit = opts.explicit(args)
@@ -316,10 +316,10 @@ def settings(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
 
 def load_rows(data_dirs, corpora=None, csv_path=None):
-    """Manifest rows of every data dir (merged), following seed 000's --csv_path convention."""
+    """Manifest rows of every data dir (merged), following the Core ML mobile CNN's --csv_path convention."""
     from pathlib import Path
 
-    from ..corpora import CorpusError, scan
+    from emovox.data.corpora import CorpusError, scan
 
     corpora = list(corpora or [])
     if corpora and len(corpora) not in (1, len(data_dirs)):
@@ -367,7 +367,7 @@ def model_kwargs(args, defaults: dict) -> dict:
 
 
 def run(args) -> int:
-    from .. import distributed
+    from emovox.training import distributed
 
     distributed.init_from_env()  # no-op unless launched by torchrun with several processes
     try:
@@ -379,7 +379,7 @@ def run(args) -> int:
 def _announce(a, sources: dict, say) -> None:
     """Say which settings the recipe and the config file gave, and which of the recipe's the config file
     or flags changed (``a``: the resolved options)."""
-    from ..recipes import recipe
+    from emovox.training.recipes import recipe
 
     def listed(layer):
         return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in layer.items())
@@ -394,8 +394,8 @@ def _announce(a, sources: dict, say) -> None:
 
 
 def _feature_config(a):
-    from ..features import preset
-    from ..training import DEFAULT_FEATURES
+    from emovox.features import preset
+    from emovox.training.config import DEFAULT_FEATURES
 
     feats = preset(a.features or DEFAULT_FEATURES.get(a.model, "logmel64"))
     changes = {}
@@ -409,8 +409,8 @@ def _feature_config(a):
 
 
 def train_config(a, defaults: dict):
-    """The :class:`~emovox.training.TrainConfig` of resolved options ``a``."""
-    from ..training import TrainConfig
+    """The :class:`~emovox.training.config.TrainConfig` of resolved options ``a``."""
+    from emovox.training.config import TrainConfig
 
     return TrainConfig(
         model=a.model, model_kwargs=model_kwargs(a, defaults), features=_feature_config(a).to_dict(), labels=a.labels,
@@ -428,8 +428,8 @@ def train_config(a, defaults: dict):
 
 
 def _run(args, *, rank0: bool = True) -> int:
-    from ..data import default_cache_dir
-    from ..training import run_training
+    from emovox.data.cache import default_cache_dir
+    from emovox.training.run import run_training
 
     a, sources = settings(args)
     say = print if rank0 else (lambda *_: None)
@@ -439,7 +439,7 @@ def _run(args, *, rank0: bool = True) -> int:
 
         torch.set_num_threads(a.threads)
     if a.export:
-        from ..export import check_dependencies
+        from emovox.export import check_dependencies
 
         check_dependencies(a.export)  # before hours of training, not after
     rows = load_rows(a.data_dir, a.corpus, a.csv_path)
@@ -457,8 +457,8 @@ def _run(args, *, rank0: bool = True) -> int:
 
 
 def _export(out_dir, formats, inputs, verbose: int, say) -> None:
-    from ..export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
-    from .export import quiet_converters
+    from emovox.commands.export import quiet_converters
+    from emovox.export import TRAIN_EXPORT_DIR, ExportError, export_trained_model
 
     try:
         with quiet_converters(verbose):
@@ -468,4 +468,4 @@ def _export(out_dir, formats, inputs, verbose: int, say) -> None:
     worst = [c["max_abs_diff"] for per in report.checks.values() for c in per.values() if "max_abs_diff" in c]
     checked = f"; largest |logit - PyTorch| {max(worst):.1e}" if worst else ""
     say(f"exported {', '.join(formats)} ({inputs} input) to {out_dir}/{TRAIN_EXPORT_DIR} in {report.seconds:.1f} s"
-        f"{checked}" + (f"; seed 000's files: {', '.join(p.name for p in top)}" if top else ""))
+        f"{checked}" + (f"; the Core ML mobile CNN's files: {', '.join(p.name for p in top)}" if top else ""))

@@ -8,14 +8,14 @@ An export folder holds, per input kind (``waveform``, ``features``):
 
 - ``emotion_<kind>.onnx`` (+ ``emotion_<kind>.int8.onnx`` with ``quantize="int8"``),
 - ``EmotionClassifierWaveform.mlmodel`` / ``.mlpackage`` and ``EmotionClassifier.mlmodel`` /
-  ``.mlpackage`` (the feature-in model, seed 000's name),
+  ``.mlpackage`` (the feature-in model, the Core ML mobile CNN's name),
 - ``emotion_<kind>.pt`` (TorchScript),
 
 and ``preprocessing.json`` (how to compute the features exactly), ``export.json`` (files,
 tensor names and shapes, labels, temperature, check results, versions), ``model_config.json``
 and ``labels.json``. See ``docs/device-integration.md``. ``emovox train --export`` writes such a
 folder as ``export/`` inside the trained model folder and links the feature-in ONNX and Core ML files
-beside ``best_model.pth`` under seed 000's names (:func:`export_trained_model`).
+beside ``best_model.pth`` under the Core ML mobile CNN's names (:func:`export_trained_model`).
 
 Modules: :mod:`.graphs` (trace-safe graphs), :mod:`.spec` (names and shapes), one writer per
 format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the whole run).
@@ -23,9 +23,9 @@ format, :mod:`.checks` (parity), :mod:`.preprocessing` and :mod:`.exporter` (the
 
 from __future__ import annotations
 
-from .checks import DEFAULT_TOLERANCE, synthetic_clips
-from .coreml_export import FLAVOURS as COREML_FLAVOURS
-from .exporter import (
+from emovox.export.checks import DEFAULT_TOLERANCE, synthetic_clips
+from emovox.export.coreml_export import FLAVOURS as COREML_FLAVOURS
+from emovox.export.exporter import (
     FORMATS,
     MANIFEST_FILE,
     PREPROCESSING_FILE,
@@ -37,9 +37,9 @@ from .exporter import (
     export_model,
     export_trained_model,
 )
-from .onnx_export import DEFAULT_OPSET
-from .preprocessing import preprocessing_spec
-from .spec import INPUT_KINDS
+from emovox.export.onnx_export import DEFAULT_OPSET
+from emovox.export.preprocessing import preprocessing_spec
+from emovox.export.spec import INPUT_KINDS
 
 __all__ = [
     "COREML_FLAVOURS",

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..modelio import EmotionPipeline
-from .spec import GraphSpec
+from emovox.export.spec import GraphSpec
+from emovox.modelio import EmotionPipeline
 
 Runner = Callable[..., list[np.ndarray]]
 DEFAULT_TOLERANCE = 1e-4

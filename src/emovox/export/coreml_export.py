@@ -11,7 +11,7 @@ exporter also runs both files and compares them with PyTorch.
   float32 weights and compute.
 - ``.mlpackage`` (``convert_to="mlprogram"``, ``compute_precision=FLOAT32``): iOS 15+/macOS 12+.
 
-The Core ML graphs take one clip (batch 1): seed 000's ``[1, 64, 100]``. The waveform input has a
+The Core ML graphs take one clip (batch 1): the Core ML mobile CNN's ``[1, 64, 100]``. The waveform input has a
 flexible length (``RangeDim``) from one hop up to ``coreml_max_seconds``; the streaming model takes
 one frame ``[1, 1, n_features]`` and its state.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .spec import GraphSpec
+from emovox.export.spec import GraphSpec
 
 FLAVOURS = ("neuralnetwork", "mlprogram")
 EXTENSIONS = {"neuralnetwork": ".mlmodel", "mlprogram": ".mlpackage"}

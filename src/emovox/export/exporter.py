@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ExportError
-from ..modelio import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, LoadedModel, ModelLoadError, load_model_dir
-from .checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
-from .coreml_export import FLAVOURS
-from .onnx_export import DEFAULT_OPSET
-from .preprocessing import preprocessing_spec
-from .spec import DEFAULT_COREML_MAX_SECONDS, INPUT_KINDS, GraphSpec, build_graph_spec
+from emovox import __version__
+from emovox.atomic import move_into_place, write_json
+from emovox.defaults import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
+from emovox.errors import ExportError
+from emovox.export.checks import DEFAULT_TOLERANCE, build_cases, check_runner, synthetic_clips, top1_agreement
+from emovox.export.coreml_export import FLAVOURS
+from emovox.export.onnx_export import DEFAULT_OPSET
+from emovox.export.preprocessing import preprocessing_spec
+from emovox.export.spec import DEFAULT_COREML_MAX_SECONDS, INPUT_KINDS, GraphSpec, build_graph_spec
+from emovox.modelio import LoadedModel, ModelLoadError, load_model_dir
 
 FORMATS = ("onnx", "coreml", "torchscript")
 EXPORT_FORMAT = "emovox-export"
@@ -108,8 +110,8 @@ def export_model(model: str | os.PathLike, output_dir: str | os.PathLike, *,
                               license_text=license_text, description=description)
         report.seconds = time.perf_counter() - t0
         report.output_dir = out
-        _write_json(tmp / MANIFEST_FILE, _manifest(report, conv, specs, opset))
-        _move_into_place(tmp, out, overwrite=overwrite)
+        write_json(tmp / MANIFEST_FILE, _manifest(report, conv, specs, opset))
+        replace_export_folder(tmp, out, overwrite=overwrite)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (RuntimeError, OSError)) or (isinstance(e, ValueError) and not isinstance(e, ExportError)):
@@ -144,15 +146,15 @@ def check_dependencies(formats: Sequence[str]) -> None:
 
 #: Where ``emovox train --export`` writes the export inside the trained model folder.
 TRAIN_EXPORT_DIR = "export"
-#: Seed 000's names for the feature-input graph, placed at the top of a trained model folder.
+#: The Core ML mobile CNN's names for the feature-input graph, placed at the top of a trained model folder.
 SEED000_FILES = {"onnx": "emotion_classifier.onnx", "coreml": "EmotionClassifier.mlmodel"}
 
 
 def export_trained_model(model_dir: str | os.PathLike, *, formats: Sequence[str] = ("onnx", "coreml"),
                          inputs: Sequence[str] | str = INPUT_KINDS) -> tuple[ExportReport, list[Path]]:
     """``emovox train --export``: export a trained model folder into ``model_dir/export/`` (everything
-    :func:`export_model` writes, checked against PyTorch; Core ML as ``.mlmodel``, seed 000's format) and
-    put its feature-input ONNX and Core ML files at the top of the folder under seed 000's names,
+    :func:`export_model` writes, checked against PyTorch; Core ML as ``.mlmodel``, the Core ML mobile CNN's format) and
+    put its feature-input ONNX and Core ML files at the top of the folder under the Core ML mobile CNN's names,
     ``emotion_classifier.onnx`` and ``EmotionClassifier.mlmodel`` (hard links to the files in ``export/``,
     copies where the file system has no links). Returns the report and the top-level files.
     """
@@ -208,7 +210,7 @@ def _check_json_files(folder: Path, config: dict[str, Any]) -> None:
 def _clips(sources, sample_rate_hz: int) -> list[np.ndarray]:
     if not sources:
         return synthetic_clips(sample_rate_hz)
-    from ..audio import load_audio
+    from emovox.audio import load_audio
 
     clips = []
     for s in sources:
@@ -261,9 +263,9 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
                  quantize, opset, clips, tolerance, author, license_text, description) -> ExportReport:
     config = conv.config
     prep = preprocessing_spec(config)
-    _write_json(tmp / PREPROCESSING_FILE, prep)
-    _write_json(tmp / "model_config.json", config)
-    _write_json(tmp / "labels.json", list(config["labels"]))
+    write_json(tmp / PREPROCESSING_FILE, prep)
+    write_json(tmp / "model_config.json", config)
+    write_json(tmp / "labels.json", list(config["labels"]))
     report = ExportReport(output_dir=tmp, files={}, versions=_versions(formats))
     author = author or config.get("author") or "emovox"
     license_text = license_text or config.get("license") or DEFAULT_LICENSE
@@ -274,7 +276,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
         cases = build_cases(spec, ref.pipeline, clips) if clips else []
         checks: dict[str, Any] = {}
         if "onnx" in formats:
-            from .onnx_export import OnnxRunner, external_data_files, quantize_int8, write_onnx
+            from emovox.export.onnx_export import OnnxRunner, external_data_files, quantize_int8, write_onnx
 
             path = tmp / f"{spec.stem}.onnx"
             write_onnx(spec, path, opset=opset, metadata={**meta, "opset": opset})
@@ -296,7 +298,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
                     q["vs_pytorch"].pop("tolerance")
                 report.quantization[spec.kind] = q
         if "torchscript" in formats:
-            from .torchscript_export import TorchScriptRunner, write_torchscript
+            from emovox.export.torchscript_export import TorchScriptRunner, write_torchscript
 
             path = tmp / f"{spec.stem}.pt"
             write_torchscript(spec, path, config=config, metadata=meta, preprocessing=prep)
@@ -304,7 +306,7 @@ def _export_into(tmp: Path, ref: LoadedModel, conv: LoadedModel, specs: list[Gra
             if cases:
                 checks["torchscript"] = check_runner(spec, TorchScriptRunner(path, spec), cases, tolerance=tolerance)
         if "coreml" in formats:
-            from .coreml_export import CoreMLRunner, can_predict, write_coreml
+            from emovox.export.coreml_export import CoreMLRunner, can_predict, write_coreml
 
             written = write_coreml(spec, tmp, flavours=flavours, metadata=meta, author=author,
                                    license_text=license_text, description=desc)
@@ -390,17 +392,8 @@ def _manifest(report: ExportReport, conv: LoadedModel, specs: list[GraphSpec], o
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"output folder {out} appeared during the export; not replacing it")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, out)
+def replace_export_folder(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Move a finished export folder into place; an ``out`` that appeared meanwhile is replaced only with ``overwrite``."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder {out} appeared during the export; not replacing it")
+    move_into_place(tmp, out)

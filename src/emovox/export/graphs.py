@@ -4,7 +4,7 @@ Three graphs, built from the pipeline's own modules (the front-end with ``stft_m
 normaliser and the model), so nothing about the features is re-implemented:
 
 - :class:`WaveformGraph`: 16 kHz samples ``(batch, samples)`` → logits ``(batch, n_labels)``;
-  the front-end, the crop/pad to ``num_frames``, seed 003's zero-frame skipping and the
+  the front-end, the crop/pad to ``num_frames``, the streaming MFCC-LSTM's zero-frame skipping and the
   normalisation are inside.
 - :class:`FeatureGraph`: raw (un-normalised) features ``(batch, n_features, frames)`` → logits,
   for frame models; normalisation inside.
@@ -12,11 +12,11 @@ normaliser and the model), so nothing about the features is re-implemented:
   ``(1, 1, n_features)``) plus the recurrent state → logits and the new state, for streaming
   models; normalisation inside.
 
-The crop/pad (:func:`emovox.features.fix_frames`), the zero-frame test
-(:func:`~emovox.features.nonzero_frame_mask`) and compaction (:func:`~emovox.features.compact_frames`)
+The crop/pad (:func:`emovox.frames.fix_frames`), the zero-frame test
+(:func:`~emovox.frames.nonzero_frame_mask`) and compaction (:func:`~emovox.frames.compact_frames`)
 are the pipeline's own functions, written as tensor arithmetic (gathers with computed indices, a
 stable sort by a computed key) so one traced graph serves every length and batch; the streaming
-step is :func:`emovox.modelio.streaming_step`. ``tests/test_export.py`` checks the graphs against
+step is :func:`emovox.modelio.streaming_step`. ``tests/export/test_export.py`` checks the graphs against
 the pipeline itself for several lengths and batch sizes.
 """
 
@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..features import compact_frames, fix_frames, nonzero_frame_mask, prepare_input
-from ..modelio import EmotionPipeline, streaming_step
-from ..models.common import head_logits, is_streaming
+from emovox.features import prepare_input
+from emovox.frames import compact_frames, fix_frames, nonzero_frame_mask
+from emovox.modelio import EmotionPipeline, streaming_step
+from emovox.models.common import head_logits, is_streaming
 
 
 def _check_conv_frontend(pipeline: EmotionPipeline) -> None:
@@ -97,8 +98,8 @@ class StreamingStepGraph(nn.Module):
     The state is the model's ``hidden`` flattened to tensors (``(h, c)`` for an LSTM); zeros are
     the initial state. Feeding frames one by one with the returned state equals the whole sequence.
     ``pipeline``: an :class:`EmotionPipeline`, or anything with its ``normalize``, ``model`` and
-    ``temperature`` (:class:`emovox.training.FullStreamingModel`); ``calibrated`` divides the logits
-    by the temperature (seed 003's drop-in, whose ``softmax`` must give emovox's probabilities).
+    ``temperature`` (:class:`emovox.training.full_model.FullStreamingModel`); ``calibrated`` divides the logits
+    by the temperature (the streaming MFCC-LSTM's drop-in, whose ``softmax`` must give emovox's probabilities).
     """
 
     def __init__(self, pipeline: EmotionPipeline | nn.Module, state_is_tuple: bool, *, calibrated: bool = False):
@@ -119,13 +120,13 @@ class StreamingStepGraph(nn.Module):
         return (logits * self.scale, *new)
 
 
-class Seed003Step(nn.Module):
-    """Seed 003's interface around a traced :class:`StreamingStepGraph` of an LSTM, for TorchScript:
+class HiddenStateStep(nn.Module):
+    """The streaming MFCC-LSTM's interface around a traced :class:`StreamingStepGraph` of an LSTM, for TorchScript:
     ``forward(x, hidden=None) -> (logits, (h, c))`` with ``x`` ``(batch, frames, n_features)``
     and ``hidden`` the ``(h, c)`` tuple of the previous call, or None (zeros) to start.
 
-    Scripted (:func:`script_seed003_step`), so ``torch.jit.load`` (or ``torch.load(path,
-    weights_only=False)``, which hands TorchScript archives to it) gives a module that seed 003's loop
+    Scripted (:func:`script_hidden_state_step`), so ``torch.jit.load`` (or ``torch.load(path,
+    weights_only=False)``, which hands TorchScript archives to it) gives a module that the streaming MFCC-LSTM's loop
     ``output, hidden = model(frame, hidden)`` runs unchanged, without emovox and without unpickling
     Python objects.
     """
@@ -133,7 +134,7 @@ class Seed003Step(nn.Module):
     def __init__(self, step: nn.Module, state_shapes: list[tuple[int, ...]], batch_axes: list[int]):
         super().__init__()
         if len(state_shapes) != 2:
-            raise ValueError(f"seed 003's (h, c) interface needs an LSTM-like state of two tensors, got "
+            raise ValueError(f"the streaming MFCC-LSTM's (h, c) interface needs an LSTM-like state of two tensors, got "
                              f"{len(state_shapes)}")
         self.step = step
         self.h_shape = [int(d) for d in state_shapes[0]]
@@ -156,14 +157,14 @@ class Seed003Step(nn.Module):
         return logits, (h_out, c_out)
 
 
-def script_seed003_step(pipeline: EmotionPipeline | nn.Module, *, calibrated: bool = False) -> torch.jit.ScriptModule:
-    """The :class:`Seed003Step` TorchScript module of a streaming LSTM (a pipeline, or a
-    :class:`emovox.training.FullStreamingModel` with ``calibrated=True``)."""
+def script_hidden_state_step(pipeline: EmotionPipeline | nn.Module, *, calibrated: bool = False) -> torch.jit.ScriptModule:
+    """The :class:`HiddenStateStep` TorchScript module of a streaming LSTM (a pipeline, or a
+    :class:`emovox.training.full_model.FullStreamingModel` with ``calibrated=True``)."""
     import warnings
 
     is_tuple, shapes, axes = streaming_state_layout(pipeline)
     if not is_tuple or len(shapes) != 2:
-        raise ValueError("seed 003's forward(x, hidden) with hidden = (h, c) needs an LSTM-like model")
+        raise ValueError("the streaming MFCC-LSTM's forward(x, hidden) with hidden = (h, c) needs an LSTM-like model")
     n = pipeline.feature_config.n_features
     example = (torch.zeros(2, 3, n), *(torch.zeros(*[2 if i == ax else d for i, d in enumerate(s)])
                                        for s, ax in zip(shapes, axes)))
@@ -172,7 +173,7 @@ def script_seed003_step(pipeline: EmotionPipeline | nn.Module, *, calibrated: bo
         with torch.no_grad():
             step = torch.jit.trace(StreamingStepGraph(pipeline, True, calibrated=calibrated).eval(), example,
                                    check_trace=False)
-        return torch.jit.script(Seed003Step(step, shapes, axes))
+        return torch.jit.script(HiddenStateStep(step, shapes, axes))
 
 
 def streaming_state_layout(pipeline: EmotionPipeline) -> tuple[bool, list[tuple[int, ...]], list[int]]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .spec import GraphSpec
+from emovox.export.spec import GraphSpec
 
 DEFAULT_OPSET = 17
 

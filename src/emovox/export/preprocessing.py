@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ..features import (
+from emovox.features import (
     LEVEL_QUANTILE,
     PEAK_EPS,
     FeatureConfig,
-    _padded_window,
     dct_matrix,
     mel_filterbank,
-    silence_features,
+    padded_window,
 )
+from emovox.frames import silence_features
 
 SPEC_FORMAT = "emovox-preprocessing"
 SPEC_VERSION = 1
@@ -58,7 +58,7 @@ def preprocessing_spec(config: dict[str, Any]) -> dict[str, Any]:
             "window": "hann",
             "window_periodic": True,
             **_window_spec(cfg),
-            "window_values": _f32(_padded_window(cfg).numpy()),
+            "window_values": _f32(padded_window(cfg).numpy()),
             "center": cfg.center,
             "center_padding": ({"left": cfg.n_fft // 2, "right": cfg.n_fft // 2, "mode": "constant zeros"}
                                if cfg.center else None),
@@ -192,10 +192,10 @@ def _waveform_spec(config: dict[str, Any], cfg: FeatureConfig) -> dict[str, Any]
 
 
 def _is_streaming(config: dict[str, Any]) -> bool:
-    from ..models import MODELS, _load_all
-    from ..models.common import is_streaming
+    from emovox.models import MODELS, load_all
+    from emovox.models.common import is_streaming
 
-    _load_all()
+    load_all()
     cls = MODELS.get(config["model"]["name"])
     return is_streaming(cls)
 
@@ -207,7 +207,7 @@ def _summary(cfg: FeatureConfig) -> str:
          f"in an {cfg.n_fft}-point FFT, hop {cfg.hop_length} ({1000 * cfg.hop_length / cfg.sample_rate_hz:g} ms), "
          f"{'centred with zero padding' if cfg.center else 'no centre padding'}")
     if cfg.librosa_per_frame:
-        s += (f"; each frame as one librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}) call (seed 003's loop): the "
+        s += (f"; each frame as one librosa.feature.mfcc(y=frame, n_fft={cfg.n_fft}) call (the streaming MFCC-LSTM's loop): the "
               f"second half of an {cfg.n_fft}-point Hann" + ("" if cfg.top_db is None else f", top_db {cfg.top_db:g} per frame"))
     if cfg.peak_normalize:
         s = "peak-normalised clip; " + s

@@ -1,7 +1,7 @@
 """The ONNX Runtime graphs a model folder carries (``<model>/onnx/``), so inference runs without PyTorch.
 
 ``python -m tools.ship_model`` (or :func:`build_runtime`) writes them next to a model's PyTorch weights;
-:mod:`emovox.onnx_backend` runs them (``emovox classify``, ``stream``, ``serve`` and ``load_model()``
+:mod:`emovox.runtime.onnx_backend` runs them (``emovox classify``, ``stream``, ``serve`` and ``load_model()``
 pick them when present). What a folder gets depends on the model:
 
 ``model.onnx``  (every model) waveforms ``(batch, samples)`` → logits, front-end inside: the
@@ -9,7 +9,7 @@ pick them when present). What a folder gets depends on the model:
     head (the shipped default) Whisper's log-mel, the encoder at the clip's own length (dynamic time
     axis, at most 30 s) and the probe. Its encoder weights are not copied into the file: they are
     references (ONNX external data named ``<backbone>:<parameter>``) that
-    :mod:`emovox.onnx_materialise` fills from the pinned Whisper packages the model already needs.
+    :mod:`emovox.runtime.onnx_materialise` fills from the pinned Whisper packages the model already needs.
 ``frontend.onnx`` + ``step.onnx``  (streaming models) the frames' raw features, and one streaming
     step (raw features + state → logits after every frame + state), so ``emovox stream`` steps the
     recurrent model frame by frame exactly as the PyTorch session does.
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
-from ..modelio import EmotionPipeline, LoadedModel, load_model_dir, streaming_step
-from .graphs import state_names, streaming_state_layout
-from .onnx_export import DEFAULT_OPSET, write_onnx
-from .spec import GraphSpec, TensorSpec, build_graph_spec
+from emovox import __version__
+from emovox.export.graphs import state_names, streaming_state_layout
+from emovox.export.onnx_export import DEFAULT_OPSET, write_onnx
+from emovox.export.spec import GraphSpec, TensorSpec, build_graph_spec
+from emovox.modelio import EmotionPipeline, LoadedModel, load_model_dir, streaming_step
 
 RUNTIME_DIR = "onnx"
 RUNTIME_FILE = "runtime.json"
@@ -42,6 +42,8 @@ RUNTIME_FORMAT_VERSION = 1
 #: Prefix of the encoder's parameters in the Whisper probe graph (their ONNX initializer names).
 ENCODER_PREFIX = "whisper_encoder."
 QUANTIZATIONS = ("none", "int8")
+#: The probe graph's second output: the pooled row before standardisation (what ``--adapt`` re-standardises).
+POOLED_OUTPUT = "pooled_features"
 
 
 class WhisperProbeGraph(nn.Module):
@@ -61,10 +63,13 @@ class WhisperProbeGraph(nn.Module):
         self.layers = list(ssl.layers)
         self.probe = ssl
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, pooled features)``: the pooled row before the probe's standardisation is a second output,
+        so the runtime can re-standardise on a user's recordings (``--adapt``) without PyTorch."""
         states = self.whisper_encoder(self.frontend(waveform))
         stacked = torch.stack([states[i] for i in self.layers], dim=1).transpose(2, 3)
-        return self.probe.head(stacked)
+        pooled = self.probe.pool_states(stacked.float())
+        return self.probe.classifier((pooled - self.probe.pooled_mean) / self.probe.pooled_std), pooled
 
 
 class FrameFeaturesGraph(nn.Module):
@@ -130,11 +135,15 @@ def _probe_spec(pipe: EmotionPipeline) -> tuple[GraphSpec, dict[str, Any]]:
     wave = TensorSpec("waveform", ["batch", "samples"], "16 kHz mono float32 samples, at least min_samples and at "
                       "most max_samples (30 s); clips of one length per batch")
     logits = TensorSpec("emotion_logits", ["batch", len(pipe.labels)], "emotion logits")
-    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits], (_example(3 * 16000),), ())
+    pooled = TensorSpec(POOLED_OUTPUT, ["batch", int(pipe.model.pooled_mean.numel())],
+                        "the probe's input before its standardisation: each layer's time mean")
+    spec = GraphSpec("waveform", False, graph, graph, [wave], [logits, pooled], (_example(3 * 16000),), ())
     limits = {"min_samples": int(backbone.min_samples), "max_samples": int(backbone.chunk_samples),
               "long_clips": "windows of max_samples, logits averaged weighted by frames (exact for the linear "
                             "probe's pooling; each window has its own log-mel range and no context across windows)",
-              "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX}}
+              "external_weights": {"backbone": backbone.ref.source, "prefix": ENCODER_PREFIX},
+              "probe": {"pooled_output": POOLED_OUTPUT, "mean": "probe.pooled_mean", "std": "probe.pooled_std",
+                        "weight": "probe.classifier.1.weight", "bias": "probe.classifier.1.bias"}}
     return spec, limits
 
 
@@ -181,7 +190,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     different lengths runs once; without it each length runs on its own (faster for the crnn's 2-D
     convolutions on ONNX Runtime's CPU kernels: BENCHMARKS.md, "Inference without PyTorch").
     """
-    from .exporter import _move_into_place  # atomic folder replace, shared with `emovox export`
+    from emovox.atomic import move_into_place
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
@@ -196,7 +205,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     try:
         manifest = _fill(tmp, loaded, meta, quantization=quantization, opset=opset, lengths_input=lengths_input)
         (tmp / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        _move_into_place(tmp, out, overwrite=True)
+        move_into_place(tmp, out)
     except BaseException:  # a model the runtime cannot take, or an interrupt: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,8 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modelio import EmotionPipeline
-from .graphs import FeatureGraph, StreamingStepGraph, WaveformGraph, state_names, streaming_state_layout
+from emovox.export.graphs import (
+    FeatureGraph,
+    StreamingStepGraph,
+    WaveformGraph,
+    state_names,
+    streaming_state_layout,
+)
+from emovox.modelio import EmotionPipeline
 
 INPUT_KINDS = ("waveform", "features")
 #: Core ML's waveform input accepts this many seconds at most (a flexible shape needs a bound).
@@ -58,7 +64,7 @@ class GraphSpec:
 
     @property
     def coreml_stem(self) -> str:
-        """File stem for Core ML files (Xcode makes it the Swift class name); seed 000's name for features."""
+        """File stem for Core ML files (Xcode makes it the Swift class name); the Core ML mobile CNN's name for features."""
         return "EmotionClassifier" if self.kind == "features" else "EmotionClassifierWaveform"
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:

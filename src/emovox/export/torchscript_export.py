@@ -6,9 +6,9 @@ PyTorch Mobile runtimes still load these files; the deprecation warnings are sil
 The archive carries ``config.json`` (the model config), ``export.json`` (labels, temperature,
 tensor names and shapes) and ``preprocessing.json`` as ``_extra_files``; read them back with
 ``torch.jit.load(path, _extra_files={"export.json": ""})``. Inputs are positional, in the order of
-``export.json``'s ``inputs``, except for a streaming LSTM's feature input, which takes seed 003's
+``export.json``'s ``inputs``, except for a streaming LSTM's feature input, which takes the streaming MFCC-LSTM's
 interface: ``model(x, hidden) -> (logits, (h, c))`` with ``hidden`` the previous call's ``(h, c)``
-or None (zeros), so seed 003's loop runs it unchanged (:class:`~.graphs.Seed003Step`).
+or None (zeros), so the streaming MFCC-LSTM's loop runs it unchanged (:class:`~.graphs.HiddenStateStep`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .coreml_export import trace
-from .graphs import Seed003Step
-from .spec import GraphSpec
+from emovox.export.coreml_export import trace
+from emovox.export.graphs import HiddenStateStep
+from emovox.export.spec import GraphSpec
 
 EXTRA_FILES = ("config.json", "export.json", "preprocessing.json")
 
 
-def seed003_interface(spec: GraphSpec) -> bool:
+def has_hidden_state_interface(spec: GraphSpec) -> bool:
     """Whether the TorchScript file of ``spec`` takes ``(x, (h, c))`` (a streaming LSTM's feature input)."""
     return spec.streaming and spec.kind == "features" and len(spec.state_shapes) == 2
 
@@ -37,14 +37,14 @@ def write_torchscript(spec: GraphSpec, path: Path, *, config: dict[str, Any], me
                       preprocessing: dict[str, Any]) -> None:
     module = trace(spec.module, spec.example)
     info = {**metadata, **spec.io_dict()}
-    if seed003_interface(spec):
+    if has_hidden_state_interface(spec):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.script(Seed003Step(module, spec.state_shapes, spec.state_batch_axes))
+            module = torch.jit.script(HiddenStateStep(module, spec.state_shapes, spec.state_batch_axes))
         names = [t.name for t in (*spec.inputs, *spec.outputs)]
         info["torchscript_call"] = (f"{names[3]}, ({names[4]}, {names[5]}) = model({names[0]}, hidden) with hidden = "
                                     f"({names[1]}, {names[2]}) from the previous call, or None (zeros) to start "
-                                    "(seed 003's interface)")
+                                    "(the streaming MFCC-LSTM's interface)")
     extra = {
         "config.json": json.dumps(config, indent=1),
         "export.json": json.dumps(info, indent=1),
@@ -57,13 +57,13 @@ def write_torchscript(spec: GraphSpec, path: Path, *, config: dict[str, Any], me
 
 class TorchScriptRunner:
     """Runs a saved TorchScript graph: ``runner(*arrays) -> list of arrays`` (the state flattened
-    for files with seed 003's ``(x, (h, c))`` interface)."""
+    for files with the streaming MFCC-LSTM's ``(x, (h, c))`` interface)."""
 
     def __init__(self, path: Path, spec: GraphSpec | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(path), map_location="cpu")
-        self.tuple_state = spec is not None and seed003_interface(spec)
+        self.tuple_state = spec is not None and has_hidden_state_interface(spec)
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]

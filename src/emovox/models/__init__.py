@@ -32,20 +32,20 @@ def register(name: str):
     return deco
 
 
-def _load_all() -> None:
+def load_all() -> None:
     for m in _MODULES:
         importlib.import_module(f"emovox.models.{m}")
 
 
 def model_names() -> list[str]:
-    _load_all()
+    load_all()
     return sorted(MODELS)
 
 
 def build_model(name: str, *, n_features: int, n_classes: int, model_dir=None, **kwargs) -> nn.Module:
     """``model_dir``: the model folder being loaded, passed to families that keep files in it
     (``needs_model_dir = True``: the ssl family's bundled backbone); ignored by the others."""
-    _load_all()
+    load_all()
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     if getattr(MODELS[name], "needs_model_dir", False):

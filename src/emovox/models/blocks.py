@@ -2,7 +2,7 @@
 
 A batch of clips of different lengths is zero-padded to the longest one and carries
 ``lengths`` (real frames per clip). These blocks make padding invisible in eval mode: a clip
-gives the same logits alone or padded inside a batch (``tests/test_models.py`` checks it).
+gives the same logits alone or padded inside a batch (``tests/models/test_models.py`` checks it).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import length_mask
+from emovox.models.common import length_mask
 
 
 def _mask_like(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

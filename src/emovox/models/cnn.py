@@ -1,4 +1,4 @@
-"""Seed 000's tiny mobile model: log-mel ``(batch, 64, frames)`` → 3 Conv1d blocks → global
+"""The Core ML mobile CNN's tiny mobile model: log-mel ``(batch, 64, frames)`` → 3 Conv1d blocks → global
 average pooling → fully connected layers. About 50K parameters (~200 KB as float32)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-from .common import masked_mean, zero_padding
+from emovox.models import register
+from emovox.models.common import masked_mean, zero_padding
 
 
 @register("cnn")

@@ -1,4 +1,4 @@
-"""Seed 001's 2-D CNN, in PyTorch: the spectrogram as an image ``(batch, 1, n_features, frames)``
+"""The Keras backend CNN's 2-D CNN, in PyTorch: the spectrogram as an image ``(batch, 1, n_features, frames)``
 → 3 × (Conv2D 3×3, batch norm, ReLU, 2×2 max pool) → global average pooling → 2 dense layers
 with dropout → logits (softmax applied by the caller). About 110K parameters with the defaults.
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-from .blocks import masked_mean_2d, masked_sequential
+from emovox.models import register
+from emovox.models.blocks import masked_mean_2d, masked_sequential
 
 
 @register("cnn2d")

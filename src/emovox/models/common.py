@@ -9,7 +9,7 @@ import torch
 
 @runtime_checkable
 class StreamingModel(Protocol):
-    """A network that runs frame by frame (``streaming = True``; seed 003's LSTM): what streaming,
+    """A network that runs frame by frame (``streaming = True``; the streaming MFCC-LSTM's LSTM): what streaming,
     the per-frame training objective and the streaming exports rely on, declared in one place.
 
     Input is ``(batch, frames, n_features)`` (time before features, unlike frame models'

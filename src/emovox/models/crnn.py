@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-from .blocks import AttentiveStatsPool, masked_sequential, utterance_mean_norm
+from emovox.models import register
+from emovox.models.blocks import AttentiveStatsPool, masked_sequential, utterance_mean_norm
 
 
 @register("crnn")

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import register
-from .blocks import AttentiveStatsPool, masked_sequential
+from emovox.models import register
+from emovox.models.blocks import AttentiveStatsPool, masked_sequential
 
 
 @register("fast")

@@ -1,4 +1,4 @@
-"""Seed 003's streaming model: MFCC frames in, ``forward(x, hidden=None) -> (logits, hidden)``.
+"""The streaming MFCC-LSTM's streaming model: MFCC frames in, ``forward(x, hidden=None) -> (logits, hidden)``.
 
 ``x`` is ``(batch, frames, n_features)``; a single frame ``(batch, 1, n_features)`` with the
 previous ``hidden`` continues the sequence, so frame-by-frame stepping equals the whole-sequence
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from . import register
+from emovox.models import register
 
 
 @register("lstm")

@@ -1,7 +1,7 @@
-"""Seed 002's hybrid: a pretrained speech backbone (wav2vec2, HuBERT, WavLM) + a small trained head.
+"""The FastAPI wav2vec2 hybrid's hybrid: a pretrained speech backbone (wav2vec2, HuBERT, WavLM) + a small trained head.
 
 ``(batch, 1, samples)`` 16 kHz waveform (features kind ``"waveform"``) → backbone (frozen by
-default; :mod:`emovox.backbones`) → hidden states of the selected layers ``(batch, n_layers,
+default; :mod:`emovox.pretrained.backbones`) → hidden states of the selected layers ``(batch, n_layers,
 hidden, frames)`` → each layer normalised over ``hidden`` (no affine) and summed with learned
 softmax weights → head → logits. Heads:
 
@@ -10,7 +10,7 @@ softmax weights → head → logits. Heads:
 - ``"attention"``: 1×1 projection → ReLU → attentive statistics pooling;
 
 then dropout → dense → ReLU → dropout → dense. No batch norm (a DDP run then equals a
-single-process run; see :mod:`emovox.distributed`). Padding-safe: convolutions and pooling are
+single-process run; see :mod:`emovox.training.distributed`). Padding-safe: convolutions and pooling are
 masked, and the backbone runs each clip of a padded batch at its own length.
 
 ``forward(x, lengths=None)`` accepts the waveform ``(batch, 1, samples)`` or ``(batch, samples)``
@@ -19,7 +19,7 @@ masked, and the backbone runs each clip of a padded batch at its own length.
 backbone.
 
 Saving: ``state_dict()`` holds the head and the fine-tuned top backbone layers only; the frozen
-backbone is referenced (``kwargs["backbone"]``, a :class:`~emovox.backbones.BackboneRef`) and
+backbone is referenced (``kwargs["backbone"]``, a :class:`~emovox.pretrained.backbone_ref.BackboneRef`) and
 reloaded from its source, or from ``backbone/`` inside the model folder when bundled.
 """
 
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import register
-from .blocks import AttentiveStatsPool, masked_sequential
-from .common import length_mask
+from emovox.models import register
+from emovox.models.blocks import AttentiveStatsPool, masked_sequential
+from emovox.models.common import length_mask
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class SSLHybrid(nn.Module):
                  layer_norm: bool = True, chunk_s: float | None = None, overlap_s: float = 2.0,
                  model_dir: str | os.PathLike | None = None):
         super().__init__()
-        from ..backbones import BackboneError, BackboneRef, load_backbone
+        from emovox.errors import BackboneError
+        from emovox.pretrained.backbone_loading import load_backbone
+        from emovox.pretrained.backbone_ref import BackboneRef
 
         if n_features != 1:
             raise ValueError(f"the ssl model takes raw samples (features kind 'waveform', one feature), "
@@ -178,7 +180,7 @@ class SSLHybrid(nn.Module):
 
     def bundle_backbone(self, out_dir: str | os.PathLike, *, write: bool = True) -> Path:
         """Copy the backbone into ``out_dir/backbone`` (when ``write``) and reference it from there."""
-        from ..backbones import BUNDLE_DIR
+        from emovox.pretrained.backbone_ref import BUNDLE_DIR
 
         dest = Path(out_dir) / BUNDLE_DIR
         if write:

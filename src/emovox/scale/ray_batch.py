@@ -7,7 +7,7 @@
 The paths become a dataset of ``(index, path)`` rows in blocks of one batch each;
 ``map_batches`` hands each batch to one of the actors (:class:`ClipClassifier`), which loads the
 model once through the public API (:func:`emovox.inference.load_model`, whatever runtime it uses)
-and returns each clip's record, built by :func:`emovox.records.build_record` exactly as local
+and returns each clip's record, built by :func:`emovox.commands.records.build_record` exactly as local
 ``emovox classify`` builds it. The records come back to this process in input order (Ray Data's
 ``preserve_order``, and a reorder buffer behind it), so they stream into the output file.
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
-from ..records import build_record, keep_fields
-from .options import BatchOptions
-from .ray_support import require_ray
+from emovox.commands.records import build_record, keep_fields
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
+from emovox.scale.options import BatchOptions
+from emovox.scale.ray_support import require_ray
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ClipClassifier:
     with each record as JSON text (records differ in their fields: errors have two)."""
 
     def __init__(self, spec: ModelSpec):
-        from ..inference import load_model
+        from emovox.inference import load_model
 
         self.spec = spec
         self.model = load_model(spec.model, backend=spec.backend, threshold=spec.threshold,
@@ -77,7 +77,7 @@ class ClipClassifier:
 
     def _segments(self, path: str) -> str:
         """A recording's segment records and its no-speech message, as JSON text (an error record when unreadable)."""
-        from ..errors import AudioError
+        from emovox.errors import AudioError
 
         spec = self.spec
         try:
@@ -94,7 +94,7 @@ def check_model(spec: ModelSpec) -> None:
     (a local Ray sees the same files), rather than from every actor."""
     from pathlib import Path
 
-    from ..inference import resolve_model_path
+    from emovox.inference import resolve_model_path
 
     if spec.model is None or not Path(spec.model).exists():
         resolve_model_path(spec.model)

@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..server.app import create_app
-from ..server.batching import DynamicBatcher, Overloaded
-from ..server.settings import Settings
-from .options import SERVE_HEADROOM, RayOptions, ServeOptions
-from .ray_support import ray_session, require_ray
+from emovox.scale.options import SERVE_HEADROOM, RayOptions, ServeOptions
+from emovox.scale.ray_support import ray_session, require_ray
+from emovox.server.app import create_app
+from emovox.server.batching import DynamicBatcher, Overloaded
+from emovox.server.settings import Settings
 
 #: Ray Serve's logging for ``emovox serve --engine ray``: warnings and errors, no access lines (the
 #: replicas' own logs keep everything: /tmp/ray/session_latest/logs/serve/).
@@ -158,7 +158,7 @@ def serve_forever(settings: Settings, options: ServeOptions, ray_options: RayOpt
     take the application down (and the local Ray, when this started one)."""
     stop = stop or threading.Event()
     if ray_options.address is None and settings.use_mock_models is not True:
-        from ..inference import resolve_model_path
+        from emovox.inference import resolve_model_path
 
         resolve_model_path(settings.model)  # same machine: a wrong model is one line before Ray starts
     with ray_session(ray_options, part="serve") as ray:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .options import INSTALL_HINT, RayOptions
+from emovox.scale.options import INSTALL_HINT, RayOptions
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ incrementally), :mod:`.decode` (block-wise decoding), :mod:`.pipeline` (the two 
 
 from __future__ import annotations
 
-from .decode import Recording, open_recording
-from .pipeline import SegmentedRecording, SpeechSegment, classify_segments, find_speech
-from .segmenter import Endpointer, Segmenter, SegmentOptions, speech_segments
-from .vad import SILERO, SileroVad, VadError, silero_onnx_path
+from emovox.segments.decode import Recording, open_recording
+from emovox.segments.pipeline import SegmentedRecording, SpeechSegment, classify_segments, find_speech
+from emovox.segments.segmenter import Endpointer, Segmenter, SegmentOptions, speech_segments
+from emovox.segments.vad import SILERO, SileroVad, VadError, silero_onnx_path
 
 __all__ = ["SILERO", "Endpointer", "Recording", "SegmentOptions", "SegmentedRecording", "Segmenter", "SileroVad",
            "SpeechSegment", "VadError", "classify_segments", "find_speech", "open_recording", "silero_onnx_path",

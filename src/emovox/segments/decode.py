@@ -23,16 +23,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..audio import (
-    _aiff_declared_frames,
-    _check_source_rate,
-    _decoder_said,
-    _describe,
-    _to_mono_float,
-    _wav_declared_data_bytes,
+from emovox.audio import (
+    aiff_declared_frames,
+    check_source_rate,
+    decoder_said,
+    describe_source,
     load_audio,
+    to_mono_float,
+    wav_declared_data_bytes,
 )
-from ..errors import AudioError
+from emovox.errors import AudioError
 
 #: Seconds of source audio decoded per block.
 BLOCK_S = 10.0
@@ -68,7 +68,7 @@ def open_recording(source, *, sample_rate_hz: int = 16000, source_sample_rate_hz
                    max_duration_s: float | None = None) -> Recording:
     """Check a recording's header (a path, bytes, a binary file object) or decode an array; AudioError naming
     the problem: missing, empty, not audio, a hostile sample rate, truncated, longer than ``max_duration_s``."""
-    desc = _describe(source)
+    desc = describe_source(source)
     if isinstance(source, np.ndarray) or isinstance(source, tuple) or type(source).__module__.startswith("torch"):
         wave = load_audio(source, sample_rate_hz=sample_rate_hz, source_sample_rate_hz=source_sample_rate_hz,
                           max_duration_s=max_duration_s)
@@ -78,8 +78,8 @@ def open_recording(source, *, sample_rate_hz: int = 16000, source_sample_rate_hz
         info = sf.info(data if isinstance(data, str) else io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{desc}: not a recognised audio file (supported: {_FORMATS}); decoder said: "
-                         f"{_decoder_said(e)}") from e
-    _check_source_rate(int(info.samplerate), desc, "header declares a sample rate of")
+                         f"{decoder_said(e)}") from e
+    check_source_rate(int(info.samplerate), desc, "header declares a sample rate of")
     duration = info.frames / info.samplerate
     if max_duration_s is not None and duration > max_duration_s:
         raise AudioError(f"{desc}: too long: {duration:.1f} s exceeds the maximum of {max_duration_s:g} s")
@@ -122,11 +122,11 @@ def _check_declared_size(data: str | bytes, desc: str) -> None:
         extra = os.path.getsize(data) - len(head)  # bytes after the part read
     else:
         head, extra = data[:HEADER_BYTES], len(data) - min(len(data), HEADER_BYTES)
-    wav = _wav_declared_data_bytes(head)
+    wav = wav_declared_data_bytes(head)
     if wav is not None and wav[1] + extra < wav[0]:
         raise AudioError(f"{desc}: truncated WAV file: header declares {wav[0]} bytes of audio data, only "
                          f"{wav[1] + extra} are present")
-    aiff = _aiff_declared_frames(head)
+    aiff = aiff_declared_frames(head)
     if aiff is not None:
         frames, channels, width, present = aiff
         if present + extra < frames * channels * width:
@@ -143,13 +143,13 @@ def _decode_blocks(rec: Recording, frames_per_block: int) -> Iterator[np.ndarray
     try:
         with sf.SoundFile(src) as f:
             while len(block := f.read(frames_per_block, dtype="float32", always_2d=True)):
-                mono = _to_mono_float(block)
+                mono = to_mono_float(block)
                 _check_finite(mono, frames, rec)
                 frames += len(block)
                 out = mono if stream is None else stream.resample_chunk(mono)
                 yield np.clip(out, -1.0, 1.0, out=out)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{rec.desc}: truncated or corrupt audio data: {_decoder_said(e)}") from e
+        raise AudioError(f"{rec.desc}: truncated or corrupt audio data: {decoder_said(e)}") from e
     if rec.source_frames > 0 and frames < rec.source_frames:
         raise AudioError(f"{rec.desc}: truncated file: header declares {rec.source_frames} frames, only {frames} "
                          "could be decoded")

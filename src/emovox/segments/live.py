@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import is_silent
-from .pipeline import _to_model_rate
-from .segmenter import Segmenter, SegmentOptions
-from .vad import FRAME, VAD_RATE_HZ, SileroVad
+from emovox.audio import is_silent
+from emovox.segments.pipeline import to_model_rate
+from emovox.segments.segmenter import Segmenter, SegmentOptions
+from emovox.segments.vad import FRAME, VAD_RATE_HZ, SileroVad
 
 
 class LiveSegments:
@@ -116,7 +116,7 @@ class LiveSegments:
         return events
 
     def _utterance(self, a: int, b: int, lo: int, hi: int) -> dict[str, Any]:
-        wave = _to_model_rate(self._buf[lo - self._offset:hi - self._offset], self.model.sample_rate_hz)
+        wave = to_model_rate(self._buf[lo - self._offset:hi - self._offset], self.model.sample_rate_hz)
         probs = self.model.probabilities([wave])[0]
         pred = self.model._to_prediction(probs, self.labels, silent=is_silent(wave))
         return {"event": "speech_end", "start": round(a / VAD_RATE_HZ, 3), "end": round(b / VAD_RATE_HZ, 3),

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .decode import Recording, open_recording
-from .segmenter import Segmenter, SegmentOptions, context_windows
-from .vad import VAD_RATE_HZ, SileroVad
+from emovox.segments.decode import Recording, open_recording
+from emovox.segments.segmenter import Segmenter, SegmentOptions, context_windows
+from emovox.segments.vad import VAD_RATE_HZ, SileroVad
 
 #: Samples per envelope point (0.1 s at 16 kHz): what the plot draws of the waveform.
 ENVELOPE_HOP = 1600
@@ -67,7 +67,7 @@ class SegmentedRecording:
                 "segments": [s.to_dict(top_k=top_k) for s in self.segments]}
 
     def plot(self, path: str | os.PathLike) -> Path:
-        from .plot import plot_segments
+        from emovox.segments.plot import plot_segments
 
         return plot_segments(self, path)
 
@@ -135,7 +135,7 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
                       progress: bool = False) -> SegmentedRecording:
     """Find the speech in ``source`` (a path, bytes, a binary file object, or an array with
     ``sample_rate_hz``) and classify each segment with ``model``."""
-    from ..audio import is_silent
+    from emovox.audio import is_silent
 
     options = options or SegmentOptions()
     if labels is not None:
@@ -151,7 +151,7 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
     out = SegmentedRecording(rec.desc, rec.duration_s, options=options, envelope=envelope)
     bar = _bar(progress and bool(spans), len(spans), "classifying segments", "seg")
     windows = context_windows(spans, n, int(options.context_ms * VAD_RATE_HZ / 1000))
-    waves = (_to_model_rate(w, model.sample_rate_hz) for w in cut_spans(rec, windows))
+    waves = (to_model_rate(w, model.sample_rate_hz) for w in cut_spans(rec, windows))
     done = 0
     for batch in _batches(waves, SEGMENTS_PER_BATCH):
         probs = model.probabilities(batch, batch_size=batch_size)
@@ -167,7 +167,7 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
     return out
 
 
-def _to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
+def to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
     if rate == VAD_RATE_HZ:
         return wave
     import soxr

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vad import FRAME, VAD_RATE_HZ
+from emovox.segments.vad import FRAME, VAD_RATE_HZ
 
 #: A pause shorter than this (ms) is never where a long segment is split (Silero's min_silence_at_max_speech).
 MIN_SPLIT_PAUSE_MS = 98

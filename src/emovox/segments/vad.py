@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from emovox.errors import ModelLoadError
 
 #: The VAD's rate, frame and context (samples) at 16 kHz.
 VAD_RATE_HZ = 16000
@@ -71,7 +71,7 @@ class SileroVad:
     complete frame; :meth:`finish` scores the remainder zero-padded to a frame. ``reset`` starts over."""
 
     def __init__(self, *, threads: int = 1):
-        from ..onnx_backend import session
+        from emovox.runtime.onnx_backend import session
 
         self.session = session(silero_onnx_path(), threads=threads)
         self._sr = np.array(VAD_RATE_HZ, dtype=np.int64)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .segmenter import SegmentOptions, speech_segments
-from .vad import VAD_RATE_HZ, SileroVad
+from emovox.segments.segmenter import SegmentOptions, speech_segments
+from emovox.segments.vad import VAD_RATE_HZ, SileroVad
 
 #: A window holds speech when at least this much of it (seconds) is inside a speech segment.
 MIN_WINDOW_SPEECH_S = 0.25

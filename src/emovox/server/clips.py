@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import AudioError, audio_info, is_silent
-from ..inference import EmotionModel, Prediction
-from .uploads import ApiError
+from emovox.audio import AudioError, audio_info, is_silent
+from emovox.inference import EmotionModel
+from emovox.runtime.answers import Prediction
+from emovox.server.uploads import ApiError
 
 AUDIO_FORMATS = "WAV, FLAC, Ogg/Vorbis, Ogg/Opus, MP3, AIFF"
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .observability import MULTIPROC_VARIABLE
+from emovox.server.observability import MULTIPROC_VARIABLE
 
 
 class ServerStartError(RuntimeError):

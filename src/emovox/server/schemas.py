@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MOCK_FIELD = Field(None, description='true when a mock model gave this answer (USE_MOCK_MODELS); absent otherwise')
-WARNING_FIELD = Field(None, description="a human-readable warning when low_confidence is true (seed 002: predictions "
+WARNING_FIELD = Field(None, description="a human-readable warning when low_confidence is true (the FastAPI wav2vec2 hybrid: predictions "
                                         "under 0.70 show a warning); absent otherwise")
 UNSUPPORTED_FIELD = Field(None, description="labels of labels= that this model cannot express (their score is always "
                                             "0), e.g. calm for ravdess8 on a model without calm; absent when none")
@@ -30,11 +30,11 @@ class ErrorResponse(BaseModel):
 
 
 class EmotionResponse(BaseModel):
-    """Seed 002's ``/predict-emotion/`` answer, plus ``low_confidence``, ``threshold`` and ``duration_s``."""
+    """The FastAPI wav2vec2 hybrid's ``/predict-emotion/`` answer, plus ``low_confidence``, ``threshold`` and ``duration_s``."""
 
     emotion: str = Field(description="top emotion")
     confidence: float = Field(description="its calibrated probability")
-    music_mood: str = Field(description="music mood for the emotion (seed 002)")
+    music_mood: str = Field(description="music mood for the emotion (the FastAPI wav2vec2 hybrid)")
     all_probabilities: dict[str, float] = Field(description="every label's probability, in the model's order")
     status: str = Field("success", description='"success"')
     low_confidence: bool = Field(description="confidence is below the service's threshold")
@@ -48,7 +48,7 @@ class EmotionResponse(BaseModel):
 
 
 class RealtimeResponse(BaseModel):
-    """Seed 002's ``/predict-realtime/`` answer, plus ``low_confidence`` and its ``warning``."""
+    """The FastAPI wav2vec2 hybrid's ``/predict-realtime/`` answer, plus ``low_confidence`` and its ``warning``."""
 
     emotion: str
     confidence: float
@@ -59,7 +59,7 @@ class RealtimeResponse(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    """Seed 001's ``/api/classify-emotion`` answer."""
+    """The Keras backend CNN's ``/api/classify-emotion`` answer."""
 
     emotion: str
     confidence: float
@@ -160,7 +160,7 @@ class TextLabel(BaseModel):
 
 
 class TextResult(BaseModel):
-    """Multi-label result for one text (seed 004: sigmoid scores, per-class thresholds)."""
+    """Multi-label result for one text (the text and audio evaluation kit: sigmoid scores, per-class thresholds)."""
 
     text: str
     label: str | None = Field(description="best predicted label (the top score when none passes its threshold)")

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..defaults import WEIGHTS_FILE
-from ..errors import ModelLoadError
-from ..inference import EmotionModel, load_model
-from ..labels import EKMAN7, GOEMOTIONS28
-from .settings import Settings
+from emovox.data.labels import EKMAN7, GOEMOTIONS28
+from emovox.defaults import WEIGHTS_FILE
+from emovox.errors import ModelLoadError
+from emovox.inference import EmotionModel, load_model
+from emovox.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
     if settings.text_disabled:
         return None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
     try:
-        from ..text import TextModelError, default_model_path, load_text_model
+        from emovox.text import TextModelError, default_model_path, load_text_model
     except ImportError as e:  # text extras not installed
         if settings.text_model is not None:
             raise ModelLoadError(f"TEXT_MODEL_DIR is set but emovox.text cannot be imported: {e}") from e
@@ -247,7 +247,7 @@ def mock_audio_model(*, threshold: float, max_duration_s: float) -> EmotionModel
 
 
 def _mock_text_class():
-    from ..text import TextModel
+    from emovox.text import TextModel
 
     class _MockTextModel(TextModel):
         """GoEmotions' 28 labels with scores from a hash of each text (no encoder is loaded)."""

@@ -29,17 +29,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
+from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_SERVED_CLIP_S
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
-DEFAULT_MAX_DURATION_S = MAX_SERVED_CLIP_S
-DEFAULT_THRESHOLD = CONFIDENCE_THRESHOLD
 DEFAULT_MAX_BATCH = 16
 DEFAULT_BATCH_WAIT_MS = 5.0
 DEFAULT_MAX_QUEUE = 64
@@ -79,9 +77,9 @@ class Settings:
     model: str | None = None
     #: text model folder (``None``: the shipped default when there is one; ``"none"``: off)
     text_model: str | None = None
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = CONFIDENCE_THRESHOLD
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
-    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    max_duration_s: float = MAX_SERVED_CLIP_S
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     #: True, False or ``"auto"`` (a mock only for a model that cannot be loaded)
@@ -271,3 +269,9 @@ def _number(name: str, value: str) -> float:
         return float(value)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {value!r}") from None
+
+
+def settings_default(name: str) -> Any:
+    """The default of the :class:`Settings` field ``name`` (what ``emovox serve --help`` shows)."""
+    f = next(f for f in fields(Settings) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default

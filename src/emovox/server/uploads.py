@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .settings import DEFAULT_MAX_PARTS, MAX_PART_HEADER_BYTES
+from emovox.server.settings import DEFAULT_MAX_PARTS, MAX_PART_HEADER_BYTES
 
 
 class ApiError(HTTPException):

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emovox import atomic
+
 from ..defaults import cache_env
 from .data import TextModelError
 
@@ -164,7 +166,7 @@ class Encoder:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
         self.ref = ref
         self.device = torch.device(device)
-        from ..hfcheckpoint import quiet_loading
+        from emovox.pretrained.hfcheckpoint import quiet_loading
 
         try:
             with quiet_loading():
@@ -337,16 +339,20 @@ def save_cached_states(cache_dir: Path | None, key: str, states: list[torch.Tens
     if cache_dir is None:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".states-{key}.{os.getpid()}.npz"
     lengths = np.array([len(s) for s in states], dtype=np.int64)
-    np.savez(tmp, states=torch.cat(states).numpy(), lengths=lengths)
-    os.replace(tmp, cache_dir / f"states-{key}.npz")
+    atomic.write_file(cache_dir / f"states-{key}.npz",
+                      lambda tmp: _save_to(tmp, np.savez, states=torch.cat(states).numpy(), lengths=lengths))
 
 
 def save_cached(cache_dir: Path | None, key: str, arr: np.ndarray) -> None:
     if cache_dir is None:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".emb-{key}.{os.getpid()}.npy"
-    np.save(tmp, arr.astype(np.float32), allow_pickle=False)
-    os.replace(tmp, cache_dir / f"emb-{key}.npy")
+    atomic.write_file(cache_dir / f"emb-{key}.npy",
+                      lambda tmp: _save_to(tmp, np.save, arr.astype(np.float32), allow_pickle=False))
+
+
+def _save_to(tmp: str, save, *args, **kwargs) -> None:
+    """NumPy's savers append their suffix to a path; through an open file they write exactly there."""
+    with open(tmp, "wb") as fh:
+        save(fh, *args, **kwargs)

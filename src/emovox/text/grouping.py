@@ -1,11 +1,11 @@
 """Output label sets for text models: GoEmotions' 28 labels, its Ekman grouping, or audio names.
 
-Rule (GoEmotions' own Ekman grouping, :data:`emovox.labels.GOEMOTIONS_EKMAN`, plus neutral):
+Rule (GoEmotions' own Ekman grouping, :data:`emovox.data.labels.GOEMOTIONS_EKMAN`, plus neutral):
 an Ekman group's score is the **max** over its member labels' sigmoid scores (scores of a
 multi-label model are independent probabilities, so they are not summed), and a group is
 predicted when **any** member label is predicted (above its own threshold). ``audio7`` is the
 same seven groups renamed to the speech models' canonical names
-(:data:`emovox.labels.TEXT_EKMAN_TO_AUDIO`) in :data:`emovox.labels.EKMAN7` order, so text and
+(:data:`emovox.data.labels.TEXT_EKMAN_TO_AUDIO`) in :data:`emovox.data.labels.EKMAN7` order, so text and
 audio predictions share their labels.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..labels import EKMAN7, GOEMOTIONS28, GOEMOTIONS_EKMAN, TEXT_EKMAN_TO_AUDIO, LabelError
+from emovox.data.labels import EKMAN7, GOEMOTIONS28, GOEMOTIONS_EKMAN, TEXT_EKMAN_TO_AUDIO, LabelError
 
 TAXONOMIES = ("goemotions", "ekman", "audio7")
 _ALIASES = {"goemotions": "goemotions", "goemotions28": "goemotions", "28": "goemotions",

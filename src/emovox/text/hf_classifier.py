@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hfcheckpoint import (
+from emovox.pretrained.hfcheckpoint import (
     CheckpointError,
     architecture,
     label_names,
@@ -38,9 +38,10 @@ from ..hfcheckpoint import (
     read_hf_config,
     weights_file,
 )
+
 from .data import TextModelError
 from .encoder import padded_batches, tokenize
-from .model import CONFIG_FILE, TextModel, _read_json
+from .model import CONFIG_FILE, TextModel, read_json
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _inference_config(root: Path, labels: list[str], model_cfg: dict[str, Any]) 
     """Seed 004's ``inference_config.json`` → emovox's text model config (see the module's table), and
     the tokenizer it names."""
     where = root / CONFIG_FILE
-    raw = _read_json(where) if where.is_file() else {}
+    raw = read_json(where) if where.is_file() else {}
     if not isinstance(raw, dict):
         raise TextModelError(f"{where}: expected a JSON object")
     if raw.get("labels") is not None and list(raw["labels"]) != labels:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emovox import atomic
+
 from .data import TextError, TextModelError, check_text
 from .encoder import Encoder, EncoderRef, fingerprint, resolve_encoder
 from .grouping import groups_for, normalize_taxonomy
@@ -72,7 +74,7 @@ class TextPrediction:
         return asdict(self)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     if not path.is_file():
         raise TextModelError(f"{path}: missing; a text model folder holds {CONFIG_FILE}, {LABELS_FILE} and {HEAD_FILE}")
     try:
@@ -228,10 +230,10 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
     """Load a text model folder in emovox's own format (:func:`emovox.text.load_text_model` takes
     Hugging Face classifier folders too). Arguments as there."""
     cfg_path = root / CONFIG_FILE
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     _check_config(cfg, cfg_path)
     labels_path = root / LABELS_FILE
-    labels = _read_json(labels_path)
+    labels = read_json(labels_path)
     if labels != cfg["labels"]:
         raise TextModelError(f"{labels_path}: labels differ from those in {CONFIG_FILE}")
 
@@ -266,15 +268,11 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, ensure_ascii=False)
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                                  str(tmp), metadata=metadata))

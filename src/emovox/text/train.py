@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emovox.data.labels import GOEMOTIONS28
+
 from .. import __version__
-from ..labels import GOEMOTIONS28
 from .data import TextDataset, read_label_names, read_tsv
 from .encoder import (
     Encoder,

@@ -1,0 +1,359 @@
+#!/usr/bin/env python
+"""Accuracy and calibration under the conditions users record in, on the default model's validation speakers.
+
+Three steps, each resumable (pooled encoder states are cached per clip, degradation and seed):
+
+    python -m benchmarks.robustness cache --copies 2      # pooled Whisper states: evaluation conditions, training copies
+    python -m benchmarks.robustness fit --copies 0,1,2    # multi-condition probes, picked on validation speakers
+    python -m benchmarks.robustness table --out runs/robustness   # UAR + ECE per condition, every model and peer
+
+Evaluation clips: a fixed, label-stratified subset of the validation speakers' clips (all RAVDESS, 90 CREMA-D,
+90 nEMO). Their babble is made of *validation* speakers other than the clip's own, their noise and rooms are drawn
+with seeds of an evaluation namespace: never the files or seeds used in training. Training copies use the
+``real-world`` preset (babble of training speakers, synthetic colour noise, rooms, telephone, codecs, level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import CORPORA, DEFAULT_DATA, per_corpus_plan
+
+EVAL_PER_CORPUS = {"ravdess": None, "crema-d": 90, "nemo": 90}  # None: every validation clip
+# (label, spec): the evaluation conditions, most asked-about first (a partial cache run covers those)
+CONDITIONS = [
+    ("clean", None), ("babble 10 dB", "babble:10"), ("pink 5 dB", "pink:5"), ("room RT60 0.6 s", "room:0.6"),
+    ("telephone (8 kHz, mu-law)", "telephone"), ("MP3 32 kbit/s", "mp3:32"), ("30 dB quieter", "gain:-30"),
+    ("babble 0 dB", "babble:0"), ("babble 5 dB", "babble:5"), ("babble 20 dB", "babble:20"),
+    ("pink 0 dB", "pink:0"), ("pink 10 dB", "pink:10"), ("pink 20 dB", "pink:20"),
+    ("white 0 dB", "white:0"), ("white 5 dB", "white:5"), ("white 10 dB", "white:10"), ("white 20 dB", "white:20"),
+    ("room RT60 0.3 s", "room:0.3"), ("room RT60 1.0 s", "room:1.0"), ("Opus 12 kbit/s", "opus:12"),
+    ("clipped (5 %)", "clip:5"),
+]
+FIRST_CONDITIONS = 7  # clean and the six the issue's targets name: cached before the training copies
+TARGETS = {"babble 10 dB": 60, "pink 5 dB": 55, "room RT60 0.6 s": 62, "telephone (8 kHz, mu-law)": 68,
+           "MP3 32 kbit/s": 70}
+TRAIN_PRESET = "real-world"
+
+
+def evaluation_rows(val_rows, seed: int = 0):
+    """The fixed evaluation subset: per corpus, every clip or a label-stratified sample."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for corpus in CORPORA:
+        rows = [r for r in val_rows if r.corpus == corpus]
+        n = EVAL_PER_CORPUS.get(corpus)
+        if n is None or n >= len(rows):
+            out += rows
+            continue
+        labels = sorted({r.label for r in rows})
+        per = {lab: [r for r in rows if r.label == lab] for lab in labels}
+        take = []
+        for k, lab in enumerate(labels):
+            m = n // len(labels) + (1 if k < n % len(labels) else 0)
+            idx = rng.choice(len(per[lab]), size=min(m, len(per[lab])), replace=False)
+            take += [per[lab][i] for i in sorted(idx)]
+        out += take
+    return out
+
+
+def setup(data: Path, threads: int | None = None):
+    """The default model's split (checked against its model_meta.json), its pooled-feature encoder on ONNX
+    Runtime, and the pooled-state cache."""
+    import json
+
+    from emovox.data.cache import default_cache_dir
+    from emovox.degrade.multicondition import PooledEncoder, PooledStateCache
+    from emovox.inference import resolve_model_path
+
+    plan, labels = per_corpus_plan(data, "ekman7", 0.1, seed=0)
+    folder = resolve_model_path("default")[1]
+    meta = json.loads((folder / "model_meta.json").read_text())
+    if sorted(plan.val_speakers) != sorted(meta["split"]["val_speakers"]):
+        sys.exit(f"the split differs from the shipped default's: {plan.val_speakers} vs {meta['split']['val_speakers']}")
+    encoder = PooledEncoder(folder, threads=threads)
+    return plan, labels, encoder, PooledStateCache(default_cache_dir(), encoder)
+
+
+def _progress(desc: str):
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if done % 250 == 0 or done == total:
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            print(f"  {desc}: {done}/{total} ({rate:.1f} clips/s)", flush=True)
+
+    return report
+
+
+def condition_degrader(spec: str, val_rows):
+    from emovox.degrade import parse_spec
+
+    return parse_spec(spec, babble=[str(r.path) for r in val_rows], babble_speakers=[r.speaker for r in val_rows],
+                      room_bank="eval")
+
+
+def training_degrader(train_rows):
+    from emovox.degrade import parse_spec
+
+    return parse_spec(TRAIN_PRESET, babble=[str(r.path) for r in train_rows],
+                      babble_speakers=[r.speaker for r in train_rows])
+
+
+def cmd_cache(args) -> None:
+    from emovox.degrade.multicondition import pooled_rows
+
+    plan, _, encoder, cache = setup(args.data, args.threads)
+    ev = evaluation_rows(plan.val)
+    print(f"cache {cache.dir}; {len(plan.train)} training clips, {len(plan.val)} validation clips "
+          f"({len(ev)} in the degraded evaluation)", flush=True)
+    pooled_rows(plan.val, cache, encoder, progress=_progress("validation, clean"))
+    first, rest = CONDITIONS[1:FIRST_CONDITIONS], CONDITIONS[FIRST_CONDITIONS:]
+    cache_conditions(first, ev, plan.val, cache, encoder)
+    if args.skip_train:
+        return cache_conditions(rest, ev, plan.val, cache, encoder)
+    pooled_rows(plan.train, cache, encoder, progress=_progress("training, clean"))
+    degrader = training_degrader(plan.train)
+    for copy in range(args.copies):
+        pooled_rows(plan.train, cache, encoder, degrader=degrader, namespace="train", copy=copy,
+                    progress=_progress(f"training, {TRAIN_PRESET} copy {copy}"))
+        if copy == 0:  # the rest of the table before more copies: a stopped job has the table's rows first
+            cache_conditions(rest, ev, plan.val, cache, encoder)
+
+
+def cache_conditions(conditions, ev, val_rows, cache, encoder) -> None:
+    from emovox.degrade.multicondition import pooled_rows
+
+    for name, spec in conditions:
+        pooled_rows(ev, cache, encoder, degrader=condition_degrader(spec, val_rows), namespace="eval",
+                    progress=_progress(f"validation, {name}"))
+
+
+def cached_features(plan, labels, cache, copies: int):
+    """Everything the cache holds for the fit: training rows clean + each copy, validation clean + each condition.
+    Returns ``(train, val)``: train ``{copy: (x, y)}`` (copy -1 is clean), val ``{condition: (x, y, corpora)}``."""
+    from emovox.degrade.multicondition import pooled_rows
+
+    index = {lab: i for i, lab in enumerate(labels)}
+
+    def take(rows, **kw):
+        x, kept = pooled_rows(rows, cache, None, compute=False, **kw)
+        return x, np.array([index[rows[i].label] for i in kept]), np.array([rows[i].corpus for i in kept])
+
+    train = {-1: take(plan.train)[:2]}
+    degrader = training_degrader(plan.train)
+    for copy in range(copies):
+        train[copy] = take(plan.train, degrader=degrader, namespace="train", copy=copy)[:2]
+    ev = evaluation_rows(plan.val)
+    val = {"clean": take(plan.val)}
+    for name, spec in CONDITIONS[1:]:
+        got = take(ev, degrader=condition_degrader(spec, plan.val), namespace="eval")
+        if len(got[1]) == len(ev):
+            val[name] = got
+    return train, val
+
+
+def condition_scores(logits: np.ndarray, y: np.ndarray, corpora: np.ndarray, temperature: float) -> dict:
+    """UAR per corpus (argmax over every label, recall averaged over the classes the corpus has), their means,
+    ECE and mean confidence."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from emovox.training.evaluation import expected_calibration_error, softmax
+
+    probs = softmax(logits, temperature)
+    pred = probs.argmax(axis=1)
+    out = {c: 100 * balanced_accuracy_score(y[corpora == c], pred[corpora == c]) for c in CORPORA
+           if (corpora == c).any()}
+    out["uar_ravdess_cremad"] = (out["ravdess"] + out["crema-d"]) / 2
+    out["uar_mean3"] = float(np.mean([out[c] for c in CORPORA]))
+    out["ece"] = expected_calibration_error(probs, y)
+    out["confidence"] = float(probs.max(axis=1).mean())
+    return out
+
+
+def score_probe(probe, val, temperature: float) -> dict:
+    from emovox.degrade.multicondition import probe_logits
+
+    return {name: condition_scores(probe_logits(probe, x), y, corp, temperature) for name, (x, y, corp) in val.items()}
+
+
+def selection_score(scores: dict) -> float:
+    """What settings are chosen by: half clean, half the mean over the degraded conditions (mean of 3 corpora)."""
+    degraded = [v["uar_mean3"] for k, v in scores.items() if k != "clean"]
+    return 0.5 * scores["clean"]["uar_mean3"] + 0.5 * float(np.mean(degraded))
+
+
+def calibrate(probe, val) -> float:
+    """The temperature minimising NLL over every validation condition together."""
+    from emovox.degrade.multicondition import probe_logits
+    from emovox.training.evaluation import nll_temperature
+
+    logits = np.concatenate([probe_logits(probe, x) for x, _, _ in val.values()])
+    return nll_temperature(logits, np.concatenate([y for _, y, _ in val.values()]))
+
+
+def cmd_fit(args) -> None:
+    import json
+
+    from emovox.degrade.multicondition import fit_probe
+    from emovox.models.ssl import PROBE_C
+
+    plan, labels, encoder, cache = setup(args.data, args.threads)
+    train, val = cached_features(plan, labels, cache, max(args.copies))
+    print(f"validation conditions cached: {len(val)}; training copies: "
+          + ", ".join(f"{k}: {len(v[1])}" for k, v in train.items()), flush=True)
+    shipped = encoder.model.probe_parameters()
+    results = {"shipped default": {"scores": score_probe(shipped, val, encoder.model.temperature),
+                                   "temperature": encoder.model.temperature}}
+    for k in args.copies:
+        parts = [train[c] for c in range(-1, k) if len(train[c][1]) == len(train[-1][1])]
+        if len(parts) != k + 1 or not len(train[-1][1]):
+            print(f"K={k}: copies not all cached, skipped", flush=True)
+            continue
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        for c in (args.c or PROBE_C):
+            t0 = time.perf_counter()
+            probe = fit_probe(x, y, len(labels), c)
+            temperature = calibrate(probe, val)
+            scores = score_probe(probe, val, temperature)
+            name = f"K={k} C={c:g}"
+            results[name] = {"scores": scores, "temperature": temperature, "copies": k, "C": c,
+                             "selection": selection_score(scores)}
+            np.savez(args.out / f"probe K{k} C{c:g}.npz", **probe, temperature=temperature)
+            print(f"{name}: clean {scores['clean']['uar_mean3']:.1f}, selection {selection_score(scores):.2f}, "
+                  f"T {temperature:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    (args.out / "fit.json").write_text(json.dumps(results, indent=1))
+    print_table(results, list(val))
+
+
+def print_table(results: dict, conditions: list[str]) -> None:
+    names = list(results)
+    print("| condition | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for cond in conditions:
+        cells = [f"{results[n]['scores'][cond]['uar_ravdess_cremad']:.1f} / {results[n]['scores'][cond]['ece']:.3f}"
+                 for n in names]
+        print(f"| {cond} | " + " | ".join(cells) + " |")
+
+
+def degraded_waves(ev, val_rows, spec):
+    """The evaluation clips under one condition, as the cache's entries were made (same seeds)."""
+    from emovox.audio import load_audio
+    from emovox.degrade.multicondition import copy_seed
+
+    waves = [load_audio(r.path, sample_rate_hz=16000) for r in ev]
+    if spec is None:
+        return waves
+    d = condition_degrader(spec, val_rows)
+    return [d.degrade(w, copy_seed(str(r.path), "eval", 0), speaker=r.speaker)[0] for w, r in zip(waves, ev)]
+
+
+def egemaps_svm(plan, labels, seed: int = 0, n_train: int = 3000):
+    """The eGeMAPSv02 + RBF-SVM peer (``speech_benchmark.py``'s), fit on a label-stratified sample of the
+    clean training clips (C by grouped inner CV); returns ``(smile, fitted pipeline)``."""
+    import opensmile
+    from sklearn.model_selection import GridSearchCV, GroupKFold, train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from benchmarks.speech_benchmark import SVM_C_GRID, egemaps_features
+    from emovox.data.cache import default_cache_dir
+
+    rows = plan.train
+    if len(rows) > n_train:
+        rows, _ = train_test_split(rows, train_size=n_train, random_state=seed, stratify=[r.label for r in rows])
+    x = egemaps_features(rows, default_cache_dir(), 2)
+    y = np.array([labels.index(r.label) for r in rows])
+    pipe = make_pipeline(StandardScaler(), SVC(kernel="rbf", gamma="scale", class_weight="balanced",
+                                               probability=True, random_state=seed))
+    search = GridSearchCV(pipe, {"svc__C": SVM_C_GRID}, scoring="balanced_accuracy", cv=GroupKFold(n_splits=4))
+    search.fit(x, y, groups=[r.speaker for r in rows])
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    return smile, search.best_estimator_
+
+
+def peer_logits(name, waves, labels, peers) -> np.ndarray:
+    """Log-probabilities of a waveform model or the eGeMAPS peer over the model's labels (temperature 1)."""
+    if name == "eGeMAPS + SVM":
+        smile, svm = peers[name]
+        x = np.stack([smile.process_signal(w, 16000).to_numpy(dtype=np.float64)[0] for w in waves])
+        probs = np.full((len(waves), len(labels)), 1e-9)
+        probs[:, svm.classes_] = svm.predict_proba(x)
+        return np.log(probs)
+    model = peers[name]
+    index = [model.labels.index(lab) for lab in labels]
+    return np.log(np.maximum(model.probabilities(waves)[:, index], 1e-9))
+
+
+def cmd_table(args) -> None:
+    import json
+
+    import emovox
+    from emovox.degrade.multicondition import probe_logits
+
+    plan, labels, encoder, cache = setup(args.data, args.threads)
+    train, val = cached_features(plan, labels, cache, 0)
+    ev = evaluation_rows(plan.val)
+    probes = {"default (shipped)": (encoder.model.probe_parameters(), encoder.model.temperature)}
+    for item in args.probe:
+        name, _, file = item.partition("=")
+        z = np.load(file)
+        probes[name] = ({k: z[k] for k in ("mean", "std", "weight", "bias")}, float(z["temperature"]))
+    results = {name: {"scores": {}} for name in [*probes, *args.peers]}
+    peers = {name: emovox.load_model(name) for name in args.peers if name != "eGeMAPS + SVM"}
+    if "eGeMAPS + SVM" in args.peers:
+        peers["eGeMAPS + SVM"] = egemaps_svm(plan, labels)
+    for cond, spec in CONDITIONS:
+        if cond not in val:
+            continue
+        x, y, corp = val[cond]
+        for name, (probe, t) in probes.items():
+            results[name]["scores"][cond] = condition_scores(probe_logits(probe, x), y, corp, t)
+        if args.peers:
+            rows = plan.val if cond == "clean" else ev
+            waves = degraded_waves(rows, plan.val, spec)
+            y_rows = np.array([labels.index(r.label) for r in rows])
+            c_rows = np.array([r.corpus for r in rows])
+            for name in args.peers:
+                z = peer_logits(name, waves, labels, peers)
+                results[name]["scores"][cond] = condition_scores(z, y_rows, c_rows, 1.0)
+        print(f"{cond} done", flush=True)
+    (args.out / "table.json").write_text(json.dumps(results, indent=1))
+    print_table(results, [c for c, _ in CONDITIONS if c in val])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cache", help="pooled encoder states of the evaluation conditions and training copies")
+    c.add_argument("--copies", type=int, default=2, help="degraded copies of each training clip")
+    c.add_argument("--skip-train", action="store_true", help="only the evaluation conditions")
+    f = sub.add_parser("fit", help="multi-condition probes from the cache, chosen on validation speakers")
+    f.add_argument("--copies", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2],
+                   help="numbers of degraded copies per training clip to compare (0: clean only)")
+    f.add_argument("--c", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                   help="inverse L2 strengths (default: emovox's probe grid)")
+    f.add_argument("--out", type=Path, default=Path("runs/robustness"))
+    t = sub.add_parser("table", help="UAR and ECE per condition: the shipped default, saved probes, peers")
+    t.add_argument("--probe", action="append", default=[], help="NAME=FILE.npz: a probe saved by 'fit'")
+    t.add_argument("--peers", type=lambda s: [x for x in s.split(",") if x], default=["crnn", "fast", "eGeMAPS + SVM"])
+    t.add_argument("--out", type=Path, default=Path("runs/robustness"))
+    for q in (c, f, t):
+        q.add_argument("--data", type=Path, default=DEFAULT_DATA)
+        q.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    {"cache": cmd_cache, "fit": cmd_fit, "table": cmd_table}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

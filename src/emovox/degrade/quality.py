@@ -1,0 +1,93 @@
+"""How good a recording is, so an answer can say why it may be uncertain.
+
+:func:`measure_quality` estimates the speech-to-noise ratio from the loudest and quietest frames, the level of the
+speech, the share of clipped samples and the audio bandwidth (the highest frequency within 60 dB of the
+spectrum's peak: about 8 kHz for 16-kHz studio speech, below 4 kHz on telephone lines). The thresholds that
+make a recording *poor* live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FRAME_S, HOP_S = 0.025, 0.010
+SNR_CAP_DB = 60.0
+POOR_SNR_DB = 10.0  # below this, noise is loud enough to move the answer (benchmarks/robustness.py)
+QUIET_DBFS = -45.0  # speech level below this is very quiet
+CLIPPED_FRACTION = 0.01  # more than 1 % of samples on a plateau at the peak
+NARROWBAND_HZ = 4500.0  # nothing within 60 dB of the spectrum's peak above this: a telephone line or 8 kHz
+BANDWIDTH_FLOOR_DB = 60.0
+
+
+@dataclass(frozen=True)
+class InputQuality:
+    snr_db: float
+    speech_dbfs: float
+    clipped_fraction: float
+    bandwidth_hz: float
+    issues: tuple[str, ...]
+
+    @property
+    def poor(self) -> bool:
+        return bool(self.issues)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["issues"] = list(self.issues)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _frame_power(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    frame, hop = int(FRAME_S * sample_rate_hz), int(HOP_S * sample_rate_hz)
+    if len(wave) < frame:
+        return np.array([np.mean(wave.astype(np.float64) ** 2)])
+    frames = sliding_window_view(wave.astype(np.float64), frame)[::hop]
+    return np.mean(frames ** 2, axis=1)
+
+
+def _snr_db(power: np.ndarray) -> float:
+    """Speech over noise from frame powers: the loudest tenth of frames are speech (plus noise), the quietest
+    tenth the noise floor (a percentile estimate; robust to short clips without a voice activity detector)."""
+    noise = float(np.percentile(power, 10))
+    speech = float(np.percentile(power, 90))
+    if noise <= 1e-12:
+        return SNR_CAP_DB
+    return float(np.clip(10 * np.log10(max(speech - noise, 1e-12) / noise), -20.0, SNR_CAP_DB))
+
+
+def _bandwidth_hz(wave: np.ndarray, sample_rate_hz: int) -> float:
+    """Welch's averaged spectrum (Hann windows of 512, half overlap) in NumPy: the base install has no SciPy."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n = min(512, len(wave))
+    frames = sliding_window_view(wave.astype(np.float64), n)[:: n // 2] * np.hanning(n)
+    psd = np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate_hz)
+    above = np.nonzero(psd > np.max(psd) * 10 ** (-BANDWIDTH_FLOOR_DB / 10))[0]
+    return float(freqs[above[-1]]) if len(above) else 0.0
+
+
+def measure_quality(wave: np.ndarray, sample_rate_hz: int = 16000) -> InputQuality:
+    """The recording's quality measures and, in ``issues``, what in them makes answers less reliable."""
+    x = np.asarray(wave, dtype=np.float32)
+    power = _frame_power(x, sample_rate_hz)
+    speech = float(np.percentile(power, 90))
+    speech_dbfs = float(10 * np.log10(max(speech, 1e-12)))
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    clipped = float(np.mean(np.abs(x) >= 0.999 * peak)) if peak > 0 else 0.0
+    snr = _snr_db(power)
+    bandwidth = _bandwidth_hz(x, sample_rate_hz) if len(x) >= 64 else 0.0
+    issues = []
+    if snr < POOR_SNR_DB:
+        issues.append(f"noisy (estimated SNR {snr:.0f} dB)")
+    if speech_dbfs < QUIET_DBFS:
+        issues.append(f"very quiet (speech at {speech_dbfs:.0f} dBFS)")
+    if clipped > CLIPPED_FRACTION:
+        issues.append(f"clipped ({100 * clipped:.1f} % of samples)")
+    if 0 < bandwidth < NARROWBAND_HZ:
+        issues.append(f"narrowband (nothing above {bandwidth:.0f} Hz: telephone or 8 kHz)")
+    return InputQuality(snr, speech_dbfs, clipped, bandwidth, tuple(issues))
