@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from emovox.audio import is_silent
 from emovox.segments.pipeline import to_model_rate
 from emovox.segments.segmenter import Segmenter, SegmentOptions
 from emovox.segments.vad import FRAME, VAD_RATE_HZ, SileroVad
@@ -118,7 +117,7 @@ class LiveSegments:
     def _utterance(self, a: int, b: int, lo: int, hi: int) -> dict[str, Any]:
         wave = to_model_rate(self._buf[lo - self._offset:hi - self._offset], self.model.sample_rate_hz)
         probs = self.model.probabilities([wave])[0]
-        pred = self.model._to_prediction(probs, self.labels, silent=is_silent(wave))
+        pred = self.model._answer(probs, wave, self.labels)
         return {"event": "speech_end", "start": round(a / VAD_RATE_HZ, 3), "end": round(b / VAD_RATE_HZ, 3),
                 "time_s": self._now(), **pred.to_dict()}
 

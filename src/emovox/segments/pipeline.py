@@ -135,8 +135,6 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
                       progress: bool = False) -> SegmentedRecording:
     """Find the speech in ``source`` (a path, bytes, a binary file object, or an array with
     ``sample_rate_hz``) and classify each segment with ``model``."""
-    from emovox.audio import is_silent
-
     options = options or SegmentOptions()
     if labels is not None:
         model.output_labels(labels)  # an unknown label set fails before the recording is read
@@ -158,7 +156,7 @@ def classify_segments(model, source, *, sample_rate_hz: int | None = None, label
         for w, p in zip(batch, probs):
             a, b = spans[done]
             out.segments.append(SpeechSegment(a / VAD_RATE_HZ, b / VAD_RATE_HZ,
-                                              model._to_prediction(p, labels, silent=is_silent(w))))
+                                              model._answer(p, w, labels)))
             done += 1
         if bar is not None:
             bar.update(len(batch))
