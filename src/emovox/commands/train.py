@@ -453,7 +453,25 @@ def _run(args, *, rank0: bool = True) -> int:
     if results and a.export and rank0:
         for r in results:
             _export(r.out_dir, a.export, a.export_input, getattr(args, "verbose", 0), say)
+    if results and a.save_full_model and a.model == "lstm":
+        for line in full_model_lines(results[-1].out_dir):
+            say(line)
     return 0 if results else 1
+
+
+def full_model_lines(out_dir) -> list[str]:
+    """The last lines of a run that wrote the streaming MFCC-LSTM's files: how each one loads."""
+    from emovox.modelio import STREAMING_FULL_MODEL_FILE as FULL
+    from emovox.modelio import STREAMING_WEIGHTS_FILE as WEIGHTS
+
+    return [f"{out_dir}/{FULL} is a pickled model: on torch >= 2.6 torch.load('{FULL}') fails (weights_only=True, "
+            "the default, cannot load a pickled model, and no setting makes it); the one-line fix: "
+            f"model = torch.load('{FULL}', weights_only=False) (emovox importable; a pickle runs code: trusted "
+            "files only)",
+            f"{out_dir}/{WEIGHTS} is the plain state dict of the plan's EmotionLSTM (standardisation and temperature "
+            f"folded in): model.load_state_dict(torch.load('{WEIGHTS}', weights_only=True)) loads with no pickle; "
+            f"`emovox export --model {out_dir} --runtime` gives it ONNX Runtime graphs (emovox stream / serve "
+            "without PyTorch)"]
 
 
 def _export(out_dir, formats, inputs, verbose: int, say) -> None:
