@@ -51,7 +51,8 @@ feature-input graph beside best_model.pth as the Core ML mobile CNN's emotion_cl
 model_weights.pth plus model_torchscript.pt: model.pth is a pickle (torch >= 2.6 loads it only with
 torch.load(path, weights_only=False), emovox must be importable, and loading it runs code: only from a
 trusted source); model_torchscript.pt takes the same forward(x, hidden) and needs neither (torch.jit.load).
-best_model.pth holds tensors only and loads with weights_only=True. For the streaming MFCC-LSTM's backend loop, which
+best_model.pth holds tensors only and loads with weights_only=True. checkpoint.pt beside it is the run's
+training state (optimiser, schedule, history) that --resume continues from; nothing else reads it. For the streaming MFCC-LSTM's backend loop, which
 computes its own MFCC, train with --features framewise-librosa-mfcc13 (its exact features).
 """
 
@@ -391,6 +392,11 @@ def _announce(a, sources: dict, say) -> None:
             + (f"; changed by the config file or flags: {listed(changed)}" if changed else ""))
     if sources["config_options"]:
         say(f"config file {sources['explicit']['config']}: {listed(sources['config_options'])}")
+    given = set(sources["explicit"]) | set(sources["config_options"])
+    if not sources["recipe"] and {"n_mels", "time_steps"} & given and not {"model", "export"} & given:
+        mobile = recipe("mobile")  # seed 000's flags without its recipe: a crnn, and no mobile files
+        say(f"note: this trains emovox's {a.model} and writes no ONNX or Core ML file; --recipe mobile adds seed "
+            f"000's model: {mobile.summary}")
 
 
 def _feature_config(a):
