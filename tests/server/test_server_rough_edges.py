@@ -81,3 +81,20 @@ def test_websocket_updates_of_a_windowed_model_say_the_seconds_classified(client
             ups.append(ws.receive_json())
     assert all("frames" not in u for u in ups)
     assert [u["window_s"] for u in ups] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0, 3.0]
+
+
+def test_a_relative_model_path_from_dotenv_says_where_it_came_from(tmp_path, monkeypatch, capsys):
+    """Seed 004's `cd server && emovox serve` with the document's `server/.env`: the refusal names the .env file the
+    value came from and the folder the relative path was resolved against."""
+    from emovox.cli import main
+
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / ".env").write_text("AUDIO_MODEL_DIR=ai/models/audio/checkpoint\nUSE_MOCK_MODELS=false\n")
+    monkeypatch.chdir(server)
+    for name in ("AUDIO_MODEL_DIR", "USE_MOCK_MODELS", "EMOVOX_ENV_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'ai/models/audio/checkpoint' came from AUDIO_MODEL_DIR in .env" in err, err
+    assert f"resolved against the working folder {server}" in err
