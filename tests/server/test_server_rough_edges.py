@@ -98,3 +98,43 @@ def test_a_relative_model_path_from_dotenv_says_where_it_came_from(tmp_path, mon
     err = capsys.readouterr().err
     assert "'ai/models/audio/checkpoint' came from AUDIO_MODEL_DIR in .env" in err, err
     assert f"resolved against the working folder {server}" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_server_exits_promptly_after_sigterm(tmp_path, workers):
+    """`emovox serve` (one worker, or `--workers 2`) stops within a second of SIGTERM, not after seconds of teardown."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder = create_model(tmp_path / "m")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "emovox.cli", "serve", "--model", str(folder), "--text-model",
+                             "none", "--port", str(port), "--workers", workers], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "EMOVOX_ENV_FILE": "none"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.monotonic() - t < 1.5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
