@@ -5,7 +5,8 @@ Each target gets random mutations of real inputs for a time budget; an input "cr
 anything but the boundary's own error (``AudioError``, ``ModelLoadError``/``ValueError``, ...), and
 "hangs" when one call takes longer than ``--hang-s``. Prints a Markdown table (inputs tried, crashes,
 hangs, 5xx answers of the HTTP target, slowest call, peak RSS) and writes every crashing input to
-``--out`` for a regression test. Targets: audio files, label specs, model folders, text, corpus folder
+``--out`` for a regression test. Targets: audio files, label specs, model folders, text, the text model's JSON
+files (``text-model-folder``), corpus folder
 trees, config files, the HTTP API (schemathesis, from its OpenAPI document) and the WebSocket stream.
 Peak RSS is the process's: run one target per process for per-target figures.
 
@@ -352,9 +353,36 @@ def target_websocket(data: Path):
 
 
 #: Extra counts a target reports (the HTTP target's 5xx answers).
+def target_text_model_folder(data: Path):
+    """The shipped text model folder with one of its JSON files (inference_config.json, labels.json,
+    onnx/runtime.json) mutated per input, loaded on ONNX Runtime."""
+    import shutil
+    import tempfile
+
+    from emovox.text import TextModelError, default_model_path, load_text_model
+
+    src = default_model_path()
+    names = ("inference_config.json", "labels.json", "onnx/runtime.json")
+    work = Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "m"
+    shutil.copytree(src, work)
+
+    def one(rng: random.Random) -> bytes:
+        name = rng.choice(names)
+        blob = mutate((src / name).read_bytes(), rng)
+        (work / name).write_bytes(blob)
+        try:
+            load_text_model(work, backend="onnx")
+        finally:
+            (work / name).write_bytes((src / name).read_bytes())
+        return blob
+
+    return one, (TextModelError,)
+
+
 STATS: dict[str, int] = {}
 
 TARGETS = {"audio": target_audio, "labels": target_labels, "model-folder": target_model_folder, "text": target_text,
+           "text-model-folder": target_text_model_folder,
            "corpus": target_corpus, "config": target_config, "http": target_http, "websocket": target_websocket}
 
 

@@ -119,8 +119,9 @@ def cmd_cache(args) -> None:
         return cache_conditions(rest, ev, plan.val, cache, encoder)
     pooled_rows(plan.train, cache, encoder, progress=_progress("training, clean"))
     degrader = training_degrader(plan.train)
-    for copy in range(args.copies):
-        pooled_rows(plan.train, cache, encoder, degrader=degrader, namespace="train", copy=copy,
+    shuffled = [plan.train[i] for i in np.random.default_rng(0).permutation(len(plan.train))]
+    for copy in range(args.copies):  # in a shuffled order: a stopped job leaves a random part of each copy
+        pooled_rows(shuffled, cache, encoder, degrader=degrader, namespace="train", copy=copy,
                     progress=_progress(f"training, {TRAIN_PRESET} copy {copy}"))
         if copy == 0:  # the rest of the table before more copies: a stopped job has the table's rows first
             cache_conditions(rest, ev, plan.val, cache, encoder)
@@ -211,7 +212,8 @@ def cmd_fit(args) -> None:
     results = {"shipped default": {"scores": score_probe(shipped, val, encoder.model.temperature),
                                    "temperature": encoder.model.temperature}}
     for k in args.copies:
-        parts = [train[c] for c in range(-1, k) if len(train[c][1]) == len(train[-1][1])]
+        # a copy still being cached counts from half of the clips on (the cache job runs copies in a shuffled order)
+        parts = [train[c] for c in range(-1, k) if len(train[c][1]) >= 0.5 * len(train[-1][1])]
         if len(parts) != k + 1 or not len(train[-1][1]):
             print(f"K={k}: copies not all cached, skipped", flush=True)
             continue
@@ -329,6 +331,49 @@ def cmd_table(args) -> None:
     print_table(results, [c for c, _ in CONDITIONS if c in val])
 
 
+def cmd_ship(args) -> None:
+    """Write a model folder (the shipped default's files, this probe's standardisation, linear layer and
+    temperature), its clean validation report and rebuilt runtime graph; move it into place whole."""
+    import json
+    import shutil
+    import tempfile
+
+    import torch
+
+    from emovox.atomic import move_into_place
+    from emovox.degrade.multicondition import probe_logits
+    from emovox.export.runtime_build import build_runtime
+    from emovox.modelio import load_model_dir, save_model
+    from emovox.training.evaluation import compute_metrics, write_report
+
+    plan, labels, encoder, cache = setup(args.data, args.threads)
+    z = np.load(args.probe)
+    probe = {k: z[k] for k in ("mean", "std", "weight", "bias")}
+    temperature = float(z["temperature"])
+    src = encoder.model.path.parent.parent
+    staging = Path(tempfile.mkdtemp(prefix=".ship-", dir=args.out.parent))
+    shutil.copytree(src, staging, dirs_exist_ok=True)
+    shutil.rmtree(staging / "onnx")
+    loaded = load_model_dir(staging)
+    net = loaded.pipeline.model
+    with torch.no_grad():
+        net.pooled_mean.copy_(torch.from_numpy(probe["mean"]))
+        net.pooled_std.copy_(torch.from_numpy(probe["std"]))
+    net.set_linear(probe["weight"], probe["bias"])
+    save_model(staging, net, {**loaded.config, "temperature": temperature})
+    _, val = cached_features(plan, labels, cache, 0)
+    x, y, _ = val["clean"]
+    metrics = compute_metrics(y, probe_logits(probe, x).argmax(axis=1), labels)
+    write_report(staging, {**metrics, "split": "val", "split_kind": "speaker"}, title="default, validation speakers")
+    meta = json.loads((staging / "model_meta.json").read_text())
+    meta.update({"temperature": temperature, "command": " ".join(["python -m benchmarks.robustness", *sys.argv[1:]]),
+                 "augment": json.loads(args.augment_note) if args.augment_note else None})
+    (staging / "model_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    build_runtime(staging)
+    move_into_place(staging, args.out)
+    print(f"wrote {args.out}: clean validation UAR {100 * metrics['uar']:.1f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -345,13 +390,17 @@ def main(argv=None) -> int:
     t.add_argument("--probe", action="append", default=[], help="NAME=FILE.npz: a probe saved by 'fit'")
     t.add_argument("--peers", type=lambda s: [x for x in s.split(",") if x], default=["crnn", "fast", "eGeMAPS + SVM"])
     t.add_argument("--out", type=Path, default=Path("runs/robustness"))
-    for q in (c, f, t):
+    h = sub.add_parser("ship", help="write a model folder from a probe saved by 'fit'")
+    h.add_argument("--probe", type=Path, required=True)
+    h.add_argument("--out", type=Path, required=True, help="the model folder to write (replaced whole)")
+    h.add_argument("--augment-note", default=None, help="JSON recorded as model_meta.json's 'augment'")
+    for q in (c, f, t, h):
         q.add_argument("--data", type=Path, default=DEFAULT_DATA)
         q.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    if getattr(args, "out", None) is not None:
+    if getattr(args, "out", None) is not None and args.command != "ship":
         args.out.mkdir(parents=True, exist_ok=True)
-    {"cache": cmd_cache, "fit": cmd_fit, "table": cmd_table}[args.command](args)
+    {"cache": cmd_cache, "fit": cmd_fit, "table": cmd_table, "ship": cmd_ship}[args.command](args)
     return 0
 
 

@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("text", "text"),
     ("text-train", "text_train"),
     ("text-evaluate", "text_evaluate"),
+    ("text-export", "text_export"),
     ("train", "train"),
     ("evaluate", "evaluate"),
     ("adapt", "adapt"),
@@ -35,10 +36,10 @@ COMMANDS: list[tuple[str, str]] = [
 
 
 #: Optional dependencies → the extra that installs them (``pip install 'emovox[EXTRA]'``).
-EXTRAS = {"torch": "train", "sklearn": "train", "matplotlib": "train", "safetensors": "train", "yaml": "train",
+EXTRAS = {"torch": "train", "sklearn": "train", "matplotlib": "train", "safetensors": "the base install", "yaml": "train",
           "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
           "transformers": "text", "sentence_transformers": "text", "coremltools": "export", "ray": "ray",
-          "onnxruntime": "the base install", "onnx": "the base install"}
+          "onnxruntime": "the base install", "onnx": "the base install", "tokenizers": "the base install"}
 
 
 def missing_dependency_message(command: str | None, e: ModuleNotFoundError) -> str:

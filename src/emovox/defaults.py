@@ -13,6 +13,11 @@ from pathlib import Path
 
 #: Top scores below this are flagged ``low_confidence`` with a ``warning`` (Python API, CLI, server).
 CONFIDENCE_THRESHOLD = 0.70
+#: Added to the threshold for a recording whose measured quality is poor (noise, very low level, clipping, a
+#: telephone band: :mod:`emovox.degrade.quality`): its answers need more confidence to be trusted.
+POOR_INPUT_THRESHOLD_RAISE = 0.15
+#: Fewest clips whose statistics re-standardise a probe model (``emovox adapt``, ``classify --adapt``).
+MIN_ADAPTATION_CLIPS = 30
 
 #: The longest clip the library decodes (:func:`emovox.audio.load_audio`, ``EmotionModel``, ``emovox classify``).
 MAX_CLIP_S = 3600.0
@@ -25,6 +30,8 @@ MAX_TRAINING_CLIP_S = 600.0
 WEIGHTS_FILE = "best_model.pth"
 CONFIG_FILE = "model_config.json"
 LABELS_FILE = "labels.json"
+#: A model folder's ONNX Runtime graphs (``runtime.json`` and the graphs it names) live in this subfolder.
+RUNTIME_DIR = "onnx"
 
 #: The cache folder's environment variable (features, backbone states, text embeddings).
 CACHE_ENV = "EMOVOX_CACHE_DIR"

@@ -25,14 +25,20 @@ import numpy as np
 
 from emovox.audio import AudioError, is_silent, load_audio
 from emovox.data.labels import FOLD_FALLBACKS, LabelMap
-from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S, MAX_SERVED_CLIP_S
-from emovox.errors import ModelLoadError
+from emovox.defaults import (
+    CONFIDENCE_THRESHOLD,
+    MAX_CLIP_S,
+    MAX_SERVED_CLIP_S,
+    MIN_ADAPTATION_CLIPS,
+    RUNTIME_DIR,
+)
+from emovox.degrade.quality import measure_quality
+from emovox.errors import AdaptationError, ModelLoadError
 from emovox.runtime.answers import Prediction, Timeline, merge_segments, softmax
 from emovox.runtime.streaming import StreamingSession
 
 DEFAULT_MODEL = "default"
 #: A model folder's ONNX Runtime graphs (:mod:`emovox.export.runtime_build`).
-RUNTIME_DIR = "onnx"
 
 
 class Backend(Protocol):
@@ -155,7 +161,12 @@ class EmotionModel:
         without it): their folded probability is always 0."""
         return list(self._label_map(labels).unreachable) if labels is not None else []
 
-    def _to_prediction(self, probs: np.ndarray, labels=None, *, silent: bool = False) -> Prediction:
+    def _answer(self, probs: np.ndarray, wave: np.ndarray, labels=None) -> Prediction:
+        """A clip's prediction with its silence flag and measured quality."""
+        return self._to_prediction(probs, labels, silent=is_silent(wave),
+                                   quality=measure_quality(wave, self.sample_rate_hz))
+
+    def _to_prediction(self, probs: np.ndarray, labels=None, *, silent: bool = False, quality=None) -> Prediction:
         unsupported: tuple[str, ...] = ()
         if labels is not None:
             lm = self._label_map(labels)
@@ -165,7 +176,7 @@ class EmotionModel:
         i = int(np.argmax(probs))
         return Prediction(label=names[i], score=float(probs[i]),
                           scores={n: float(p) for n, p in zip(names, probs)}, threshold=self.threshold,
-                          silent=silent, unsupported_labels=unsupported)
+                          silent=silent, unsupported_labels=unsupported, quality=quality)
 
     # -- audio
     def load(self, source, *, sample_rate_hz: int | None = None) -> np.ndarray:
@@ -189,23 +200,49 @@ class EmotionModel:
     def predict(self, source, *, sample_rate_hz: int | None = None, labels=None) -> Prediction:
         """Classify one clip: a path, bytes, a binary file object, or an array with ``sample_rate_hz``."""
         wave = self.load(source, sample_rate_hz=sample_rate_hz)
-        probs = self.probabilities([wave])[0]
-        return self._to_prediction(probs, labels, silent=is_silent(wave))
+        return self._answer(self.probabilities([wave])[0], wave, labels)
 
     def predict_batch(self, sources: Iterable, *, sample_rate_hz: int | None = None, labels=None,
                       batch_size: int = 16, num_workers: int | None = None, errors: str = "raise",
-                      progress: bool = False) -> list[Prediction | AudioError]:
+                      progress: bool = False, adapt: bool = False) -> list[Prediction | AudioError]:
         """Classify many clips: decoded and featurised in parallel, run in mini-batches.
 
         ``errors="raise"`` stops at the first unreadable clip; ``errors="return"`` puts the
-        :class:`~emovox.audio.AudioError` in that clip's place and goes on.
+        :class:`~emovox.audio.AudioError` in that clip's place and goes on. ``adapt=True`` (linear-probe models
+        such as the default, on ONNX Runtime) standardises the pooled features with the statistics of these clips
+        themselves instead of the training clips' (what ``emovox adapt`` does, without a new folder): for a folder
+        of one domain (one microphone, room, language or corpus), at least ``MIN_ADAPTATION_CLIPS`` clips.
         """
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         sources = list(sources)
         self._label_map(labels) if labels is not None else None
-        workers = num_workers or min(8, os.cpu_count() or 2)
+        if adapt:
+            self._check_adaptable()
         results: list[Prediction | AudioError | None] = [None] * len(sources)
+        pooled: list[tuple[int, np.ndarray, Any, bool]] = []  # adapt: (index, pooled row, quality, silent)
+        for start, waves in self._decoded_chunks(sources, sample_rate_hz, batch_size, num_workers, errors, progress):
+            ok = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
+            for i, w in enumerate(waves):
+                if isinstance(w, AudioError):
+                    results[start + i] = w
+            if adapt:
+                pooled += [(start + i, self.backend.pooled_features(waves[i])[0],
+                            measure_quality(waves[i], self.sample_rate_hz), is_silent(waves[i])) for i in ok]
+                continue
+            probs = self.probabilities([waves[i] for i in ok], batch_size=batch_size) if ok else []
+            for j, i in enumerate(ok):
+                results[start + i] = self._answer(probs[j], waves[i], labels)
+        if adapt:
+            for (i, _, quality, silent), probs in zip(pooled, self._adapted_probabilities([r for _, r, _, _ in pooled])):
+                results[i] = self._to_prediction(probs, labels, silent=silent, quality=quality)
+        return results  # type: ignore[return-value]
+
+    def _decoded_chunks(self, sources: list, sample_rate_hz, batch_size: int, num_workers, errors: str,
+                        progress: bool):
+        """``(start, decoded waves or AudioErrors)`` chunk by chunk; the next chunk decodes while the caller
+        works on this one (at most 2 chunks in memory)."""
+        workers = num_workers or min(8, os.cpu_count() or 2)
         bar = None
         if progress and len(sources) > batch_size:
             from tqdm import tqdm
@@ -221,26 +258,34 @@ class EmotionModel:
                 return e
 
         chunk = max(batch_size * 4, 64)
-        starts = range(0, len(sources), chunk)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            # the next chunk decodes while this one runs through the model (at most 2 chunks in memory)
             pending = [pool.submit(_load, s) for s in sources[:chunk]]
-            for start in starts:
+            for start in range(0, len(sources), chunk):
                 waves = [f.result() for f in pending]
-                nxt = start + chunk
-                pending = [pool.submit(_load, s) for s in sources[nxt : nxt + chunk]]
-                ok = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
-                probs = self.probabilities([waves[i] for i in ok], batch_size=batch_size) if ok else []
-                for j, i in enumerate(ok):
-                    results[start + i] = self._to_prediction(probs[j], labels, silent=is_silent(waves[i]))
-                for i, w in enumerate(waves):
-                    if isinstance(w, AudioError):
-                        results[start + i] = w
+                pending = [pool.submit(_load, s) for s in sources[start + chunk : start + 2 * chunk]]
+                yield start, waves
                 if bar is not None:
                     bar.update(len(waves))
         if bar is not None:
             bar.close()
-        return results  # type: ignore[return-value]
+
+    def _check_adaptable(self) -> None:
+        if getattr(self.backend, "pooled_output", None) is None:
+            raise AdaptationError(
+                f"adapting to the inputs re-standardises a linear-probe model's pooled features (the default model "
+                f"on ONNX Runtime); {self.name or 'this model'} on the {type(self.backend).__name__} backend has no "
+                "pooled features: classify without --adapt, or use the default model with backend 'auto'")
+
+    def _adapted_probabilities(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Probabilities from pooled rows standardised with their own mean and standard deviation."""
+        if len(rows) < MIN_ADAPTATION_CLIPS:
+            raise AdaptationError(
+                f"adapting to the inputs needs at least {MIN_ADAPTATION_CLIPS} readable clips of one domain (their "
+                f"statistics replace the training clips'), got {len(rows)}: classify without --adapt")
+        x = np.stack(rows).astype(np.float64)
+        probe = self.backend.probe_parameters()
+        z = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-3)  # as emovox adapt fits them
+        return softmax(z @ probe["weight"].T.astype(np.float64) + probe["bias"], self.backend.temperature)
 
     def timeline(self, source, *, sample_rate_hz: int | None = None, window_s: float = 3.0, hop_s: float = 1.0,
                  labels=None, batch_size: int = 16) -> Timeline:
@@ -256,8 +301,7 @@ class EmotionModel:
             starts.append(len(wave) - win)  # cover the tail
         chunks = [wave[s : s + win] for s in starts]
         probs = self.probabilities(chunks, batch_size=batch_size)
-        windows = [(s / sr, (s + len(c)) / sr, self._to_prediction(p, labels, silent=is_silent(c)))
-                   for s, c, p in zip(starts, chunks, probs)]
+        windows = [(s / sr, (s + len(c)) / sr, self._answer(p, c, labels)) for s, c, p in zip(starts, chunks, probs)]
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
 
@@ -339,13 +383,28 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, backend: str = 
             return EmotionModel(OnnxModel(p, threads=threads), name=p.name, path=p, **common)
     name, folder = resolve_model_path(name_or_path)
     if backend != "torch" and (folder / RUNTIME_DIR / "runtime.json").is_file() and _has_onnxruntime():
-        from emovox.runtime.onnx_backend import OnnxModel
+        from emovox.runtime.onnx_backend import OnnxModel, stale_reason
 
-        return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
+        why = stale_reason(folder)
+        if why is None:
+            return EmotionModel(OnnxModel(folder / RUNTIME_DIR, threads=threads), name=name, path=folder, **common)
+        _refuse_stale_graph(folder, why, backend)
     if backend == "onnx":
         raise ModelLoadError(f"{folder}: no ONNX Runtime graphs here ({RUNTIME_DIR}/runtime.json) or onnxruntime is "
                              "not installed; build them with `python -m tools.ship_model` or run backend='torch'")
     return _load_torch(name, folder, allow_pickle=allow_pickle, **common)
+
+
+def _refuse_stale_graph(folder: Path, why: str, backend: str) -> None:
+    """A runtime graph that may not be this folder's model is never used: ``backend="onnx"`` is refused, and
+    ``"auto"`` answers with PyTorch (with a warning) where it is installed, else is refused."""
+    import importlib.util
+    import warnings
+
+    fix = f"rebuild it with `emovox export --model {folder} --runtime`"
+    if backend == "onnx" or importlib.util.find_spec("torch") is None:
+        raise ModelLoadError(f"{folder}: {why}; {fix} (needs emovox[export]), or run --backend torch")
+    warnings.warn(f"{folder}: {why}; answering with PyTorch instead; {fix}", stacklevel=3)
 
 
 def _is_shipped(name_or_path) -> bool:

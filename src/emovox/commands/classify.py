@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="clips per model call (16 keeps activations in cache on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
     p.add_argument("--max-duration-s", type=float, default=MAX_CLIP_S, help="reject clips longer than this")
+    p.add_argument("--adapt", action="store_true",
+                   help="standardise the default model's features on these inputs themselves (a folder of one "
+                        "domain: one microphone, room, language or corpus; at least 30 clips): see docs/features.md")
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")
     p.add_argument("--window-s", type=float, default=3.0, help="timeline window length (s)")
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")
@@ -140,6 +143,12 @@ def _check_engine(args) -> None:
             raise ValueError("--output writes one record per clip; write timelines with --format json")
     if args.engine == "ray" and (args.timeline or args.plot):
         raise ValueError("--engine ray classifies whole clips; --timeline and --plot run locally only")
+    if args.engine == "ray" and getattr(args, "adapt", False):
+        raise ValueError("--adapt needs every input's features before the first answer; it runs locally (drop "
+                         "--engine ray), or adapt once with `emovox adapt MODEL CLIPS --out FOLDER` and classify "
+                         "with --model FOLDER on Ray")
+    if getattr(args, "adapt", False) and args.timeline:
+        raise ValueError("--adapt classifies whole clips; it does not combine with --timeline")
 
 
 def _count_failed(out, records) -> int:
@@ -158,6 +167,7 @@ def _labels_of(records: list[dict]) -> list[str]:
 def _local_records(args, files: list[str], fields):
     """(records, output labels) from the model in this process."""
     from emovox.audio import AudioError
+    from emovox.errors import AdaptationError
     from emovox.inference import load_model
 
     model = load_model(args.model, backend=args.backend, threshold=args.threshold,
@@ -181,8 +191,12 @@ def _local_records(args, files: list[str], fields):
             records.append(rec)
         return records, labels
     progress = not args.no_progress and sys.stderr.isatty()
-    results = model.predict_batch(files, labels=args.labels, batch_size=args.batch_size,
-                                  num_workers=args.workers, errors="return", progress=progress)
+    try:
+        results = model.predict_batch(files, labels=args.labels, batch_size=args.batch_size,
+                                      num_workers=args.workers, errors="return", progress=progress,
+                                      adapt=args.adapt)
+    except AdaptationError as e:
+        raise SystemExit(f"emovox classify: error: {e}") from None
     return [keep_fields(build_record(f, r, top_k=args.top_k), fields) for f, r in zip(files, results)], labels
 
 

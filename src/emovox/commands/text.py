@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="per-class",
                    help="'per-class' (tuned on dev), 'global' or a number in (0, 1)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto: ONNX Runtime when the model folder has its graph (the shipped model does; no "
+                        "PyTorch), else PyTorch; torch: PyTorch + transformers (emovox[text]), for parity checks")
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[dict, str]]:
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     items = _inputs(args)
     if not items:
         raise ValueError("nothing to classify: give TEXT arguments or --file PATH")
-    model = load_text_model(args.model)
+    model = load_text_model(args.model, backend=args.backend)
     preds = model.predict([t for _, t in items], labels=args.labels, top_k=args.top_k, threshold=args.threshold,
                           batch_size=args.batch_size, errors="record")
     records = []

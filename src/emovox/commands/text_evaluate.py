@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="split name in per_class_metrics_<split>.csv (None: the data file's name, e.g. test)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto: ONNX Runtime when the model folder has its graph, else PyTorch")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from emovox.text import evaluate_text_model, load_text_model
 
-    model = load_text_model(args.model)
+    model = load_text_model(args.model, backend=args.backend)
     report = evaluate_text_model(model, args.data, out_dir=args.output_dir, batch_size=args.batch_size,
                                  split=args.split)
     pc, gl = report["per_class_thresholds"], report["global_threshold"]

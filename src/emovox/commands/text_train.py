@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (None: $EMOVOX_CACHE_DIR or ./.emovox-cache, then text/)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write the model's ONNX Runtime graph (OUTPUT_DIR/onnx, as emovox text-export), so "
+                        "emovox text and the server run it without PyTorch")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cache = False if args.no_cache else (args.cache_dir or True)
     report = train_text_model(args.train, args.dev, args.output_dir, cfg, labels_path=args.labels_file,
-                              cache_dir=cache)
+                              cache_dir=cache, onnx=args.onnx)
     summary = {
         "output_dir": args.output_dir,
         "dev_macro_f1": report["per_class_thresholds"]["macro_f1"],
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         "dev_macro_f1_global_threshold": report["global_threshold"]["macro_f1"],
         "dev_macro_f1_crossfit": report["per_class_thresholds_crossfit"]["macro_f1"],
         "dev_auroc_macro": report["auroc_macro"],
+        "onnx": args.onnx,
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -33,6 +33,15 @@ labels: [happy, sad], model_option: {{channels: 16}}); names as the flags' witho
 dataset_config.yaml keys work too: max_samples, batch_size, train_split (= 1 - val_split), and
 num_epochs, learning_rate, wav2vec_model (= --backbone). Unknown keys are an error listing the valid ones.
 
+training for real recordings (--augment SPEC): every training clip also gets K degraded copies (noise, babble
+of other training speakers, rooms, telephone, codecs, level), computed once per clip and cached by clip, spec and
+seed; each epoch a clip is drawn from the clean one and its copies; validation stays clean. Frame models cache the
+copies' features (standardisation from the mix), probe heads (--ssl-head mean/stats) their pooled states, other
+frozen ssl heads their hidden states; fine-tuned backbones degrade each step. Presets: {presets}. Forms:
+KIND[:VALUE|LOW..HIGH] with KIND one of {kinds}; chains joined by '+'; a YAML/JSON file of steps
+(docs/training.md). --use_augmentation (feature domain) works on top of it for frame models.
+  emovox train --data_dir ravdess crema-d --model crnn --augment real-world --augment-copies 2 --output_dir runs/rw
+
 Label order: a taxonomy or list in --labels gives it; otherwise, when the data's labels are exactly a
 taxonomy's set (the Core ML mobile CNN's five: basic5), that taxonomy's order; else emovox's canonical order
 (neutral, calm, happy, sad, angry, fearful, disgust, surprised, boredom), other labels alphabetically
@@ -89,11 +98,13 @@ def _fraction(value) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from emovox.commands.options import Options
+    from emovox.degrade.conditions import KINDS
+    from emovox.degrade.spec import PRESETS
     from emovox.training.recipes import recipes_help
 
     opts = Options()
     p.set_defaults(_train_options=opts)
-    p.epilog = EPILOG.format(recipes=recipes_help())
+    p.epilog = EPILOG.format(recipes=recipes_help(), presets=", ".join(PRESETS), kinds=", ".join(KINDS))
     _layer_arguments(opts, p)
     _data_arguments(opts, p)
     _model_arguments(opts, p)
@@ -214,6 +225,16 @@ def _training_arguments(opts, p) -> None:
              help="warmup then 1/sqrt(step) (noam) or cosine to --epochs")
     opts.add(g, "--use_augmentation", "--use-augmentation", dest="use_augmentation", action="store_true",
              default=_tc("augment"), help="noise, gain, time shift, speed perturbation and SpecAugment on training data")
+    opts.add(g, "--augment", dest="augment", metavar="SPEC", default=_tc("augment_spec"), shown="off",
+             help="multi-condition training on degraded copies of the training clips (waveform domain, every model "
+                  "family; see 'training for real recordings' below): a preset (real-world), a chain such as "
+                  "pink:0..20+room:0.3..1.0, or a YAML/JSON file of steps")
+    opts.add(g, "--augment-copies", "--augment_copies", dest="augment_copies", type=int, metavar="K",
+             default=_tc("augment_copies"), shown="the spec's copies, else 1",
+             help="degraded copies per training clip (computed once, cached); each epoch a clip is drawn from the "
+                  "clean one and its K copies")
+    opts.add(g, "--noise-dir", "--noise_dir", dest="noise_dir", metavar="FOLDER", default=_tc("noise_dir"),
+             shown="none", help="your own noise recordings, for the spec's 'noise' steps (noise:0..20)")
     opts.add(g, "--mixup", type=float, default=_tc("mixup_alpha"), metavar="ALPHA",
              help="mixup Beta(ALPHA, ALPHA) (frame models); 0: off")
     opts.add(g, "--class-balance", dest="class_balance", choices=["loss", "sampler", "none"],
@@ -427,6 +448,7 @@ def train_config(a, defaults: dict):
         class_balance=a.class_balance, label_scope=a.label_scope, crop_s=a.crop_s,
         streaming_loss=a.streaming_loss, early_stopping_patience=a.patience,
         num_workers=a.num_workers, device=a.device, probe_c=a.probe_c,
+        augment_spec=a.augment, augment_copies=a.augment_copies, noise_dir=a.noise_dir,
         teacher=a.teacher, teacher_labels=a.teacher_labels, distill_temperature=a.distill_temperature,
         distill_weight=(a.distill_weight if a.distill_weight is not None
                         else DEFAULT_DISTILL_WEIGHT if (a.teacher or a.teacher_labels) else 0.0),

@@ -91,12 +91,16 @@ class _Decoded:
     error: str | None = None
 
 
-def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int | None, max_duration_s: float | None):
-    """Decode clips in a thread pool, yielding them in order (a few ahead of the consumer)."""
+def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int | None, max_duration_s: float | None,
+                load=None):
+    """Decode clips in a thread pool, yielding them in order (a few ahead of the consumer); ``load(i)``, when
+    given, gives clip ``i``'s waveform instead (a degraded copy)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def work(i: int) -> _Decoded:
         try:
+            if load is not None:
+                return _Decoded(i, load(i))
             return _Decoded(i, load_audio(paths[i], sample_rate_hz=SAMPLE_RATE_HZ, max_duration_s=max_duration_s))
         except (AudioError, OSError) as e:
             return _Decoded(i, error=str(e))
@@ -118,25 +122,28 @@ def _decode_all(paths: Sequence[str], todo: Sequence[int], *, num_workers: int |
 def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence[int], *, cache=None,
                        device: torch.device | str = "cpu", num_workers: int | None = None,
                        progress: bool | None = None, desc: str = "backbone states",
-                       max_duration_s: float | None = MAX_TRAINING_CLIP_S):
+                       max_duration_s: float | None = MAX_TRAINING_CLIP_S, variant=None):
     """Hidden states ``(n_layers, hidden, frames)`` float16 for ``rows``, from the cache or computed.
 
     Returns an :class:`emovox.data.cache.FeatureSet` (``features``: memory-mapped cache files when a
     cache is used, in-memory float16 arrays otherwise; ``decoded``: clips run through the
-    backbone). Unreadable clips are left out and listed in ``errors``.
+    backbone). Unreadable clips are left out and listed in ``errors``. ``variant``: each clip's degraded copy
+    instead (as in :func:`emovox.data.cache.load_features`), cached under its own key.
     """
     from tqdm.auto import tqdm
 
     root = cache_root(cache)
     store = HiddenStateCache(root, backbone, layers, device) if root is not None else None
     paths = [row_path(r) for r in rows]
-    results, todo = cached_lookup(store, paths)
+    items = paths if variant is None else [variant.item(p) for p in paths]
+    results, todo = cached_lookup(store, items)
     errors: dict[int, str] = {}
+    load = None if variant is None else (lambda i: variant.load(rows[i], SAMPLE_RATE_HZ, max_duration_s))
     if todo:
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress_enabled(progress),
                    dynamic_ncols=True, leave=False)
         with torch.inference_mode():
-            for d in _decode_all(paths, todo, num_workers=num_workers, max_duration_s=max_duration_s):
+            for d in _decode_all(paths, todo, num_workers=num_workers, max_duration_s=max_duration_s, load=load):
                 if d.error is not None:
                     errors[d.index] = d.error
                 else:
@@ -145,7 +152,7 @@ def load_hidden_states(rows: Sequence[Any], backbone: Backbone, layers: Sequence
                     results[d.index] = states
                     if store is not None:
                         try:
-                            f = store.put(paths[d.index], states)
+                            f = store.put(items[d.index], states)
                             results[d.index] = np.load(f, mmap_mode="r", allow_pickle=False)
                         except OSError:
                             pass  # a read-only or full cache must not stop training
@@ -279,6 +286,9 @@ class SSLTraining:
             say(f"backbone bundled into {dest}")
         self.cache = cache_root(cache)
         self._pooled: dict[int, np.ndarray] = {}
+        # multi-condition training of a probe head (--augment): the degraded copies' pooled rows and, for each,
+        # its clip's position in the training set (emovox.training.multicondition)
+        self.extra_pooled: tuple[np.ndarray, np.ndarray] | None = None
         self.num_workers = num_workers
         self.progress = progress
         self.finetune = self.model.finetune_layers > 0
@@ -301,7 +311,16 @@ class SSLTraining:
             if self.finetune:
                 raise ValueError(f"the {self.model.head_kind!r} head standardises frozen states: it cannot fine-tune "
                                  f"the backbone")
-            self.model.fit_pooled_stats(self.pooled(train_set))
+            self.model.fit_pooled_stats(self.pooled_train(train_set)[0])
+
+    def pooled_train(self, train_set, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The training set's pooled rows and labels, with the degraded copies' after the clean ones (--augment):
+        what the probe's standardisation and fit read."""
+        rows = self.pooled(train_set)
+        if self.extra_pooled is None:
+            return rows, y
+        extra, index = self.extra_pooled
+        return np.concatenate([rows, extra]), (None if y is None else np.concatenate([y, y[index]]))
 
     def pooled(self, feature_set) -> np.ndarray:
         """A FeatureSet's pooled rows for the ``mean`` head (computed once per set: reading the cached states
@@ -315,12 +334,13 @@ class SSLTraining:
     def uses_cache(self) -> bool:
         return self.cache is not None and not self.finetune
 
-    def load(self, rows, *, desc: str = "features"):
-        """A :class:`emovox.data.cache.FeatureSet` of cached states (frozen) or waveforms (fine-tuning)."""
+    def load(self, rows, *, desc: str = "features", variant=None):
+        """A :class:`emovox.data.cache.FeatureSet` of cached states (frozen) or waveforms (fine-tuning);
+        ``variant``: the clips' degraded copies (frozen backbones only: fine-tuning degrades per step)."""
         if self.finetune:
             return load_waveforms(rows, num_workers=self.num_workers, progress=self.progress, desc=desc)
         return load_hidden_states(rows, self.model.backbone, self.model.layers, cache=self.cache, device=self.device,
-                                  num_workers=self.num_workers, progress=self.progress, desc=desc)
+                                  num_workers=self.num_workers, progress=self.progress, desc=desc, variant=variant)
 
 
 def evaluation_data(model: SSLHybrid, rows, *, cache=None, num_workers: int | None = None,

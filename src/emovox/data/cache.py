@@ -163,13 +163,18 @@ class ClipCache:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir)!r})"
 
-    def file_for(self, path: str | os.PathLike) -> Path:
+    def file_for(self, path) -> Path:
+        """``path``: a clip (its own entry) or ``(clip, variant)``: a variant of the clip (a degraded copy: the
+        variant names the degradation and its seed), keyed by the clip's bytes and the variant."""
+        path, variant = path if isinstance(path, tuple) else (path, None)
         p = os.path.abspath(os.fspath(path))
         st = os.stat(p)
         stamp = (p, st.st_size, st.st_mtime_ns)
         key = self._keys.get(stamp)
         if key is None:
             key = self._keys[stamp] = content_key(p)
+        if variant is not None:
+            key = hashlib.sha1(f"{key}\0{variant}".encode()).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
     def _valid(self, arr: np.ndarray) -> bool:
@@ -283,8 +288,9 @@ class FeatureSet:
         return len(self.features)
 
 
-def cached_lookup(store: ClipCache | None, paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[int]]:
-    """Each path's cached array (None on a miss or without a cache), and the positions still to compute."""
+def cached_lookup(store: ClipCache | None, paths: Sequence[Any]) -> tuple[list[np.ndarray | None], list[int]]:
+    """Each path's (or ``(path, variant)``'s) cached array (None on a miss or without a cache), and the positions
+    still to compute."""
     results: list[np.ndarray | None] = [store.get(p) if store is not None else None for p in paths]
     return results, [i for i, r in enumerate(results) if r is None]
 
@@ -301,30 +307,34 @@ def progress_enabled(progress: bool | None) -> bool:
 
 def load_features(rows: Sequence[Any], cfg: FeatureConfig, *, cache: FeatureCache | str | os.PathLike | bool | None = None,
                   num_workers: int | None = None, progress: bool | None = None, desc: str = "features",
-                  max_duration_s: float | None = MAX_TRAINING_CLIP_S) -> FeatureSet:
+                  max_duration_s: float | None = MAX_TRAINING_CLIP_S, variant: Any = None) -> FeatureSet:
     """Log-mel frames (float16) for ``rows`` (ManifestRows or paths), from the cache or decoded.
 
     Cache misses are decoded and featurised by ``num_workers`` threads (default
     ``min(4, cpu_count)``; libsndfile, soxr and torch release the GIL) and stored. Clips that cannot
     be decoded (:class:`AudioError`) are left out and listed in ``errors``; the others keep
-    their input order.
+    their input order. ``variant``: a version of each clip instead of the clip itself (a degraded copy,
+    :class:`emovox.degrade.multicondition.DegradedCopy`): ``variant.item(path)`` is its cache entry and
+    ``variant.load(row, sample_rate_hz, max_duration_s)`` its waveform.
     """
     from tqdm.auto import tqdm
 
     store = resolve_cache(cache, cfg)
     paths = [row_path(r) for r in rows]
-    results, todo = cached_lookup(store, paths)
+    items = paths if variant is None else [variant.item(p) for p in paths]
+    results, todo = cached_lookup(store, items)
     errors: dict[int, str] = {}
 
     def work(i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            wave = load_audio(paths[i], sample_rate_hz=cfg.sample_rate_hz, max_duration_s=max_duration_s)
+            wave = load_audio(paths[i], sample_rate_hz=cfg.sample_rate_hz, max_duration_s=max_duration_s) \
+                if variant is None else variant.load(rows[i], cfg.sample_rate_hz, max_duration_s)
         except (AudioError, OSError) as e:
             return i, None, str(e)
         lm = compute_logmel(wave, cfg)
         if store is not None:
             try:
-                store.put(paths[i], lm)
+                store.put(items[i], lm)
             except OSError:
                 pass  # a read-only or full cache must not stop training
         return i, lm, None

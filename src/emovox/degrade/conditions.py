@@ -3,14 +3,16 @@
 Each function takes a 16-kHz mono float32 waveform, the degradation's value (an SNR in dB, an RT60 in seconds,
 a bitrate in kbit/s, a gain in dB...) and a :class:`Sources` (where babble and recorded noise come from), and
 returns a waveform of the same length. Randomness inside audiomentations comes from Python's and NumPy's global
-generators: :func:`emovox.degrade.spec.seeded` fixes both around each call.
+generators: :func:`seeded` fixes both around each call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +29,20 @@ COLOR_DECAY_DB = {"white": 0.0, "pink": -3.01, "brown": -6.02}  # dB per octave 
 
 class DegradeError(ValueError):
     """A degradation that cannot be applied as asked (no babble clips, an unreadable noise folder...)."""
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """audiomentations draws from Python's ``random`` and NumPy's global generator: fix both for one call and
+    put them back afterwards, so a degradation is reproducible and leaves the caller's random state alone."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 @dataclass
@@ -161,8 +177,6 @@ def room_impulse_response(rt60_s: float, bank: str, index: int) -> np.ndarray:
     of the bank's name, the RT60 and the index). Training and evaluation use different banks: never the same rooms."""
     import pyroomacoustics
     from audiomentations import RoomSimulator
-
-    from .spec import seeded
 
     seed = int.from_bytes(hashlib.sha1(f"{bank}\0{rt60_s:.3f}\0{index}".encode()).digest()[:4], "little")
     impulse = np.zeros(int((1.5 * rt60_s + 0.2) * SAMPLE_RATE_HZ), np.float32)

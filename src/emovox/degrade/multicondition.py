@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +83,92 @@ class PooledEncoder:
         return self.model.pooled_features(np.asarray(wave, dtype=np.float32)[None])[0]
 
 
+class TorchPooledEncoder:
+    """A probe model's pooled features on its torch backbone (any backbone ``--model ssl`` takes: Whisper,
+    wav2vec2, HuBERT, WavLM), with :class:`PooledEncoder`'s interface. ``model``: an
+    :class:`emovox.models.ssl.SSLHybrid` with a probe head (``mean``: the layers' time means, ``stats``: and their
+    log standard deviations). The cache key holds the backbone's identity (config and weights hashes, layers,
+    precision, chunking), the pooling and the runtime, so entries of different backbones or heads never mix."""
+
+    def __init__(self, model, device="cpu"):
+        self.model, self.device = model, device
+        stats = model.head_kind == "stats"
+        self.size = len(model.layers) * model.hidden_dim * (2 if stats else 1)
+        self.cache_key = {**model.backbone.cache_key(model.layers, device), "runtime": "torch",
+                          "pooling": "time mean and log std per layer" if stats else "time mean per layer"}
+
+    def pooled(self, wave: np.ndarray) -> np.ndarray:
+        """The clip's pooled row as training computes it: float16 states (what the hidden-state cache holds),
+        pooled in float32, rounded to float16 (what the pooled cache holds: the same row cached or not)."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(self.device)
+            states = self.model.backbone.clip_states(x, self.model.layers)[0].cpu().numpy().astype(np.float16)
+        return self.model.pooled_rows([states])[0].astype(np.float16).astype(np.float32)
+
+
+#: :meth:`Degrader.degrade` swaps the global random generators while it runs: one degradation at a time.
+DEGRADE_LOCK = threading.Lock()
+
+
+@dataclass
+class DegradedCopy:
+    """Copy number ``copy`` of every clip, degraded by ``degrader`` with the clip's :func:`copy_seed`: the
+    ``variant`` that the feature and hidden-state caches' loaders take (``emovox.data.cache.load_features``,
+    ``emovox.data.backbone_data.load_hidden_states``). ``item(path)`` is its cache entry ``(path, variant)``,
+    keyed by the clip's bytes, the parsed degradation, the seed and ``pool`` (what babble was drawn from);
+    ``load(row, sample_rate_hz, max_duration_s)`` its waveform (the row's speaker is left out of babble)."""
+
+    degrader: Degrader
+    copy: int
+    namespace: str = "train"
+    pool: str = ""
+    _seeds: dict = field(default_factory=dict, repr=False)
+
+    def seed(self, path: str | os.PathLike) -> int:
+        p = os.path.abspath(os.fspath(path))
+        st = os.stat(p)
+        stamp = (p, st.st_size, st.st_mtime_ns)
+        if stamp not in self._seeds:
+            self._seeds[stamp] = copy_seed(p, self.namespace, self.copy)
+        return self._seeds[stamp]
+
+    def variant(self, path: str | os.PathLike) -> str:
+        name = variant_name(self.degrader, self.seed(path))
+        return f"{name}:{self.pool}" if self.pool else name
+
+    def item(self, path: str | os.PathLike) -> tuple[str, str]:
+        return os.fspath(path), self.variant(path)
+
+    def load(self, row: Any, sample_rate_hz: int = 16000, max_duration_s: float | None = None) -> np.ndarray:
+        from ..audio import load_audio
+
+        path = os.fspath(row.path if hasattr(row, "path") else row)
+        wave = load_audio(path, sample_rate_hz=16000, max_duration_s=max_duration_s)
+        with DEGRADE_LOCK:
+            wave, _ = self.degrader.degrade(wave, self.seed(path), speaker=getattr(row, "speaker", None))
+        if sample_rate_hz != 16000:  # degradations work at 16 kHz; the features' rate after them
+            wave = load_audio(wave, source_sample_rate_hz=16000, sample_rate_hz=sample_rate_hz, max_duration_s=None)
+        return wave
+
+
 def pooled_rows(rows: Sequence[Any], cache: PooledStateCache, encoder: PooledEncoder, *,
                 degrader: Degrader | None = None, namespace: str = "train", copy: int = 0,
                 progress: Callable[[int, int], None] | None = None,
-                compute: bool = True) -> tuple[np.ndarray, list[int]]:
+                compute: bool = True, pool: str = "") -> tuple[np.ndarray, list[int]]:
     """Pooled states of ``rows`` (clean when ``degrader`` is None, else their ``copy``-th degraded copy), from the
     cache or computed and cached. Returns ``(array (n_kept, size), kept row indices)``; unreadable clips are
-    left out, and so are uncached ones when ``compute`` is False (``encoder`` may then be None)."""
+    left out, and so are uncached ones when ``compute`` is False (``encoder`` may then be None). ``pool``: what
+    babble is drawn from, part of a degraded copy's key (:class:`DegradedCopy`)."""
     from ..audio import AudioError, load_audio
 
     out, kept = [], []
     for i, row in enumerate(rows):
         path = str(row.path)
         seed = None if degrader is None else copy_seed(path, namespace, copy)
-        item = (path, variant_name(degrader, seed))
+        variant = variant_name(degrader, seed)
+        item = (path, f"{variant}:{pool}" if pool and degrader is not None else variant)
         vec = cache.get(item)
         if vec is None and not compute:
             continue

@@ -12,11 +12,9 @@ Forms:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .conditions import KINDS, DegradeError, Sources
+from .conditions import KINDS, DegradeError, Sources, seeded
 
 #: Part of every cache key (the implementations' generation before kinds got versions of their own).
 KEY_EPOCH = 4
@@ -218,20 +216,6 @@ class Degrader:
         if not np.all(np.isfinite(x)):
             raise DegradeError(f"degradation {'+'.join(applied)} produced non-finite samples")
         return x, "+".join(applied)
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """audiomentations draws from Python's ``random`` and NumPy's global generator: fix both for one call and
-    put them back afterwards, so a degradation is reproducible and leaves the caller's random state alone."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def parse_spec(spec: str, *, babble: Sequence[str | os.PathLike | np.ndarray] = (),

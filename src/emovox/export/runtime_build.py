@@ -30,12 +30,13 @@ import torch
 from torch import nn
 
 from emovox import __version__
+from emovox.defaults import RUNTIME_DIR
 from emovox.export.graphs import state_names, streaming_state_layout
 from emovox.export.onnx_export import DEFAULT_OPSET, write_onnx
 from emovox.export.spec import GraphSpec, TensorSpec, build_graph_spec
 from emovox.modelio import EmotionPipeline, LoadedModel, load_model_dir, streaming_step
+from emovox.runtime.onnx_backend import model_files_digest
 
-RUNTIME_DIR = "onnx"
 RUNTIME_FILE = "runtime.json"
 RUNTIME_FORMAT = "emovox-onnx-runtime"
 RUNTIME_FORMAT_VERSION = 1
@@ -211,6 +212,7 @@ def build_runtime(model_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         manifest = _fill(tmp, loaded, meta, quantization=quantization, opset=opset, lengths_input=lengths_input)
+        manifest["built_from"] = model_files_digest(model_dir)  # loading checks the folder still holds these
         (tmp / RUNTIME_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         move_into_place(tmp, out)
     except BaseException:  # a model the runtime cannot take, or an interrupt: leave nothing half-written

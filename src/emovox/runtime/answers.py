@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from emovox.data.labels import music_mood
-from emovox.defaults import CONFIDENCE_THRESHOLD
+from emovox.defaults import CONFIDENCE_THRESHOLD, POOR_INPUT_THRESHOLD_RAISE
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Prediction:
     silent: bool = False
     #: requested labels (``labels=``) the model cannot express: their score is always 0
     unsupported_labels: tuple[str, ...] = ()
+    #: the recording's measured quality (:func:`emovox.degrade.measure_quality`), when it was measured
+    quality: Any = None
 
     @property
     def labels(self) -> list[str]:
@@ -35,16 +37,28 @@ class Prediction:
         return music_mood(self.label)
 
     @property
+    def effective_threshold(self) -> float:
+        """The threshold for this recording: raised when its quality is poor (noise, low level, clipping,
+        telephone band), where the models are less accurate than their confidence says."""
+        if self.quality is not None and self.quality.poor:
+            return min(self.threshold + POOR_INPUT_THRESHOLD_RAISE, 0.99)
+        return self.threshold
+
+    @property
     def low_confidence(self) -> bool:
-        return self.score < self.threshold
+        return self.score < self.effective_threshold
 
     @property
     def warning(self) -> str | None:
-        """The FastAPI wav2vec2 hybrid's warning for predictions under the threshold (``None`` when confident)."""
+        """The FastAPI wav2vec2 hybrid's warning for predictions under the threshold (``None`` when confident),
+        saying why the threshold was raised when the recording is poor."""
         if not self.low_confidence:
             return None
-        return (f"low confidence: {self.label} at {self.score:.2f} is below the {self.threshold:.2f} threshold; "
-                "the emotion may be wrong")
+        why = ""
+        if self.effective_threshold != self.threshold:
+            why = f" for this recording ({'; '.join(self.quality.issues)})"
+        return (f"low confidence: {self.label} at {self.score:.2f} is below the {self.effective_threshold:.2f} "
+                f"threshold{why}; the emotion may be wrong")
 
     def top_k(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
@@ -61,6 +75,7 @@ class Prediction:
             **({"warning": self.warning} if self.low_confidence else {}),
             **({"silent": True} if self.silent else {}),
             **({"unsupported_labels": list(self.unsupported_labels)} if self.unsupported_labels else {}),
+            **({"quality": self.quality.to_dict()} if self.quality is not None else {}),
         }
 
 

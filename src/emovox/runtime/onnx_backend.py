@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from emovox.defaults import RUNTIME_DIR
+
 MANIFEST_FILE = "export.json"
 WAVEFORM_FILES = ("emotion_waveform.onnx", "emotion_waveform.int8.onnx")
 #: A model folder's runtime graphs: ``<model>/onnx/runtime.json`` and the files it names.
@@ -301,6 +303,41 @@ class OnnxModel:
         z -= z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
+
+
+def model_files_digest(model_dir: Path) -> dict[str, str]:
+    """SHA-256 of a model folder's weights and config: what its runtime graph records it was built from."""
+    import hashlib
+
+    from emovox.defaults import CONFIG_FILE, WEIGHTS_FILE
+
+    out = {}
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        h = hashlib.sha256()
+        with open(model_dir / name, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        out[name] = h.hexdigest()
+    return out
+
+
+def stale_reason(model_dir: Path) -> str | None:
+    """Why ``<model_dir>/onnx`` cannot be trusted to be this folder's model (None when it provably is): its
+    ``runtime.json`` records the weights and config it was built from, and they must be the folder's own."""
+    try:
+        built_from = _read_runtime(model_dir / RUNTIME_DIR / "model.onnx").get("built_from")
+    except OnnxModelError as e:
+        return str(e)
+    if not isinstance(built_from, dict):
+        return "its runtime graph does not record which weights it was built from (made by an older emovox)"
+    try:
+        now = model_files_digest(model_dir)
+    except OSError as e:
+        return f"cannot read the model's files ({e})"
+    changed = [name for name, digest in now.items() if built_from.get(name) != digest]
+    if changed:
+        return f"its runtime graph was built from other {' and '.join(changed)} than the folder holds now"
+    return None
 
 
 def _read_runtime(graph: Path) -> dict[str, Any]:

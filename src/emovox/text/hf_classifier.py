@@ -173,10 +173,12 @@ def _has_tokenizer(root: Path) -> bool:
 
 
 class HFTextClassifier(TextModel):
-    """A text model whose scores are the sigmoid of a sequence classifier's logits."""
+    """A text model whose scores are the sigmoid of a sequence classifier's logits (PyTorch)."""
+
+    backend = "torch"
 
     def __init__(self, path: Path, config: dict, tokenizer, model: torch.nn.Module, weights: Path):
-        super().__init__(path, config, encoder=None, head=None)
+        super().__init__(path, config)
         self.tokenizer, self.model, self.weights = tokenizer, model, weights
         self.device = next(model.parameters()).device
 
@@ -195,8 +197,6 @@ class HFTextClassifier(TextModel):
             probs[idx] = torch.sigmoid(self.model(**batch).logits.float()).double().cpu().numpy()
         return probs, n_tokens, truncated
 
-    def scores_from_embeddings(self, emb):
-        raise TextModelError(f"{self.path}: a sequence classifier scores text, not sentence embeddings")
 
 
 def load_hf_classifier(root: str | Path, *, device: str | torch.device = "cpu") -> HFTextClassifier:

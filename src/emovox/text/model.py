@@ -20,7 +20,6 @@ their fingerprint is checked so a head never runs on an encoder it was not train
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -28,14 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from emovox import atomic
 
 from .data import TextError, TextModelError, check_text
-from .encoder import Encoder, EncoderRef, fingerprint, resolve_encoder
 from .grouping import groups_for, normalize_taxonomy
-from .head import MLPHead
 from .metrics import decide
 
 FORMAT = "emovox-text-model"
@@ -83,18 +79,6 @@ def read_json(path: Path) -> Any:
         raise TextModelError(f"{path}: not valid JSON ({e})") from e
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise TextModelError(f"{path}: missing (weights file named in {CONFIG_FILE})")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise TextModelError(f"{path}: cannot read safetensors weights ({e})") from e
-
-
 def default_model_path() -> Path:
     path = Path(str(resources.files("emovox").joinpath(*DEFAULT_MODEL)))
     if not (path / CONFIG_FILE).is_file():
@@ -104,10 +88,15 @@ def default_model_path() -> Path:
 
 
 class TextModel:
-    """A loaded text emotion model. Build with :func:`load_text_model`."""
+    """A loaded text emotion model: the decision rule and label sets over :meth:`probabilities`, which each
+    runtime provides (:class:`emovox.text.runtime.OnnxTextModel` on ONNX Runtime,
+    :class:`emovox.text.torch_model.TorchTextModel` and the Hugging Face classifier on PyTorch).
+    Build with :func:`emovox.text.load_text_model`."""
 
-    def __init__(self, path: Path, config: dict, encoder: Encoder, head: MLPHead):
-        self.path, self.config, self.encoder, self.head = path, config, encoder, head
+    backend = "none"
+
+    def __init__(self, path: Path, config: dict):
+        self.path, self.config = path, config
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.thresholds = np.array([config["thresholds"][lab] for lab in self.labels], dtype=np.float64)
         self.global_threshold = float(config["global_threshold"])
@@ -117,25 +106,16 @@ class TextModel:
 
     def __repr__(self) -> str:
         enc = self.config["encoder"]["name"]
-        return f"TextModel({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
+        return f"{type(self).__name__}({str(self.path)!r}, encoder={enc!r}, labels={len(self.labels)})"
 
     @property
     def weights_path(self) -> Path:
         """The file whose content identifies this model's weights (the head)."""
         return Path(self.path) / self.config.get("head", {}).get("file", HEAD_FILE)
 
-    # -- scores --------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def scores_from_embeddings(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
-        self.head.eval()
-        x = torch.as_tensor(np.asarray(emb, dtype=np.float32)).to(self.encoder.device)
-        return torch.sigmoid(self.head(x)).double().cpu().numpy()
-
     def probabilities(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sigmoid scores ``(n, n_labels)``, token counts and truncation flags for valid texts."""
-        ids, n_tokens, truncated = self.encoder.tokenize(list(texts))
-        emb = self.encoder.embed_ids(ids, batch_size=batch_size)
-        return self.scores_from_embeddings(emb), n_tokens, truncated
+        """Sigmoid scores ``(n, n_labels)`` (float64), token counts and truncation flags for valid texts."""
+        raise NotImplementedError
 
     # -- predictions ---------------------------------------------------------------------------
     def predict(self, texts: str | Sequence[str], *, labels: str = "goemotions", top_k: int | None = None,
@@ -207,28 +187,72 @@ class TextModel:
         return np.full(len(self.labels), float(threshold))
 
 
+def _is_int(v: Any, low: int, high: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def _is_probability(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0
+
+
+def _is_file_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and Path(v).name == v and v not in (".", "..")
+
+
 def _check_config(cfg: Any, path: Path) -> None:
+    """Every key the loaders read, with its type and range: a :class:`TextModelError` naming the key."""
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise TextModelError(f"{path}: not an emovox text model config (format {FORMAT!r} expected)")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise TextModelError(f"{path}: format_version {cfg.get('format_version')} is newer than this emovox "
+    version = cfg.get("format_version", 0)
+    if not _is_int(version, 0):
+        raise TextModelError(f"{path}: format_version must be a whole number, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise TextModelError(f"{path}: format_version {version} is newer than this emovox "
                              f"reads ({FORMAT_VERSION}); upgrade emovox")
     for key in ("encoder", "max_length", "labels", "head", "thresholds", "global_threshold"):
         if key not in cfg:
             raise TextModelError(f"{path}: missing key {key!r}")
+    _check_parts(cfg, path)
     labels = cfg["labels"]
     thr = cfg["thresholds"]
     if not isinstance(thr, dict) or set(thr) != set(labels):
         raise TextModelError(f"{path}: 'thresholds' must give one value per label")
-    bad = [k for k, v in thr.items() if not isinstance(v, (int, float)) or not 0.0 < v < 1.0]
+    bad = [k for k, v in thr.items() if not _is_probability(v)]
     if bad:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
 
 
-def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder: str | os.PathLike | None = None,
-                     check_encoder: bool = True) -> TextModel:
-    """Load a text model folder in emovox's own format (:func:`emovox.text.load_text_model` takes
-    Hugging Face classifier folders too). Arguments as there."""
+def _check_parts(cfg: dict, path: Path) -> None:
+    labels = cfg["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise TextModelError(f"{path}: 'labels' must be a non-empty list of distinct label names")
+    enc = cfg["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"] \
+            or not isinstance(enc.get("path"), (str, type(None))) or not isinstance(enc.get("fingerprint"), (str, type(None))):
+        raise TextModelError(f"{path}: 'encoder' must be an object with a 'name' (and optional 'path', "
+                             "'fingerprint' strings)")
+    head = cfg["head"]
+    if not isinstance(head, dict) or not _is_int(head.get("input_dim"), 1) or not _is_int(head.get("hidden_dim"), 0) \
+            or not _is_file_name(head.get("file", HEAD_FILE)) or not isinstance(head.get("dropout", 0.0), (int, float)):
+        raise TextModelError(f"{path}: 'head' must be an object with 'input_dim' (>= 1), 'hidden_dim' (>= 0) and "
+                             "optional 'file' (a file name in the folder) and 'dropout'")
+    delta = cfg.get("encoder_delta")
+    if delta is not None and (not isinstance(delta, dict) or not _is_file_name(delta.get("file", DELTA_FILE))):
+        raise TextModelError(f"{path}: 'encoder_delta' must be null or an object whose 'file' names a file in the folder")
+    if not _is_int(cfg["max_length"], 4, 1 << 16):
+        raise TextModelError(f"{path}: max_length must be a whole number of tokens in [4, 65536], "
+                             f"got {cfg['max_length']!r}")
+    if not _is_probability(cfg["global_threshold"]):
+        raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
+    if not _is_int(cfg.get("top_k", 0), 0):
+        raise TextModelError(f"{path}: top_k must be a whole number >= 0 (0: no cap), got {cfg.get('top_k')!r}")
+    if not isinstance(cfg.get("always_one", False), bool):
+        raise TextModelError(f"{path}: always_one must be true or false, got {cfg.get('always_one')!r}")
+
+
+def read_model_config(root: Path) -> dict:
+    """``inference_config.json`` of an emovox text model folder, checked, with ``labels.json`` agreeing."""
     cfg_path = root / CONFIG_FILE
     cfg = read_json(cfg_path)
     _check_config(cfg, cfg_path)
@@ -236,42 +260,15 @@ def load_text_folder(root: Path, *, device: str | torch.device = "cpu", encoder:
     labels = read_json(labels_path)
     if labels != cfg["labels"]:
         raise TextModelError(f"{labels_path}: labels differ from those in {CONFIG_FILE}")
-
-    hcfg = cfg["head"]
-    head_path = root / hcfg.get("file", HEAD_FILE)
-    state = _read_safetensors(head_path)
-    try:
-        head = MLPHead(int(hcfg["input_dim"]), len(labels), hidden_dim=int(hcfg["hidden_dim"]),
-                       dropout=float(hcfg.get("dropout", 0.0)))
-        head.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError) as e:
-        raise TextModelError(f"{head_path}: does not match the head described in {CONFIG_FILE} ({e})") from e
-
-    ecfg = cfg["encoder"]
-    ref: EncoderRef = resolve_encoder(encoder if encoder is not None else (ecfg.get("path") or ecfg["name"]))
-    if check_encoder and ecfg.get("fingerprint") and fingerprint(ref.path) != ecfg["fingerprint"]:
-        raise TextModelError(
-            f"{ref.path}: encoder weights differ from those the model in {root} was trained with "
-            f"(fingerprint {ecfg['fingerprint']}); install the same encoder or pass check_encoder=False"
-        )
-    enc = Encoder(ref, max_length=int(cfg["max_length"]), device=device)
-    if enc.hidden_size != head.input_dim:
-        raise TextModelError(f"{head_path}: head takes {head.input_dim}-d vectors, encoder {ref.name!r} gives "
-                             f"{enc.hidden_size}")
-    dcfg = cfg.get("encoder_delta")
-    if dcfg:
-        delta_path = root / dcfg.get("file", DELTA_FILE)
-        enc.apply_delta(_read_safetensors(delta_path), source=str(delta_path))
-    enc.model.eval()
-    head.to(enc.device).eval()
-    return TextModel(root, cfg, enc, head)
+    return cfg
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic.write_json(path, obj, ensure_ascii=False)
 
 
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_weights(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Tensors (PyTorch's: only training and export call this) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
     atomic.write_file(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ from .model import (
     save_weights,
     write_json,
 )
+from .runtime import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +327,13 @@ def _inference_config(cfg: TextTrainConfig, ref, head: MLPHead, labels: list[str
 
 def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike, out_dir: str | os.PathLike,
                      config: TextTrainConfig | None = None, *, labels_path: str | os.PathLike | None = None,
-                     cache_dir: str | os.PathLike | None | bool = True) -> dict:
+                     cache_dir: str | os.PathLike | None | bool = True, onnx: bool = False) -> dict:
     """Train, tune thresholds on ``dev_path``, write the model folder; returns the dev report.
 
     ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE_DIR`` or
-    ``./.emovox-cache``, then ``text/``; ``None``/``False``: no cache).
+    ``./.emovox-cache``, then ``text/``; ``None``/``False``: no cache). ``onnx``: also write the folder's
+    ONNX Runtime graph (``onnx/``, :func:`emovox.text.export.export_text_onnx`); an older one is removed
+    either way, since it was built from other weights.
     """
     cfg = config or TextTrainConfig()
     t_start = time.time()
@@ -340,6 +344,7 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
     cache = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
     ref = resolve_encoder(cfg.encoder)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / RUNTIME_DIR, ignore_errors=True)  # an older model's graph
 
     history: list[dict] = []
     with torch.random.fork_rng(devices=[]):
@@ -373,7 +378,7 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
     write_json(out / CONFIG_FILE, inference_config)
 
     # Dev scores from the saved folder, loaded as users load it; thresholds tuned on them.
-    model = load_text_model(out)
+    model = load_text_model(out, backend="torch")
     if dev_emb is not None:
         dev_probs = model.scores_from_embeddings(dev_emb)
     else:
@@ -408,6 +413,11 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
                   "per_class_thresholds_crossfit in metrics_overall.json estimates unseen-text macro-F1."),
     }
     write_json(out / META_FILE, meta)
+    if onnx:
+        from .export import export_text_onnx
+
+        export_text_onnx(out)
+        log.info("wrote %s: the ONNX Runtime graph", out / RUNTIME_DIR)
     log.info("wrote %s: dev macro-F1 %.4f (per-class thresholds), %.4f (global %.2f), %.0f s", out,
              report["per_class_thresholds"]["macro_f1"], report["global_threshold"]["macro_f1"], global_t,
              time.time() - t_start)

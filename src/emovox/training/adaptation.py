@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from emovox.atomic import write_folder
+from emovox.defaults import MIN_ADAPTATION_CLIPS, RUNTIME_DIR
 from emovox.errors import AdaptationError
 
 __all__ = ["AdaptationError", "MIN_ADAPTATION_CLIPS", "adapt_model"]
 
-#: Fewest clips an adaptation takes: the statistics of fewer are mostly noise.
-MIN_ADAPTATION_CLIPS = 30
 
 
 def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -55,9 +54,15 @@ def adapt_model(model: str | os.PathLike, clips: Sequence[str | os.PathLike], ou
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "what": "pooled-feature mean and standard deviation re-estimated on unlabelled target clips"}
     config = {**loaded.config, "adaptation": record}
+
     def fill(staging: Path) -> None:  # the whole folder appears at once, or not at all
         shutil.copytree(src, staging, dirs_exist_ok=True)
         save_model(staging, net, config)
+        if (staging / RUNTIME_DIR).is_dir():  # the copied graph holds the old standardisation: build it anew
+            from emovox.export.runtime_build import build_runtime
+
+            shutil.rmtree(staging / RUNTIME_DIR)
+            build_runtime(staging)
 
     write_folder(out, fill)
     return record

@@ -87,6 +87,7 @@ def write_artifacts(out: Path, run: Run, data: TrainData, cfg: TrainConfig, plan
         "best_epoch": metrics["best_epoch"],
         "temperature": temperature,
         "train_config": cfg.to_dict(),
+        **({"augment": data.multi.describe()} if data.multi is not None else {}),
         **full_files,
     }
     write_json(out / "model_meta.json", model_meta)

@@ -48,6 +48,12 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False
     augmentation: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
+    # multi-condition training (emovox.training.multicondition): a degradation spec (emovox.degrade.parse_spec: a
+    # preset, a chain, a YAML/JSON file), degraded copies per training clip (None: the spec's `copies`, else 1) and
+    # a folder of noise recordings for its 'noise' steps
+    augment_spec: str | None = None
+    augment_copies: int | None = None
+    noise_dir: str | None = None
     mixup_alpha: float = 0.0  # Beta(a, a) mixup on frame models; 0: off
     class_balance: str = "loss"  # "loss", "sampler" or "none"
     label_scope: str = "all"  # "all" or "corpus": each clip's loss over its corpus's labels only
@@ -138,5 +144,9 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise TrainingError(msg)
+        if self.augment_spec is not None or self.augment_copies is not None or self.noise_dir is not None:
+            from emovox.training.multicondition import check_augment
+
+            check_augment(self.augment_spec, self.augment_copies, self.noise_dir)
         if self.split == "stratified" and self.test_speakers:
             raise TrainingError("test speakers need --split speaker (a stratified split ignores speakers)")

@@ -111,10 +111,19 @@ class TrainData:
     y: dict[str, np.ndarray]
     stats: FeatureStats | None = None
     hooks: Any = None
+    multi: Any = None  # --augment: the degraded copies (emovox.training.multicondition.MultiCondition)
 
     @property
     def is_probe(self) -> bool:
         return self.hooks is not None and self.hooks.is_probe
+
+    def train_items(self, idx: Sequence[int], epoch: int) -> list[Any]:
+        """The training items of clips ``idx`` in ``epoch``: the clean clips, or (``--augment``) each clip's
+        version drawn for the epoch."""
+        fs = self.sets["train"]
+        if self.multi is None:
+            return [fs.features[i] for i in idx]
+        return self.multi.items(fs, idx, epoch)
 
 
 def load_training_data(plan: SplitPlan, labels: list[str], cfg: TrainConfig, out: Path, *, cache, progress,
@@ -154,8 +163,17 @@ def load_training_data(plan: SplitPlan, labels: list[str], cfg: TrainConfig, out
     missing = [lab for i, lab in enumerate(labels) if not (y["train"] == i).any()]
     if missing:
         say(f"warning: no training clips for {', '.join(missing)}")
-    stats = None if hooks is not None else fit_stats(sets["train"].features, feat_cfg)
-    return TrainData(sets=sets, y=y, stats=stats, hooks=hooks)
+    multi = None
+    if cfg.augment_spec is not None:
+        from emovox.training.multicondition import prepare_multicondition
+
+        multi = prepare_multicondition(cfg, sets["train"], hooks=hooks, feat_cfg=feat_cfg, cache=cache,
+                                       progress=progress, say=say)
+    stats = None
+    if hooks is None:  # standardisation from what training sees: the clean clips and their degraded copies
+        mix = [f for copy in (multi.features if multi is not None else []) for f in copy]
+        stats = fit_stats(list(sets["train"].features) + mix, feat_cfg)
+    return TrainData(sets=sets, y=y, stats=stats, hooks=hooks, multi=multi)
 
 
 @dataclass
@@ -231,6 +249,8 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
     run_id = {"train": _hash_rows(train_rows), "val": _hash_rows(data.sets["val"].rows), "labels": labels,
               "model": cfg.model, "model_kwargs": model_config["model"]["kwargs"], "features": feat_cfg.to_dict(),
               "label_scope": cfg.label_scope}
+    if data.multi is not None:  # a checkpoint resumes only with the same degraded copies
+        run_id["augment"] = {"key": data.multi.degrader.key(), "copies": data.multi.copies, "pool": data.multi.pool}
     teacher_logits = None
     if cfg.distill_weight > 0:
         teacher_logits = _teacher_logits(data, labels, cfg, say)
@@ -328,7 +348,7 @@ def train_epoch(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, state: 
         lr = run.lr(state.step)
         for g in run.opt.param_groups:
             g["lr"] = lr
-        feats, lengths = run.train_batches.train_batch([data.sets["train"].features[i] for i in idx], rng)
+        feats, lengths = run.train_batches.train_batch(data.train_items(idx, epoch), rng)
         loss, logits, target = train_step(
             run, feats.to(run.device, non_blocking=True), lengths.to(run.device) if lengths is not None else None,
             torch.as_tensor(data.y["train"][idx]).to(run.device),

@@ -33,7 +33,10 @@ def fit_linear_probe(hooks, sets, y, labels, cfg: TrainConfig, say) -> tuple[lis
         raise TrainingError(f"--label-scope corpus needs a loss trained by epochs; the {model_head!r} head is fit as a "
                             "linear probe over all labels: leave --label-scope at 'all'")
     model, n = hooks.model, len(labels)
-    x = {part: model.standardise(hooks.pooled(sets[part])) for part in ("train", "val")}
+    # --augment: the degraded copies' pooled rows join the clean ones (their standardisation was fit on the mix)
+    train_rows, y_fit = hooks.pooled_train(sets["train"], y["train"])
+    x = {"train": model.standardise(train_rows), "val": model.standardise(hooks.pooled(sets["val"]))}
+    y = {"train": y_fit, "val": y["val"]}
     say(f"{model_head!r} head: a linear probe on {x['train'].shape[1]} pooled features, fit by L-BFGS for each C "
         f"(--epochs, --lr, --crop-seconds and --mixup do not apply)")
     history, fits = [], []
