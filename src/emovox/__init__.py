@@ -29,6 +29,8 @@ _LAZY = {
     "EmotionModel": "emovox.inference",
     "StreamingSession": "emovox.runtime.streaming",
     "Timeline": "emovox.runtime.answers",
+    "SegmentOptions": "emovox.segments",
+    "SegmentedRecording": "emovox.segments",
     "ModelLoadError": "emovox.modelio",
     "load_text_model": "emovox.text",
 }

@@ -51,7 +51,7 @@ class AudioInfo:
         return self.frames / self.sample_rate_hz if self.sample_rate_hz else 0.0
 
 
-def _describe(source) -> str:
+def describe_source(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return f"'{os.fspath(source)}'"
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -67,19 +67,19 @@ def _read_bytes(source) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise AudioError(f"{_describe(source)}: no such file")
+            raise AudioError(f"{describe_source(source)}: no such file")
         if path.is_dir():
-            raise AudioError(f"{_describe(source)}: is a directory, not an audio file")
+            raise AudioError(f"{describe_source(source)}: is a directory, not an audio file")
         try:
             return path.read_bytes()
         except OSError as e:
-            raise AudioError(f"{_describe(source)}: cannot read file ({e.strerror or e})") from e
+            raise AudioError(f"{describe_source(source)}: cannot read file ({e.strerror or e})") from e
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     if hasattr(source, "read"):
         data = source.read()
         if isinstance(data, str):
-            raise AudioError(f"{_describe(source)}: file object is in text mode; open it with 'rb'")
+            raise AudioError(f"{describe_source(source)}: file object is in text mode; open it with 'rb'")
         return bytes(data)
     raise AudioError(
         f"unsupported audio source of type {type(source).__name__}: "
@@ -87,7 +87,7 @@ def _read_bytes(source) -> bytes:
     )
 
 
-def _wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
+def wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
     """For a RIFF/WAVE file: (declared size of the 'data' chunk, bytes actually present after it)."""
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
         return None
@@ -103,7 +103,7 @@ def _wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _aiff_declared_frames(data: bytes) -> tuple[int, int, int, int] | None:
+def aiff_declared_frames(data: bytes) -> tuple[int, int, int, int] | None:
     """For AIFF/AIFC: (declared frames, channels, bytes per sample, sound bytes present)."""
     if len(data) < 12 or data[:4] != b"FORM" or data[8:12] not in (b"AIFF", b"AIFC"):
         return None
@@ -127,10 +127,10 @@ def _aiff_declared_frames(data: bytes) -> tuple[int, int, int, int] | None:
 def audio_info(source) -> AudioInfo:
     """Read a clip's header only (no decoding). Raises :class:`AudioError` for unreadable input."""
     data = _read_bytes(source)
-    return _info_from_bytes(data, _describe(source))
+    return _info_from_bytes(data, describe_source(source))
 
 
-def _decoder_said(e: BaseException) -> str:
+def decoder_said(e: BaseException) -> str:
     """libsndfile's own message, without soundfile's "Error opening <_io.BytesIO object at 0x...>" prefix
     (the caller names the file or upload itself)."""
     import re
@@ -147,13 +147,13 @@ def _info_from_bytes(data: bytes, desc: str) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(
             f"{desc}: not a recognised audio file (supported: WAV, FLAC, Ogg/Vorbis, Opus, MP3, AIFF); "
-            f"decoder said: {_decoder_said(e)}"
+            f"decoder said: {decoder_said(e)}"
         ) from e
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 
 
 def _check_truncation(data: bytes, info: AudioInfo, desc: str) -> None:
-    wav = _wav_declared_data_bytes(data)
+    wav = wav_declared_data_bytes(data)
     if wav is not None:
         declared, present = wav
         if present < declared:
@@ -161,7 +161,7 @@ def _check_truncation(data: bytes, info: AudioInfo, desc: str) -> None:
                 f"{desc}: truncated WAV file: header declares {declared} bytes of audio data, "
                 f"only {present} are present"
             )
-    aiff = _aiff_declared_frames(data)
+    aiff = aiff_declared_frames(data)
     if aiff is not None:
         frames, channels, width, present = aiff
         if present < frames * channels * width:
@@ -178,13 +178,13 @@ def _check_header_limits(path, desc: str, max_duration_s: float | None) -> None:
         info = sf.info(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return
-    _check_source_rate(int(info.samplerate), desc, "header declares a sample rate of")
+    check_source_rate(int(info.samplerate), desc, "header declares a sample rate of")
     if max_duration_s is not None and info.frames / info.samplerate > max_duration_s:
         raise AudioError(f"{desc}: too long: {info.frames / info.samplerate:.1f} s exceeds the maximum of "
                          f"{max_duration_s:g} s")
 
 
-def _check_source_rate(rate: int, desc: str, what: str) -> None:
+def check_source_rate(rate: int, desc: str, what: str) -> None:
     low, high = SOURCE_RATE_RANGE_HZ
     if not low <= rate <= high:
         raise AudioError(f"{desc}: {what} {rate} Hz; emovox reads audio sampled at {low} Hz to {high} Hz")
@@ -205,12 +205,12 @@ def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_du
                 frames += len(block)
                 if limit is not None and frames > limit:
                     raise AudioError(f"{desc}: too long: more than {max_duration_s:g} s of audio (the maximum)")
-                mono = _to_mono_float(block)
+                mono = to_mono_float(block)
                 bad += int(mono.size - np.isfinite(mono).sum())
                 if not bad:
                     out.append(mono if stream is None else stream.resample_chunk(mono))
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {_decoder_said(e)}") from e
+        raise AudioError(f"{desc}: truncated or corrupt {info.format} data: {decoder_said(e)}") from e
     if bad:
         raise AudioError(f"{desc}: contains {bad} NaN or infinite sample(s)")
     if info.frames > 0 and frames < info.frames:
@@ -221,7 +221,7 @@ def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_du
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _to_mono_float(x: np.ndarray) -> np.ndarray:
+def to_mono_float(x: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -250,7 +250,7 @@ def _array_input(source, source_sample_rate_hz, desc) -> tuple[np.ndarray, int]:
             x = x.T
     elif x.ndim != 1:
         raise AudioError(f"{desc}: expected a 1-D (samples) or 2-D (samples, channels) array, got shape {x.shape}")
-    return _to_mono_float(x), int(source_sample_rate_hz)
+    return to_mono_float(x), int(source_sample_rate_hz)
 
 
 def load_audio(
@@ -269,7 +269,7 @@ def load_audio(
     non-audio file, zero samples, NaN/inf samples, longer than ``max_duration_s``.
     Silence is valid: use :func:`is_silent` to ask.
     """
-    desc = _describe(source)
+    desc = describe_source(source)
     if sample_rate_hz <= 0:
         raise AudioError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
     is_array = isinstance(source, np.ndarray) or type(source).__module__.startswith("torch") or (
@@ -277,13 +277,13 @@ def load_audio(
     )
     if is_array:
         x, sr = _array_input(source, source_sample_rate_hz, desc)
-        _check_source_rate(sr, desc, "source sample rate")
+        check_source_rate(sr, desc, "source sample rate")
     else:
         if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
             _check_header_limits(source, desc, max_duration_s)  # before reading a file that may be huge
         data = _read_bytes(source)
         info = _info_from_bytes(data, desc)
-        _check_source_rate(info.sample_rate_hz, desc, "header declares a sample rate of")
+        check_source_rate(info.sample_rate_hz, desc, "header declares a sample rate of")
         if max_duration_s is not None and info.duration_s > max_duration_s:
             raise AudioError(
                 f"{desc}: too long: {info.duration_s:.1f} s exceeds the maximum of {max_duration_s:g} s"

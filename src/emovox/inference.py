@@ -288,8 +288,10 @@ class EmotionModel:
         return softmax(z @ probe["weight"].T.astype(np.float64) + probe["bias"], self.backend.temperature)
 
     def timeline(self, source, *, sample_rate_hz: int | None = None, window_s: float = 3.0, hop_s: float = 1.0,
-                 labels=None, batch_size: int = 16) -> Timeline:
-        """Sliding-window predictions over a long recording, merged into segments."""
+                 labels=None, batch_size: int = 16, speech_only: bool = False) -> Timeline:
+        """Sliding-window predictions over a long recording, merged into segments. ``speech_only``: windows
+        without speech (Silero VAD, :mod:`emovox.segments`) are not classified: ``None`` in ``windows``,
+        ``"speech": false`` in the output."""
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"window_s and hop_s must be positive (got {window_s}, {hop_s})")
         wave = self.load(source, sample_rate_hz=sample_rate_hz)
@@ -300,10 +302,28 @@ class EmotionModel:
         if len(wave) > win and starts[-1] + win < len(wave):
             starts.append(len(wave) - win)  # cover the tail
         chunks = [wave[s : s + win] for s in starts]
-        probs = self.probabilities(chunks, batch_size=batch_size)
-        windows = [(s / sr, (s + len(c)) / sr, self._answer(p, c, labels)) for s, c, p in zip(starts, chunks, probs)]
+        keep = [True] * len(chunks)
+        if speech_only:
+            from emovox.segments.windows import speech_windows
+
+            keep = speech_windows(wave, sr, starts, win)
+        probs = iter(self.probabilities([c for c, k in zip(chunks, keep) if k], batch_size=batch_size))
+        windows = [(s / sr, (s + len(c)) / sr, self._answer(next(probs), c, labels) if k else None)
+                   for s, c, k in zip(starts, chunks, keep)]
         return Timeline(duration_s=duration, window_s=window_s, hop_s=hop_s, windows=windows,
                         segments=merge_segments(windows, duration))
+
+    def segments(self, source, *, sample_rate_hz: int | None = None, labels=None, batch_size: int = 16,
+                 max_duration_s: float | None = None, progress: bool = False, options=None, **option_values):
+        """Speech segments of a recording of any length (voice activity detection, decoded in blocks), each
+        classified as a whole → :class:`emovox.segments.SegmentedRecording` (no segments, and a ``message``,
+        when there is no speech). ``options``: a :class:`emovox.segments.SegmentOptions`, or its fields as
+        keywords (``min_speech_ms``, ``min_silence_ms``, ``speech_pad_ms``, ``max_segment_s``, ``threshold``)."""
+        from emovox.segments import SegmentOptions, classify_segments
+
+        options = options if options is not None else SegmentOptions(**option_values)
+        return classify_segments(self, source, sample_rate_hz=sample_rate_hz, labels=labels, batch_size=batch_size,
+                                 options=options, max_duration_s=max_duration_s, progress=progress)
 
     def stream(self, *, labels=None, window_s: float = 3.0, max_buffer_s: float = MAX_SERVED_CLIP_S,
                final_answer: str = "last") -> StreamingSession:

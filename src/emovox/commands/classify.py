@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from emovox.commands import segment_records as segments_cli
 from emovox.commands.records import FIELDS, build_record, expand_inputs, keep_fields
 from emovox.defaults import CONFIDENCE_THRESHOLD, MAX_CLIP_S
 from emovox.scale.options import add_batch_arguments
@@ -19,15 +20,16 @@ expand_paths = expand_inputs
 HELP = "classify the emotion of audio files with the shipped default model (or --model)"
 
 
-def parse_fields(spec: str | None, fmt: str) -> list[str] | None:
+def parse_fields(spec: str | None, fmt: str, extra: tuple[str, ...] = ()) -> list[str] | None:
     """``--fields`` → the record keys to keep (None: all); a clear error for unknown names or formats."""
     if spec is None:
         return None
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FIELDS]
+    known = (*extra, *FIELDS)
+    unknown = [n for n in names if n not in known]
     if not names or unknown:
         raise ValueError(f"--fields {spec!r}: unknown field(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(FIELDS)}")
+                         f"choose from {', '.join(known)}")
     if fmt not in ("json", "jsonl"):
         raise ValueError(f"--fields works with --format json or jsonl, not {fmt}")
     return names
@@ -54,20 +56,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="flag low_confidence below this top score")
     p.add_argument("--batch-size", type=int, default=16, help="clips per model call (16 keeps activations in cache on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
-    p.add_argument("--max-duration-s", type=float, default=MAX_CLIP_S, help="reject clips longer than this")
+    p.add_argument("--max-duration-s", type=float, default=None,
+                   help=f"reject clips longer than this (default {MAX_CLIP_S:g} s; --segments: no limit)")
     p.add_argument("--adapt", action="store_true",
                    help="standardise the default model's features on these inputs themselves (a folder of one "
-                        "domain: one microphone, room, language or corpus; at least 30 clips): see docs/features.md")
+                        "domain: one microphone, room, language or corpus; at least 30 clips): see docs/real-recordings.md")
     p.add_argument("--timeline", action="store_true", help="sliding-window timeline for long recordings")
     p.add_argument("--window-s", type=float, default=3.0, help="timeline window length (s)")
     p.add_argument("--hop-s", type=float, default=1.0, help="timeline hop (s)")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="with --timeline: draw emotion over time")
+    p.add_argument("--all-windows", action="store_true",
+                   help="with --timeline: classify every window (default: windows without speech are marked "
+                        "\"speech\": false, not classified)")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="with --timeline: draw emotion over time; with --segments: segments over the waveform")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("--output", default=None, metavar="FILE",
                    help="write the records to FILE (.jsonl or .parquet) instead of printing them")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: an actor pool on Ray Data (a local Ray, or --ray-address)")
     add_batch_arguments(p)
+    segments_cli.add_arguments(p)
 
 
 def _write(records: list[dict], fmt: str, labels: list[str], out=None) -> None:
@@ -100,8 +108,10 @@ def _write(records: list[dict], fmt: str, labels: list[str], out=None) -> None:
 
 def run(args) -> int:
     try:
-        fields = parse_fields(args.fields, "jsonl" if args.output else args.format)
+        fields = parse_fields(args.fields, "jsonl" if args.output else args.format,
+                              segments_cli.SEGMENT_FIELDS if args.segments else ())
         _check_engine(args)
+        segments_cli.check_args(args)
     except ValueError as e:
         print(f"emovox classify: error: {e}", file=sys.stderr)
         return 2
@@ -116,14 +126,16 @@ def run(args) -> int:
     if args.output:
         from emovox.commands.records import RecordWriter
 
-        with RecordWriter(args.output, fields=fields) as out:
+        extra = segments_cli.SEGMENT_FIELDS if args.segments else ()
+        with RecordWriter(args.output, fields=fields, extra=extra) as out:
             failed = _count_failed(out, records)
         print(f"emovox classify: wrote {out.count} record(s) to {args.output}", file=sys.stderr)
     else:
         records = list(records)
         if args.timeline and args.format in ("csv", "table"):
             args.format = "json"  # segments don't fit one row per file
-        _write(records, args.format, labels if labels is not None else _labels_of(records))
+        writer = segments_cli.write if args.segments and args.format in ("csv", "table") else _write
+        writer(records, args.format, labels if labels is not None else _labels_of(records))
         failed = sum("error" in r for r in records)
     if failed:
         print(f"emovox classify: {failed} of {len(files)} file(s) could not be classified", file=sys.stderr)
@@ -147,8 +159,9 @@ def _check_engine(args) -> None:
         raise ValueError("--adapt needs every input's features before the first answer; it runs locally (drop "
                          "--engine ray), or adapt once with `emovox adapt MODEL CLIPS --out FOLDER` and classify "
                          "with --model FOLDER on Ray")
-    if getattr(args, "adapt", False) and args.timeline:
-        raise ValueError("--adapt classifies whole clips; it does not combine with --timeline")
+    if getattr(args, "adapt", False) and (args.timeline or args.segments):
+        raise ValueError(f"--adapt classifies whole clips; it does not combine with "
+                         f"{'--timeline' if args.timeline else '--segments'}")
 
 
 def _count_failed(out, records) -> int:
@@ -171,14 +184,16 @@ def _local_records(args, files: list[str], fields):
     from emovox.inference import load_model
 
     model = load_model(args.model, backend=args.backend, threshold=args.threshold,
-                       max_duration_s=args.max_duration_s)
+                       max_duration_s=_max_duration(args))
     labels = model.output_labels(args.labels)
+    if args.segments:
+        return segments_cli.segment_records(model, files, args, fields), labels
     records: list[dict] = []
     if args.timeline:
         for f in files:
             try:
                 tl = model.timeline(f, window_s=args.window_s, hop_s=args.hop_s, labels=args.labels,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, speech_only=not args.all_windows)
             except AudioError as e:
                 records.append({"path": f, "error": str(e)})
                 continue
@@ -200,6 +215,13 @@ def _local_records(args, files: list[str], fields):
     return [keep_fields(build_record(f, r, top_k=args.top_k), fields) for f, r in zip(files, results)], labels
 
 
+def _max_duration(args) -> float | None:
+    """--max-duration-s, else the clip limit (--segments: none, recordings are decoded in blocks)."""
+    if args.max_duration_s is not None or args.segments:
+        return args.max_duration_s
+    return MAX_CLIP_S
+
+
 def _ray_records(args, files: list[str], fields):
     """Records from an actor pool on Ray Data, streamed in input order."""
     import math
@@ -210,9 +232,10 @@ def _ray_records(args, files: list[str], fields):
 
     ray_opts, batch_opts = ray_options(args), batch_options(args)
     spec = ModelSpec(model=args.model, backend=args.backend, threshold=args.threshold,
-                     max_duration_s=args.max_duration_s, labels=args.labels, top_k=args.top_k,
+                     max_duration_s=_max_duration(args), labels=args.labels, top_k=args.top_k,
                      fields=tuple(fields) if fields else None, batch_size=args.batch_size,
-                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)))
+                     decode_threads=args.workers, threads=max(1, math.ceil(batch_opts.cpus_per_actor)),
+                     segments=segments_cli.options_from_args(args) if args.segments else None)
     if ray_opts.address is None:
         check_model(spec)  # same machine: a wrong model is one line before Ray starts
     with ray_session(ray_opts, part="data"):

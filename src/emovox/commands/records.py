@@ -149,22 +149,23 @@ def output_format(path: str | os.PathLike) -> str:
     return OUTPUT_SUFFIXES[suffix]
 
 
-def _parquet_schema(fields: Sequence[str] | None):
+def _parquet_schema(fields: Sequence[str] | None, extra: Sequence[str] = ()):
     import pyarrow as pa
 
-    types = {"path": pa.string(), "emotion": pa.string(), "confidence": pa.float64(),
+    types = {"path": pa.string(), "segment": pa.int64(), "start": pa.float64(), "end": pa.float64(),
+             "emotion": pa.string(), "confidence": pa.float64(),
              "scores": pa.map_(pa.string(), pa.float64()), "music_mood": pa.string(), "low_confidence": pa.bool_(),
              "warning": pa.string(), "silent": pa.bool_(), "unsupported_labels": pa.list_(pa.string())}
-    names = [f for f in FIELDS if fields is None or f in fields]
+    names = [f for f in (*extra, *FIELDS) if fields is None or f in fields]
     return pa.schema([pa.field(n, types[n]) for n in names] + [pa.field("error", pa.string())])
 
 
 class RecordWriter:
     """Writes records to ``.jsonl`` or ``.parquet`` as they come (``fields``: the columns of a parquet
-    file when ``--fields`` chose some). The file appears complete only on a clean close: it is
-    written beside, then renamed."""
+    file when ``--fields`` chose some; ``extra``: columns before those, e.g. a segment's ``start`` and ``end``).
+    The file appears complete only on a clean close: it is written beside, then renamed."""
 
-    def __init__(self, path: str | os.PathLike, *, fields: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, *, fields: Sequence[str] | None = None, extra: Sequence[str] = ()):
         self.path = Path(path)
         self.format = output_format(path)
         self.fields = fields
@@ -178,7 +179,7 @@ class RecordWriter:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise ValueError("--output *.parquet needs pyarrow: pip install pyarrow (or 'emovox[ray]')") from None
-            self._schema = _parquet_schema(fields)
+            self._schema = _parquet_schema(fields, extra)
             self._parquet = pq.ParquetWriter(self._tmp, self._schema)
         else:
             self._file = open(self._tmp, "w", encoding="utf-8")  # closed in close()

@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (sleep between chunks)")
     p.add_argument("--sample-rate", type=int, default=16000, help="rate of the raw PCM on stdin (Hz)")
     p.add_argument("--window-s", type=float, default=3.0, help="non-streaming models: window classified per update")
+    p.add_argument("--segments", action="store_true",
+                   help="also report speech as it starts and ends (Silero VAD): {\"event\": \"speech_start\"} and, "
+                        "when an utterance ends, {\"event\": \"speech_end\"} with its start, end and emotion")
+    p.add_argument("--min-silence-ms", type=float, default=None,
+                   help="with --segments: a pause this long ends an utterance (default: as classify --segments)")
 
 
 def run(args) -> int:
@@ -37,6 +42,7 @@ def run(args) -> int:
 
     model = load_model(args.model, backend=args.backend)
     session = model.stream(labels=args.labels, window_s=args.window_s, final_answer=args.final_answer)
+    live = _live(model, args)
     sr = model.sample_rate_hz
     chunk = max(1, int(sr * args.chunk_ms / 1000))
 
@@ -61,14 +67,28 @@ def run(args) -> int:
             x = pcm16_to_float(data[: len(data) - len(data) % 2])
             if resampler is not None:
                 x = resampler.resample_chunk(x)
-            for u in session.push(x):
+            for u in session.push(x) + (live.push(x) if live else []):
                 emit(u)
     else:
         wave = load_audio(args.source, sample_rate_hz=sr)
         for start in range(0, len(wave), chunk):
-            for u in session.push(wave[start : start + chunk]):
+            x = wave[start : start + chunk]
+            for u in session.push(x) + (live.push(x) if live else []):
                 emit(u)
             if args.realtime:
                 time.sleep(chunk / sr)
+    for event in live.finish() if live else []:
+        emit(event)
     emit(session.finish(), final=True)
     return 0
+
+
+def _live(model, args):
+    """--segments: the stream's endpointing (:class:`emovox.segments.live.LiveSegments`), else None."""
+    if not args.segments:
+        return None
+    from emovox.segments import SegmentOptions
+    from emovox.segments.live import LiveSegments
+
+    options = SegmentOptions() if args.min_silence_ms is None else SegmentOptions(min_silence_ms=args.min_silence_ms)
+    return LiveSegments(model, labels=args.labels, options=options)

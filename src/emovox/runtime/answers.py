@@ -91,12 +91,19 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 class Segment:
     start_s: float
     end_s: float
-    emotion: str
+    emotion: str | None  # None: no speech there (a timeline with speech_only=True)
     confidence: float
 
     def to_dict(self) -> dict[str, Any]:
+        if self.emotion is None:
+            return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "speech": False}
         return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "emotion": self.emotion,
                 "confidence": round(self.confidence, 6)}
+
+
+def _window_dict(a: float, b: float, p: Prediction | None) -> dict[str, Any]:
+    """A timeline window: its prediction, or ``"speech": false`` for a window without speech (not classified)."""
+    return {"start": round(a, 3), "end": round(b, 3), **(p.to_dict() if p is not None else {"speech": False})}
 
 
 @dataclass
@@ -106,7 +113,7 @@ class Timeline:
     duration_s: float
     window_s: float
     hop_s: float
-    windows: list[tuple[float, float, Prediction]] = field(default_factory=list)
+    windows: list[tuple[float, float, Prediction | None]] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +122,7 @@ class Timeline:
             "window_s": self.window_s,
             "hop_s": self.hop_s,
             "segments": [s.to_dict() for s in self.segments],
-            "windows": [{"start": round(a, 3), "end": round(b, 3), **p.to_dict()} for a, b, p in self.windows],
+            "windows": [_window_dict(a, b, p) for a, b, p in self.windows],
         }
 
     def plot(self, path: str | os.PathLike) -> Path:
@@ -124,17 +131,20 @@ class Timeline:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        labels = self.windows[0][2].labels if self.windows else []
+        labels = next((p.labels for _, _, p in self.windows if p is not None), [])
         centers = [(a + b) / 2 for a, b, _ in self.windows]
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        for lab in labels:
-            ax1.plot(centers, [p.scores[lab] for _, _, p in self.windows], label=lab, lw=1.5)
+        for lab in labels:  # no speech: a gap in the line
+            ax1.plot(centers, [p.scores[lab] if p is not None else np.nan for _, _, p in self.windows], label=lab,
+                     lw=1.5)
         ax1.set_ylabel("probability")
         ax1.set_ylim(0, 1)
         ax1.legend(loc="upper right", fontsize=8, ncol=4)
         ax1.set_title("emotion over time")
         cmap = plt.get_cmap("tab10")
         for seg in self.segments:
+            if seg.emotion is None:
+                continue
             i = labels.index(seg.emotion) if seg.emotion in labels else 0
             ax2.axvspan(seg.start_s, seg.end_s, color=cmap(i % 10), alpha=0.8)
             ax2.text((seg.start_s + seg.end_s) / 2, 0.5, seg.emotion, ha="center", va="center", fontsize=8)
@@ -149,8 +159,8 @@ class Timeline:
         return out
 
 
-def merge_segments(windows: Sequence[tuple[float, float, Prediction]], duration_s: float) -> list[Segment]:
-    """Merge consecutive windows with the same top emotion.
+def merge_segments(windows: Sequence[tuple[float, float, Prediction | None]], duration_s: float) -> list[Segment]:
+    """Merge consecutive windows with the same top emotion (windows without speech, ``None``: emotion ``None``).
 
     Each window owns the span around its centre up to the midpoints with its neighbours, so
     segments tile ``[0, duration_s]`` without overlaps or gaps.
@@ -162,11 +172,12 @@ def merge_segments(windows: Sequence[tuple[float, float, Prediction]], duration_
     segments: list[Segment] = []
     confs: list[float] = []
     for i, (_, _, p) in enumerate(windows):
-        if segments and segments[-1].emotion == p.label:
+        label, score = (p.label, p.score) if p is not None else (None, 0.0)
+        if segments and segments[-1].emotion == label:
             segments[-1].end_s = bounds[i + 1]
-            confs.append(p.score)
+            confs.append(score)
             segments[-1].confidence = float(np.mean(confs))
         else:
-            confs = [p.score]
-            segments.append(Segment(bounds[i], bounds[i + 1], p.label, p.score))
+            confs = [score]
+            segments.append(Segment(bounds[i], bounds[i + 1], label, score))
     return segments

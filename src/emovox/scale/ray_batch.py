@@ -38,7 +38,7 @@ class ModelSpec:
     model: str | None = None
     backend: str = "auto"
     threshold: float = CONFIDENCE_THRESHOLD
-    max_duration_s: float = MAX_CLIP_S
+    max_duration_s: float | None = MAX_CLIP_S
     labels: str | None = None
     top_k: int | None = None
     fields: tuple[str, ...] | None = None
@@ -47,6 +47,8 @@ class ModelSpec:
     decode_threads: int | None = None
     #: the model's threads in each actor (ONNX Runtime's; None: the loader's default, every core)
     threads: int | None = None
+    #: ``--segments``: an :class:`emovox.segments.SegmentOptions`; each path then gives one record per speech segment
+    segments: Any = None
 
 
 class ClipClassifier:
@@ -63,11 +65,28 @@ class ClipClassifier:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.spec
         paths = [str(p) for p in batch["path"]]
+        if spec.segments is not None:
+            return {"index": np.asarray(batch["index"]), "record": np.array([self._segments(p) for p in paths],
+                                                                            dtype=object)}
         results = self.model.predict_batch(paths, labels=spec.labels, batch_size=spec.batch_size,
                                            num_workers=spec.decode_threads, errors="return")
         records = [json.dumps(keep_fields(build_record(p, r, top_k=spec.top_k), spec.fields))
                    for p, r in zip(paths, results)]
         return {"index": np.asarray(batch["index"]), "record": np.array(records, dtype=object)}
+
+
+    def _segments(self, path: str) -> str:
+        """A recording's segment records and its no-speech message, as JSON text (an error record when unreadable)."""
+        from emovox.errors import AudioError
+
+        spec = self.spec
+        try:
+            res = self.model.segments(path, labels=spec.labels, batch_size=spec.batch_size, options=spec.segments,
+                                      max_duration_s=spec.max_duration_s)
+        except AudioError as e:
+            return json.dumps({"records": [{"path": path, "error": str(e)}]})
+        records = [keep_fields(r, spec.fields) for r in res.records(path, top_k=spec.top_k)]
+        return json.dumps({"records": records, "message": res.message})
 
 
 def check_model(spec: ModelSpec) -> None:
@@ -98,11 +117,12 @@ def classify_with_ray(paths: Sequence[str], spec: ModelSpec, options: BatchOptio
     ray = require_ray("data")
     if not paths:
         return
-    n_batches = math.ceil(len(paths) / spec.batch_size)
+    per_batch = 1 if spec.segments is not None else spec.batch_size  # --segments: a long recording per call
+    n_batches = math.ceil(len(paths) / per_batch)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)], override_num_blocks=n_batches)
-    ds = ds.map_batches(actor, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
+    ds = ds.map_batches(actor, fn_constructor_kwargs={"spec": spec}, batch_size=per_batch,
                         batch_format="numpy", num_cpus=options.cpus_per_actor,
                         compute=ray.data.ActorPoolStrategy(size=actor_count(ray, options, n_batches)))
     pending: dict[int, str] = {}
@@ -110,7 +130,19 @@ def classify_with_ray(paths: Sequence[str], spec: ModelSpec, options: BatchOptio
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         pending.update(zip((int(i) for i in batch["index"]), batch["record"]))
         while done in pending:
-            yield json.loads(pending.pop(done))
+            yield from _unpack(json.loads(pending.pop(done)))
             done += 1
     if done != len(paths):
         raise RuntimeError(f"Ray returned {done + len(pending)} records for {len(paths)} clips")
+
+
+def _unpack(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A clip's record, or (``--segments``) a recording's segment records, its no-speech message on stderr."""
+    if "records" not in obj:
+        yield obj
+        return
+    if obj.get("message"):
+        import sys
+
+        print(f"emovox classify: {obj['message']}", file=sys.stderr)
+    yield from obj["records"]

@@ -152,5 +152,14 @@ def timeline_windows(services: Services, settings: Settings, data: bytes, labels
         raise audio_error(e) from e
 
 
+def speech_segments(services: Services, settings: Settings, data: bytes, labels: str | None, options: dict):
+    """``POST /predict-segments/``: the upload's speech segments, each classified (:mod:`emovox.segments`)."""
+    check_header(data, max_duration_s=settings.max_duration_s)
+    try:
+        return services.audio.segments(data, labels=labels, max_duration_s=settings.max_duration_s, **options)
+    except AudioError as e:
+        raise audio_error(e) from e
+
+
 def round6(x: float) -> float:
     return round(float(x), 6)

@@ -25,6 +25,7 @@ from emovox.server.context import (
     multipart_doc,
     not_ready,
     round6,
+    speech_segments,
     time_left,
     timeline_windows,
 )
@@ -140,6 +141,24 @@ def add_speech_routes(app: FastAPI) -> None:
             tl = await in_thread(request, timeline_windows, s, st, upload.data, labels, window_s, hop_s)
         return mark_mock(request, {**tl.to_dict(), "status": "success", "model": s.audio.name})
 
+    @app.post("/predict-segments/", response_model=schemas.SegmentsResponse, response_model_exclude_none=True,
+              responses=ERRORS, dependencies=auth, openapi_extra=multipart_doc("file"), tags=["speech"],
+              summary="The speech in a recording, each segment's emotion (voice activity detection)")
+    async def predict_segments(request: Request, labels: str | None = LABELS_QUERY,
+                               min_silence_ms: float = Query(300.0, ge=0, le=10000, description="a pause this long "
+                                                             "ends a segment"),
+                               speech_pad_ms: float = Query(30.0, ge=0, le=2000, description="padding on each side"),
+                               max_segment_s: float = Query(30.0, ge=5.0, le=600.0, description="longer segments "
+                                                            "are split at their longest pause")):
+        s, st = loaded_services(request), app_settings(request)
+        labels = check_labels(s, labels)
+        upload = await read_upload(request, ("file",), max_parts=st.max_parts)
+        options = {"min_silence_ms": min_silence_ms, "speech_pad_ms": speech_pad_ms, "max_segment_s": max_segment_s}
+        with model_slot(request):  # its segments are batched within the request
+            res = await in_thread(request, speech_segments, s, st, upload.data, labels, options)
+        return mark_mock(request, {**res.to_dict(), "message": res.message, "status": "success",
+                                   "model": s.audio.name})
+
     @app.get("/emotions/", response_model=schemas.EmotionsResponse, response_model_exclude_none=True,
              responses={400: ERRORS[400], 401: ERRORS[401]}, dependencies=auth, tags=["speech"],
              summary="The model's labels (the FastAPI wav2vec2 hybrid)")
@@ -191,8 +210,8 @@ def add_text_routes(app: FastAPI) -> None:
     # -- streaming ----------------------------------------------------------------------------
     @app.websocket("/stream")
     async def stream(ws: WebSocket, labels: str | None = None, sample_rate_hz: int = 16000,
-                     api_key: str | None = None, final_answer: str = "last"):
-        await stream_session(ws, labels, sample_rate_hz, api_key, final_answer)
+                     api_key: str | None = None, final_answer: str = "last", segments: bool = False):
+        await stream_session(ws, labels, sample_rate_hz, api_key, final_answer, segments)
 
 
 def add_operations_routes(app: FastAPI) -> None:

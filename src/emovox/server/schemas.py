@@ -109,6 +109,34 @@ class TimelineResponse(BaseModel):
     mock: bool | None = MOCK_FIELD
 
 
+class SpeechSegment(BaseModel):
+    """One stretch of speech and its emotion (``emovox classify --segments``' record without the path)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+    emotion: str
+    confidence: float
+    scores: dict[str, float]
+    music_mood: str
+    low_confidence: bool
+    warning: str | None = WARNING_FIELD
+    unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
+
+
+class SegmentsResponse(BaseModel):
+    """The speech in a recording (voice activity detection), each segment classified as a whole."""
+
+    duration: float = Field(description="seconds")
+    speech: float = Field(description="seconds of speech: the segments' total length")
+    segments: list[SpeechSegment] = Field(description="in order; empty when there is no speech")
+    message: str | None = Field(None, description="says so when no speech was found")
+    status: str = "success"
+    model: str
+    mock: bool | None = MOCK_FIELD
+
+
 class TextRequest(BaseModel):
     """One text (``{"text": ...}``) or a batch (``{"texts": [...]}``)."""
 

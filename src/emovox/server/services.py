@@ -281,4 +281,4 @@ class MockTextModel:
         labels = list(GOEMOTIONS28)
         cfg = {"labels": labels, "thresholds": dict.fromkeys(labels, 0.5), "global_threshold": 0.5, "top_k": 0,
                "always_one": False, "max_length": 128, "encoder": {"name": "mock"}, "head": {}}
-        return cls(Path("mock"), cfg, None, None)
+        return cls(Path("mock"), cfg)

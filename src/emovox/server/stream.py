@@ -60,7 +60,7 @@ async def open_stream(ws: WebSocket, labels: str | None, sample_rate_hz: int, ap
 
 
 async def stream_session(ws: WebSocket, labels: str | None, sample_rate_hz: int, api_key: str | None,
-                  final_answer: str = "last") -> None:
+                  final_answer: str = "last", segments: bool = False) -> None:
     """``WS /stream``: binary 16-bit little-endian PCM chunks in, one JSON update per chunk out.
 
     Text message ``{"event": "end"}`` asks for the final result (``"final": true``), after which
@@ -71,6 +71,8 @@ async def stream_session(ws: WebSocket, labels: str | None, sample_rate_hz: int,
     ``EMOVOX_MAX_UPLOAD_MB`` and text messages over :data:`MAX_WS_TEXT_BYTES` are closed with 1009;
     a wrong API key or bad parameters with 1008. ``final_answer=mean`` (frame-by-frame models):
     every update and the final one report the mean of every frame's probabilities instead of the last frame's.
+    ``segments=true``: speech events too (:class:`emovox.segments.live.LiveSegments`): ``{"event":
+    "speech_start"}`` as speech starts and ``{"event": "speech_end"}`` with the utterance's emotion as it ends.
     """
     loaded_services(ws)  # still loading: refused before the socket is accepted
     await ws.accept()
@@ -78,6 +80,10 @@ async def stream_session(ws: WebSocket, labels: str | None, sample_rate_hz: int,
     if opened is None:
         return
     stream = StreamState(ws, *opened, sample_rate_hz)
+    if segments:
+        from emovox.segments.live import LiveSegments
+
+        stream.live = LiveSegments(loaded_services(ws).audio, labels=stream.session.labels)
     try:
         while True:
             message = await ws.receive()
@@ -105,18 +111,23 @@ class StreamState:
         # against the limit, so 1-sample frames cannot buy 16000 model runs per second of audio
         self.min_frame = int(MIN_WS_FRAME_S * sample_rate_hz)
         self.received = 0
+        self.live: Any = None  # segments=true: the stream's speech events
 
     def _push(self, x: np.ndarray) -> list[dict[str, Any]]:
         if self.resampler is not None:
             x = self.resampler.resample_chunk(x)
-        return self.session.push(x)
+        return self.session.push(x) + (self.live.push(x) if self.live is not None and x.size else [])
 
-    def _finish(self) -> dict[str, Any] | None:
+    def _finish(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        events: list[dict[str, Any]] = []
         if self.resampler is not None:
             tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             if tail.size:
                 self.session.push(tail)
-        return self.session.finish()
+                events += self.live.push(tail) if self.live is not None else []
+        if self.live is not None and self.received:
+            events += self.live.finish()
+        return events, self.session.finish()
 
     async def _send_error(self, message: str, code: str, **detail: Any) -> None:
         await self.ws.send_json(mark_mock(self.ws, {**error_body(message, detail or None), "code": code}))
@@ -157,7 +168,9 @@ class StreamState:
         except (ValueError, AttributeError, RecursionError):
             event = None
         if event == "end":
-            final = await in_thread(ws, self._finish)
+            events, final = await in_thread(ws, self._finish)
+            for event in events:
+                await ws.send_json(mark_mock(ws, {**event, "status": "success", "final": False}))
             if final is None:
                 await ws.send_json(mark_mock(ws, {**error_body("no audio was received"), "final": True}))
             else:
@@ -166,6 +179,8 @@ class StreamState:
             return False
         if event == "reset":
             self.session.reset()
+            if self.live is not None:
+                self.live.reset()
             self.received = 0
             await ws.send_json(mark_mock(ws, {"status": "success", "event": "reset"}))
             return True
