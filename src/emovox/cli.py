@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from emovox import __version__
@@ -46,6 +47,30 @@ def missing_dependency_message(command: str | None, e: ModuleNotFoundError) -> s
     extra = EXTRAS.get(top)
     hint = f"pip install 'emovox[{extra}]'" if extra and extra != "the base install" else "pip install emovox"
     return f"emovox {command or ''}: {top or e} is not installed, and this command needs it: {hint}"
+
+
+#: Commands that answer one clip or one stream at a time: torch gets one intra-op thread, as ``emovox serve`` gives
+#: each inference (OpenMP teams contending for a busy machine's cores took seconds per clip). The others get the
+#: cores this process may use (its affinity: a container's share, not the host's core count).
+ONE_THREAD_COMMANDS = ("classify", "stream", "text")
+
+
+def size_torch_threads(command: str, args: argparse.Namespace) -> int | None:
+    """Size torch's intra-op threads for ``command`` (``serve`` sizes its own; ``--threads`` and the user's
+    ``OMP_NUM_THREADS`` win). Torch is not imported for it: before its import, ``OMP_NUM_THREADS`` is what torch
+    reads. Returns the threads set, or None."""
+    if command == "serve" or getattr(args, "threads", None) or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    n = 1 if command in ONE_THREAD_COMMANDS else max(1, cores)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -93,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    size_torch_threads(args.command, args)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

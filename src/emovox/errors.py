@@ -75,3 +75,7 @@ class TextModelError(ValueError):
 
 class AdaptationError(ValueError):
     """A model or clips that ``emovox adapt`` cannot use; the message says why."""
+
+
+class ServeStartError(ValueError):
+    """A serving engine (Ray Serve) that did not start: what did not, and what to try."""

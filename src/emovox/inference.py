@@ -448,6 +448,10 @@ def _load_torch(name: str, folder: Path, *, allow_pickle: bool, **common) -> Emo
 
     if is_hf_audio_folder(folder):  # a Hugging Face audio-classification checkpoint (save_pretrained)
         return EmotionModel(HFAudioBackend(folder), name=name, path=folder, **common)
+    from emovox.pretrained.speechbrain_ckpt import SpeechBrainBackend, is_speechbrain_folder
+
+    if is_speechbrain_folder(folder):  # SpeechBrain's wav2vec2 emotion recipe (seed 004's audio checkpoint)
+        return EmotionModel(SpeechBrainBackend(folder), name=name, path=folder, **common)
     loaded = load_model_dir(folder, allow_pickle=allow_pickle)
     return EmotionModel(TorchBackend(loaded), name=name, path=folder, **common)
 

@@ -285,8 +285,8 @@ def _folder_hint(p: Path) -> str:
         return (" (it holds a Hugging Face config.json: classify, stream and serve take such folders through "
                 "emovox.load_model; this command needs an emovox model)")
     if (p / "hyperparams.yaml").is_file():
-        return (" (it looks like a SpeechBrain checkpoint, which emovox cannot run: train an emovox model with "
-                "`emovox train`, or save a Hugging Face audio classifier with save_pretrained)")
+        return (" (it holds a SpeechBrain checkpoint: classify, stream and serve take SpeechBrain's wav2vec2 emotion "
+                "recipe folders through emovox.load_model; this command needs an emovox model)")
     return ""
 
 

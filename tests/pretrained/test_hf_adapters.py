@@ -204,7 +204,7 @@ def test_hf_audio_folder_problems_are_named(wav2vec2_dir, tmp_path):
     speechbrain = tmp_path / "speechbrain"  # seed 004's ai/models/audio/checkpoint
     speechbrain.mkdir()
     (speechbrain / "hyperparams.yaml").write_text("sample_rate: 16000\n")
-    with pytest.raises(ModelLoadError, match="SpeechBrain checkpoint, which emovox cannot run"):
+    with pytest.raises(ModelLoadError, match="unsupported SpeechBrain hyperparameters: wav2vec2"):
         load_model(speechbrain)
 
 

@@ -301,3 +301,13 @@ def test_backbone_errors_say_what_was_tried_and_how_to_fix_it(monkeypatch, tmp_p
     assert main(["train", "--data_dir", str(synth_corpus), "--model", "cnn", "--backbone", "x",
                  "--output_dir", str(tmp_path / "out")]) == 2
     assert "only with --model ssl" in capsys.readouterr().err
+
+
+def test_model_meta_counts_the_trained_parameters_beside_the_total(trained):
+    """A head on a frozen backbone: model_meta.json gives the parameters training changed, not only the total."""
+    from emovox.modelio import load_model_dir
+
+    meta = json.loads((trained["out"] / "model_meta.json").read_text())
+    net = load_model_dir(trained["out"]).pipeline.model
+    head = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("backbone."))
+    assert meta["trained_parameters"] == head < meta["parameters"]

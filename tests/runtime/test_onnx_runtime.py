@@ -299,14 +299,18 @@ sys.exit(main(["train", "--help"]))
     assert "pip install 'emovox[train]'" in res.stderr and "torch" in res.stderr
 
 
-def test_export_runtime_refusing_a_model_leaves_its_folder_as_it_was(tmp_path):
-    """A model the runtime build cannot take (a stream scaled by the whole stream's peak) gets a clear error, and
-    the model folder gains no half-written graphs or temporary folders."""
+def test_export_runtime_refusing_a_model_leaves_its_folder_as_it_was(tmp_path, capfd):
+    """A model the runtime build cannot take (a stream whose centred frames reach into their neighbours) gets a
+    clear error, and only that (no torch exporter warning before it), and the model folder gains no half-written
+    graphs or temporary folders."""
     from emovox.cli import main
     from emovox.testing import create_model
 
-    folder = create_model(tmp_path / "m", name="lstm", features="framewise-librosa-mfcc13")
+    folder = create_model(tmp_path / "m", name="lstm", features="mfcc13")
     before = sorted(p.name for p in folder.iterdir())
+    capfd.readouterr()
     assert main(["export", "--model", str(folder), "--runtime"]) == 2
+    err = capfd.readouterr().err
+    assert "frame-local features" in err and "PackPadded" not in err and "Warning" not in err, err
     assert sorted(p.name for p in folder.iterdir()) == before
     assert load_model(folder).backend.__class__.__name__ == "TorchBackend"

@@ -182,7 +182,9 @@ def test_realtime_and_seed001_routes(client, reference, clip):
 
 
 def test_emotions_and_music_moods(client):
-    assert client.get("/emotions/").json() == {"emotions": list(EKMAN7), "count": 7}
+    body = client.get("/emotions/").json()
+    assert body.pop("label_sets") == ["ravdess8", "ekman7", "crema6", "basic5", "app6", "core4"]  # what labels= takes
+    assert body == {"emotions": list(EKMAN7), "count": 7}
     assert client.get("/music-moods/").json() == {e: MUSIC_MOODS[e] for e in EKMAN7}
     assert client.get("/music-moods/?labels=basic5").json() == {e: MUSIC_MOODS[e] for e in BASIC5}
 
@@ -451,8 +453,8 @@ def test_warning_and_unsupported_labels_in_every_answer(client, reference, clip,
     body = client.post("/predict-emotion/?labels=ravdess8", **_multipart("file", clip)).json()
     assert body["low_confidence"] is True and body["warning"] == p.warning
     assert body["unsupported_labels"] == ["calm"] and body["all_probabilities"]["calm"] == 0.0
-    assert client.get("/emotions/?labels=ravdess8").json() == {"emotions": list(RAVDESS8), "count": 8,
-                                                                "unsupported_labels": ["calm"]}
+    assert {k: v for k, v in client.get("/emotions/?labels=ravdess8").json().items() if k != "label_sets"} == {
+        "emotions": list(RAVDESS8), "count": 8, "unsupported_labels": ["calm"]}
     plain = client.post("/predict-emotion/?labels=basic5", **_multipart("file", clip)).json()
     assert "unsupported_labels" not in plain  # every basic5 label is reachable from ekman7
     tl = client.post("/predict-timeline/?labels=ravdess8", **_multipart("file", long_clip)).json()

@@ -252,3 +252,21 @@ def test_train_help_shows_every_default_and_the_recipes():
     for name in ("mobile seed 000", "backend seed 001", "hybrid seed 002", "streaming seed 003"):
         assert name in text
     assert "The defaults are seed 000's" not in text and "The defaults are emovox's own" in text
+
+
+def test_seed000_command_without_recipe_says_what_recipe_mobile_adds(capsys):
+    """Seed 000's command as written (no --recipe) trains emovox's default model: one line says what --recipe mobile
+    adds (its cnn, the ONNX and Core ML files); with --recipe mobile the line is gone."""
+    argv = ("train --data_dir data --csv_path data/labels.csv --epochs 50 --batch_size 32 --lr 0.001 --val_split 0.2 "
+            "--n_mels 64 --time_steps 100 --sample_rate 16000 --use_augmentation --early_stopping_patience 5 "
+            "--output_dir outputs").split()
+    for recipe_flags, expected in (([], 1), (["--recipe", "mobile"], 0)):
+        args = build_parser().parse_args([*argv, *recipe_flags])
+        a, sources = train_cmd.settings(args)
+        lines = []
+        train_cmd._announce(a, sources, lines.append)
+        notes = [line for line in lines if "--recipe mobile" in line]
+        assert len(notes) == expected, lines
+        if expected:
+            assert "crnn" in notes[0] and "writes no ONNX or Core ML file" in notes[0]
+            assert "emotion_classifier.onnx" in notes[0] and "EmotionClassifier.mlmodel" in notes[0]

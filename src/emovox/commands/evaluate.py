@@ -53,6 +53,7 @@ def run(args) -> int:
         known = {r.speaker for r in rows if r.speaker}
         wanted = {resolve_speaker(s, known) for s in args.speakers.split(",") if s.strip()}
         rows = [r for r in rows if r.speaker in wanted]
+    warn_trained_speakers(Path(model), rows)
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     ev = evaluate_model(loaded, rows, args.output_dir, batch_size=args.batch_size, cache=cache,
                         num_workers=args.num_workers)
@@ -67,3 +68,25 @@ def run(args) -> int:
           f"weighted-F1 {m['weighted_f1']:.4f}  ECE {m['ece']:.4f} (calibrated {m['ece_calibrated']:.4f})")
     print(f"wrote {args.output_dir}")
     return 0
+
+
+def warn_trained_speakers(model_dir, rows) -> list[str]:
+    """Warn (stderr) when clips come from speakers the model was trained on (its model_meta.json lists them):
+    their UAR is not a held-out figure. Returns those speakers."""
+    import json
+    import sys
+
+    meta_file = model_dir / "model_meta.json" if model_dir.is_dir() else model_dir.parent / "model_meta.json"
+    try:
+        trained = set(json.loads(meta_file.read_text()).get("split", {}).get("train_speakers") or ())
+    except (OSError, ValueError, AttributeError):
+        return []
+    seen = sorted({str(r.speaker) for r in rows if r.speaker and str(r.speaker) in trained})
+    if seen:
+        n = sum(1 for r in rows if r.speaker and str(r.speaker) in trained)
+        held_out = sorted({str(r.speaker) for r in rows if r.speaker and str(r.speaker) not in trained})
+        print(f"warning: {n} of {len(rows)} clips are from {len(seen)} speaker(s) this model was trained on "
+              f"({', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}): the figures below are not held-out "
+              + (f"results; --speakers {','.join(held_out)} scores only the others" if held_out else "results"),
+              file=sys.stderr)
+    return seen

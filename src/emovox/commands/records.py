@@ -33,7 +33,7 @@ from emovox.atomic import move_into_place
 #: What a record can hold (``Prediction.to_dict`` plus the path), for ``--fields``; error records have
 #: ``path`` and ``error`` only.
 FIELDS = ("path", "emotion", "confidence", "scores", "music_mood", "low_confidence", "warning", "silent",
-          "unsupported_labels")
+          "unsupported_labels", "quality")
 #: ``--output`` file types, by extension.
 OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet"}
 #: Inputs read as manifests (``emovox manifest``'s two formats): rows with a ``path``.
@@ -155,7 +155,10 @@ def _parquet_schema(fields: Sequence[str] | None, extra: Sequence[str] = ()):
     types = {"path": pa.string(), "segment": pa.int64(), "start": pa.float64(), "end": pa.float64(),
              "emotion": pa.string(), "confidence": pa.float64(),
              "scores": pa.map_(pa.string(), pa.float64()), "music_mood": pa.string(), "low_confidence": pa.bool_(),
-             "warning": pa.string(), "silent": pa.bool_(), "unsupported_labels": pa.list_(pa.string())}
+             "warning": pa.string(), "silent": pa.bool_(), "unsupported_labels": pa.list_(pa.string()),
+             "quality": pa.struct([("snr_db", pa.float64()), ("speech_dbfs", pa.float64()),
+                                   ("clipped_fraction", pa.float64()), ("bandwidth_hz", pa.float64()),
+                                   ("issues", pa.list_(pa.string()))])}
     names = [f for f in (*extra, *FIELDS) if fields is None or f in fields]
     return pa.schema([pa.field(n, types[n]) for n in names] + [pa.field("error", pa.string())])
 

@@ -156,6 +156,12 @@ def _run_workers(settings, workers: int, uv: dict) -> None:
     finally:
         if own_metrics_dir:
             shutil.rmtree(os.environ.pop(MULTIPROC_VARIABLE), ignore_errors=True)
+    # The supervisor returns once told to stop (SIGTERM, Ctrl-C) and its workers are gone: leave now, as a
+    # single-worker server does, not after seconds of tearing down the model this process loaded to check it.
+    if threading.current_thread() is threading.main_thread():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _run_ray(args, settings) -> int:

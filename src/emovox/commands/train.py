@@ -60,7 +60,8 @@ feature-input graph beside best_model.pth as the Core ML mobile CNN's emotion_cl
 model_weights.pth plus model_torchscript.pt: model.pth is a pickle (torch >= 2.6 loads it only with
 torch.load(path, weights_only=False), emovox must be importable, and loading it runs code: only from a
 trusted source); model_torchscript.pt takes the same forward(x, hidden) and needs neither (torch.jit.load).
-best_model.pth holds tensors only and loads with weights_only=True. For the streaming MFCC-LSTM's backend loop, which
+best_model.pth holds tensors only and loads with weights_only=True. checkpoint.pt beside it is the run's
+training state (optimiser, schedule, history) that --resume continues from; nothing else reads it. For the streaming MFCC-LSTM's backend loop, which
 computes its own MFCC, train with --features framewise-librosa-mfcc13 (its exact features).
 """
 
@@ -412,6 +413,11 @@ def _announce(a, sources: dict, say) -> None:
             + (f"; changed by the config file or flags: {listed(changed)}" if changed else ""))
     if sources["config_options"]:
         say(f"config file {sources['explicit']['config']}: {listed(sources['config_options'])}")
+    given = set(sources["explicit"]) | set(sources["config_options"])
+    if not sources["recipe"] and {"n_mels", "time_steps"} & given and not {"model", "export"} & given:
+        mobile = recipe("mobile")  # seed 000's flags without its recipe: a crnn, and no mobile files
+        say(f"note: this trains emovox's {a.model} and writes no ONNX or Core ML file; --recipe mobile adds seed "
+            f"000's model: {mobile.summary}")
 
 
 def _feature_config(a):
@@ -475,7 +481,25 @@ def _run(args, *, rank0: bool = True) -> int:
     if results and a.export and rank0:
         for r in results:
             _export(r.out_dir, a.export, a.export_input, getattr(args, "verbose", 0), say)
+    if results and a.save_full_model and a.model == "lstm":
+        for line in full_model_lines(results[-1].out_dir):
+            say(line)
     return 0 if results else 1
+
+
+def full_model_lines(out_dir) -> list[str]:
+    """The last lines of a run that wrote the streaming MFCC-LSTM's files: how each one loads."""
+    from emovox.modelio import STREAMING_FULL_MODEL_FILE as FULL
+    from emovox.modelio import STREAMING_WEIGHTS_FILE as WEIGHTS
+
+    return [f"{out_dir}/{FULL} is a pickled model: on torch >= 2.6 torch.load('{FULL}') fails (weights_only=True, "
+            "the default, cannot load a pickled model, and no setting makes it); the one-line fix: "
+            f"model = torch.load('{FULL}', weights_only=False) (emovox importable; a pickle runs code: trusted "
+            "files only)",
+            f"{out_dir}/{WEIGHTS} is the plain state dict of the plan's EmotionLSTM (standardisation and temperature "
+            f"folded in): model.load_state_dict(torch.load('{WEIGHTS}', weights_only=True)) loads with no pickle; "
+            f"`emovox export --model {out_dir} --runtime` gives it ONNX Runtime graphs (emovox stream / serve "
+            "without PyTorch)"]
 
 
 def _export(out_dir, formats, inputs, verbose: int, say) -> None:

@@ -96,18 +96,21 @@ class WhisperProbeBatchGraph(WhisperProbeGraph):
 
 class FrameFeaturesGraph(nn.Module):
     """Waveforms ``(batch, samples)`` → raw features ``(batch, n_features, frames)`` of every complete frame
-    (``center=False`` framing): a streaming model's front-end, before zero-frame skipping and normalisation."""
+    (``center=False`` framing): a streaming model's front-end, before zero-frame skipping and normalisation.
+    ``peak_normalize`` features (``framewise-librosa-mfcc13``: each frame's MFCC on its own, scaled by the
+    stream's peak) take that peak as a second input ``(batch, 1)``, as the PyTorch stream passes it."""
 
     def __init__(self, pipeline: EmotionPipeline):
         super().__init__()
-        if pipeline.feature_config.center or pipeline.feature_config.peak_normalize:
+        if pipeline.feature_config.center:
             raise ValueError("no ONNX Runtime graphs for this model: its stream needs frame-local features "
-                             "(center=False, no peak_normalize), and these are scaled by the whole stream's peak; "
-                             "it runs on PyTorch (backend='torch')")
+                             "(center=False), and these frames reach into their neighbours; it runs on PyTorch "
+                             "(backend='torch')")
         self.frontend = pipeline.frontend
+        self.peak_normalize = bool(pipeline.feature_config.peak_normalize)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.frontend(waveform)
+    def forward(self, waveform: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
+        return self.frontend(waveform, peak) if self.peak_normalize else self.frontend(waveform)
 
 
 class FrameStepGraph(nn.Module):
@@ -189,8 +192,11 @@ def _streaming_specs(pipe: EmotionPipeline) -> tuple[list[tuple[str, GraphSpec]]
     in_names, out_names = state_names(len(shapes))
     wave = TensorSpec("waveform", ["batch", "samples"], "whole frames of 16 kHz samples")
     raw = TensorSpec("features", ["batch", cfg.n_features, "frames"], "raw features of every frame")
-    front = GraphSpec("waveform", True, FrameFeaturesGraph(pipe).eval(), None, [wave], [raw],
-                      (_example(cfg.samples_for(20)),), ())
+    front_in, front_example = [wave], (_example(cfg.samples_for(20)),)
+    if cfg.peak_normalize:
+        front_in.append(TensorSpec("peak", ["batch", 1], "the peak |sample| of the stream so far"))
+        front_example = (*front_example, torch.full((1, 1), 0.5))
+    front = GraphSpec("waveform", True, FrameFeaturesGraph(pipe).eval(), None, front_in, [raw], front_example, ())
     feats = TensorSpec("features", ["batch", "frames", cfg.n_features], "raw features, time first")
     states_in = [TensorSpec(n, [("batch" if i == ax else d) for i, d in enumerate(s)], "state")
                  for n, s, ax in zip(in_names, shapes, axes)]
@@ -204,7 +210,8 @@ def _streaming_specs(pipe: EmotionPipeline) -> tuple[list[tuple[str, GraphSpec]]
     info = {"frontend": "frontend.onnx", "step": "step.onnx", "state_inputs": in_names, "state_outputs": out_names,
             "state_shapes_at_batch_1": [list(s) for s in shapes], "state_batch_axes": list(axes),
             "hop_length": cfg.hop_length, "frame_span": cfg.frame_span, "window_length": cfg.window_length,
-            "window_offset": cfg.window_offset, "skip_zero_frames": bool(cfg.kind == "mfcc" and cfg.skip_zero_frames)}
+            "window_offset": cfg.window_offset, "skip_zero_frames": bool(cfg.kind == "mfcc" and cfg.skip_zero_frames),
+            "peak_normalize": bool(cfg.peak_normalize)}
     return [("frontend.onnx", front), ("step.onnx", step)], info
 
 

@@ -39,9 +39,8 @@ def is_streaming(model: Any) -> bool:
 def head_logits(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """The pipeline's head stage: normalised features ``(batch, n_features, frames)`` (+ frames per
     clip) → logits, for frame models and streaming ones (run from no state) alike. Trace-safe."""
-    if is_streaming(model):
-        logits, _ = model(feats.transpose(1, 2), None, lengths)
-        return logits
+    if is_streaming(model):  # one causal pass read at each clip's last real frame: forward(x, None, lengths)'s
+        return model.padded_logits(feats.transpose(1, 2), lengths)  # logits, without packed sequences
     return model(feats, lengths)
 
 

@@ -375,12 +375,12 @@ class OnnxFrameStepper:
     raw features (``frontend.onnx``), all-zero frames skipped (as ``frames.nonzero_frame_mask``), then the
     recurrent step with its state carried over (``step.onnx``)."""
 
-    peak_normalize = False  # the runtime build refuses features that depend on the whole stream's peak
-
     def __init__(self, folder: Path, info: dict[str, Any], n_labels: int):
         self.frontend = session(folder / info["frontend"])
         self.step_session = session(folder / info["step"])
         self.info = info
+        #: frames scaled by the stream's peak so far (``framewise-librosa-mfcc13``): the front-end takes it as input
+        self.peak_normalize = bool(info.get("peak_normalize", False))
         self.n_labels = n_labels
         self.hop_length, self.frame_span = int(info["hop_length"]), int(info["frame_span"])
 
@@ -402,7 +402,8 @@ class OnnxFrameStepper:
         """``wave``: whole frames of samples; ``state``: the previous step's (None to start) →
         ``(logits (frames, n_labels), state)``; skipped frames give no row and leave the state as it was."""
         x = np.ascontiguousarray(wave, dtype=np.float32)[None]
-        feats = self.frontend.run(None, {"waveform": x})[0][0]  # (n_features, frames)
+        feed = {"waveform": x, **({"peak": np.full((1, 1), peak, np.float32)} if self.peak_normalize else {})}
+        feats = self.frontend.run(None, feed)[0][0]  # (n_features, frames)
         if self.info.get("skip_zero_frames"):
             feats = feats[:, self._nonzero_frames(x[0], feats.shape[1])]
         if feats.shape[1] == 0:

@@ -91,7 +91,7 @@ class StreamingSession:
         if self._buffer.size > limit:
             self._buffer = self._buffer[-limit:]
         tail = self._buffer[-int(self.window_s * self.sample_rate_hz) :]
-        return [self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))]
+        return [self._update(self.model.probabilities([tail])[0], silent=is_silent(tail), window=tail.size)]
 
     def _push_frames(self, x: np.ndarray) -> None:
         st = self._stepper
@@ -141,9 +141,10 @@ class StreamingSession:
         if self._frame_mode:
             return self._update(self._frame_probs(), silent=is_silent(np.array([self._peak], np.float32)))
         tail = self._buffer[-int(self.window_s * self.sample_rate_hz) :]
-        return self._update(self.model.probabilities([tail])[0], silent=is_silent(tail))
+        return self._update(self.model.probabilities([tail])[0], silent=is_silent(tail), window=tail.size)
 
-    def _update(self, probs: np.ndarray, *, silent: bool) -> dict[str, Any]:
+    def _update(self, probs: np.ndarray, *, silent: bool, window: int | None = None) -> dict[str, Any]:
+        """``window``: windowed models, the samples classified (reported as ``window_s`` instead of ``frames``)."""
         pred = self.model._to_prediction(probs, self.labels, silent=silent)
         labelled = pred.to_dict()
         # The streaming MFCC-LSTM's shape: "class" (the index of the top label) and "confidence" (every label's
@@ -152,7 +153,8 @@ class StreamingSession:
         labelled["score"] = labelled.pop("confidence")
         return {
             "time_s": round(self.received_s, 3),
-            "frames": self._frames,
+            **({"frames": self._frames} if window is None else
+               {"window_s": round(window / self.sample_rate_hz, 3)}),
             "class": list(pred.scores).index(pred.label),
             "confidence": [round(float(p), 6) for p in pred.scores.values()],
             **labelled,
@@ -165,4 +167,5 @@ class StreamingSession:
             return None
         if self._frame_mode:
             return self._current()
-        return self._update(self.model.probabilities([self._buffer])[0], silent=is_silent(self._buffer))
+        return self._update(self.model.probabilities([self._buffer])[0], silent=is_silent(self._buffer),
+                            window=self._buffer.size)

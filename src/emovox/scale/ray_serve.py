@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from emovox.errors import ServeStartError
 from emovox.scale.options import SERVE_HEADROOM, RayOptions, ServeOptions
 from emovox.scale.ray_support import ray_session, require_ray
 from emovox.server.app import create_app
@@ -42,6 +43,13 @@ from emovox.server.settings import Settings
 #: Ray Serve's logging for ``emovox serve --engine ray``: warnings and errors, no access lines (the
 #: replicas' own logs keep everything: /tmp/ray/session_latest/logs/serve/).
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
+#: Ray Serve's start-up checks, sized for a node busy with other work: its proxy's readiness check (Ray's
+#: default 5 s, missed three times on a loaded node, then the proxy is killed) and health checks. A variable
+#: already set in the environment wins.
+READINESS_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+                 "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "10"}
+#: a replica's own health check (Ray's default 30 s): loading a model on a busy node takes longer
+REPLICA_HEALTH_CHECK_TIMEOUT_S = 60.0
 
 
 class ServeBatcher(DynamicBatcher):
@@ -111,6 +119,7 @@ def deployment_options(settings: Settings, options: ServeOptions) -> dict[str, A
         "max_ongoing_requests": int(settings.max_queue) + SERVE_HEADROOM,
         "graceful_shutdown_timeout_s": float(settings.request_timeout_s),
         "max_constructor_retry_count": 3,  # a model that does not load fails the deployment, not 20 tries later
+        "health_check_timeout_s": REPLICA_HEALTH_CHECK_TIMEOUT_S,
     }
     if options.max_replicas is None:
         kwargs["num_replicas"] = options.replicas
@@ -161,12 +170,18 @@ def serve_forever(settings: Settings, options: ServeOptions, ray_options: RayOpt
         from emovox.inference import resolve_model_path
 
         resolve_model_path(settings.model)  # same machine: a wrong model is one line before Ray starts
-    with ray_session(ray_options, part="serve") as ray:
+    with ray_session(ray_options, part="serve", env=READINESS_ENV) as ray:
         serve = ray.serve
-        serve.start(http_options={"host": options.host, "port": options.port}, logging_config=QUIET)
         try:
-            serve.run(build_app(settings, options), name=options.name, route_prefix="/", blocking=False,
-                      logging_config=QUIET)
+            serve.start(http_options={"host": options.host, "port": options.port}, logging_config=QUIET)
+        except Exception as e:  # noqa: BLE001 - Ray raises its own types (ActorDiedError, RayServeException, ...)
+            raise start_failure(e, "Ray Serve's HTTP proxy", options) from e
+        try:
+            try:
+                serve.run(build_app(settings, options), name=options.name, route_prefix="/", blocking=False,
+                          logging_config=QUIET)
+            except Exception as e:  # noqa: BLE001
+                raise start_failure(e, f"the {options.name!r} deployment's replicas", options) from e
             host = f"[{options.host}]" if ":" in options.host else options.host
             print(f"emovox serve: http://{host}:{options.port}/ on Ray Serve ({_replicas_text(options)}; "
                   f"probes /healthz /readyz, per-replica metrics /metrics); Ctrl-C stops", file=sys.stderr)
@@ -175,6 +190,16 @@ def serve_forever(settings: Settings, options: ServeOptions, ray_options: RayOpt
             serve.delete(options.name)
             if ray_options.address is None:
                 serve.shutdown()
+
+
+def start_failure(e: BaseException, what: str, options: ServeOptions) -> ServeStartError:
+    """One line for a Ray Serve start that failed: what did not start, why in a few words, and what to try."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    ready = os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", READINESS_ENV["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"])
+    return ServeStartError(
+        f"{what} did not start on {options.host}:{options.port} ({type(e).__name__}: {first}); on a busy node "
+        f"give it longer (RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S, now {ready} s), check that the port is free, or "
+        "serve without Ray (emovox serve --engine uvicorn)")
 
 
 def _replicas_text(options: ServeOptions) -> str:

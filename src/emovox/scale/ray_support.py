@@ -40,9 +40,13 @@ def _quiet_ray_data() -> None:
 
 
 @contextmanager
-def ray_session(options: RayOptions, *, part: str = "") -> Iterator[Any]:
+def ray_session(options: RayOptions, *, part: str = "", env: dict[str, str] | None = None) -> Iterator[Any]:
     """Ray, connected: the connection this process already has, else the cluster at ``options.address``,
-    else a local Ray (``num_cpus`` CPUs, no dashboard, warnings only) shut down on exit."""
+    else a local Ray (``num_cpus`` CPUs, no dashboard, warnings only) shut down on exit. ``env``: variables
+    for Ray's own processes (a variable already set in this process wins)."""
+    env = {k: os.environ.get(k, v) for k, v in (env or {}).items()}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)  # a local Ray's processes start from this environment
     ray = require_ray(part)
     if ray.is_initialized():
         _quiet(part)
@@ -53,7 +57,7 @@ def ray_session(options: RayOptions, *, part: str = "") -> Iterator[Any]:
     if options.address is None:
         kwargs["num_cpus"] = options.num_cpus or os.cpu_count() or 1
         # the workers import the same emovox as this process (an editable checkout, a worktree...)
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": _package_root()}}
+        kwargs["runtime_env"] = {"env_vars": {**env, "PYTHONPATH": _package_root()}}
     elif options.num_cpus is not None:
         raise ValueError("--ray-num-cpus sizes a local Ray; a cluster given with --ray-address has its own CPUs")
     ray.init(address=options.address, **kwargs)

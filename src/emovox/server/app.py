@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     add_operations_routes(app)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics, router=app.router)
     # the seeds' clients call "/predict-emotion" as often as "/predict-emotion/": serve both, not a 307
-    app.add_middleware(SlashAliases, paths={r.path for r in app.routes if r.path.endswith("/") and r.path != "/"})
+    app.add_middleware(SlashAliases, paths={r.path for r in app.routes if r.path != "/"})
     return app
 
 
@@ -140,16 +140,20 @@ async def _load_in_background(app: FastAPI, settings: Settings) -> None:
 
 
 class SlashAliases:
-    """ASGI middleware: a request for ``/path`` is routed to ``/path/`` when only the latter exists
-    (Starlette would answer 307 with an empty body, which a POST client does not follow with its file)."""
+    """ASGI middleware: a request for ``/path`` is routed to ``/path/`` when only the latter exists, and ``/path/``
+    to ``/path`` likewise (Starlette would answer 307 with an empty body, which a POST client does not follow
+    with its file)."""
 
     def __init__(self, app, paths: set[str]):
         self.app = app
         self.paths = frozenset(paths)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] in ("http", "websocket") and scope.get("path", "") + "/" in self.paths:
-            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        path = scope.get("path", "")
+        if scope["type"] in ("http", "websocket") and path not in self.paths:
+            other = path[:-1] if path.endswith("/") and path != "/" else path + "/"
+            if other in self.paths:
+                scope = {**scope, "path": other, "raw_path": other.encode()}
         await self.app(scope, receive, send)
 
 

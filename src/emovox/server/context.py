@@ -25,8 +25,9 @@ T = TypeVar("T")
 #: Most windows one timeline request may compute (duration / hop_s), so one request cannot pin a CPU for minutes.
 MAX_TIMELINE_WINDOWS = 1200
 
-LABELS_QUERY = Query(None, description=f"fold scores into another label set: {', '.join(TAXONOMIES)}",
-                     examples=["basic5"])
+LABELS_QUERY = Query(None, description="fold scores into another label set, one the loaded model's labels map into "
+                                       f"(of {', '.join(TAXONOMIES)}); GET /emotions/ lists this model's as "
+                                       "label_sets", examples=["basic5"])
 
 ERRORS = {
     400: {"model": schemas.ErrorResponse, "description": "empty, truncated or corrupt audio (NaN, zero samples), bad labels="},
@@ -91,17 +92,27 @@ async def in_thread(request: Request | WebSocket, fn: Callable[..., T], *args: A
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=request.app.state.limiter)
 
 
+def label_sets(services: Services) -> list[str]:
+    """The label sets the loaded speech model's labels fold into: exactly what ``labels=`` accepts."""
+    sets = []
+    for name in TAXONOMIES:
+        try:
+            services.audio.output_labels(name)
+        except LabelError:
+            continue
+        sets.append(name)
+    return sets
+
+
 def check_labels(services: Services, labels: str | None) -> str | None:
     """``labels=`` must name a taxonomy (never a path or a mapping) the model's labels fold into."""
     if labels is None or labels == "":
         return None
-    if labels not in TAXONOMIES:
-        raise ApiError(400, f"unknown labels={labels!r}; accepted: {', '.join(TAXONOMIES)}",
-                       {"accepted": list(TAXONOMIES)})
-    try:
-        services.audio.output_labels(labels)
-    except LabelError as e:
-        raise ApiError(400, f"labels={labels!r}: {e}") from e
+    accepted = label_sets(services)
+    if labels not in accepted:
+        what = f"unknown labels={labels!r}" if labels not in TAXONOMIES else \
+            f"labels={labels!r}: this speech model's labels do not fold into it"
+        raise ApiError(400, f"{what}; accepted: {', '.join(accepted)}", {"accepted": accepted})
     return labels
 
 

@@ -18,6 +18,7 @@ from emovox.server.context import (
     app_settings,
     check_labels,
     in_thread,
+    label_sets,
     loaded_services,
     mark_mock,
     model_slot,
@@ -122,6 +123,8 @@ def add_speech_routes(app: FastAPI) -> None:
               responses=ERRORS, dependencies=auth, openapi_extra=multipart_doc("file", "audio"), tags=["speech"],
               summary="Classify one clip (the Keras backend CNN; field 'file' or 'audio')")
     async def classify_emotion(request: Request, labels: str | None = LABELS_QUERY):
+        if not labels and loaded_services(request).mock:
+            labels = "basic5"  # the Keras backend CNN's five classes, from the mock model too ("mock": true says so)
         pred, _ = await classify_upload(request, labels, ("file", "audio"))
         return mark_mock(request, {"emotion": pred.label, "confidence": round6(pred.score)})
 
@@ -163,7 +166,7 @@ def add_speech_routes(app: FastAPI) -> None:
         s = loaded_services(request)
         labels = check_labels(s, labels)
         names = s.audio.output_labels(labels)
-        return mark_mock(request, {"emotions": names, "count": len(names),
+        return mark_mock(request, {"emotions": names, "count": len(names), "label_sets": label_sets(s),
                               "unsupported_labels": s.audio.unsupported_labels(labels) or None})
 
     @app.get("/music-moods/", response_model=dict[str, str],

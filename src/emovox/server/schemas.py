@@ -69,6 +69,8 @@ class ClassifyResponse(BaseModel):
 class EmotionsResponse(BaseModel):
     emotions: list[str] = Field(description="labels in the model's output order (or of labels=)")
     count: int
+    label_sets: list[str] | None = Field(None, description="the label sets labels= accepts on the speech routes "
+                                                            "(those this model's labels fold into)")
     unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
     mock: bool | None = MOCK_FIELD
 

@@ -116,6 +116,17 @@ def finish_loading_text(settings: Settings, services: Services) -> None:
     log.info("text model %s in %.1f s", "loaded" if loaded.text is not None else "unavailable", services.load_s["text"])
 
 
+def _where_from(settings: Settings, key: str) -> str:
+    """Where a model setting came from and, for a relative path, what it was resolved against (for messages)."""
+    value = getattr(settings, key)
+    origin = settings.origins.get(key)
+    if value is None or origin is None:
+        return ""
+    resolved = "" if Path(value).is_absolute() else \
+        f", a relative path resolved against the working folder {Path.cwd()} (as {Path.cwd() / value})"
+    return f" ({value!r} came from {origin}{resolved})"
+
+
 def _load_speech(settings: Settings) -> Services:
     """The speech model (or its mock), in Services without a text model yet."""
     if settings.use_mock_models is True:
@@ -129,7 +140,7 @@ def _load_speech(settings: Settings) -> Services:
     except (ModelLoadError, FileNotFoundError) as e:
         if not settings.mock_auto:
             raise ModelLoadError(
-                f"cannot start the service without a speech model: {e}. Give one with --model or AUDIO_MODEL_DIR "
+                f"cannot start the service without a speech model: {e}{_where_from(settings, 'model')}. Give one with --model or AUDIO_MODEL_DIR "
                 "(a model folder written by `emovox train`, a Hugging Face audio-classification folder, or a "
                 "shipped model's name); for front-end development only, USE_MOCK_MODELS=true serves deterministic "
                 "fake answers labelled \"mock\": true (USE_MOCK_MODELS=auto: only when no model loads)"

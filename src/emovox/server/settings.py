@@ -104,6 +104,8 @@ class Settings:
     load_in_background: bool = False
     #: most parts of a multipart upload; past it 413 while the body streams in
     max_parts: int = DEFAULT_MAX_PARTS
+    #: where settings came from, for messages: ``{"model": "AUDIO_MODEL_DIR in .env"}`` (not a setting itself)
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.threshold) < 1.0:
@@ -149,10 +151,19 @@ class Settings:
         it exists); keyword ``overrides`` that are not ``None`` win. ``env_file``: the file (default
         ``$EMOVOX_ENV_FILE``, else ``.env`` in the working directory; ``"none"``: no file). An explicit
         ``env`` mapping is the whole environment: no file is read."""
+        from_file: dict[str, str] = {}
+        path = None
         if env is None:
             path = env_file if env_file is not None else os.environ.get(ENV_FILE_VARIABLE, DEFAULT_ENV_FILE)
-            env = {**read_env_file(None if str(path).strip().lower() == "none" else path), **os.environ}
-        values: dict[str, Any] = {}
+            from_file = read_env_file(None if str(path).strip().lower() == "none" else path)
+            env = {**from_file, **os.environ}
+        values: dict[str, Any] = {"origins": {}}
+        for key, name in (("model", "AUDIO_MODEL_DIR"), ("text_model", "TEXT_MODEL_DIR")):
+            if overrides.get(key) is not None:
+                values["origins"][key] = f"--{key.replace('_', '-')}"
+            elif env.get(name, "").strip():
+                in_file = name in from_file and name not in os.environ
+                values["origins"][key] = f"{name} in {path}" if in_file else f"the environment variable {name}"
 
         def get(name: str) -> str | None:
             v = env.get(name)

@@ -78,6 +78,8 @@ def write_artifacts(out: Path, run: Run, data: TrainData, cfg: TrainConfig, plan
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "emovox_version": __version__,
         "parameters": count_parameters(model),
+        # what training changed: the head alone on a frozen backbone (the hybrid recipe's 49,983)
+        "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "size_bytes": (out / WEIGHTS_FILE).stat().st_size,
         "training_time_s": round(metrics["training_time_s"], 2),
         "wall_time_s": round(time.perf_counter() - started_at, 2),

@@ -73,11 +73,36 @@ class FullStreamingModel(FullModel):
         return logits / self.temperature, hidden
 
 
+def plain_lstm_state_dict(full: FullStreamingModel) -> dict[str, torch.Tensor]:
+    """The state dict of the streaming MFCC-LSTM's own ``EmotionLSTM`` class (``lstm.*``, ``fc.*``: load it with
+    ``strict=True`` and ``torch.load(path, weights_only=True)``) giving ``full``'s calibrated logits on raw MFCC frames.
+
+    The input standardisation ``(x - mean) / std`` folds exactly into the first LSTM layer's input weights and
+    biases (``W_ih / std``, ``b_ih - W_ih @ (mean / std)``), and the temperature into ``fc`` (both divided by it).
+    A streaming model without the class's ``lstm`` + ``fc`` layout keeps its own state dict.
+    """
+    model = full.model
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if not isinstance(getattr(model, "lstm", None), nn.LSTM) or not isinstance(getattr(model, "fc", None), nn.Linear) \
+            or set(k.split(".")[0] for k in sd) != {"lstm", "fc"}:
+        return full.state_dict()
+    mean = full.normalize.mean.view(-1).double()
+    std = full.normalize.std.view(-1).double()
+    w = sd["lstm.weight_ih_l0"].double()
+    sd["lstm.weight_ih_l0"] = (w / std).float()
+    sd["lstm.bias_ih_l0"] = (sd["lstm.bias_ih_l0"].double() - w @ (mean / std)).float()
+    t = float(full.temperature)
+    sd["fc.weight"] = (sd["fc.weight"].double() / t).float()
+    sd["fc.bias"] = (sd["fc.bias"].double() / t).float()
+    return sd
+
+
 def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, feat_cfg: FeatureConfig,
                      temperature: float, labels: Sequence[str], say: Callable[[str], None]) -> dict[str, Any]:
     """``--save-full-model``: frame models get ``model_full.pth`` (a :class:`FullModel` pickle);
     streaming models get the streaming MFCC-LSTM's files: ``model.pth`` (a :class:`FullStreamingModel` pickle),
-    ``model_weights.pth`` (its state dict) and ``model_torchscript.pt`` (the same model as
+    ``model_weights.pth`` (the plain state dict of the
+    streaming MFCC-LSTM's own ``EmotionLSTM``: :func:`plain_lstm_state_dict`) and ``model_torchscript.pt`` (the same model as
     TorchScript with the streaming MFCC-LSTM's ``forward(x, hidden)``: loads without emovox and without unpickling
     Python objects). Returns the ``model_meta.json`` entries that name them."""
     streaming = is_streaming(model)
@@ -91,7 +116,7 @@ def write_full_model(out: Path, model: nn.Module, stats: FeatureStats | None, fe
 
     scripted = script_hidden_state_step(full, calibrated=True)
     write_files([(out / STREAMING_FULL_MODEL_FILE, torch_saver(full)),
-                      (out / STREAMING_WEIGHTS_FILE, torch_saver(full.state_dict())),
+                      (out / STREAMING_WEIGHTS_FILE, torch_saver(plain_lstm_state_dict(full))),
                       (out / STREAMING_TORCHSCRIPT_FILE, lambda t: torch.jit.save(scripted, t))])
     if feat_cfg != preset(LSTM_LOOP_FEATURES):
         say(f"note: {STREAMING_FULL_MODEL_FILE} takes this model's own raw features; the streaming MFCC-LSTM's backend loop computes "

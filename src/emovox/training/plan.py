@@ -95,7 +95,8 @@ class SplitPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "val_message": self.val_message,
                 "test_speakers": self.test_speakers, "val_speakers": self.val_speakers, "sizes": self.sizes(),
-                "name": self.name}
+                "name": self.name,  # the speakers trained on: emovox evaluate warns when it scores them
+                "train_speakers": sorted({str(r.speaker) for r in self.train if getattr(r, "speaker", None)})}
 
 
 def _pick(rows, idx):

@@ -98,15 +98,21 @@ _held_locks: set[str] = set()  # output folders this process trains into (run_tr
 @contextlib.contextmanager
 def output_lock(out: Path):
     """One training run per output folder: an exclusive ``flock`` on ``out/.emovox-train.lock``, taken by
-    rank 0 only. The OS drops it when the process ends, however it ends, so a killed run can ``--resume``."""
+    rank 0 only. The OS drops it when the process ends, however it ends, so a killed run can ``--resume``.
+    When the run ends the lock file goes, and so does the folder when the run created it and left it empty
+    (a run that failed before writing anything)."""
     key = os.path.realpath(out)
     if fcntl is None or not ddp.is_rank0() or key in _held_locks:
         yield
         return
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as fh:
+    lock = out / LOCK_FILE
+    with open(lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(fh.fileno()).st_ino:
+                raise BlockingIOError  # a run that just ended removed this file: another one has the folder now
         except BlockingIOError:
             raise TrainingError(f"{out}: another emovox train is writing to this folder; wait for it to finish "
                                 f"or choose another --output_dir") from None
@@ -115,7 +121,10 @@ def output_lock(out: Path):
             yield
         finally:
             _held_locks.discard(key)
+            lock.unlink(missing_ok=True)  # while still held: a waiting run's check above sees it gone
             fcntl.flock(fh, fcntl.LOCK_UN)
+            if created and not any(out.iterdir()):
+                out.rmdir()
 
 
 def _open_output(out_dir, *, is_main: bool) -> Path:
