@@ -233,14 +233,24 @@ def cmd_fit(args) -> None:
     print_table(results, list(val))
 
 
-def print_table(results: dict, conditions: list[str]) -> None:
+def print_table(results: dict, conditions: list[str], metric: str = "uar_ravdess_cremad") -> None:
+    """A Markdown table: a row per condition, ``UAR / ECE`` per model, and the mean over degraded conditions."""
     names = list(results)
+    print(f"UAR ({metric}) / ECE")
     print("| condition | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
+
+    def cell(n, cond):
+        v = results[n]["scores"].get(cond)
+        return "–" if v is None else f"{v[metric]:.1f} / {v['ece']:.3f}"
+
     for cond in conditions:
-        cells = [f"{results[n]['scores'][cond]['uar_ravdess_cremad']:.1f} / {results[n]['scores'][cond]['ece']:.3f}"
-                 for n in names]
-        print(f"| {cond} | " + " | ".join(cells) + " |")
+        print(f"| {cond} | " + " | ".join(cell(n, cond) for n in names) + " |")
+    means = []
+    for n in names:
+        vals = [results[n]["scores"][c][metric] for c in conditions if c != "clean" and c in results[n]["scores"]]
+        means.append(f"{np.mean(vals):.1f}" if len(vals) == len(conditions) - 1 else "–")
+    print("| mean of degraded conditions | " + " | ".join(means) + " |")
 
 
 def degraded_waves(ev, val_rows, spec):
@@ -308,7 +318,9 @@ def cmd_table(args) -> None:
         name, _, file = item.partition("=")
         z = np.load(file)
         probes[name] = ({k: z[k] for k in ("mean", "std", "weight", "bias")}, float(z["temperature"]))
-    results = {name: {"scores": {}} for name in [*probes, *args.peers]}
+    table = args.out / "table.json"  # earlier rows are kept: peers measured once, probes added later
+    results = json.loads(table.read_text()) if table.is_file() else {}
+    results.update({name: {"scores": {}} for name in [*probes, *args.peers]})
     peers = {name: emovox.load_model(name) for name in args.peers if name != "eGeMAPS + SVM"}
     if "eGeMAPS + SVM" in args.peers:
         peers["eGeMAPS + SVM"] = egemaps_svm(plan, labels)
@@ -327,7 +339,7 @@ def cmd_table(args) -> None:
                 z = peer_logits(name, waves, labels, peers)
                 results[name]["scores"][cond] = condition_scores(z, y_rows, c_rows, 1.0)
         print(f"{cond} done", flush=True)
-    (args.out / "table.json").write_text(json.dumps(results, indent=1))
+    table.write_text(json.dumps(results, indent=1))
     print_table(results, [c for c, _ in CONDITIONS if c in val])
 
 

@@ -23,7 +23,8 @@ def test_threshold_and_longest_clip_have_one_owner():
     p = argparse.ArgumentParser()
     classify.add_arguments(p)
     args = p.parse_args(["x.wav"])
-    assert (args.threshold, args.max_duration_s) == (defaults.CONFIDENCE_THRESHOLD, defaults.MAX_CLIP_S)
+    assert (args.threshold, classify._max_duration(args)) == (defaults.CONFIDENCE_THRESHOLD, defaults.MAX_CLIP_S)
+    assert classify._max_duration(p.parse_args(["x.wav", "--segments"])) is None  # decoded in blocks
     p = argparse.ArgumentParser()
     serve.add_arguments(p)
     assert f"default {defaults.CONFIDENCE_THRESHOLD:.2f}" in p.format_help()
