@@ -153,8 +153,10 @@ class OnnxModel:
 
     @property
     def pooled_key(self) -> str:
-        """A digest of what computes the pooled features: the graph's nodes and every initializer but the probe's
-        (a retrained probe on the same encoder keeps the key), and the external weights it refers to."""
+        """A digest of what the pooled features are computed from: every initializer but the probe's (front-end
+        constants and the encoder's own weights) and the external weights they refer to. The graph's node layout
+        is left out on purpose: a graph rebuilt to compute the same features another way (per length or padded
+        batches, both tested equal to the clip alone) keeps the key; a retrained probe keeps it too."""
         import hashlib
 
         import onnx
@@ -162,9 +164,7 @@ class OnnxModel:
         graph = onnx.load(str(self.path), load_external_data=False).graph
         probe = set((self.runtime.get("probe") or {}).values())
         h = hashlib.sha256(json.dumps(self.runtime.get("external_weights"), sort_keys=True).encode())
-        for node in graph.node:
-            h.update(node.SerializeToString())
-        for t in graph.initializer:
+        for t in sorted(graph.initializer, key=lambda t: t.name):
             if t.name not in probe:
                 h.update(t.SerializeToString())
         return h.hexdigest()[:20]
