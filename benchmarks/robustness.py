@@ -364,25 +364,32 @@ def cmd_ship(args) -> None:
     temperature = float(z["temperature"])
     src = encoder.model.path.parent.parent
     staging = Path(tempfile.mkdtemp(prefix=".ship-", dir=args.out.parent))
-    shutil.copytree(src, staging, dirs_exist_ok=True)
-    shutil.rmtree(staging / "onnx")
-    loaded = load_model_dir(staging)
-    net = loaded.pipeline.model
-    with torch.no_grad():
-        net.pooled_mean.copy_(torch.from_numpy(probe["mean"]))
-        net.pooled_std.copy_(torch.from_numpy(probe["std"]))
-    net.set_linear(probe["weight"], probe["bias"])
-    save_model(staging, net, {**loaded.config, "temperature": temperature})
-    _, val = cached_features(plan, labels, cache, 0)
-    x, y, _ = val["clean"]
-    metrics = compute_metrics(y, probe_logits(probe, x).argmax(axis=1), labels)
-    write_report(staging, {**metrics, "split": "val", "split_kind": "speaker"}, title="default, validation speakers")
-    meta = json.loads((staging / "model_meta.json").read_text())
-    meta.update({"temperature": temperature, "command": " ".join(["python -m benchmarks.robustness", *sys.argv[1:]]),
-                 "augment": json.loads(args.augment_note) if args.augment_note else None})
-    (staging / "model_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    build_runtime(staging)
-    move_into_place(staging, args.out)
+    try:  # a failure leaves the shipped folder as it was and no staging folder beside it
+        shutil.copytree(src, staging, dirs_exist_ok=True)
+        shutil.rmtree(staging / "onnx")
+        loaded = load_model_dir(staging)
+        net = loaded.pipeline.model
+        with torch.no_grad():
+            net.pooled_mean.copy_(torch.from_numpy(probe["mean"]))
+            net.pooled_std.copy_(torch.from_numpy(probe["std"]))
+        net.set_linear(probe["weight"], probe["bias"])
+        save_model(staging, net, {**loaded.config, "temperature": temperature})
+        _, val = cached_features(plan, labels, cache, 0)
+        x, y, _ = val["clean"]
+        if len(y) < len(plan.val):  # the report must describe every validation clip, not what happens to be cached
+            raise SystemExit(f"{cache.dir}: {len(y)} of {len(plan.val)} validation clips cached for this encoder; "
+                             "run `python -m benchmarks.robustness cache --skip-train` first")
+        metrics = compute_metrics(y, probe_logits(probe, x).argmax(axis=1), labels)
+        write_report(staging, {**metrics, "split": "val", "split_kind": "speaker"}, title="default, validation speakers")
+        meta = json.loads((staging / "model_meta.json").read_text())
+        meta.update({"temperature": temperature, "command": " ".join(["python -m benchmarks.robustness", *sys.argv[1:]]),
+                     "augment": json.loads(args.augment_note) if args.augment_note else None})
+        (staging / "model_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        build_runtime(staging)
+        move_into_place(staging, args.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     print(f"wrote {args.out}: clean validation UAR {100 * metrics['uar']:.1f}")
 
 
