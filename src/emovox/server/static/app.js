@@ -3,7 +3,7 @@
 "use strict";
 
 const TARGET_SR = 16000;
-const TIMELINE_MIN_S = 6;  // files longer than this also get a timeline
+const TIMELINE_MIN_S = 6;  // files longer than this also get their speech segments on a timeline
 const COLORS = {
   neutral: "#8a94a6", calm: "#2fa39a", happy: "#e0a800", sad: "#3d6fd8", angry: "#d63b3b",
   fearful: "#8e5cc7", disgust: "#4f9a3a", surprised: "#f07f1a", boredom: "#9aa0a6",
@@ -108,24 +108,54 @@ function niceStep(duration) {
   return 600;
 }
 
-function showTimeline(tl) {
-  const el = $("timeline");
-  el.replaceChildren();
-  const d = tl.duration || 1;
-  const seen = [];
-  tl.segments.forEach((seg) => {
-    if (!seen.includes(seg.emotion)) seen.push(seg.emotion);
-    const band = document.createElement("div");
-    band.className = "band";
-    band.dataset.emotion = seg.emotion;
-    const width = (100 * (seg.end - seg.start)) / d;
-    band.style.left = ((100 * seg.start) / d).toFixed(3) + "%";
-    band.style.width = width.toFixed(3) + "%";
-    band.style.background = colorFor(seg.emotion, seen.indexOf(seg.emotion));
-    band.title = `${seg.emotion}: ${seg.start.toFixed(1)}–${seg.end.toFixed(1)} s, ${pct(seg.confidence)}`;
-    if (width > 9) band.textContent = seg.emotion;
-    el.appendChild(band);
-  });
+const MIN_GAP_S = 0.001;  // pauses shorter than this between segments are not drawn
+
+function fmtS(t) { return t.toFixed(2); }
+
+function placedBand(start, end, d, kind) {
+  const band = document.createElement("div");
+  band.className = "band " + kind;
+  band.dataset.start = String(start);
+  band.dataset.end = String(end);
+  band.style.left = ((100 * start) / d).toFixed(3) + "%";
+  band.style.width = ((100 * (end - start)) / d).toFixed(3) + "%";
+  return band;
+}
+
+function speechBand(seg, d, color) {
+  const band = placedBand(seg.start, seg.end, d, "speech");
+  band.dataset.emotion = seg.emotion;
+  band.style.background = color;
+  band.title = `${seg.emotion}: ${fmtS(seg.start)}–${fmtS(seg.end)} s, confidence ${pct(seg.confidence)}`;
+  if ((100 * (seg.end - seg.start)) / d > 9) band.textContent = seg.emotion;
+  band.addEventListener("click", () => seekTo(seg.start));
+  return band;
+}
+
+function gapBand(start, end, d) {
+  const band = placedBand(start, end, d, "gap");
+  band.dataset.speech = "false";
+  band.title = `no speech: ${fmtS(start)}–${fmtS(end)} s`;
+  return band;
+}
+
+// the stretches without speech: before, between and after the segments
+function speechGaps(segments, d) {
+  const edges = [0, ...segments.flatMap((s) => [s.start, s.end]), d];
+  const out = [];
+  for (let i = 0; i < edges.length; i += 2) {
+    if (edges[i + 1] - edges[i] > MIN_GAP_S) out.push([edges[i], edges[i + 1]]);
+  }
+  return out;
+}
+
+function seekTo(t) {
+  const player = $("player");
+  player.currentTime = t;
+  player.play().catch(() => {});  // autoplay may be refused: the seek stands
+}
+
+function renderAxis(d) {
   const axis = $("timeline-axis");
   axis.replaceChildren();
   const step = niceStep(d);
@@ -135,16 +165,60 @@ function showTimeline(tl) {
     tick.textContent = t + " s";
     axis.appendChild(tick);
   }
+}
+
+function legendItem(text, swatchClass, color) {
+  const item = document.createElement("span");
+  const swatch = document.createElement("i");
+  if (swatchClass) swatch.className = swatchClass;
+  if (color) swatch.style.background = color;
+  item.append(swatch, text);
+  return item;
+}
+
+function renderLegend(seen, withGaps) {
   const legend = $("timeline-legend");
-  legend.replaceChildren();
-  seen.forEach((emotion, i) => {
-    const item = document.createElement("span");
-    const swatch = document.createElement("i");
-    swatch.style.background = colorFor(emotion, i);
-    item.append(swatch, emotion);
-    legend.appendChild(item);
-  });
+  legend.replaceChildren(...seen.map((emotion, i) => legendItem(emotion, "", colorFor(emotion, i))));
+  if (withGaps) legend.appendChild(legendItem("no speech", "gap", ""));
+}
+
+function segmentRow(seg, i, color) {
+  const row = document.createElement("tr");
+  const cells = [String(i + 1), "", "", pct(seg.confidence) + (seg.low_confidence ? " (low)" : "")];
+  cells.forEach((text) => { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); });
+  const seek = document.createElement("button");
+  seek.type = "button";
+  seek.className = "link";
+  seek.title = "play from " + fmtS(seg.start) + " s";
+  seek.textContent = `${fmtS(seg.start)}–${fmtS(seg.end)} s`;
+  seek.addEventListener("click", () => seekTo(seg.start));
+  row.cells[1].appendChild(seek);
+  row.cells[2].append(legendItem(seg.emotion, "", color));
+  return row;
+}
+
+function showNoSpeech(res) {
+  $("segments-view").hidden = true;
+  $("segments-summary").textContent =
+    `No speech found in this ${res.duration.toFixed(1)} s recording, so there is nothing to show over time.`;
+}
+
+function showSegments(res) {
   $("timeline-card").hidden = false;
+  if (!res.segments.length) { showNoSpeech(res); return; }
+  const d = res.duration || 1;
+  const seen = [...new Set(res.segments.map((s) => s.emotion))];
+  const color = (emotion) => colorFor(emotion, seen.indexOf(emotion));
+  const gaps = speechGaps(res.segments, d);
+  const bands = [...res.segments.map((s) => speechBand(s, d, color(s.emotion))), ...gaps.map(([a, b]) => gapBand(a, b, d))];
+  $("timeline").replaceChildren(...bands.sort((a, b) => a.dataset.start - b.dataset.start));
+  renderAxis(d);
+  renderLegend(seen, gaps.length > 0);
+  $("segments-rows").replaceChildren(...res.segments.map((s, i) => segmentRow(s, i, color(s.emotion))));
+  const n = res.segments.length;
+  $("segments-summary").textContent =
+    `${n} speech segment${n === 1 ? "" : "s"}: ${res.speech.toFixed(1)} s of speech in ${d.toFixed(1)} s`;
+  $("segments-view").hidden = false;
 }
 
 // -- requests -------------------------------------------------------------------------------
@@ -168,7 +242,7 @@ async function analyse(blob, name) {
   try {
     const res = await postAudio("/predict-emotion/", blob, name);
     showResult(res);
-    if (res.duration_s > TIMELINE_MIN_S) showTimeline(await postAudio("/predict-timeline/", blob, name));
+    if (res.duration_s > TIMELINE_MIN_S) showSegments(await postAudio("/predict-segments/", blob, name));
     setState("done");
   } catch (e) {
     showError(e.message);
