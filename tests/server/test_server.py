@@ -445,6 +445,24 @@ def test_mock_auto_only_replaces_what_cannot_load(model_dir, clip, tmp_path, cap
             pass
 
 
+def test_predict_emotion_says_the_clips_quality_and_raises_the_threshold_on_poor_input(client, reference, clip):
+    """Each answer measures its clip as the library does; a noisy clip's threshold rises by
+    POOR_INPUT_THRESHOLD_RAISE and its warning says why."""
+    from emovox.defaults import POOR_INPUT_THRESHOLD_RAISE
+
+    body = client.post("/predict-emotion/", **_multipart("file", clip)).json()
+    assert body["quality"] == reference.predict(clip).quality.to_dict() and body["quality"]["issues"] == []
+    x = voice(3.0) + np.random.default_rng(0).normal(0, 0.2, int(3.0 * SR))
+    noisy = wav_bytes(0.5 * x / np.abs(x).max())
+    p = reference.predict(noisy)
+    body = client.post("/predict-emotion/", **_multipart("file", noisy)).json()
+    assert body["quality"]["issues"] and body["quality"]["issues"][0].startswith("noisy")
+    assert body["threshold"] == pytest.approx(0.70 + POOR_INPUT_THRESHOLD_RAISE)
+    assert body["low_confidence"] is (p.score < body["threshold"]) and body["warning"] == p.warning
+    if body["low_confidence"]:
+        assert "noisy" in body["warning"]
+
+
 def test_warning_and_unsupported_labels_in_every_answer(client, reference, clip, long_clip):
     """Seed 002: predictions under 0.70 show a warning; labels the model cannot express are named."""
     p = reference.predict(clip, labels="ravdess8")

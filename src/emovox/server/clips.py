@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emovox.audio import AudioError, audio_info, is_silent
+from emovox.degrade.quality import measure_quality
 from emovox.inference import EmotionModel
 from emovox.runtime.answers import Prediction
 from emovox.server.uploads import ApiError
@@ -67,6 +68,7 @@ def decode_clip(model: EmotionModel, data: bytes, *, labels: str | None,
 def classify_clips(model: EmotionModel, jobs: Sequence[ClipJob]) -> list[Prediction]:
     """One model pass over decoded clips (one batch), each answer folded into its own label set."""
     probs = model.probabilities([j.wave for j in jobs], batch_size=max(1, len(jobs)))
-    # _to_prediction is what EmotionModel.predict ends with: the same answer as the clip alone
-    return [model._to_prediction(p, j.labels, silent=j.silent) for p, j in zip(probs, jobs)]
+    # _to_prediction is what EmotionModel.predict ends with: the same answer as the clip alone, its quality too
+    return [model._to_prediction(p, j.labels, silent=j.silent, quality=measure_quality(j.wave, model.sample_rate_hz))
+            for p, j in zip(probs, jobs)]
 

@@ -102,12 +102,13 @@ def add_speech_routes(app: FastAPI) -> None:
               summary="Classify one clip (the FastAPI wav2vec2 hybrid)")
     async def predict_emotion(request: Request, labels: str | None = LABELS_QUERY):
         pred, duration = await classify_upload(request, labels, ("file",))
-        s, st = loaded_services(request), app_settings(request)
+        s = loaded_services(request)
         return mark_mock(request, {
             "emotion": pred.label, "confidence": round6(pred.score), "music_mood": pred.music_mood,
             "all_probabilities": {k: round6(v) for k, v in pred.scores.items()}, "status": "success",
-            "low_confidence": pred.low_confidence, "warning": pred.warning, "threshold": st.threshold,
+            "low_confidence": pred.low_confidence, "warning": pred.warning, "threshold": pred.effective_threshold,
             "duration_s": round(duration, 3), "silent": True if pred.silent else None, "model": s.audio.name,
+            "quality": pred.quality.to_dict() if pred.quality is not None else None,
             "unsupported_labels": list(pred.unsupported_labels) or None,
         })
 

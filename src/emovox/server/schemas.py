@@ -29,6 +29,17 @@ class ErrorResponse(BaseModel):
     mock: bool | None = MOCK_FIELD
 
 
+class QualityResponse(BaseModel):
+    """:func:`emovox.degrade.measure_quality`: the clip's estimated SNR, speech level, clipped share and bandwidth;
+    ``issues`` lists what makes answers less reliable (empty for a good recording)."""
+
+    snr_db: float
+    speech_dbfs: float
+    clipped_fraction: float
+    bandwidth_hz: float
+    issues: list[str]
+
+
 class EmotionResponse(BaseModel):
     """The FastAPI wav2vec2 hybrid's ``/predict-emotion/`` answer, plus ``low_confidence``, ``threshold`` and ``duration_s``."""
 
@@ -39,9 +50,11 @@ class EmotionResponse(BaseModel):
     status: str = Field("success", description='"success"')
     low_confidence: bool = Field(description="confidence is below the service's threshold")
     warning: str | None = WARNING_FIELD
-    threshold: float = Field(description="the confidence threshold (CONFIDENCE_THRESHOLD)")
+    threshold: float = Field(description="the confidence threshold for this clip: the service's (CONFIDENCE_THRESHOLD), "
+                                         "raised by POOR_INPUT_THRESHOLD_RAISE when the clip's quality is poor")
     duration_s: float = Field(description="duration of the decoded clip, seconds")
     silent: bool | None = Field(None, description="true when the clip is (near) digital silence")
+    quality: QualityResponse | None = Field(None, description="the clip's measured quality: why an answer may be uncertain")
     model: str = Field(description="name of the speech model that answered")
     unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
     mock: bool | None = MOCK_FIELD
