@@ -208,13 +208,79 @@ def selection_score(scores: dict) -> float:
     return 0.5 * scores["clean"]["uar_mean3"] + 0.5 * float(np.mean(degraded))
 
 
-def calibrate(probe, val) -> float:
-    """The temperature minimising NLL over every validation condition together."""
-    from emovox.degrade.multicondition import probe_logits
-    from emovox.training.evaluation import nll_temperature
+def named_probes(encoder, items: list[str]) -> dict[str, tuple[dict, float, np.ndarray]]:
+    """The shipped default's probe and each ``NAME=FILE.npz`` saved by ``fit``: ``{name: (probe, temperature,
+    quality factors in QUALITY_KINDS order)}``."""
+    import json
 
-    logits = np.concatenate([probe_logits(probe, x) for x, _, _ in val.values()])
-    return nll_temperature(logits, np.concatenate([y for _, y, _ in val.values()]))
+    from emovox.degrade.quality import QUALITY_KINDS
+
+    def factors(d: dict | None) -> np.ndarray:
+        return np.array([(d or {}).get(k, 1.0) for k in QUALITY_KINDS])
+
+    model = encoder.model
+    shipped = json.loads((model.path.parent.parent / "model_config.json").read_text()).get("quality_temperature")
+    probes = {"default (shipped)": (model.probe_parameters(), model.temperature, factors(shipped))}
+    for item in items:
+        name, _, file = item.partition("=")
+        z = np.load(file)
+        qt = json.loads(str(z["quality_temperature"])) if "quality_temperature" in z else None
+        probes[name] = ({k: z[k] for k in ("mean", "std", "weight", "bias")}, float(z["temperature"]), factors(qt))
+    return probes
+
+
+def validation_speakers(plan, val) -> dict[str, np.ndarray]:
+    """Each validation condition's clips' speakers, in the order :func:`cached_features` returns them."""
+    ev = evaluation_rows(plan.val)
+    out = {}
+    for cond, (_, y, _) in val.items():
+        rows = plan.val if cond == "clean" else ev
+        if len(rows) != len(y):
+            sys.exit(f"{cond}: {len(y)} of {len(rows)} clips cached; run `python -m benchmarks.robustness cache`")
+        out[cond] = np.array([r.speaker for r in rows])
+    return out
+
+
+def fit_calibration(logits: dict, val: dict, flags: dict, keep: dict | None = None) -> tuple[float, np.ndarray]:
+    """A temperature and a factor per quality issue (``nll_quality_temperature``) over every validation condition
+    together (``keep``: a boolean mask per condition, the clips to fit on)."""
+    from emovox.training.evaluation import nll_quality_temperature
+
+    def cat(parts: dict) -> np.ndarray:
+        return np.concatenate([v if keep is None else v[keep[c]] for c, v in parts.items()])
+
+    return nll_quality_temperature(cat(logits), cat({c: v[1] for c, v in val.items()}), cat(flags))
+
+
+def clip_temperatures(t: float, factors: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Each clip's temperature ``(n, 1)``: ``t`` times the factors of its quality issues."""
+    return (t * np.prod(np.where(flags, factors, 1.0), axis=1))[:, None]
+
+
+def calibrated_scores(probe, val: dict, flags: dict, speakers: dict) -> tuple[float, dict, dict]:
+    """Fit the probe's calibration (temperature and quality factors) on every validation condition and score it.
+    Each condition also gets ``ece_crossfit`` (calibration fit on the other half of the validation speakers,
+    so no clip is scored by a calibration fit on it) and ``ece_one_temperature`` (one temperature, no factors)."""
+    from emovox.degrade.multicondition import probe_logits
+    from emovox.degrade.quality import QUALITY_KINDS
+    from emovox.training.evaluation import expected_calibration_error, nll_temperature, softmax
+
+    logits = {c: probe_logits(probe, x) for c, (x, _, _) in val.items()}
+    t, factors = fit_calibration(logits, val, flags)
+    scores = {c: condition_scores(logits[c], y, corp, clip_temperatures(t, factors, flags[c]))
+              for c, (_, y, corp) in val.items()}
+    half = {s: i % 2 for i, s in enumerate(sorted({s for v in speakers.values() for s in v}))}
+    cross = {c: np.ones((len(v), 1)) for c, v in speakers.items()}
+    for h in (0, 1):
+        fit_on = {c: np.array([half[s] != h for s in v]) for c, v in speakers.items()}
+        th, fh = fit_calibration(logits, val, flags, fit_on)
+        for c in val:
+            cross[c][~fit_on[c]] = clip_temperatures(th, fh, flags[c][~fit_on[c]])
+    one = nll_temperature(np.concatenate(list(logits.values())), np.concatenate([v[1] for v in val.values()]))
+    for c, (_, y, _) in val.items():
+        scores[c]["ece_crossfit"] = expected_calibration_error(softmax(logits[c], cross[c]), y)
+        scores[c]["ece_one_temperature"] = expected_calibration_error(softmax(logits[c], one), y)
+    return t, dict(zip(QUALITY_KINDS, map(float, factors))), scores
 
 
 def cmd_fit(args) -> None:
@@ -225,6 +291,7 @@ def cmd_fit(args) -> None:
 
     plan, labels, encoder, cache = setup(args.data, args.threads)
     train, val = cached_features(plan, labels, cache, max(args.copies))
+    speakers, flags = validation_speakers(plan, val), condition_quality(plan, args.out)
     print(f"validation conditions cached: {len(val)}; training copies: "
           + ", ".join(f"{k}: {len(v[1])}" for k, v in train.items()), flush=True)
     shipped = encoder.model.probe_parameters()
@@ -240,14 +307,14 @@ def cmd_fit(args) -> None:
         for c in (args.c or PROBE_C):
             t0 = time.perf_counter()
             probe = fit_probe(x, y, len(labels), c)
-            temperature = calibrate(probe, val)
-            scores = score_probe(probe, val, temperature)
+            temperature, factors, scores = calibrated_scores(probe, val, flags, speakers)
             name = f"K={k} C={c:g}"
-            results[name] = {"scores": scores, "temperature": temperature, "copies": k, "C": c,
-                             "selection": selection_score(scores)}
-            np.savez(args.out / f"probe K{k} C{c:g}.npz", **probe, temperature=temperature)
+            results[name] = {"scores": scores, "temperature": temperature, "quality_temperature": factors,
+                             "copies": k, "C": c, "selection": selection_score(scores)}
+            np.savez(args.out / f"probe K{k} C{c:g}.npz", **probe, temperature=temperature,
+                     quality_temperature=json.dumps(factors))
             print(f"{name}: clean {scores['clean']['uar_mean3']:.1f}, selection {selection_score(scores):.2f}, "
-                  f"T {temperature:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"T {temperature:.2f}, factors {factors} ({time.perf_counter() - t0:.0f} s)", flush=True)
     (args.out / "fit.json").write_text(json.dumps(results, indent=1))
     print_table(results, list(val))
 
@@ -288,6 +355,26 @@ def degraded_waves(ev, val_rows, spec):
         return waves
     d = condition_degrader(spec, val_rows)
     return [d.degrade(w, copy_seed(str(r.path), "eval", 0), speaker=r.speaker)[0] for w, r in zip(waves, ev)]
+
+
+def condition_quality(plan, out: Path, progress: bool = True) -> dict[str, np.ndarray]:
+    """Which of ``QUALITY_KINDS`` :func:`emovox.degrade.quality.measure_quality` flags for every evaluation clip under
+    every condition (``{condition: bool (n_clips, 4)}``), the clips degraded as the cache's entries were; kept in
+    ``out/quality.npz``, one condition at a time, so a stopped run resumes."""
+    from emovox.degrade.quality import QUALITY_KINDS, measure_quality
+
+    file = out / "quality.npz"
+    done = dict(np.load(file)) if file.is_file() else {}
+    for name, spec in CONDITIONS:
+        if name not in done:
+            rows = plan.val if spec is None else evaluation_rows(plan.val)
+            flags = [measure_quality(w).kinds for w in degraded_waves(rows, plan.val, spec)]
+            done[name] = np.array([[k in f for k in QUALITY_KINDS] for f in flags])
+            np.savez(file, **done)
+            if progress:
+                print(f"quality, {name}: " + ", ".join(f"{k} {m:.0%}" for k, m in zip(QUALITY_KINDS, done[name].mean(0))),
+                      flush=True)
+    return done
 
 
 def egemaps_svm(plan, labels, seed: int = 0, n_train: int = 3000):
@@ -338,11 +425,8 @@ def cmd_table(args) -> None:
     plan, labels, encoder, cache = setup(args.data, args.threads)
     train, val = cached_features(plan, labels, cache, 0)
     ev = evaluation_rows(plan.val)
-    probes = {"default (shipped)": (encoder.model.probe_parameters(), encoder.model.temperature)}
-    for item in args.probe:
-        name, _, file = item.partition("=")
-        z = np.load(file)
-        probes[name] = ({k: z[k] for k in ("mean", "std", "weight", "bias")}, float(z["temperature"]))
+    probes = named_probes(encoder, args.probe)
+    flags = condition_quality(plan, args.out)
     table = args.out / "table.json"  # earlier rows are kept: peers measured once, probes added later
     results = json.loads(table.read_text()) if table.is_file() else {}
     results.update({name: {"scores": {}} for name in [*probes, *args.peers]})
@@ -353,8 +437,9 @@ def cmd_table(args) -> None:
         if cond not in val:
             continue
         x, y, corp = val[cond]
-        for name, (probe, t) in probes.items():
-            results[name]["scores"][cond] = condition_scores(probe_logits(probe, x), y, corp, t)
+        for name, (probe, t, factors) in probes.items():
+            results[name]["scores"][cond] = condition_scores(probe_logits(probe, x), y, corp,
+                                                             clip_temperatures(t, factors, flags[cond]))
         if args.peers:
             rows = plan.val if cond == "clean" else ev
             waves = degraded_waves(rows, plan.val, spec)
@@ -394,19 +479,16 @@ def cmd_adapt(args) -> None:
     smallest = min(n for _, _, corp in val.values() for n in np.unique(corp, return_counts=True)[1])
     if smallest < MIN_ADAPTATION_CLIPS:
         sys.exit(f"a (corpus, condition) group has {smallest} clips, fewer than --adapt takes ({MIN_ADAPTATION_CLIPS})")
-    probes = {"default (shipped)": (encoder.model.probe_parameters(), encoder.model.temperature)}
-    for item in args.probe:
-        name, _, file = item.partition("=")
-        z = np.load(file)
-        probes[name] = ({k: z[k] for k in ("mean", "std", "weight", "bias")}, float(z["temperature"]))
+    probes = named_probes(encoder, args.probe)
+    flags = condition_quality(plan, args.out)
     results = {}
-    for name, (probe, t) in probes.items():
+    for name, (probe, t, factors) in probes.items():
         for mode in ("as trained", "adapted"):
             key = f"{name}, {mode}"
             results[key] = {"scores": {}}
             for cond, (x, y, corp) in val.items():
                 z = probe_logits(probe, x) if mode == "as trained" else adapted_logits(probe, x, corp)
-                results[key]["scores"][cond] = condition_scores(z, y, corp, t)
+                results[key]["scores"][cond] = condition_scores(z, y, corp, clip_temperatures(t, factors, flags[cond]))
     (args.out / "adapt.json").write_text(json.dumps(results, indent=1))
     conditions = list(val)
     print_table(results, conditions)
@@ -433,6 +515,7 @@ def cmd_ship(args) -> None:
     z = np.load(args.probe)
     probe = {k: z[k] for k in ("mean", "std", "weight", "bias")}
     temperature = float(z["temperature"])
+    quality_temperature = json.loads(str(z["quality_temperature"])) if "quality_temperature" in z else None
     src = encoder.model.path.parent.parent
     staging = Path(tempfile.mkdtemp(prefix=".ship-", dir=args.out.parent))
     try:  # a failure leaves the shipped folder as it was and no staging folder beside it
@@ -444,7 +527,7 @@ def cmd_ship(args) -> None:
             net.pooled_mean.copy_(torch.from_numpy(probe["mean"]))
             net.pooled_std.copy_(torch.from_numpy(probe["std"]))
         net.set_linear(probe["weight"], probe["bias"])
-        save_model(staging, net, {**loaded.config, "temperature": temperature})
+        save_model(staging, net, {**loaded.config, "temperature": temperature, "quality_temperature": quality_temperature})
         _, val = cached_features(plan, labels, cache, 0)
         x, y, _ = val["clean"]
         if len(y) < len(plan.val):  # the report must describe every validation clip, not what happens to be cached
@@ -453,7 +536,7 @@ def cmd_ship(args) -> None:
         metrics = compute_metrics(y, probe_logits(probe, x).argmax(axis=1), labels)
         write_report(staging, {**metrics, "split": "val", "split_kind": "speaker"}, title="default, validation speakers")
         meta = json.loads((staging / "model_meta.json").read_text())
-        meta.update({"temperature": temperature, "command": " ".join(["python -m benchmarks.robustness", *sys.argv[1:]]),
+        meta.update({"temperature": temperature, "quality_temperature": quality_temperature, "command": " ".join(["python -m benchmarks.robustness", *sys.argv[1:]]),
                      "augment": json.loads(args.augment_note) if args.augment_note else None})
         (staging / "model_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         build_runtime(staging)

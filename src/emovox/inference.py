@@ -32,9 +32,9 @@ from emovox.defaults import (
     MIN_ADAPTATION_CLIPS,
     RUNTIME_DIR,
 )
-from emovox.degrade.quality import measure_quality
+from emovox.degrade.quality import check_quality_temperature, measure_quality, temperature_factor
 from emovox.errors import AdaptationError, ModelLoadError
-from emovox.runtime.answers import Prediction, Timeline, merge_segments, softmax
+from emovox.runtime.answers import Prediction, Timeline, merge_segments, retemper, softmax
 from emovox.runtime.streaming import StreamingSession
 
 DEFAULT_MODEL = "default"
@@ -121,6 +121,11 @@ class EmotionModel:
         self.threshold = threshold
         self.max_duration_s = max_duration_s
         self._maps: dict[Any, LabelMap] = {}
+        try:  # the ONNX backend reads model_config.json as it is: check it here too
+            self.quality_temperature = check_quality_temperature(self.config.get("quality_temperature"),
+                                                                 f"{path or name}: ")
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
 
     # -- properties
     @property
@@ -167,6 +172,9 @@ class EmotionModel:
                                    quality=measure_quality(wave, self.sample_rate_hz))
 
     def _to_prediction(self, probs: np.ndarray, labels=None, *, silent: bool = False, quality=None) -> Prediction:
+        """The answer from calibrated probabilities; with the recording's ``quality``, at the temperature for its
+        issues (the model's ``quality_temperature``)."""
+        probs = retemper(probs, temperature_factor(quality, self.quality_temperature))
         unsupported: tuple[str, ...] = ()
         if labels is not None:
             lm = self._label_map(labels)

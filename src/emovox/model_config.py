@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from emovox import __version__
+from emovox.degrade.quality import check_quality_temperature
 from emovox.errors import ModelLoadError
 from emovox.features import FeatureConfig, FeatureStats
 
@@ -48,12 +49,15 @@ class ModelConfig:
     training: dict[str, Any] | None = None
     #: Provenance: what ``emovox adapt`` changed (``emovox.training.adaptation``).
     adaptation: dict[str, Any] | None = None
+    #: Calibration under poor input: ``{kind: factor}``, the temperature multiplied by the factor of each of a
+    #: recording's quality issues (:mod:`emovox.degrade.quality`); fitted on degraded validation clips.
+    quality_temperature: dict[str, float] | None = None
     #: Export metadata (Core ML author and licence), when the model sets its own.
     author: str | None = None
     license: str | None = None
 
     #: Written only when set (older files have none of them).
-    _OPTIONAL = ("training", "adaptation", "author", "license")
+    _OPTIONAL = ("training", "adaptation", "quality_temperature", "author", "license")
 
     @classmethod
     def from_dict(cls, d: Any, *, source: Any = None) -> ModelConfig:
@@ -71,6 +75,10 @@ class ModelConfig:
             raise ModelLoadError(f"{where}model config lacks {', '.join(map(repr, missing))}")
         if not d["labels"]:
             raise ModelLoadError(f"{where}model config has no labels")
+        try:
+            check_quality_temperature(d.get("quality_temperature"), where)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
         return cls(model=_model_spec(d["model"], where), features=_features(d["features"], where),
                    labels=[str(x) for x in d["labels"]],
                    normalization=_stats(d.get("normalization"), where),

@@ -184,3 +184,58 @@ def test_quality_flags_say_why(speech):
     quiet = measure_quality(parse_spec("gain:-40").degrade(speech, seed=0)[0])
     assert any("quiet" in s for s in quiet.issues)
     assert measure_quality(np.zeros(SR, np.float32)).snr_db <= 60  # silence: no crash
+
+
+def test_quality_kinds_name_each_issue(speech):
+    from emovox.degrade.quality import QUALITY_KINDS
+
+    assert measure_quality(speech).kinds == ()
+    assert measure_quality(parse_spec("pink:0").degrade(speech, seed=0)[0]).kinds == ("noisy",)
+    assert measure_quality(parse_spec("gain:-40").degrade(speech, seed=0)[0]).kinds == ("quiet",)
+    assert measure_quality(parse_spec("telephone").degrade(speech, seed=0)[0]).kinds == ("narrowband",)
+    assert set(QUALITY_KINDS) == {"noisy", "quiet", "clipped", "narrowband"}
+
+
+@pytest.mark.parametrize("value, words", [
+    ([1.5], "must be an object"),
+    ({"echo": 1.5}, "unknown kind 'echo'; known: noisy, quiet, clipped, narrowband"),
+    ({"noisy": "big"}, "quality_temperature['noisy'] must be a number"),
+    ({"noisy": float("nan")}, "must be a number in [0.2, 5.0]"),
+    ({"noisy": 50.0}, "must be a number in [0.2, 5.0]"),
+    ({"noisy": True}, "must be a number"),
+])
+def test_bad_quality_temperature_is_refused_naming_the_problem(value, words):
+    from emovox.degrade.quality import check_quality_temperature
+
+    with pytest.raises(ValueError) as e:
+        check_quality_temperature(value, "model_config.json: ")
+    assert words in str(e.value) and str(e.value).startswith("model_config.json: ")
+    assert check_quality_temperature({"narrowband": 1.4, "quiet": 1}, "") == {"narrowband": 1.4, "quiet": 1.0}
+    assert check_quality_temperature(None) is None
+
+
+def test_retemper_is_softmax_at_the_multiplied_temperature():
+    from emovox.runtime.answers import retemper, softmax
+
+    z = np.random.default_rng(0).normal(size=(5, 7)) * 3
+    for f in (0.5, 1.0, 1.7, 4.0):
+        np.testing.assert_allclose(retemper(softmax(z, 1.3), f), softmax(z, 1.3 * f), atol=1e-12)
+
+
+def test_quality_temperature_fit_recovers_known_factors():
+    """Clips whose true temperature is 2 x 1.5 when flagged narrowband: the fit finds T 2 and factor 1.5; an
+    issue no clip has keeps factor 1."""
+    from emovox.training.evaluation import nll_quality_temperature
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    z = rng.normal(size=(n, 6)) * 4
+    flags = np.zeros((n, 4), bool)
+    flags[: n // 2, 3] = True
+    t_true = 2.0 * np.where(flags[:, 3], 1.5, 1.0)[:, None]
+    p = np.exp(z / t_true)
+    p /= p.sum(1, keepdims=True)
+    y = (rng.random((n, 1)) > np.cumsum(p, 1)).sum(1).clip(max=5)
+    t, factors = nll_quality_temperature(z, y, flags)
+    assert t == pytest.approx(2.0, rel=0.05) and factors[3] == pytest.approx(1.5, rel=0.05)
+    assert factors[:3] == pytest.approx([1.0, 1.0, 1.0])

@@ -117,3 +117,35 @@ def test_answers_carry_the_recordings_quality_and_a_raised_threshold_when_it_is_
     assert noisy.quality.poor and noisy.effective_threshold == pytest.approx(model.threshold + 0.15)
     if noisy.low_confidence:
         assert "for this recording (noisy" in noisy.warning
+
+
+def test_quality_temperature_softens_answers_on_the_issues_it_names(tmp_path):
+    """A model folder's quality_temperature: a narrowband clip's scores are softmax at T x its factor, a clean clip's
+    are as before; a hostile value in model_config.json is refused at load, naming the file and the problem."""
+    from emovox.audio import load_audio
+    from emovox.degrade import parse_spec
+    from emovox.modelio import load_model_dir, save_model
+    from emovox.runtime.answers import retemper
+
+    src = resolve_model_path("crnn")[1]
+    plain = emovox.load_model(src, backend="torch")
+    folder = tmp_path / "crnn"
+    shutil.copytree(src, folder)
+    loaded = load_model_dir(folder)
+
+    def write(quality_temperature):  # weights, config and labels, as a training run writes them
+        save_model(folder, loaded.pipeline.model, {**loaded.config, "quality_temperature": quality_temperature})
+
+    write({"narrowband": 2.5})
+    model = emovox.load_model(folder, backend="torch")
+    assert model.quality_temperature == {"narrowband": 2.5}
+    phone, _ = parse_spec("telephone").degrade(load_audio(EXAMPLE), seed=0)
+    a, b = plain.predict(phone, sample_rate_hz=16000), model.predict(phone, sample_rate_hz=16000)
+    assert b.quality.kinds == ("narrowband",)
+    np.testing.assert_allclose(list(b.scores.values()), retemper(np.array(list(a.scores.values())), 2.5), atol=1e-5)
+    assert b.score < a.score
+    np.testing.assert_allclose(list(model.predict(EXAMPLE).scores.values()),
+                               list(plain.predict(EXAMPLE).scores.values()), atol=1e-5)
+    write({"noisy": -1})
+    with pytest.raises(ModelLoadError, match=r"quality_temperature\['noisy'\] must be a number in \[0.2, 5.0\]"):
+        emovox.load_model(folder, backend="torch")

@@ -8,6 +8,7 @@ make a recording *poor* live here and nowhere else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,6 +20,9 @@ QUIET_DBFS = -45.0  # speech level below this is very quiet
 CLIPPED_FRACTION = 0.01  # more than 1 % of samples on a plateau at the peak
 NARROWBAND_HZ = 4500.0  # nothing within 60 dB of the spectrum's peak above this: a telephone line or 8 kHz
 BANDWIDTH_FLOOR_DB = 60.0
+#: What can make a recording poor, in the order ``issues`` lists them (the keys of a model's ``quality_temperature``).
+QUALITY_KINDS = ("noisy", "quiet", "clipped", "narrowband")
+QUALITY_FACTOR_RANGE = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class InputQuality:
     @property
     def poor(self) -> bool:
         return bool(self.issues)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Which of ``QUALITY_KINDS`` the issues are (the words before each issue's figures)."""
+        return tuple(k for k in QUALITY_KINDS if any(k in issue.split(" (")[0] for issue in self.issues))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,3 +102,31 @@ def measure_quality(wave: np.ndarray, sample_rate_hz: int = 16000) -> InputQuali
     if 0 < bandwidth < NARROWBAND_HZ:
         issues.append(f"narrowband (nothing above {bandwidth:.0f} Hz: telephone or 8 kHz)")
     return InputQuality(snr, speech_dbfs, clipped, bandwidth, tuple(issues))
+
+
+def check_quality_temperature(value, where: str = "") -> dict[str, float] | None:
+    """A model's ``quality_temperature`` (``{kind: factor}``: its temperature is multiplied by each factor whose kind
+    is among a recording's issues), checked: kinds from ``QUALITY_KINDS``, factors finite within
+    ``QUALITY_FACTOR_RANGE``. ``None`` stays ``None``; anything else raises ``ValueError`` naming the problem."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}quality_temperature must be an object {{kind: factor}}, got {type(value).__name__}")
+    lo, hi = QUALITY_FACTOR_RANGE
+    out = {}
+    for kind, factor in value.items():
+        if kind not in QUALITY_KINDS:
+            raise ValueError(f"{where}quality_temperature: unknown kind {kind!r}; known: {', '.join(QUALITY_KINDS)}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
+                or not lo <= factor <= hi:
+            raise ValueError(f"{where}quality_temperature[{kind!r}] must be a number in [{lo}, {hi}], got {factor!r}")
+        out[kind] = float(factor)
+    return out
+
+
+def temperature_factor(quality: InputQuality | None, factors: dict[str, float] | None) -> float:
+    """How much a model's temperature grows for this recording: the product of its factors for the recording's
+    issues (1.0 for a good recording or a model without ``quality_temperature``)."""
+    if quality is None or not factors:
+        return 1.0
+    return float(np.prod([factors.get(kind, 1.0) for kind in quality.kinds]))

@@ -79,6 +79,15 @@ class Prediction:
         }
 
 
+def retemper(probs: np.ndarray, factor: float) -> np.ndarray:
+    """Probabilities at ``factor`` times their temperature: ``softmax(z / T)`` becomes ``softmax(z / (T * factor))``
+    without the logits, since ``softmax(z / (T f)) ∝ softmax(z / T) ** (1 / f)``."""
+    if factor == 1.0:
+        return probs
+    p = np.power(np.asarray(probs, dtype=np.float64), 1.0 / factor)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)

@@ -139,6 +139,34 @@ def nll_temperature(logits: np.ndarray, y_true: Sequence[int], *, max_iter: int 
     return t if np.isfinite(t) and 0.01 <= t <= 100 else 1.0
 
 
+def nll_quality_temperature(logits: np.ndarray, y_true: Sequence[int], flags: np.ndarray, *,
+                            max_iter: int = 200) -> tuple[float, np.ndarray]:
+    """A temperature T and a factor per quality issue minimising the NLL of ``softmax(logits / (T * prod(factors
+    of the clip's issues)))``: ``flags`` is a boolean ``(n, n_issues)`` (``emovox.degrade.quality.QUALITY_KINDS``
+    order). LBFGS on the logs; an issue no clip has keeps factor 1; factors are clipped to the range a model
+    file accepts (``QUALITY_FACTOR_RANGE``). Returns ``(T, factors)``."""
+    from emovox.degrade.quality import QUALITY_FACTOR_RANGE
+
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
+    f = torch.as_tensor(np.asarray(flags), dtype=torch.float64)
+    logs = torch.zeros(1 + f.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([logs], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        t = torch.exp(logs[0] + f @ logs[1:])
+        loss = nn.functional.cross_entropy(z / t[:, None], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t, factors = float(logs[0].detach().exp()), logs[1:].detach().exp().numpy()
+    if not (np.isfinite(t) and 0.01 <= t <= 100):
+        return nll_temperature(logits, y_true, max_iter=max_iter), np.ones(f.shape[1])
+    return t, np.clip(np.nan_to_num(factors, nan=1.0), *QUALITY_FACTOR_RANGE)
+
+
 def fit_temperature(logits: np.ndarray, y_true: Sequence[int], *, max_iter: int = 200) -> float:
     """The NLL-optimal temperature (:func:`nll_temperature`), kept only where it does not raise the top-label
     ECE on the same clips; otherwise 1.0. On small validation sets the NLL optimum can over-sharpen (one
