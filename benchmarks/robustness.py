@@ -229,15 +229,18 @@ def named_probes(encoder, items: list[str]) -> dict[str, tuple[dict, float, np.n
     return probes
 
 
-def validation_speakers(plan, val) -> dict[str, np.ndarray]:
-    """Each validation condition's clips' speakers, in the order :func:`cached_features` returns them."""
+def validation_folds(plan, val) -> dict[str, np.ndarray]:
+    """Each validation condition's clips' fold (0 or 1, from the clip's path: a clip is in the same fold under every
+    condition), in the order :func:`cached_features` returns them."""
+    import zlib
+
     ev = evaluation_rows(plan.val)
     out = {}
     for cond, (_, y, _) in val.items():
         rows = plan.val if cond == "clean" else ev
         if len(rows) != len(y):
             sys.exit(f"{cond}: {len(y)} of {len(rows)} clips cached; run `python -m benchmarks.robustness cache`")
-        out[cond] = np.array([r.speaker for r in rows])
+        out[cond] = np.array([zlib.crc32(str(r.path).encode()) % 2 for r in rows])
     return out
 
 
@@ -249,7 +252,7 @@ def fit_calibration(logits: dict, val: dict, flags: dict, keep: dict | None = No
     def cat(parts: dict) -> np.ndarray:
         return np.concatenate([v if keep is None else v[keep[c]] for c, v in parts.items()])
 
-    return nll_quality_temperature(cat(logits), cat({c: v[1] for c, v in val.items()}), cat(flags))
+    return nll_quality_temperature(cat(logits), cat({c: v[1] for c, v in val.items()}), cat({c: flags[c] for c in val}))
 
 
 def clip_temperatures(t: float, factors: np.ndarray, flags: np.ndarray) -> np.ndarray:
@@ -257,10 +260,10 @@ def clip_temperatures(t: float, factors: np.ndarray, flags: np.ndarray) -> np.nd
     return (t * np.prod(np.where(flags, factors, 1.0), axis=1))[:, None]
 
 
-def calibrated_scores(probe, val: dict, flags: dict, speakers: dict) -> tuple[float, dict, dict]:
+def calibrated_scores(probe, val: dict, flags: dict, folds: dict) -> tuple[float, dict, dict]:
     """Fit the probe's calibration (temperature and quality factors) on every validation condition and score it.
-    Each condition also gets ``ece_crossfit`` (calibration fit on the other half of the validation speakers,
-    so no clip is scored by a calibration fit on it) and ``ece_one_temperature`` (one temperature, no factors)."""
+    Each condition also gets ``ece_crossfit`` (calibration fit on the other fold of clips, so no clip is scored by
+    a calibration fit on it) and ``ece_one_temperature`` (one temperature, no factors)."""
     from emovox.degrade.multicondition import probe_logits
     from emovox.degrade.quality import QUALITY_KINDS
     from emovox.training.evaluation import expected_calibration_error, nll_temperature, softmax
@@ -269,10 +272,9 @@ def calibrated_scores(probe, val: dict, flags: dict, speakers: dict) -> tuple[fl
     t, factors = fit_calibration(logits, val, flags)
     scores = {c: condition_scores(logits[c], y, corp, clip_temperatures(t, factors, flags[c]))
               for c, (_, y, corp) in val.items()}
-    half = {s: i % 2 for i, s in enumerate(sorted({s for v in speakers.values() for s in v}))}
-    cross = {c: np.ones((len(v), 1)) for c, v in speakers.items()}
+    cross = {c: np.ones((len(v), 1)) for c, v in folds.items()}
     for h in (0, 1):
-        fit_on = {c: np.array([half[s] != h for s in v]) for c, v in speakers.items()}
+        fit_on = {c: v != h for c, v in folds.items()}
         th, fh = fit_calibration(logits, val, flags, fit_on)
         for c in val:
             cross[c][~fit_on[c]] = clip_temperatures(th, fh, flags[c][~fit_on[c]])
@@ -291,7 +293,7 @@ def cmd_fit(args) -> None:
 
     plan, labels, encoder, cache = setup(args.data, args.threads)
     train, val = cached_features(plan, labels, cache, max(args.copies))
-    speakers, flags = validation_speakers(plan, val), condition_quality(plan, args.out)
+    folds, flags = validation_folds(plan, val), condition_quality(plan, args.out)
     print(f"validation conditions cached: {len(val)}; training copies: "
           + ", ".join(f"{k}: {len(v[1])}" for k, v in train.items()), flush=True)
     shipped = encoder.model.probe_parameters()
@@ -307,7 +309,7 @@ def cmd_fit(args) -> None:
         for c in (args.c or PROBE_C):
             t0 = time.perf_counter()
             probe = fit_probe(x, y, len(labels), c)
-            temperature, factors, scores = calibrated_scores(probe, val, flags, speakers)
+            temperature, factors, scores = calibrated_scores(probe, val, flags, folds)
             name = f"K={k} C={c:g}"
             results[name] = {"scores": scores, "temperature": temperature, "quality_temperature": factors,
                              "copies": k, "C": c, "selection": selection_score(scores)}
