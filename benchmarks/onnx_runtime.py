@@ -18,14 +18,16 @@ of ``benchmarks/train_default.py`` (top-1 agreement, UAR of each; the issue's ba
 padded-batch graph (``lengths`` input), both built now from the default model, on the same clips in one process,
 alternated round by round: ``predict_batch`` clips/s (decode included, batches of 16) and process CPU seconds per
 clip (less sensitive to other jobs on a shared machine), spinning or sleeping intra-op threads, ONNX Runtime's
-graph optimisation levels (the shipped sessions use all) and intra-op threads, and single-clip ``predict``
-latency; medians over the rounds.
+graph optimisation levels (the shipped sessions use all) and intra-op threads, clip lengths run one after another
+or two at once (the shipped runtime: 1-thread runs), and single-clip ``predict`` latency; medians over the rounds,
+the gain in clips/s as the median of each round's ratio to the first variant (before).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -171,18 +173,23 @@ def _torch_parity(paths, sess, manifest) -> dict:
     return {"clips": len(paths), "max_abs_logit_diff": max(diffs), "median": statistics.median(diffs)}
 
 
-BATCH_VARIANTS = {  # name: (graph, optimisation level, intra-op threads, spinning threads)
-    "per-length graph, 2 spinning threads (before)": ("old", "all", 2, True),
-    "batched graph, 2 spinning threads": ("batch", "all", 2, True),
-    "per-length graph, 2 threads not spinning (shipped)": ("old", "all", 2, False),
-    "batched graph, 2 threads not spinning": ("batch", "all", 2, False),
-    "batched, not spinning, basic optimisations only": ("batch", "basic", 2, False),
-    "batched, not spinning, extended optimisations": ("batch", "extended", 2, False),
-    "batched, 1 thread": ("batch", "all", 1, False),
+BATCH_VARIANTS = {  # name: (graph, optimisation level, intra-op threads, spinning threads, clips at once)
+    "per-length graph, 2 spinning threads (before)": ("old", "all", 2, True, "no"),
+    "batched graph, 2 spinning threads": ("batch", "all", 2, True, "no"),
+    "per-length graph, 2 threads not spinning (shipped 2026-12-07)": ("old", "all", 2, False, "no"),
+    "batched graph, 2 threads not spinning": ("batch", "all", 2, False, "no"),
+    "batched, not spinning, basic optimisations only": ("batch", "basic", 2, False, "no"),
+    "batched, not spinning, extended optimisations": ("batch", "extended", 2, False, "no"),
+    "batched, 1 thread": ("batch", "all", 1, False, "no"),
+    "per-length graph, 2 clips at once on 1-thread runs (shipped)": ("old", "all", 2, False, "1-thread"),
+    "per-length graph, 2 clips at once sharing the 2-thread session": ("old", "all", 2, False, "shared"),
 }
 
 
-def _variant_model(folders: dict, graph: str, level: str, threads: int, spin: bool):
+def _variant_model(folders: dict, graph: str, level: str, threads: int, spin: bool, at_once: str):
+    """``at_once``: ``"no"`` one clip length after another on the session; ``"1-thread"`` as many lengths at once
+    as threads, each on a 1-thread session with the same settings (the runtime's default); ``"shared"`` as many at
+    once on the variant's own session."""
     import onnxruntime as ort
 
     from emovox.inference import EmotionModel
@@ -190,66 +197,90 @@ def _variant_model(folders: dict, graph: str, level: str, threads: int, spin: bo
     from emovox.runtime.onnx_materialise import materialise
 
     m = OnnxModel(folders[graph], threads=threads)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    m.session = ort.InferenceSession(str(materialise(m.path, m.runtime)), opts, providers=["CPUExecutionProvider"])
+
+    def make(n_threads: int):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = n_threads, 1, 3
+        opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        return ort.InferenceSession(str(materialise(m.path, m.runtime)), opts, providers=["CPUExecutionProvider"])
+
+    m.session = make(threads)
+    m.clip_workers = 1 if at_once == "no" else threads
+    if at_once != "no":
+        m.worker_session = m.session if at_once == "shared" else make(1)
     return EmotionModel(m, name="default")
 
 
-def run_batch(n: int, rounds: int) -> dict:
-    """Per-length against batched graph (and the session settings) on the same clips, alternated."""
-    import resource
+def run_batch(n: int, rounds: int, only: list[int] | None = None) -> dict:
+    """Per-length against batched graph (and the session settings) on the same clips, alternated. ``only``: the
+    variants to run (numbers in :data:`BATCH_VARIANTS` from 1; the first, before, always runs)."""
     import shutil
     import tempfile
 
     from emovox.export.runtime_build import build_runtime
     from emovox.inference import resolve_model_path
 
-    def cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
     files = clips(n)
+    load = [os.getloadavg()[0]]
+    chosen = {k: v for i, (k, v) in enumerate(BATCH_VARIANTS.items(), 1) if only is None or i in only or i == 1}
     tmp = Path(tempfile.mkdtemp(prefix="emovox-batch-"))
     try:
         folders = {}
-        for graph in ("old", "batch"):
+        for graph in sorted({v[0] for v in chosen.values()}):
             shutil.copytree(resolve_model_path("default")[1], tmp / graph, ignore=shutil.ignore_patterns("onnx"))
             folders[graph] = build_runtime(tmp / graph, lengths_input=graph == "batch")
-        models = {k: _variant_model(folders, *v) for k, v in BATCH_VARIANTS.items()}
-        for m in models.values():  # warm-up: kernels, the file cache
-            m.predict_batch(files[:16])
-        speed = {k: [] for k in models}
-        per_clip = {k: [] for k in models}
-        latency = {k: [] for k in models}
-        for _ in range(rounds):
-            for k, m in models.items():
-                t, c = time.perf_counter(), cpu()
-                m.predict_batch(files, num_workers=2)
-                speed[k].append(len(files) / (time.perf_counter() - t))
-                per_clip[k].append((cpu() - c) / len(files))
-                for f in files[:5]:
-                    t = time.perf_counter()
-                    m.predict(f)
-                    latency[k].append(time.perf_counter() - t)
+        models = {k: _variant_model(folders, *v) for k, v in chosen.items()}
+        speed, per_clip, latency = _batch_rounds(models, files, rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = statistics.median(speed[next(iter(models))])
-    base_cpu = statistics.median(per_clip[next(iter(models))])
+    load.append(os.getloadavg()[0])
+    base = next(iter(models))
+
+    def ratio(k: str) -> float:  # each round against before in the same round: the load changes from round to round
+        return statistics.median(a / b for a, b in zip(speed[k], speed[base]))
+
     rows = [{"variant": k, "clips_per_s": statistics.median(speed[k]), "all_clips_per_s": speed[k],
-             "gain": statistics.median(speed[k]) / base, "cpu_ms_per_clip": 1000 * statistics.median(per_clip[k]),
-             "cpu_gain": base_cpu / statistics.median(per_clip[k]),
+             "gain": ratio(k), "cpu_ms_per_clip": 1000 * statistics.median(per_clip[k]),
+             "cpu_gain": statistics.median(per_clip[base]) / statistics.median(per_clip[k]),
              "latency_ms_median": 1000 * statistics.median(latency[k])} for k in models]
-    print("| variant | clips/s (median) | × before | CPU ms per clip | × before (CPU) | single clip (ms) |")
+    print("| variant | clips/s (median) | × before (median of rounds) | CPU ms per clip | × before (CPU) | "
+          "single clip (ms) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['clips_per_s']:.1f} | {r['gain']:.2f} | {r['cpu_ms_per_clip']:.0f} | "
               f"{r['cpu_gain']:.2f} | {r['latency_ms_median']:.0f} |")
-    return {"clips": len(files), "rounds": rounds, "rows": rows}
+    print(f"load average (1 min) at the start and the end: {load[0]:.2f}, {load[1]:.2f}")
+    return {"clips": len(files), "rounds": rounds, "rows": rows, "load_1min": load}
+
+
+def _batch_rounds(models: dict, files: list[Path], rounds: int) -> tuple[dict, dict, dict]:
+    """clips/s, process CPU seconds per clip and single-clip seconds of each variant, round by round; the order of
+    the variants is reversed every other round."""
+    import resource
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    for m in models.values():  # warm-up: kernels, the file cache
+        m.predict_batch(files[:16])
+    speed: dict = {k: [] for k in models}
+    per_clip: dict = {k: [] for k in models}
+    latency: dict = {k: [] for k in models}
+    for r in range(rounds):
+        for k in list(models)[:: 1 if r % 2 == 0 else -1]:
+            t, c = time.perf_counter(), cpu()
+            models[k].predict_batch(files, num_workers=2)
+            speed[k].append(len(files) / (time.perf_counter() - t))
+            per_clip[k].append((cpu() - c) / len(files))
+            for f in files[:3]:
+                t = time.perf_counter()
+                models[k].predict(f)
+                latency[k].append(time.perf_counter() - t)
+    return speed, per_clip, latency
 
 
 def main(argv=None) -> None:
@@ -260,13 +291,15 @@ def main(argv=None) -> None:
     ap.add_argument("--clips", type=int, default=120)
     ap.add_argument("--max-clips", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default=None, help="batch: the variants to run, numbered from 1 as listed in "
+                    "BATCH_VARIANTS (e.g. 3,8,9; the first always runs)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.what == "_child":
         print(json.dumps(_child_speed(a.rest[0], a.rest[1], int(a.rest[2]))))
         return
     if a.what == "batch":
-        res = run_batch(a.clips, a.rounds)
+        res = run_batch(a.clips, a.rounds, [int(v) for v in a.variants.split(",")] if a.variants else None)
     else:
         res = run_speed(a.models.split(","), a.clips) if a.what == "speed" else run_quant(a.max_clips)
     if a.json:

@@ -15,7 +15,9 @@ A model folder's runtime graphs (``<model>/onnx/``, with ``runtime.json``; writt
 There the graph may refer to a packaged encoder's weights instead of holding them; they are filled in
 once and cached (:mod:`emovox.runtime.onnx_materialise`). Clips shorter than the graph's ``min_samples`` are
 zero-padded to it (as the PyTorch model does) and clips longer than ``max_samples`` run in windows.
-Sessions are created once per process and file (:func:`session`).
+Sessions are created once per process and file (:func:`session`). Work of several clip lengths (a batch from
+``predict_batch``) runs its lengths concurrently, one clip length per worker on a 1-intra-op-thread session, a worker
+per thread (:attr:`OnnxModel.clip_workers`); one clip runs alone on the session with all the threads.
 
 The graph holds the whole front-end (STFT as a convolution, mel, log, crop/pad, zero-frame
 skipping, normalisation), so it takes raw 16 kHz mono samples in [-1, 1].
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +114,27 @@ class OnnxModel:
 
     ``path``: an export folder (its ``emotion_waveform.onnx``, or the int8 file with
     ``quantized=True``) or a ``.onnx`` file. ``threads``: onnxruntime intra-op threads
-    (``None``: onnxruntime's default).
+    (``None``: the cores this process may use).
+
+    ``clip_workers``: how many clip lengths run at once when a call holds several (a graph without a ``lengths``
+    input runs one clip length per session run): ``threads`` workers by default (1 off the CPU), each on a session
+    with one intra-op thread (:attr:`worker_session`), so on 2 cores two clips run side by side with no
+    synchronisation between operators; 1 runs them one after another on the ``threads``-thread session. Each clip's
+    logits are the 1-thread session's, bit for bit, however many workers run and in whatever order; against the
+    ``threads``-thread session (one clip alone) they differ by float rounding only (a few 1e-6). The 1-thread
+    session holds its own copy of the weights (the default model: about 120 MB more at peak), made on first use.
     """
 
     def __init__(self, path: str | os.PathLike, *, quantized: bool = False, threads: int | None = None,
                  providers: list[str] | None = None):
         self.path = _find_model(Path(path), quantized=quantized)
         self.runtime = _read_runtime(self.path)
-        self.session = self._session(threads, providers)
+        self.threads = int(threads or default_threads())
+        self._providers = providers
+        self.session = self._session(self.threads, providers)
+        cpu_only = not providers or list(providers) == ["CPUExecutionProvider"]
+        self.clip_workers = self.threads if cpu_only else 1
+        self._worker_session: Any = None
         self.streaming = bool(self.runtime.get("streaming", False))
         self.min_samples = int(self.runtime.get("min_samples") or 1)
         self.max_samples = self.runtime.get("max_samples")
@@ -199,21 +215,35 @@ class OnnxModel:
         info = self.runtime.get("stream")
         return OnnxFrameStepper(self.path.parent, info, len(self.labels)) if info else None
 
-    def _session(self, threads: int | None, providers: list[str] | None):
+    def _session(self, threads: int, providers: list[str] | None):
         spinning = bool(self.runtime.get("intra_op_spinning", True))
+        self._loadable = self.path
         if not self.runtime.get("external_weights"):
             return session(self.path, threads=threads, providers=providers, spinning=spinning)
         from emovox.runtime.onnx_materialise import (
             materialise,  # a graph that refers to packaged encoder weights
         )
 
-        built = materialise(self.path, self.runtime)
+        self._loadable = materialise(self.path, self.runtime)
         try:
-            return session(built, threads=threads, providers=providers, spinning=spinning)
+            return session(self._loadable, threads=threads, providers=providers, spinning=spinning)
         except OnnxModelError:  # a damaged cached copy (a full disk, an edit): build it again, once
-            built.unlink(missing_ok=True)
-            return session(materialise(self.path, self.runtime), threads=threads, providers=providers,
-                           spinning=spinning)
+            self._loadable.unlink(missing_ok=True)
+            self._loadable = materialise(self.path, self.runtime)
+            return session(self._loadable, threads=threads, providers=providers, spinning=spinning)
+
+    @property
+    def worker_session(self):
+        """The session the concurrent clip workers share: the same graph with one intra-op thread (created on
+        first use; the same session object as ``threads=1`` gets). Assign another session to change it."""
+        if self._worker_session is None:
+            self._worker_session = session(self._loadable, threads=1, providers=self._providers,
+                                           spinning=bool(self.runtime.get("intra_op_spinning", True)))
+        return self._worker_session
+
+    @worker_session.setter
+    def worker_session(self, value) -> None:
+        self._worker_session = value
 
     def _metadata(self) -> dict[str, Any]:
         if self.runtime:
@@ -281,23 +311,34 @@ class OnnxModel:
             for i in np.flatnonzero(long):  # past the graph's longest input: windows, one clip at a time
                 out[i] = self._run(x[i : i + 1, : int(n[i])], output)[0]
             return out
-        for length in np.unique(n):
-            idx = np.flatnonzero(n == length)
-            out[idx] = self._run(x[idx, :length], output)
+        groups = [np.flatnonzero(n == length) for length in np.unique(n)]
+        if len(groups) == 1 or self.clip_workers < 2:
+            for idx in groups:
+                out[idx] = self._run(x[idx, : n[idx[0]]], output)
+            return out
+        sess = self.worker_session  # several lengths: one per worker, each on a 1-thread run, in any order
+
+        def run(idx: np.ndarray) -> np.ndarray:
+            return self._run(x[idx, : n[idx[0]]], output, sess=sess)
+
+        with ThreadPoolExecutor(max_workers=min(self.clip_workers, len(groups))) as pool:
+            for idx, rows in zip(groups, pool.map(run, groups)):  # onnxruntime releases the GIL in run
+                out[idx] = rows
         return out
 
-    def _run(self, x: np.ndarray, output: str | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
+    def _run(self, x: np.ndarray, output: str | None = None, lengths: np.ndarray | None = None, *,
+             sess: Any = None) -> np.ndarray:
         output = output or self.output_name
         if x.shape[1] < self.min_samples:  # as the PyTorch model: zero-padded to the shortest input it takes
             x = np.pad(x, ((0, 0), (0, self.min_samples - x.shape[1])))
         if self.max_samples and x.shape[1] > self.max_samples:
-            return self._run_windows(x, int(self.max_samples), output)
+            return self._run_windows(x, int(self.max_samples), output, sess)
         feed = {self.input_name: np.ascontiguousarray(x)}
         if self.lengths_input:  # without lengths: a batch of one length, every clip whole
             feed["lengths"] = lengths if lengths is not None else np.full(x.shape[0], x.shape[1], np.int64)
-        return self.session.run([output], feed)[0]
+        return (sess if sess is not None else self.session).run([output], feed)[0]
 
-    def _run_windows(self, x: np.ndarray, size: int, output: str) -> np.ndarray:
+    def _run_windows(self, x: np.ndarray, size: int, output: str, sess: Any = None) -> np.ndarray:
         """A clip longer than the graph takes: consecutive windows of ``size`` samples (the last one ending at
         the clip's end), logits averaged weighted by the new samples each window adds (runtime.json's
         ``long_clips`` says how this relates to the PyTorch model)."""
@@ -309,7 +350,7 @@ class OnnxModel:
         covered = 0
         for s in starts:
             new = s + size - covered  # samples not counted yet (the last window overlaps the one before)
-            total += new * self._run(x[:, s : s + size], output).astype(np.float64)
+            total += new * self._run(x[:, s : s + size], output, sess=sess).astype(np.float64)
             covered = s + size
         return (total / covered).astype(np.float32)
 

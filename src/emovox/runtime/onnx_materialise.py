@@ -24,6 +24,20 @@ from emovox.defaults import cache_env
 from emovox.errors import ModelLoadError
 
 CACHE_SUBDIR = "onnx"
+#: The rule a quantised graph ships under (``runtime.json``'s ``quantization`` other than ``"none"``): its top-1
+#: answers agree with the float32 graph's on at least this share of the validation clips ...
+MIN_QUANTISED_AGREEMENT = 0.99
+#: ... and its UAR there is within this of float32's (0.5 point).
+MAX_QUANTISED_UAR_CHANGE = 0.005
+
+
+def quantised_graph_ships(agreement: float, uar_float: float | None = None, uar_quantised: float | None = None) -> bool:
+    """Whether a quantised graph may ship instead of its float32 graph: top-1 agreement with float32 of at least
+    :data:`MIN_QUANTISED_AGREEMENT` and, where both UARs are given, a UAR within :data:`MAX_QUANTISED_UAR_CHANGE`
+    (``tests/runtime/test_onnx_runtime.py`` holds the shipped manifest to it; ``benchmarks.onnx_runtime quant``
+    and ``benchmarks.int8_static`` measure it on the validation speakers)."""
+    uar_ok = uar_float is None or uar_quantised is None or abs(uar_quantised - uar_float) <= MAX_QUANTISED_UAR_CHANGE
+    return agreement >= MIN_QUANTISED_AGREEMENT and uar_ok
 
 
 def cache_root() -> Path:
