@@ -306,18 +306,20 @@ def cmd_fit(args) -> None:
             print(f"K={k}: copies not all cached, skipped", flush=True)
             continue
         x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        # clean rows first: weighted clean_weight each, the copies 1 (the standardisation still counts rows)
+        weight = np.concatenate([np.full(len(p[1]), args.clean_weight if i == 0 else 1.0) for i, p in enumerate(parts)])
         for c in (args.c or PROBE_C):
             t0 = time.perf_counter()
-            probe = fit_probe(x, y, len(labels), c)
+            probe = fit_probe(x, y, len(labels), c, sample_weight=weight)
             temperature, factors, scores = calibrated_scores(probe, val, flags, folds)
-            name = f"K={k} C={c:g}"
+            name = f"K={k} C={c:g}" + (f" clean x{args.clean_weight:g}" if args.clean_weight != 1 else "")
             results[name] = {"scores": scores, "temperature": temperature, "quality_temperature": factors,
                              "copies": k, "C": c, "selection": selection_score(scores)}
-            np.savez(args.out / f"probe K{k} C{c:g}.npz", **probe, temperature=temperature,
+            np.savez(args.out / f"probe {name.replace('=', '').replace(' x', ' w')}.npz", **probe, temperature=temperature,
                      quality_temperature=json.dumps(factors))
             print(f"{name}: clean {scores['clean']['uar_mean3']:.1f}, selection {selection_score(scores):.2f}, "
                   f"T {temperature:.2f}, factors {factors} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    (args.out / "fit.json").write_text(json.dumps(results, indent=1))
+    (args.out / args.results).write_text(json.dumps(results, indent=1))
     print_table(results, list(val))
 
 
@@ -560,6 +562,9 @@ def main(argv=None) -> int:
                    help="numbers of degraded copies per training clip to compare (0: clean only)")
     f.add_argument("--c", type=lambda s: [float(x) for x in s.split(",")], default=None,
                    help="inverse L2 strengths (default: emovox's probe grid)")
+    f.add_argument("--results", default="fit.json", help="file name of the results under --out")
+    f.add_argument("--clean-weight", type=float, default=1.0,
+                   help="sample weight of the clean rows (the copies' is 1): K weights clean as all its copies")
     f.add_argument("--out", type=Path, default=Path("runs/robustness"))
     t = sub.add_parser("table", help="UAR and ECE per condition: the shipped default, saved probes, peers")
     t.add_argument("--probe", action="append", default=[], help="NAME=FILE.npz: a probe saved by 'fit'")

@@ -191,16 +191,18 @@ def pooled_rows(rows: Sequence[Any], cache: PooledStateCache, encoder: PooledEnc
     return (np.stack(out) if out else np.zeros((0, cache.size), np.float32)), kept
 
 
-def fit_probe(x_train: np.ndarray, y_train: np.ndarray, n_labels: int, c: float) -> dict[str, np.ndarray]:
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, n_labels: int, c: float,
+              sample_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The probe head fit on pooled rows: standardisation from these rows (their mix of clean and degraded
     copies), then a class-balanced multinomial logistic regression with inverse L2 strength ``c`` (scikit-learn's
-    L-BFGS); labels without clips get a -30 bias. Returns ``mean``, ``std``, ``weight``, ``bias``."""
+    L-BFGS); labels without clips get a -30 bias; ``sample_weight`` (e.g. clean rows weighted as much as all their
+    degraded copies) multiplies the class balancing. Returns ``mean``, ``std``, ``weight``, ``bias``."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x_train.mean(axis=0)
     std = np.maximum(x_train.std(axis=0), 1e-3)
     clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
-    clf.fit((x_train - mean) / std, y_train)
+    clf.fit((x_train - mean) / std, y_train, sample_weight=sample_weight)
     weight, bias = np.zeros((n_labels, x_train.shape[1])), np.full(n_labels, -30.0)
     weight[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
     return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "weight": weight.astype(np.float32),
