@@ -101,10 +101,10 @@ def condition_degrader(spec: str, val_rows):
                       room_bank="eval")
 
 
-def training_degrader(train_rows):
+def training_degrader(train_rows, preset: str = TRAIN_PRESET):
     from emovox.degrade import parse_spec
 
-    return parse_spec(TRAIN_PRESET, babble=[str(r.path) for r in train_rows],
+    return parse_spec(preset, babble=[str(r.path) for r in train_rows],
                       babble_speakers=[r.speaker for r in train_rows])
 
 
@@ -128,6 +128,9 @@ def cmd_cache(args) -> None:
                     progress=_progress(f"training, {TRAIN_PRESET} copy {copy}"))
         if copy == 0:  # the rest of the table before more copies: a stopped job has the table's rows first
             cache_conditions(rest, ev, plan.val, cache, encoder)
+    for preset, copy in args.extra:  # a copy of another preset, e.g. phone:2 (its own seeds: copy number 2)
+        pooled_rows(shuffled, cache, encoder, degrader=training_degrader(plan.train, preset), namespace="train",
+                    copy=copy, progress=_progress(f"training, {preset} copy {copy}"))
 
 
 def cache_conditions(conditions, ev, val_rows, cache, encoder) -> None:
@@ -138,9 +141,10 @@ def cache_conditions(conditions, ev, val_rows, cache, encoder) -> None:
                     progress=_progress(f"validation, {name}"))
 
 
-def cached_features(plan, labels, cache, copies: int):
-    """Everything the cache holds for the fit: training rows clean + each copy, validation clean + each condition.
-    Returns ``(train, val)``: train ``{copy: (x, y)}`` (copy -1 is clean), val ``{condition: (x, y, corpora)}``."""
+def cached_features(plan, labels, cache, copies: int, extra=()):
+    """Everything the cache holds for the fit: training rows clean + each copy (and each ``(preset, copy)`` of
+    ``extra``), validation clean + each condition. Returns ``(train, val)``: train ``{copy: (x, y)}`` (copy -1 is
+    clean; an extra copy's key is ``(preset, copy)``), val ``{condition: (x, y, corpora)}``."""
     from emovox.degrade.multicondition import pooled_rows
 
     index = {lab: i for i, lab in enumerate(labels)}
@@ -153,6 +157,9 @@ def cached_features(plan, labels, cache, copies: int):
     degrader = training_degrader(plan.train)
     for copy in range(copies):
         train[copy] = take(plan.train, degrader=degrader, namespace="train", copy=copy)[:2]
+    for preset, copy in extra:
+        train[(preset, copy)] = take(plan.train, degrader=training_degrader(plan.train, preset), namespace="train",
+                                     copy=copy)[:2]
     ev = evaluation_rows(plan.val)
     val = {"clean": take(plan.val)}
     for name, spec in CONDITIONS[1:]:
@@ -292,7 +299,7 @@ def cmd_fit(args) -> None:
     from emovox.models.ssl import PROBE_C
 
     plan, labels, encoder, cache = setup(args.data, args.threads)
-    train, val = cached_features(plan, labels, cache, max(args.copies))
+    train, val = cached_features(plan, labels, cache, max(args.copies), args.extra)
     folds, flags = validation_folds(plan, val), condition_quality(plan, args.out)
     print(f"validation conditions cached: {len(val)}; training copies: "
           + ", ".join(f"{k}: {len(v[1])}" for k, v in train.items()), flush=True)
@@ -301,8 +308,9 @@ def cmd_fit(args) -> None:
                                    "temperature": encoder.model.temperature}}
     for k in args.copies:
         # a copy still being cached counts from half of the clips on (the cache job runs copies in a shuffled order)
-        parts = [train[c] for c in range(-1, k) if len(train[c][1]) >= 0.5 * len(train[-1][1])]
-        if len(parts) != k + 1 or not len(train[-1][1]):
+        keys = [*range(-1, k), *args.extra]
+        parts = [train[c] for c in keys if len(train[c][1]) >= 0.5 * len(train[-1][1])]
+        if len(parts) != len(keys) or not len(train[-1][1]):
             print(f"K={k}: copies not all cached, skipped", flush=True)
             continue
         x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -312,7 +320,8 @@ def cmd_fit(args) -> None:
             t0 = time.perf_counter()
             probe = fit_probe(x, y, len(labels), c, sample_weight=weight)
             temperature, factors, scores = calibrated_scores(probe, val, flags, folds)
-            name = f"K={k} C={c:g}" + (f" clean x{args.clean_weight:g}" if args.clean_weight != 1 else "")
+            name = (f"K={k} C={c:g}" + "".join(f" +{p}" for p, _ in args.extra)
+                    + (f" clean x{args.clean_weight:g}" if args.clean_weight != 1 else ""))
             results[name] = {"scores": scores, "temperature": temperature, "quality_temperature": factors,
                              "copies": k, "C": c, "selection": selection_score(scores)}
             np.savez(args.out / f"probe {name.replace('=', '').replace(' x', ' w')}.npz", **probe, temperature=temperature,
@@ -551,6 +560,14 @@ def cmd_ship(args) -> None:
     print(f"wrote {args.out}: clean validation UAR {100 * metrics['uar']:.1f}")
 
 
+def extra_copies(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in filter(None, text.split(",")):
+        preset, _, copy = item.partition(":")
+        out.append((preset, int(copy)))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -566,6 +583,9 @@ def main(argv=None) -> int:
     f.add_argument("--clean-weight", type=float, default=1.0,
                    help="sample weight of the clean rows (the copies' is 1): K weights clean as all its copies")
     f.add_argument("--out", type=Path, default=Path("runs/robustness"))
+    for q in (c, f):
+        q.add_argument("--extra", type=extra_copies, default=[],
+                       help="copies of other presets besides the real-world ones, PRESET:COPY[,...] (e.g. phone:2)")
     t = sub.add_parser("table", help="UAR and ECE per condition: the shipped default, saved probes, peers")
     t.add_argument("--probe", action="append", default=[], help="NAME=FILE.npz: a probe saved by 'fit'")
     t.add_argument("--peers", type=lambda s: [x for x in s.split(",") if x], default=["crnn", "fast", "eGeMAPS + SVM"])

@@ -157,6 +157,13 @@ def test_presets_parse():
         assert parse_spec(name).stages
 
 
+def test_phone_preset_always_puts_the_clip_through_a_line_or_a_codec(speech, talkers):
+    d = parse_spec("phone", babble=talkers)
+    for seed in range(12):
+        y, applied = d.degrade(speech, seed=seed)
+        assert len(y) == len(speech) and any(k in applied for k in ("telephone", "mp3", "opus")), applied
+
+
 def test_noise_dir_errors(tmp_path, speech):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -50,7 +50,16 @@ REAL_WORLD = {
         {"spec": "clip:1..10", "p": 0.05},
     ],
 }
-PRESETS: dict[str, dict[str, Any]] = {"real-world": REAL_WORLD}
+# Calls and voice messages: always a telephone line or a low-bitrate codec, often with the caller's surroundings.
+PHONE = {
+    "steps": [
+        {"one_of": ["babble:5..25", "pink:5..25", "white:10..30"], "p": 0.5},
+        {"spec": "room:0.2..0.8", "p": 0.3},
+        {"one_of": ["telephone", "telephone:1", "mp3:16..32", "opus:6..16"]},
+        {"spec": "gain:-20..6", "p": 0.5},
+    ],
+}
+PRESETS: dict[str, dict[str, Any]] = {"real-world": REAL_WORLD, "phone": PHONE}
 
 
 @dataclass(frozen=True)
