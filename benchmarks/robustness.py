@@ -203,12 +203,6 @@ def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> float:
     return float(np.mean(eces))
 
 
-def score_probe(probe, val, temperature: float) -> dict:
-    from emovox.degrade.multicondition import probe_logits
-
-    return {name: condition_scores(probe_logits(probe, x), y, corp, temperature) for name, (x, y, corp) in val.items()}
-
-
 def selection_score(scores: dict) -> float:
     """What settings are chosen by: half clean, half the mean over the degraded conditions (mean of 3 corpora)."""
     degraded = [v["uar_mean3"] for k, v in scores.items() if k != "clean"]
@@ -295,7 +289,7 @@ def calibrated_scores(probe, val: dict, flags: dict, folds: dict) -> tuple[float
 def cmd_fit(args) -> None:
     import json
 
-    from emovox.degrade.multicondition import fit_probe
+    from emovox.degrade.multicondition import fit_probe, probe_logits
     from emovox.models.ssl import PROBE_C
 
     plan, labels, encoder, cache = setup(args.data, args.threads)
@@ -303,9 +297,10 @@ def cmd_fit(args) -> None:
     folds, flags = validation_folds(plan, val), condition_quality(plan, args.out)
     print(f"validation conditions cached: {len(val)}; training copies: "
           + ", ".join(f"{k}: {len(v[1])}" for k, v in train.items()), flush=True)
-    shipped = encoder.model.probe_parameters()
-    results = {"shipped default": {"scores": score_probe(shipped, val, encoder.model.temperature),
-                                   "temperature": encoder.model.temperature}}
+    shipped, t, factors = named_probes(encoder, [])["default (shipped)"]
+    scores = {c: condition_scores(probe_logits(shipped, x), y, corp, clip_temperatures(t, factors, flags[c]))
+              for c, (x, y, corp) in val.items()}
+    results = {"shipped default": {"scores": scores, "temperature": t}}
     for k in args.copies:
         # a copy still being cached counts from half of the clips on (the cache job runs copies in a shuffled order)
         keys = [*range(-1, k), *args.extra]
