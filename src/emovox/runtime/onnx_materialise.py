@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,31 +108,42 @@ def _build(graph: Path, backbone: str, quantization: str, out_dir: Path) -> Path
     return quantised
 
 
-def _fill(graph: Path, backbone: str, out: Path) -> None:
-    """Replace every ``<backbone>:<name>`` reference with the packaged weights (shapes checked)."""
+def fill_external_weights(graph: Path, out: Path, lookup: Callable[[str, str], Any], *,
+                          error: type[Exception] = ModelLoadError, missing: str = "which no weights hold") -> None:
+    """Save ``graph`` as ``out`` with every initializer stored as a reference ``location = "<source>:<name>"``
+    replaced by ``lookup(source, name)`` (a NumPy array, or None when there is none: ``error`` saying ``missing``);
+    each array's shape and dtype must be the initializer's. The Whisper default's and the text models' graphs
+    ship without their weights this way."""
     import numpy as np
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    from emovox.pretrained.whisper_weights import ct2_encoder_arrays
-
-    _dims, arrays = ct2_encoder_arrays(_weights_files(backbone))
     model = onnx.load(str(graph), load_external_data=False)
     for t in model.graph.initializer:
         if not uses_external_data(t):
             continue
         loc = next((e.value for e in t.external_data if e.key == "location"), "")
         source, _, name = loc.partition(":")
-        if source != backbone or name not in arrays:
-            raise ModelLoadError(f"{graph}: initializer {t.name!r} refers to {loc!r}, which {backbone} does not hold")
-        arr = arrays[name]
-        if tuple(arr.shape) != tuple(t.dims) or t.data_type != onnx.TensorProto.FLOAT:
-            raise ModelLoadError(f"{graph}: {t.name!r} expects float32 {tuple(t.dims)}, {backbone} has "
-                                 f"{arr.dtype} {tuple(arr.shape)}")
+        arr = lookup(source, name)
+        if arr is None:
+            raise error(f"{graph}: initializer {t.name!r} refers to {loc!r}, {missing}")
+        want = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        if tuple(arr.shape) != tuple(t.dims) or arr.dtype != want:
+            raise error(f"{graph}: {t.name!r} expects {want} {tuple(t.dims)}, the weights hold "
+                        f"{arr.dtype} {tuple(arr.shape)}")
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
-        t.raw_data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        t.raw_data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
     onnx.save_model(model, str(out), save_as_external_data=False)
+
+
+def _fill(graph: Path, backbone: str, out: Path) -> None:
+    """Replace every ``<backbone>:<name>`` reference with the packaged weights."""
+    from emovox.pretrained.whisper_weights import ct2_encoder_arrays
+
+    _dims, arrays = ct2_encoder_arrays(_weights_files(backbone))
+    fill_external_weights(graph, out, lambda source, name: arrays.get(name) if source == backbone else None,
+                          missing=f"which {backbone} does not hold")
 
 
 def _optimise(src: Path, dst: Path) -> None:

@@ -177,29 +177,12 @@ def _encoder_arrays(root: Path, cfg: dict) -> dict[str, np.ndarray]:
 
 def _fill(graph: Path, root: Path, cfg: dict, out: Path) -> None:
     """Replace every ``encoder:<name>``/``head:<name>`` reference with the weights (shapes and types checked)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+    from ..runtime.onnx_materialise import fill_external_weights
 
     sources = {"encoder": _encoder_arrays(root, cfg),
                "head": _read_weights(root / cfg["head"].get("file", HEAD_FILE))}
-    model = onnx.load(str(graph), load_external_data=False)
-    for t in model.graph.initializer:
-        if not uses_external_data(t):
-            continue
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        source, _, name = loc.partition(":")
-        arr = sources.get(source, {}).get(name)
-        if arr is None:
-            raise TextModelError(f"{graph}: initializer {t.name!r} refers to {loc!r}, which the model's weights "
-                                 "do not hold; export the graph again (emovox text-export)")
-        want = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        if tuple(arr.shape) != tuple(t.dims) or arr.dtype != want:
-            raise TextModelError(f"{graph}: {t.name!r} expects {want} {tuple(t.dims)}, the weights hold "
-                                 f"{arr.dtype} {tuple(arr.shape)}")
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
-        t.raw_data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-    onnx.save_model(model, str(out), save_as_external_data=False)
+    fill_external_weights(graph, out, lambda source, name: sources.get(source, {}).get(name), error=TextModelError,
+                          missing="which the model's weights do not hold; export the graph again (emovox text-export)")
 
 
 def _optimise(src: Path, dst: Path) -> None:
