@@ -96,10 +96,12 @@ class Segment(BaseModel):
 
 
 class TimelineWindow(BaseModel):
+    """One classified stretch of a recording: a timeline's window (its quality and the rest of the record may follow)."""
+
     model_config = ConfigDict(extra="allow")
 
-    start: float
-    end: float
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
     emotion: str
     confidence: float
     scores: dict[str, float]
@@ -122,20 +124,9 @@ class TimelineResponse(BaseModel):
     mock: bool | None = MOCK_FIELD
 
 
-class SpeechSegment(BaseModel):
-    """One stretch of speech and its emotion (``emovox classify --segments``' record without the path)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    start: float = Field(description="seconds")
-    end: float = Field(description="seconds")
-    emotion: str
-    confidence: float
-    scores: dict[str, float]
-    music_mood: str
-    low_confidence: bool
-    warning: str | None = WARNING_FIELD
-    unsupported_labels: list[str] | None = UNSUPPORTED_FIELD
+class SpeechSegment(TimelineWindow):
+    """One stretch of speech and its emotion (``emovox classify --segments``' record without the path): the fields
+    of a timeline's window."""
 
 
 class SegmentsResponse(BaseModel):
