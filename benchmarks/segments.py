@@ -82,6 +82,37 @@ def layout(waves: list[np.ndarray], rng: np.random.Generator) -> tuple[list[int]
     return starts, t + SR
 
 
+def own_snr_db(waves: list[np.ndarray], spans, snr_db: float) -> np.ndarray:
+    """Each utterance's own SNR in a recording :func:`build` mixes at ``snr_db``: the noise is set against the
+    mean speech power of the whole recording, so a clip recorded quieter than the rest is under it."""
+    power = np.array([np.mean(w[a:b].astype(np.float64) ** 2) for w, (a, b) in zip(waves, spans)])
+    length = np.array([b - a for a, b in spans], np.float64)
+    noise = np.sum(power * length) / np.sum(length) / 10 ** (snr_db / 10)
+    return 10 * np.log10(np.maximum(power, 1e-20) / noise)
+
+
+def level_matched(waves: list[np.ndarray], spans, dbfs: float = -26.0) -> list[np.ndarray]:
+    """The clips scaled to one speech level (RMS over each clip's speech ``dbfs``, peaks kept under 1), as in a
+    recording of one session; the corpora were recorded up to 20 dB apart."""
+    out = []
+    for w, (a, b) in zip(waves, spans):
+        rms = np.sqrt(np.mean(w[a:b].astype(np.float64) ** 2)) + 1e-12
+        gain = min(10 ** (dbfs / 20) / rms, 0.99 / (np.max(np.abs(w)) + 1e-12))
+        out.append((w * gain).astype(np.float32))
+    return out
+
+
+#: bands of an utterance's own SNR (dB) the benchmark reports recall in
+OWN_SNR_BANDS = ((-np.inf, 0.0), (0.0, 5.0), (5.0, 10.0), (10.0, np.inf))
+
+
+def recall_by_own_snr(own: np.ndarray, matched: dict[int, int]) -> list[dict]:
+    hit = np.array([i in matched for i in range(own.size)])
+    return [{"band_db": [float(lo), float(hi)], "utterances": int(sel.sum()),
+             "recall": float(hit[sel].mean()) if sel.any() else None}
+            for lo, hi in OWN_SNR_BANDS for sel in [(own >= lo) & (own < hi)]]
+
+
 def build(waves: list[np.ndarray], spans, snr_db: float | None, seed: int):
     """The recording (float32), each clip's (start, end) and each utterance's (start, end) in samples."""
     rng = np.random.default_rng(seed)
@@ -179,6 +210,8 @@ def long_level(model, rows, waves, spans, snr, seed: int, tmp: Path, timeline: b
            "segments": precision_recall(sec(utts), found), "segments_vs_clips": precision_recall(sec(clips), found),
            "uar_segments": uar(labels, seg_pred), "uar_cut_clips": uar(labels, [p.label for p in cut]),
            "uar_segments_matched": uar([labels[i] for i in m], [seg_pred[i] for i in m])}
+    if snr is not None:
+        out["recall_by_own_snr"] = recall_by_own_snr(own_snr_db(waves, spans, snr), m)
     if timeline:
         t0 = time.perf_counter()
         tl = model.timeline((x, SR), window_s=3.0, hop_s=1.0)
@@ -197,9 +230,12 @@ def run_long(model, args, tmp: Path) -> dict:
     rows = sample_clips(model, args.data, args.clips, args.seed)
     waves = [load_audio(r.path) for r in rows]
     spans = [speech_span(w) for w in waves]
+    if args.level_match:
+        waves = level_matched(waves, spans)
     labels = [r.label for r in rows]
-    alone = model.predict_batch([r.path for r in rows])
-    res = {"clips": len(rows), "per_corpus": {c: sum(r.corpus == c for r in rows) for c in {r.corpus for r in rows}},
+    alone = model.predict_batch([(w, SR) for w in waves] if args.level_match else [r.path for r in rows])
+    res = {"clips": len(rows), "level_matched": args.level_match,
+           "per_corpus": {c: sum(r.corpus == c for r in rows) for c in {r.corpus for r in rows}},
            "uar_clips_alone": uar(labels, [p.label for p in alone]), "levels": []}
     for k, snr in enumerate(args.snr):
         res["levels"].append(long_level(model, rows, waves, spans, snr, args.seed + 1 + k, tmp, args.timeline))
@@ -313,6 +349,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hour-s", type=float, default=3600.0)
     ap.add_argument("--no-timeline", dest="timeline", action="store_false", help="skip the timeline baseline")
     ap.add_argument("--hour-timeline", action="store_true", help="also time the timeline on the hour (slow)")
+    ap.add_argument("--level-match", action="store_true",
+                    help="scale every clip to one speech level first (one session's recording; see level_matched)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     args.snr = [None if s.strip() == "clean" else float(s) for s in args.snr.split(",")]
@@ -342,11 +380,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _band(b: dict) -> str:
+    lo, hi = b["band_db"]
+    return f"< {hi:g} dB" if lo == -np.inf else f"≥ {lo:g} dB" if hi == np.inf else f"{lo:g}–{hi:g} dB"
+
+
 def report(r: dict) -> str:
     lines = [f"`{r['command']}`", ""]
     if "long" in r:
         lo = r["long"]
-        lines += [f"{lo['clips']} clips ({lo['per_corpus']}); clips alone (clean files) UAR {_pct(lo['uar_clips_alone'])}",
+        matched = "; levels matched" if lo.get("level_matched") else ""
+        lines += [f"{lo['clips']} clips ({lo['per_corpus']}){matched}; clips alone (clean) UAR {_pct(lo['uar_clips_alone'])}",
                   "", "| noise | segments P / R (speech) | P / R (whole clips) | UAR segments | UAR clips cut "
                   "| timeline P / R | UAR timeline |", "|---|---|---|---|---|---|---|"]
         for lv in lo["levels"]:
@@ -357,6 +401,12 @@ def report(r: dict) -> str:
                          f"{_pct(s['recall'])} | {_pct(c['precision'])} / {_pct(c['recall'])} | "
                          f"{_pct(lv['uar_segments'])} | {_pct(lv['uar_cut_clips'])} | {tl} | "
                          f"{_pct(lv['uar_timeline']) if 'uar_timeline' in lv else '—'} |")
+        bands = [(lv["snr_db"], lv["recall_by_own_snr"]) for lv in lo["levels"] if "recall_by_own_snr" in lv]
+        if bands:
+            lines += ["", "segment recall by each utterance's own SNR (utterances in the band):", "",
+                      "| noise | " + " | ".join(_band(b) for b in bands[0][1]) + " |", "|---" * (1 + len(bands[0][1])) + "|"]
+            lines += [f"| {snr} dB | " + " | ".join("—" if b["recall"] is None else f"{_pct(b['recall'])} ({b['utterances']})"
+                                                  for b in got) + " |" for snr, got in bands]
     if "hour" in r:
         h = r["hour"]
         lines += ["", f"hour: {h['recording']['duration_s']:.0f} s, {h['recording']['utterances']} utterances"]

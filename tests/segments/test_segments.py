@@ -112,7 +112,8 @@ def test_probabilities_equal_the_official_onnx_wrapper(examples):
 
 @pytest.mark.parametrize("opts", [SegmentOptions(), SegmentOptions(min_silence_ms=300, speech_pad_ms=200),
                                   SegmentOptions(max_segment_s=1.5, min_speech_ms=100),
-                                  SegmentOptions(threshold=0.3, max_segment_s=None, speech_pad_ms=0)])
+                                  SegmentOptions(threshold=0.3, max_segment_s=None, speech_pad_ms=0),
+                                  SegmentOptions(threshold=0.2, neg_threshold=0.15)])
 def test_segments_equal_get_speech_timestamps_on_real_clips(examples, opts):
     silero_vad = pytest.importorskip("silero_vad")
     torch = pytest.importorskip("torch")
@@ -120,7 +121,8 @@ def test_segments_equal_get_speech_timestamps_on_real_clips(examples, opts):
     ref = silero_vad.get_speech_timestamps(
         torch.from_numpy(x), silero_vad.load_silero_vad(onnx=True), threshold=opts.threshold,
         min_speech_duration_ms=opts.min_speech_ms, min_silence_duration_ms=opts.min_silence_ms,
-        speech_pad_ms=opts.speech_pad_ms, max_speech_duration_s=opts.max_segment_s or float("inf"))
+        speech_pad_ms=opts.speech_pad_ms, max_speech_duration_s=opts.max_segment_s or float("inf"),
+        neg_threshold=opts.exit_threshold)
     ours = speech_segments(SileroVad().probabilities(x), x.size, opts)
     assert ours == [(d["start"], d["end"]) for d in ref] and ours
 
@@ -167,6 +169,9 @@ def test_bad_options_are_refused():
         SegmentOptions(min_silence_ms=-1)
     with pytest.raises(ValueError, match="max_segment_s"):
         SegmentOptions(max_segment_s=0.01)
+    for bad in (0.0, 0.4, float("nan")):  # where a pause starts: above 0, never above where speech starts
+        with pytest.raises(ValueError, match="neg_threshold"):
+            SegmentOptions(threshold=0.35, neg_threshold=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +330,8 @@ def test_classify_segments_cli_refusals(tmp_path, capsys):
     assert "choose one" in capsys.readouterr().err
     assert main(["classify", str(path), "--segments", "--max-segment-s", "0.01"]) == 2
     assert "max_segment_s" in capsys.readouterr().err
+    assert main(["classify", str(path), "--segments", "--vad-threshold", "0.2", "--vad-exit-threshold", "0.3"]) == 2
+    assert "neg_threshold" in capsys.readouterr().err
     assert main(["classify", str(tmp_path / "nope.wav"), "--segments"]) == 1
     assert "no such file" in capsys.readouterr().out
 

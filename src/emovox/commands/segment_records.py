@@ -30,13 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split longer segments at their longest pause (0: no limit)")
     g.add_argument("--vad-threshold", type=float, default=_DEFAULTS.threshold,
                    help="speech probability at which speech starts")
+    g.add_argument("--vad-exit-threshold", type=float, default=None,
+                   help="speech probability under which a pause starts (default: --vad-threshold minus 0.15); "
+                        "lower both for speakers quieter than the noise, e.g. 0.2 and 0.15")
     g.add_argument("--context-ms", type=float, default=_DEFAULTS.context_ms,
                    help="classify each segment with this much of the recording on both sides (never into a "
                         "neighbouring segment); the reported start and end stay as found")
 
 
 def options_from_args(args) -> SegmentOptions:
-    return SegmentOptions(threshold=args.vad_threshold, min_speech_ms=args.min_speech_ms,
+    return SegmentOptions(threshold=args.vad_threshold, neg_threshold=args.vad_exit_threshold,
+                          min_speech_ms=args.min_speech_ms,
                           min_silence_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
                           max_segment_s=args.max_segment_s or None, context_ms=args.context_ms)
 

@@ -48,6 +48,9 @@ class SegmentOptions:
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
+        if self.neg_threshold is not None and not 0.0 < self.neg_threshold <= self.threshold:
+            raise ValueError(f"neg_threshold (where a pause starts) must be above 0 and at most threshold "
+                             f"({self.threshold}), got {self.neg_threshold}")
         for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms", "context_ms"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
