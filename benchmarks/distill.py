@@ -33,12 +33,64 @@ def all_rows(data: Path, labels: str, corpora=CORPORA):
 
 
 def cmd_labels(args) -> int:
-    from emovox.training.distillation import write_teacher_labels
-
     rows = all_rows(args.data, args.labels)
-    tl = write_teacher_labels(args.teacher, [str(r.path) for r in rows], args.out, echo=lambda s: print(s, flush=True))
-    print(f"{len(tl.logits)} clips in {args.out}", flush=True)
+    train_rows, copies = training_copies(args.data, args.labels, args.augment, args.copies)
+    write_labels(args, [(None, rows)] + [(c, train_rows) for c in copies])
     return 0
+
+
+def training_copies(data: Path, labels: str, spec: str, copies: int):
+    """The default's training rows and the ``DegradedCopy`` objects ``emovox train --augment SPEC
+    --augment-copies K`` makes of them (the same degrader, babble pool and seeds)."""
+    from emovox.training.config import TrainConfig
+    from emovox.training.multicondition import MultiCondition, training_degrader
+
+    plan, _ = per_corpus_plan(data, labels, 0.1, 0)
+    degrader, pool = training_degrader(TrainConfig(augment_spec=spec), plan.train)
+    multi = MultiCondition(degrader, copies, spec, 0, pool)
+    return plan.train, [multi.copy(c) for c in range(copies)]
+
+
+def write_labels(args, versions) -> None:
+    """The teacher's logits on every clip (``copy`` None) and on the training clips' degraded copies, for
+    ``versions`` = [(copy, rows)]. A probe teacher reads pooled states from ``benchmarks.robustness``'s cache
+    (the same clips, degradations and seeds, encoded there on ONNX Runtime); what is not cached there runs the
+    teacher. Degraded copies are checked first: two copies' waveforms, encoded now, must give the cached state."""
+    from benchmarks.robustness import setup
+    from emovox.data.cache import content_key
+    from emovox.degrade.multicondition import variant_name
+    from emovox.training.distillation import Teacher, append_entry, entry_key, open_teacher_labels
+
+    _, _, encoder, cache = setup(args.data)
+    teacher = Teacher(args.teacher)
+    probe = getattr(teacher.pipeline.model, "head_kind", None) == "mean"
+    for copy, rows in versions[1:2]:
+        for row in rows[:2]:
+            cached = cache.get((str(row.path), variant_name(copy.degrader, copy.seed(row.path))))
+            if cached is not None and not np.allclose(encoder.pooled(copy.load(row)), cached, atol=2e-2):
+                sys.exit(f"{row.path}: the cached degraded copy {copy.copy} is not this degradation's (other seeds, "
+                         "babble or spec); cache the copies with benchmarks.robustness first")
+    have = open_teacher_labels(args.out, teacher)
+    from_cache = computed = 0
+    with open(args.out, "a", encoding="utf-8") as fh:
+        for copy, rows in versions:
+            for i, row in enumerate(rows, start=1):
+                path = str(row.path)
+                key, variant = content_key(path), None if copy is None else copy.variant(path)
+                if entry_key(key, variant) in have.logits:
+                    continue
+                item = path if copy is None else (path, variant_name(copy.degrader, copy.seed(path)))
+                pooled = cache.get(item) if probe else None
+                if pooled is not None:
+                    logits, from_cache = teacher.logits_from_pooled(np.asarray(pooled)[None])[0], from_cache + 1
+                else:
+                    logits, computed = teacher.logits(row, copy=copy), computed + 1
+                append_entry(fh, have, key, variant, path, logits)
+                if i % 1000 == 0:
+                    fh.flush()
+                    print(f"{'clean' if copy is None else f'copy {copy.copy}'}: {i}/{len(rows)} ({from_cache} from "
+                          f"the pooled cache, {computed} run)", flush=True)
+    print(f"{args.out}: {len(have.logits)} entries ({from_cache} from the pooled cache, {computed} run now)")
 
 
 def cmd_train(args, argv) -> int:
@@ -57,7 +109,8 @@ def cmd_train(args, argv) -> int:
                       mixup_alpha=args.mixup, crop_s=args.crop_s,
                       teacher=args.teacher if distil else None,
                       teacher_labels=str(args.teacher_labels) if distil and args.teacher_labels else None,
-                      distill_weight=args.distill_weight, distill_temperature=args.distill_temperature)
+                      distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+                      augment_spec=args.augment, augment_copies=args.augment_copies)
     command = "python -m benchmarks.distill " + " ".join(shlex.quote(a) for a in argv)
     meta = {"command": command, "corpora": list(CORPORA), "data_dirs": [str(args.data / c) for c in CORPORA]}
     res = train_model(plan, labels, cfg, args.out, cache=True, resume=args.resume, meta=meta,
@@ -161,6 +214,8 @@ def main(argv=None) -> int:
     lab = sub.add_parser("labels", help="the teacher's soft labels for every clip (resumable)")
     lab.add_argument("--teacher", default="default")
     lab.add_argument("--out", type=Path, required=True)
+    lab.add_argument("--augment", default="real-world", help="with --copies: the degradation of the copies")
+    lab.add_argument("--copies", type=int, default=0, help="also label this many degraded copies of each training clip")
     tr = sub.add_parser("train", help="train a student on the default model's split")
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--model", default="fast")
@@ -177,6 +232,8 @@ def main(argv=None) -> int:
     tr.add_argument("--mixup", type=float, default=0.0)
     tr.add_argument("--crop-s", dest="crop_s", type=float, default=3.0)
     tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--augment", default=None, help="multi-condition training: this degradation spec's copies")
+    tr.add_argument("--augment-copies", dest="augment_copies", type=int, default=None)
     tr.add_argument("--resume", action="store_true")
     rep = sub.add_parser("report", help="validation UAR overall and per corpus, next to the teacher")
     rep.add_argument("models", nargs="+")

@@ -55,7 +55,7 @@ def test_teacher_labels_are_the_teachers_logits_and_resume(clips, teacher_file):
     import emovox
 
     path, messages = teacher_file
-    assert "0 of 12 clips already" in messages[0]
+    assert "0 of 12 entries already" in messages[0]
     tl = TeacherLabels.read(path)
     assert tl.labels == EKMAN7 and len(tl.logits) == 12
     assert tl.header["teacher"] == "default" and tl.header["teacher_temperature"] > 1
@@ -70,7 +70,7 @@ def test_teacher_labels_are_the_teachers_logits_and_resume(clips, teacher_file):
     assert len(TeacherLabels.read(path).logits) == 11
     again = []
     write_teacher_labels("default", [str(r.path) for r in clips], path, echo=again.append)
-    assert "11 of 12 clips already" in again[0] and "computing 1" in again[0]
+    assert "11 of 12 entries already" in again[0] and "computing 1" in again[0]
     assert len(TeacherLabels.read(path).logits) == 12 and path.read_text().endswith("\n")
 
 
@@ -189,3 +189,49 @@ def test_cli_train_with_a_teacher_writes_its_labels_and_records_the_settings(sha
     tl = TeacherLabels.read(labels_file)
     assert tl.labels == EKMAN7 and 12 <= len(tl.logits) <= 24  # the training clips (validation ones are not needed)
     assert all(content_key(p) == k for k, p in tl.paths.items())
+
+
+def test_cli_train_with_degraded_copies_labels_each_copy_with_the_teacher_on_that_copy(shared_data, tmp_path, capsys):
+    """--augment with a teacher: every training clip's degraded copy gets its own entry (the teacher on the
+    degraded waveform), which is what the run's teacher tensor holds for that copy."""
+    from emovox.cli import main
+    from emovox.data.cache import content_key
+    from emovox.training.distillation import Teacher, entry_key
+
+    labels_file, out = tmp_path / "teacher.jsonl", tmp_path / "student"
+    rc = main(["train", "--data_dir", str(shared_data / "ravdess"), "--labels", "ekman7", "--max-samples", "16",
+               "--model", "fast", "--model-option", "channels=[16,16,16]", "--model-option", "strides=[2,1]",
+               "--epochs", "1", "--batch_size", "4", "--val_split", "0.25", "--teacher", "default",
+               "--teacher-labels", str(labels_file), "--augment", "pink:0", "--augment-copies", "1",
+               "--cache-dir", str(tmp_path / "cache"), "--output_dir", str(out)])
+    assert rc == 0
+    assert "on the clean clips and on each of their 1 degraded copies" in capsys.readouterr().out
+    lines = [json.loads(line) for line in labels_file.read_text().splitlines()[1:]]
+    copies = [e for e in lines if "variant" in e]
+    assert copies and len(copies) == len(lines) - len(copies)  # one copy per clean training clip
+    tl = TeacherLabels.read(labels_file)
+    from emovox.degrade import parse_spec
+    from emovox.degrade.multicondition import DegradedCopy
+
+    entry = copies[0]
+    copy = DegradedCopy(parse_spec("pink:0"), 0)
+    assert copy.variant(entry["path"]) == entry["variant"]
+    degraded = Teacher("default").logits(entry["path"], copy=copy)
+    assert np.abs(degraded - tl.logits[entry_key(content_key(entry["path"]), entry["variant"])]).max() < 1e-3
+    clean = tl.logits[content_key(entry["path"])]
+    assert np.abs(degraded - clean).max() > 0.05  # 0 dB of pink noise changes what the teacher hears
+
+
+def test_each_clip_in_a_batch_gets_the_teacher_logits_of_the_version_the_epoch_drew():
+    from types import SimpleNamespace
+
+    from emovox.training.loop import _batch_teacher
+
+    logits = torch.arange(3 * 5 * 2, dtype=torch.float32).reshape(3, 5, 2)  # clean, copy 1, copy 2 of 5 clips
+    drawn = np.array([0, 2, 1, 2, 0])
+    data = SimpleNamespace(multi=SimpleNamespace(choice=lambda epoch, n: drawn), sets={"train": SimpleNamespace(
+        features=[None] * 5)})
+    got = _batch_teacher(SimpleNamespace(teacher_logits=logits), data, [1, 2, 4], epoch=3)
+    assert torch.equal(got, torch.stack([logits[2, 1], logits[1, 2], logits[0, 4]]))
+    clean_only = SimpleNamespace(teacher_logits=logits[:1])
+    assert torch.equal(_batch_teacher(clean_only, data, [1, 3], epoch=0), logits[0, [1, 3]])

@@ -20,10 +20,16 @@ Computing them
     its soft labels cost a head's forward pass per clip; clips not cached there run the encoder. Any
     other teacher runs its whole pipeline on the decoded clip.
 
-Augmented copies
-    Training augments in the log-mel domain (random crops, speed, gain, noise, SpecAugment; see
-    :mod:`emovox.data.cache`): an augmented crop gets the soft label of its clean clip (the teacher is not run
-    on augmented audio). Mixup mixes the soft labels with the same weight as the clips.
+Degraded copies (``--augment SPEC``)
+    With multi-condition training (:mod:`emovox.training.multicondition`) each degraded copy of a clip gets the
+    teacher's logits *on that copy*: a line of the file may carry ``"variant"`` (the copy's name: degradation,
+    seed and babble pool, :class:`emovox.degrade.multicondition.DegradedCopy`), and the teacher runs on the
+    degraded waveform. A student then learns what the teacher hears in noise, not the clean clip's answer.
+
+Augmented crops
+    Training also augments in the log-mel domain (random crops, speed, gain, noise, SpecAugment; see
+    :mod:`emovox.data.cache`): an augmented crop gets the soft label of the version it was cut from (the
+    teacher is not run on log-mel augmentations). Mixup mixes the soft labels with the same weight as the clips.
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tens
 
 @dataclass
 class TeacherLabels:
-    """A teacher's logits per clip (content key → logits), with the teacher's labels."""
+    """A teacher's logits per clip (:func:`entry_key`: content key, and a degraded copy's variant → logits), with
+    the teacher's labels."""
 
     path: Path
     header: dict[str, Any]
@@ -100,7 +107,8 @@ class TeacherLabels:
         for i, line in enumerate(lines[1:], start=2):
             try:
                 entry = json.loads(line)
-                key, logits = str(entry["key"]), np.asarray(entry["logits"], dtype=np.float32)
+                key = entry_key(str(entry["key"]), entry.get("variant"))
+                logits = np.asarray(entry["logits"], dtype=np.float32)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 if i == len(lines):  # a run killed mid-write: that clip is recomputed
                     break
@@ -119,18 +127,26 @@ class TeacherLabels:
                 f"teacher labels {self.path}: the teacher's labels {self.labels} differ from the student's "
                 f"{list(labels)}; distil into the teacher's labels (e.g. --labels {','.join(self.labels)})")
 
-    def lookup(self, paths: Sequence[str]) -> np.ndarray:
-        """Logits ``(len(paths), n_labels)`` of clips by their content; a clip without an entry is an error."""
+    def lookup(self, paths: Sequence[str], copy=None) -> np.ndarray:
+        """Logits ``(len(paths), n_labels)`` of clips by their content (``copy``: a
+        :class:`~emovox.degrade.multicondition.DegradedCopy`, those of that degraded copy of each clip); a clip
+        without an entry is an error."""
         from emovox.data.cache import content_key
 
-        keys = [content_key(p) for p in paths]
+        keys = [entry_key(content_key(p), None if copy is None else copy.variant(p)) for p in paths]
         missing = [p for p, k in zip(paths, keys) if k not in self.logits]
         if missing:
+            what = "training clip(s)" if copy is None else f"training clips' degraded copy {copy.copy}"
             raise DistillationError(
-                f"teacher labels {self.path}: no entry for {len(missing)} of {len(paths)} training clip(s), e.g. "
+                f"teacher labels {self.path}: no entry for {len(missing)} of {len(paths)} {what}, e.g. "
                 f"{', '.join(map(str, missing[:3]))}; compute them with --teacher MODEL (or python -m benchmarks."
                 "distill labels)")
         return np.stack([self.logits[k] for k in keys]).astype(np.float32)
+
+
+def entry_key(key: str, variant: str | None) -> str:
+    """A teacher-labels entry's name: the clip's content key, and for a degraded copy its variant."""
+    return key if not variant else f"{key}|{variant}"
 
 
 def _header(teacher: str, labels: Sequence[str], temperature: float) -> dict[str, Any]:
@@ -169,29 +185,39 @@ class Teacher:
                 self.cache = HiddenStateCache(root, model.backbone, model.layers, "cpu")
 
     @torch.inference_mode()
-    def logits(self, path: str) -> np.ndarray:
-        """The teacher's raw logits for one clip (cached backbone states when it has them)."""
+    def logits(self, row: Any, copy=None) -> np.ndarray:
+        """The teacher's raw logits for one clip (a row or a path; cached backbone states when it has them), or
+        for its degraded ``copy`` (a :class:`~emovox.degrade.multicondition.DegradedCopy`: the degraded waveform,
+        the row's speaker left out of babble as training leaves it out)."""
         from emovox.audio import load_audio
+        from emovox.data.cache import row_path
         from emovox.defaults import MAX_TRAINING_CLIP_S
 
+        path, rate = row_path(row), self.pipeline.sample_rate_hz
+        if copy is not None:
+            wave = copy.load(row, sample_rate_hz=rate, max_duration_s=MAX_TRAINING_CLIP_S)
+            return self.pipeline(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]).numpy()[0]
         states = self.cache.get(path) if self.cache is not None else None
         if states is not None:
             x = torch.from_numpy(np.asarray(states, dtype=np.float32))[None]
             return self.pipeline.model.head(x).numpy()[0]
-        wave = load_audio(path, sample_rate_hz=self.pipeline.sample_rate_hz, max_duration_s=MAX_TRAINING_CLIP_S)
+        wave = load_audio(path, sample_rate_hz=rate, max_duration_s=MAX_TRAINING_CLIP_S)
         return self.pipeline(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]).numpy()[0]
 
+    @torch.inference_mode()
+    def logits_from_pooled(self, rows: np.ndarray) -> np.ndarray:
+        """A probe teacher's (``mean`` head) raw logits from pooled rows ``(n, n_layers * hidden)``: what a
+        :class:`~emovox.degrade.multicondition.PooledStateCache` holds for clips and their degraded copies."""
+        model = self.pipeline.model
+        if getattr(model, "head_kind", None) != "mean":
+            raise DistillationError(f"teacher {self.source}: pooled rows need a probe teacher with the 'mean' head")
+        x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+        return model.classifier((x - model.pooled_mean) / model.pooled_std).numpy()
 
-def write_teacher_labels(teacher: str | os.PathLike | Teacher, paths: Sequence[str], out: str | os.PathLike, *,
-                         cache=True, echo: Callable[[str], None] | None = None, flush_every: int = 64) -> TeacherLabels:
-    """Append the teacher's logits for every clip of ``paths`` not yet in ``out`` (created with a header when
-    absent), flushing every ``flush_every`` clips; returns the complete file's contents. Refuses a file
-    written by a teacher with other labels. Unreadable clips are reported and left out."""
-    from emovox.audio import AudioError
-    from emovox.data.cache import content_key
 
-    say = echo or (lambda s: None)
-    t = teacher if isinstance(teacher, Teacher) else Teacher(teacher, cache=cache)
+def open_teacher_labels(out: str | os.PathLike, t: Teacher) -> TeacherLabels:
+    """The labels file at ``out`` ready to append to (created with a header when absent); refuses a file
+    written by a teacher with other labels."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.stat().st_size > 0:
@@ -200,23 +226,49 @@ def write_teacher_labels(teacher: str | os.PathLike | Teacher, paths: Sequence[s
             raise DistillationError(f"teacher labels {out}: written for labels {have.labels}, the teacher {t.source} "
                                     f"has {t.labels}; write to another file")
         _truncate_torn_line(out)
-    else:
-        have = TeacherLabels(out, _header(t.source, t.labels, t.temperature))
-        out.write_text(json.dumps(have.header) + "\n", encoding="utf-8")
-    keys = {}
-    for p in paths:
-        keys.setdefault(content_key(p), str(p))
-    todo = [(k, p) for k, p in keys.items() if k not in have.logits]
-    say(f"teacher {t.source}: {len(keys) - len(todo)} of {len(keys)} clips already in {out}, computing {len(todo)}")
+        return have
+    have = TeacherLabels(out, _header(t.source, t.labels, t.temperature))
+    out.write_text(json.dumps(have.header) + "\n", encoding="utf-8")
+    return have
+
+
+def append_entry(fh, have: TeacherLabels, key: str, variant: str | None, path: str, logits: np.ndarray) -> None:
+    """One clip's (or degraded copy's) logits, into the open file and ``have``."""
+    have.logits[entry_key(key, variant)], have.paths[entry_key(key, variant)] = logits.astype(np.float32), path
+    entry = {"key": key, **({"variant": variant} if variant else {}), "path": path,
+             "logits": [round(float(v), 5) for v in logits]}
+    fh.write(json.dumps(entry) + "\n")
+
+
+def write_teacher_labels(teacher: str | os.PathLike | Teacher, rows: Sequence[Any], out: str | os.PathLike, *,
+                         copies: Sequence[Any] = (), cache=True, echo: Callable[[str], None] | None = None,
+                         flush_every: int = 64) -> TeacherLabels:
+    """Append the teacher's logits for every clip of ``rows`` (rows or paths) not yet in ``out`` (created with a
+    header when absent), and for each of their degraded ``copies`` (:class:`~emovox.degrade.multicondition.
+    DegradedCopy`), flushing every ``flush_every`` entries; returns the complete file's contents. Refuses a
+    file written by a teacher with other labels. Unreadable clips are reported and left out."""
+    from emovox.audio import AudioError
+    from emovox.data.cache import content_key, row_path
+
+    say = echo or (lambda s: None)
+    t = teacher if isinstance(teacher, Teacher) else Teacher(teacher, cache=cache)
+    have = open_teacher_labels(out, t)
+    unique = {}
+    for r in rows:
+        unique.setdefault(content_key(row_path(r)), r)
+    todo = [(k, r, c) for c in (None, *copies) for k, r in unique.items()
+            if entry_key(k, None if c is None else c.variant(row_path(r))) not in have.logits]
+    total = len(unique) * (1 + len(copies))
+    say(f"teacher {t.source}: {total - len(todo)} of {total} entries already in {out}, computing {len(todo)}")
     with open(out, "a", encoding="utf-8") as fh:
-        for i, (key, p) in enumerate(todo, start=1):
+        for i, (key, r, c) in enumerate(todo, start=1):
+            p = row_path(r)
             try:
-                logits = t.logits(p)
+                logits = t.logits(r, copy=c)
             except (AudioError, OSError) as e:
                 say(f"skipped unreadable clip {p}: {e}")
                 continue
-            have.logits[key], have.paths[key] = logits.astype(np.float32), p
-            fh.write(json.dumps({"key": key, "path": p, "logits": [round(float(v), 5) for v in logits]}) + "\n")
+            append_entry(fh, have, key, None if c is None else c.variant(p), p, logits)
             if i % flush_every == 0 or i == len(todo):
                 fh.flush()
                 say(f"teacher labels: {i}/{len(todo)}")
@@ -232,30 +284,34 @@ def _truncate_torn_line(path: Path) -> None:
 
 
 def teacher_logits_for(rows: Sequence[Any], labels: Sequence[str], *, teacher: str | None, teacher_labels: str | None,
-                       cache=True, say: Callable[[str], None] | None = None) -> np.ndarray:
-    """The teacher logits ``(len(rows), n_labels)`` of training rows, in the student's label order: read from
-    ``teacher_labels`` (computing the missing ones first when ``teacher`` is given too, or into
-    ``OUT``-less memory when only ``teacher`` is given)."""
+                       copies: Sequence[Any] = (), cache=True, say: Callable[[str], None] | None = None) -> np.ndarray:
+    """The teacher logits ``(1 + len(copies), len(rows), n_labels)`` of training rows (index 0) and of each of
+    their degraded ``copies`` (index k: copy k - 1), in the student's label order: read from ``teacher_labels``
+    (computing the missing ones first when ``teacher`` is given too), or computed into memory when only
+    ``teacher`` is given."""
     from emovox.data.cache import row_path
 
     paths = [row_path(r) for r in rows]
     if teacher_labels is not None and teacher is not None:
-        tl = write_teacher_labels(teacher, paths, teacher_labels, cache=cache, echo=say)
+        tl = write_teacher_labels(teacher, rows, teacher_labels, copies=copies, cache=cache, echo=say)
     elif teacher_labels is not None:
         tl = TeacherLabels.read(teacher_labels)
-        if teacher_labels and say:
-            say(f"teacher labels {teacher_labels}: {len(tl.logits)} clips from teacher {tl.header.get('teacher')}")
+        if say:
+            say(f"teacher labels {teacher_labels}: {len(tl.logits)} entries from teacher {tl.header.get('teacher')}")
     elif teacher is not None:
+        if say:
+            say(f"teacher {teacher}: computing soft labels for {len(paths)} training clips"
+                + (f" and {len(copies)} degraded cop{'y' if len(copies) == 1 else 'ies'} of each" if copies else "")
+                + " (not saved: give --teacher-labels FILE to keep them)")
         t = Teacher(teacher, cache=cache)
         tl = TeacherLabels(Path("(memory)"), _header(t.source, t.labels, t.temperature))
-        if say:
-            say(f"teacher {teacher}: computing soft labels for {len(paths)} training clips (not saved: give "
-                "--teacher-labels FILE to keep them)")
         from emovox.data.cache import content_key
 
-        for p in paths:
-            tl.logits[content_key(p)] = t.logits(p).astype(np.float32)
+        for c in (None, *copies):
+            for r, p in zip(rows, paths):
+                tl.logits[entry_key(content_key(p), None if c is None else c.variant(p))] = \
+                    t.logits(r, copy=c).astype(np.float32)
     else:
         raise DistillationError("distillation needs a teacher: --teacher MODEL and/or --teacher-labels FILE")
     tl.check_labels(labels)
-    return tl.lookup(paths)
+    return np.stack([tl.lookup(paths)] + [tl.lookup(paths, copy=c) for c in copies])

@@ -197,7 +197,7 @@ class Run:
     mixup: float = 0.0
     class_weights: torch.Tensor | None = None
     scope_mask: torch.Tensor | None = None  # label_scope="corpus": -inf (in the loss) on labels a clip's corpus lacks
-    teacher_logits: torch.Tensor | None = None  # distillation: the teacher's logits per training clip
+    teacher_logits: torch.Tensor | None = None  # distillation: (1 + copies, n_train, classes) teacher logits
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
 
@@ -276,16 +276,32 @@ def build_run(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> Run:
 
 
 def _teacher_logits(data: TrainData, labels: list[str], cfg: TrainConfig, say) -> torch.Tensor:
-    """Distillation: the teacher's logits ``(n_train, n_labels)`` for the training clips (emovox.training.distillation)."""
+    """Distillation: the teacher's logits ``(1 + K, n_train, n_labels)`` for the training clips (index 0) and,
+    with ``--augment`` on a cached family, for each of their K degraded copies (emovox.training.distillation)."""
     if data.is_probe:
         raise TrainingError("distillation trains by epochs; the probe head of --model ssl is fit in closed form")
+    multi = data.multi
+    copies = [multi.copy(c) for c in range(multi.copies)] if multi is not None and multi.features is not None else []
     logits = teacher_logits_for(data.sets["train"].rows, labels, teacher=cfg.teacher, teacher_labels=cfg.teacher_labels,
-                                say=say)
-    agree = float(np.mean(logits.argmax(1) == data.y["train"]))
+                                copies=copies, say=say)
+    agree = float(np.mean(logits.argmax(-1) == data.y["train"][None]))
+    if multi is not None and not copies:  # fine-tuning degrades each step afresh: no copy to label beforehand
+        say("distillation: the degraded versions get their clean clip's soft label (copies are made per step)")
     say(f"distillation: weight {cfg.distill_weight:g} on the teacher's soft labels at temperature "
-        f"{cfg.distill_temperature:g}, {1 - cfg.distill_weight:g} on the true labels; the teacher agrees with "
-        f"{100 * agree:.1f} % of the training labels")
+        f"{cfg.distill_temperature:g}, {1 - cfg.distill_weight:g} on the true labels"
+        + (f"; the teacher's logits on the clean clips and on each of their {len(copies)} degraded copies" if copies
+           else "") + f"; the teacher agrees with {100 * agree:.1f} % of the training labels")
     return torch.from_numpy(logits)
+
+
+def _batch_teacher(run: Run, data: TrainData, idx: list[int], epoch: int) -> torch.Tensor | None:
+    """The teacher logits of a batch: each clip's, for the version (clean or copy k) the epoch draws of it."""
+    if run.teacher_logits is None:
+        return None
+    if run.teacher_logits.shape[0] == 1:
+        return run.teacher_logits[0, idx]
+    version = torch.as_tensor(data.multi.choice(epoch, len(data.sets["train"].features))[idx])
+    return run.teacher_logits[version, torch.as_tensor(idx)]
 
 
 def train_step(run: Run, feats: torch.Tensor, lengths: torch.Tensor | None, target: torch.Tensor,
@@ -353,7 +369,7 @@ def train_epoch(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, state: 
             run, feats.to(run.device, non_blocking=True), lengths.to(run.device) if lengths is not None else None,
             torch.as_tensor(data.y["train"][idx]).to(run.device),
             run.scope_mask[idx] if run.scope_mask is not None else None, rng, grad_clip=cfg.grad_clip,
-            teacher=run.teacher_logits[idx] if run.teacher_logits is not None else None)
+            teacher=_batch_teacher(run, data, idx, epoch))
         state.step += 1
         loss_sum += loss.item() * len(idx) / run.world_size  # summed over ranks: the global batch's mean x its size
         n_seen += len(idx)
