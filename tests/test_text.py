@@ -191,6 +191,54 @@ def test_finetune_ships_only_top_layer_delta(finetuned_model, work):
     assert again["per_class_thresholds"] == pytest.approx(report["per_class_thresholds"])
 
 
+def test_finetune_killed_mid_epoch_resumes_and_ends_where_a_straight_run_ends(work, tmp_path, monkeypatch, capsys):
+    """A run stopped during its second epoch continues from its last checkpoint (--resume) and writes the
+    same weights as a run that was never stopped; another run's settings are refused; the checkpoint goes
+    once the folder is written."""
+    from safetensors.torch import load_file
+
+    import emovox.text.train as text_train
+    from emovox.cli import main
+    from emovox.text import TextTrainConfig, train_text_model
+    from emovox.text.checkpoints import CHECKPOINT_FILE
+
+    cfg = TextTrainConfig(encoder=str(work["encoder"]), mode="finetune", finetune_layers=1, epochs=2, probe_epochs=2,
+                          max_length=32, encoder_lr=1e-3, batch_size=16, checkpoint_steps=5)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train_text_model(work["train"], work["dev"], straight, cfg, cache_dir=work["cache"])
+    assert not (straight / CHECKPOINT_FILE).exists()
+
+    real, calls = text_train.multilabel_loss, []
+
+    def killed_at_call_45(*a, **k):  # probe 2 x 4 batches, epoch 1: 25, then 12 of epoch 2
+        calls.append(1)
+        if len(calls) == 45:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(text_train, "multilabel_loss", killed_at_call_45)
+    with pytest.raises(KeyboardInterrupt):
+        train_text_model(work["train"], work["dev"], stopped, cfg, cache_dir=work["cache"])
+    monkeypatch.setattr(text_train, "multilabel_loss", real)
+    assert (stopped / CHECKPOINT_FILE).is_file() and not (stopped / "encoder_delta.safetensors").exists()
+
+    rc = main(["text-train", "--train", str(work["train"]), "--dev", str(work["dev"]), "--output-dir", str(stopped),
+               "--encoder", str(work["encoder"]), "--mode", "finetune", "--finetune-layers", "1", "--epochs", "2",
+               "--batch-size", "16", "--max-length", "32", "--encoder-lr", "3e-4", "--resume",
+               "--cache-dir", str(work["cache"])])
+    assert rc != 0 and "written by another run (encoder_lr: 0.001 then, 0.0003 now" in capsys.readouterr().err
+
+    train_text_model(work["train"], work["dev"], stopped, cfg, cache_dir=work["cache"], resume=True)
+    assert not (stopped / CHECKPOINT_FILE).exists()
+    for name in ("encoder_delta.safetensors", "head.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(stopped / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+    history = json.loads((stopped / "model_meta.json").read_text())["history"]
+    assert [h.get("resumed_after_step") for h in history if h["phase"] == "finetune"] == [None, 10]
+
+
 # -- grouping ----------------------------------------------------------------------------------
 
 def test_ekman_and_audio7_grouping_by_max():

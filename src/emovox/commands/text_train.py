@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", action="store_true",
                    help="also write the model's ONNX Runtime graph (OUTPUT_DIR/onnx, as emovox text-export), so "
                         "emovox text and the server run it without PyTorch")
+    p.add_argument("--resume", action="store_true",
+                   help="finetune: continue the run whose checkpoint is in OUTPUT_DIR (saved every "
+                        "--checkpoint-steps steps and at each epoch's end; same data and settings)")
+    p.add_argument("--checkpoint-steps", type=int, default=200,
+                   help="finetune: save the run every this many optimiser steps (0: at epoch ends only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr, loss=args.loss,
         class_weight=args.class_weight, hidden_dim=args.hidden_dim, dropout=args.dropout,
         max_length=args.max_length, top_k=args.top_k, seed=args.seed, precision=args.precision,
+        checkpoint_steps=args.checkpoint_steps,
     )
     cache = False if args.no_cache else (args.cache_dir or True)
     report = train_text_model(args.train, args.dev, args.output_dir, cfg, labels_path=args.labels_file,
-                              cache_dir=cache, onnx=args.onnx)
+                              cache_dir=cache, onnx=args.onnx, resume=args.resume)
     summary = {
         "output_dir": args.output_dir,
         "dev_macro_f1": report["per_class_thresholds"]["macro_f1"],

@@ -50,6 +50,7 @@ from .evaluation import evaluate_text_model
 from .head import MLPHead, multilabel_loss
 from .loading import load_text_model
 from .metrics import tune_thresholds
+from .checkpoints import load_checkpoint, remove_checkpoint, run_identity, save_checkpoint
 from .model import (
     CONFIG_FILE,
     DELTA_FILE,
@@ -94,6 +95,7 @@ class TextTrainConfig:
     min_support: int = 5               # labels rarer than this on dev use the global threshold
     embed_batch_size: int = 64
     precision: str = "fp32"            # finetune epochs: fp32 | bf16 autocast (caching and inference: fp32)
+    checkpoint_steps: int = 200        # finetune: save the run every this many steps (0: at epoch ends only)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -104,6 +106,8 @@ class TextTrainConfig:
             raise ValueError(f"unknown class weighting {self.class_weight!r}; accepted: none, sqrt")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.precision!r}; accepted: fp32, bf16")
+        if self.checkpoint_steps < 0:
+            raise ValueError(f"checkpoint_steps must be >= 0, got {self.checkpoint_steps}")
         if self.finetune_layers < 1:
             raise ValueError(f"finetune_layers must be >= 1, got {self.finetune_layers}")
         if self.epochs is None:
@@ -219,13 +223,9 @@ def _top_probs(top: torch.nn.Module, head: MLPHead, hidden: list[torch.Tensor], 
     return out
 
 
-def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextDataset, cfg: TextTrainConfig,
-              *, cache_dir: Path | None, pos_weight: torch.Tensor | None, gen: torch.Generator,
-              history: list) -> dict[str, torch.Tensor]:
-    """Fine-tune the top layers with the head; returns the float16 deltas of the best epoch."""
-    first = max(0, encoder.num_layers - cfg.finetune_layers)
-    bf16 = cfg.precision == "bf16"
-    t0 = time.time()
+def _layer_states(encoder: Encoder, train: TextDataset, dev: TextDataset, first: int, cfg: TextTrainConfig,
+                  cache_dir: Path | None) -> tuple[dict, dict]:
+    """Hidden states entering layer ``first`` and the frozen mean-pooled vectors of both splits (cached)."""
     hidden, pooled = {}, {}
     for name, data in (("train", train), ("dev", dev)):
         emb_key = cache_key(encoder.ref, encoder.max_length, data.sha256)
@@ -238,16 +238,57 @@ def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextData
             save_cached_states(cache_dir, states_key, h)
             save_cached(cache_dir, emb_key, p)
         hidden[name], pooled[name] = h, p
-    dev_hidden, dev_pooled = hidden["dev"], pooled["dev"]
+    return hidden, pooled
+
+
+@dataclass
+class _FinetuneRun:
+    """What a fine-tuning epoch steps and what a checkpoint holds."""
+
+    top: torch.nn.Module
+    head: MLPHead
+    params: dict[str, torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    identity: dict
+    out: Path | None
+    best: float = -1.0
+    best_state: dict | None = None
+
+    def save(self, cfg: TextTrainConfig, epoch: int, step: int, gen_state: torch.Tensor, history: list) -> None:
+        """Checkpoint: ``epoch`` runs next, its first ``step`` batches done (``gen_state``: its order's seed)."""
+        if self.out is None:
+            return
+        save_checkpoint(self.out, {
+            "identity": self.identity, "epoch": epoch, "step": step, "gen_state": gen_state,
+            "rng_state": torch.get_rng_state(), "head": self.head.state_dict(),
+            "layers": {n: p.detach() for n, p in self.params.items()}, "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(), "best": self.best, "best_state": self.best_state, "history": history})
+
+    def restore(self, state: dict, gen: torch.Generator, history: list) -> tuple[int, int]:
+        self.head.load_state_dict(state["head"])
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state["layers"][n])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.best, self.best_state = float(state["best"]), state["best_state"]
+        history[:] = state["history"]
+        gen.set_state(state["gen_state"])
+        torch.set_rng_state(state["rng_state"])
+        return int(state["epoch"]), int(state["step"])
+
+
+def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextDataset, cfg: TextTrainConfig,
+              *, cache_dir: Path | None, pos_weight: torch.Tensor | None, gen: torch.Generator,
+              history: list, out: Path | None = None, resume: bool = False) -> dict[str, torch.Tensor]:
+    """Fine-tune the top layers with the head (checkpointed in ``out``; ``resume``: continue from there);
+    returns the float16 deltas of the best epoch."""
+    first = max(0, encoder.num_layers - cfg.finetune_layers)
+    t0 = time.time()
+    hidden, pooled = _layer_states(encoder, train, dev, first, cfg, cache_dir)
     log.info("hidden states at layer %d for %d + %d texts ready in %.0f s", first, len(train), len(dev),
              time.time() - t0)
-
-    head.fit_standardizer(torch.from_numpy(pooled["train"]))
-    probe = _train_head(head, pooled["train"], train.targets, dev_pooled, dev.targets, cfg,
-                        epochs=cfg.probe_epochs, batch_size=128, pos_weight=pos_weight, gen=gen, history=history, phase="probe")
-    log.info("probe (frozen encoder) dev macro-F1 %.4f", probe)
-    del pooled
-
     params = encoder.layer_parameters(first)
     base = {n: p.detach().clone() for n, p in params.items()}
     top = encoder.top_stack(first)
@@ -260,43 +301,72 @@ def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextData
         {"params": list(head.parameters()), "lr": cfg.finetune_head_lr},
     ], weight_decay=cfg.weight_decay)
     lengths = np.array([len(h) for h in hidden["train"]])
-    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = math.ceil(len(lengths) / cfg.batch_size) * cfg.epochs
     warmup = max(1, int(cfg.warmup_frac * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
-    targets = torch.from_numpy(train.targets)
-    best, best_state = probe, None
-    for epoch in range(1, cfg.epochs + 1):
-        top.train()
-        head.train()
-        t1, total = time.time(), 0.0
-        for step, idx in enumerate(_bucketed(lengths, cfg.batch_size, gen), 1):
-            h, mask = _pad(hidden["train"], idx)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = top(inputs_embeds=h, attention_mask=mask).last_hidden_state
-                logits = head(mean_pool(out, mask)).float()
-            loss = multilabel_loss(logits, targets[idx], kind=cfg.loss, pos_weight=pos_weight, gamma=cfg.focal_gamma)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()) + list(head.parameters()), 1.0)
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            if step % 200 == 0:
-                log.info("finetune epoch %d: step %d/%d, loss %.4f, %.0f s", epoch, step, steps_per_epoch,
-                         total / (step * cfg.batch_size), time.time() - t1)
-        score = _dev_score(_top_probs(top, head, dev_hidden, bf16=bf16), dev.targets, cfg.min_support)
-        history.append({"phase": "finetune", "epoch": epoch, "train_loss": total / len(lengths),
-                        "dev_macro_f1_tuned": score, "seconds": round(time.time() - t1, 1)})
-        log.info("finetune epoch %d: loss %.4f, dev macro-F1 (tuned thresholds) %.4f, %.0f s", epoch,
-                 total / len(lengths), score, time.time() - t1)
-        if score > best + 1e-4 or best_state is None:
-            best = score
-            best_state = {"head": {k: v.detach().clone() for k, v in head.state_dict().items()},
-                          "layers": {n: p.detach().clone() for n, p in params.items()}}
-    head.load_state_dict(best_state["head"])
-    return {n: (best_state["layers"][n] - base[n]).to(torch.float16) for n in params}
+    identity = run_identity(cfg, fingerprint(encoder.ref.path), train.sha256, dev.sha256)
+    run = _FinetuneRun(top, head, params, opt, sched, identity, out)
+    state = load_checkpoint(out, run.identity) if resume and out is not None else None
+    head.fit_standardizer(torch.from_numpy(pooled["train"]))
+    if state is not None:
+        epoch, skip = run.restore(state, gen, history)
+        log.info("resuming fine-tuning at epoch %d after step %d (best dev macro-F1 so far %.4f)", epoch, skip, run.best)
+    else:
+        run.best = _train_head(head, pooled["train"], train.targets, pooled["dev"], dev.targets, cfg,
+                               epochs=cfg.probe_epochs, batch_size=128, pos_weight=pos_weight, gen=gen,
+                               history=history, phase="probe")
+        log.info("probe (frozen encoder) dev macro-F1 %.4f", run.best)
+        epoch, skip = 1, 0
+    del pooled
+    for epoch in range(epoch, cfg.epochs + 1):
+        _finetune_epoch(run, hidden, lengths, train.targets, dev, cfg, epoch, skip, gen, pos_weight, history)
+        skip = 0
+    head.load_state_dict(run.best_state["head"])
+    return {n: (run.best_state["layers"][n] - base[n]).to(torch.float16) for n in params}
+
+
+def _finetune_epoch(run: _FinetuneRun, hidden: dict, lengths: np.ndarray, targets: np.ndarray, dev: TextDataset,
+                    cfg: TextTrainConfig, epoch: int, skip: int, gen: torch.Generator,
+                    pos_weight: torch.Tensor | None, history: list) -> None:
+    """One epoch from batch ``skip + 1`` (a resumed run), checkpointed every ``cfg.checkpoint_steps`` steps."""
+    bf16 = cfg.precision == "bf16"
+    run.top.train()
+    run.head.train()
+    gen_state = gen.get_state()
+    batches = _bucketed(lengths, cfg.batch_size, gen)
+    targets_t = torch.from_numpy(targets)
+    t1, total = time.time(), 0.0
+    for step, idx in enumerate(batches, 1):
+        if step <= skip:
+            continue
+        h, mask = _pad(hidden["train"], idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = run.top(inputs_embeds=h, attention_mask=mask).last_hidden_state
+            logits = run.head(mean_pool(out, mask)).float()
+        loss = multilabel_loss(logits, targets_t[idx], kind=cfg.loss, pos_weight=pos_weight, gamma=cfg.focal_gamma)
+        run.opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(run.params.values()) + list(run.head.parameters()), 1.0)
+        run.opt.step()
+        run.sched.step()
+        total += loss.item() * len(idx)
+        if step % 200 == 0:
+            log.info("finetune epoch %d: step %d/%d, loss %.4f, %.0f s", epoch, step, len(batches),
+                     total / ((step - skip) * cfg.batch_size), time.time() - t1)
+        if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and step < len(batches):
+            run.save(cfg, epoch, step, gen_state, history)
+    score = _dev_score(_top_probs(run.top, run.head, hidden["dev"], bf16=bf16), dev.targets, cfg.min_support)
+    history.append({"phase": "finetune", "epoch": epoch, "train_loss": total / max(1, len(lengths)),
+                    "dev_macro_f1_tuned": score, "seconds": round(time.time() - t1, 1),
+                    **({"resumed_after_step": skip} if skip else {})})
+    log.info("finetune epoch %d: loss %.4f, dev macro-F1 (tuned thresholds) %.4f, %.0f s", epoch,
+             total / max(1, len(lengths)), score, time.time() - t1)
+    if score > run.best + 1e-4 or run.best_state is None:
+        run.best = score
+        run.best_state = {"head": {k: v.detach().clone() for k, v in run.head.state_dict().items()},
+                          "layers": {n: p.detach().clone() for n, p in run.params.items()}}
+    run.save(cfg, epoch + 1, 0, gen.get_state(), history)
 
 
 def _inference_config(cfg: TextTrainConfig, ref, head: MLPHead, labels: list[str], dev, *, num_layers: int,
@@ -327,13 +397,15 @@ def _inference_config(cfg: TextTrainConfig, ref, head: MLPHead, labels: list[str
 
 def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike, out_dir: str | os.PathLike,
                      config: TextTrainConfig | None = None, *, labels_path: str | os.PathLike | None = None,
-                     cache_dir: str | os.PathLike | None | bool = True, onnx: bool = False) -> dict:
+                     cache_dir: str | os.PathLike | None | bool = True, onnx: bool = False,
+                     resume: bool = False) -> dict:
     """Train, tune thresholds on ``dev_path``, write the model folder; returns the dev report.
 
     ``cache_dir``: where frozen-mode embeddings are cached (``True``: ``$EMOVOX_CACHE_DIR`` or
     ``./.emovox-cache``, then ``text/``; ``None``/``False``: no cache). ``onnx``: also write the folder's
     ONNX Runtime graph (``onnx/``, :func:`emovox.text.export.export_text_onnx`); an older one is removed
-    either way, since it was built from other weights.
+    either way, since it was built from other weights. ``resume``: a ``finetune`` run continues from the
+    checkpoint in ``out_dir`` (:mod:`emovox.text.checkpoints`).
     """
     cfg = config or TextTrainConfig()
     t_start = time.time()
@@ -363,7 +435,7 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
                         batch_size=cfg.batch_size, pos_weight=pos_weight, gen=gen, history=history, phase="frozen")
         else:
             delta = _finetune(encoder, head, train, dev, cfg, cache_dir=cache, pos_weight=pos_weight,
-                              gen=gen, history=history)
+                              gen=gen, history=history, out=out, resume=resume)
     num_layers = encoder.num_layers
     first = max(0, num_layers - cfg.finetune_layers)
     del encoder
@@ -413,6 +485,7 @@ def train_text_model(train_path: str | os.PathLike, dev_path: str | os.PathLike,
                   "per_class_thresholds_crossfit in metrics_overall.json estimates unseen-text macro-F1."),
     }
     write_json(out / META_FILE, meta)
+    remove_checkpoint(out)  # the folder holds the finished model now
     if onnx:
         from .export import export_text_onnx
 
