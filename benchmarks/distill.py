@@ -128,9 +128,13 @@ def _val_logits(model_dir: str, rows) -> np.ndarray:
     return np.log(np.clip(model.probabilities(waves), 1e-12, 1.0))
 
 
-def _teacher_val_logits(teacher: str, rows) -> np.ndarray:
-    from emovox.training.distillation import Teacher
+def _teacher_val_logits(teacher: str, rows, labels_file: Path | None = None) -> np.ndarray:
+    """The teacher's logits on the validation clips: from a teacher-labels file written by ``labels`` (which
+    holds every clip's), else the teacher run now."""
+    from emovox.training.distillation import Teacher, TeacherLabels
 
+    if labels_file is not None:
+        return TeacherLabels.read(labels_file).lookup([str(r.path) for r in rows])
     t = Teacher(teacher)
     return np.stack([t.logits(str(r.path)) for r in rows])
 
@@ -175,7 +179,7 @@ def cmd_report(args) -> int:
     rows = plan.val
     print(f"{len(rows)} validation clips; {plan.val_message}", flush=True)
     results = {}
-    teacher = _teacher_val_logits(args.teacher, rows)
+    teacher = _teacher_val_logits(args.teacher, rows, args.teacher_labels)
     results[f"teacher ({args.teacher})"] = uar_table(teacher, rows, labels)
     for m in args.models:
         logits = _val_logits(m, rows)
@@ -238,6 +242,8 @@ def main(argv=None) -> int:
     rep = sub.add_parser("report", help="validation UAR overall and per corpus, next to the teacher")
     rep.add_argument("models", nargs="+")
     rep.add_argument("--teacher", default="default")
+    rep.add_argument("--teacher-labels", dest="teacher_labels", type=Path, default=None,
+                     help="the teacher's logits from this labels file (written by 'labels') instead of running it")
     rep.add_argument("--json", type=Path, default=None)
     rep.add_argument("--notes", type=Path, default=None, help="write the table as Markdown here (for a model card)")
     rep.add_argument("--speed", type=Path, default=None, help="speed_benchmark.py --fast --json output, added to --notes")
