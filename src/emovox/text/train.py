@@ -33,6 +33,7 @@ import torch
 from emovox.data.labels import GOEMOTIONS28
 
 from .. import __version__
+from .checkpoints import load_checkpoint, remove_checkpoint, run_identity, save_checkpoint
 from .data import TextDataset, read_label_names, read_tsv
 from .encoder import (
     Encoder,
@@ -50,7 +51,6 @@ from .evaluation import evaluate_text_model
 from .head import MLPHead, multilabel_loss
 from .loading import load_text_model
 from .metrics import tune_thresholds
-from .checkpoints import load_checkpoint, remove_checkpoint, run_identity, save_checkpoint
 from .model import (
     CONFIG_FILE,
     DELTA_FILE,
@@ -310,16 +310,17 @@ def _finetune(encoder: Encoder, head: MLPHead, train: TextDataset, dev: TextData
     state = load_checkpoint(out, run.identity) if resume and out is not None else None
     head.fit_standardizer(torch.from_numpy(pooled["train"]))
     if state is not None:
-        epoch, skip = run.restore(state, gen, history)
-        log.info("resuming fine-tuning at epoch %d after step %d (best dev macro-F1 so far %.4f)", epoch, skip, run.best)
+        first_epoch, skip = run.restore(state, gen, history)
+        log.info("resuming fine-tuning at epoch %d after step %d (best dev macro-F1 so far %.4f)", first_epoch, skip,
+                 run.best)
     else:
         run.best = _train_head(head, pooled["train"], train.targets, pooled["dev"], dev.targets, cfg,
                                epochs=cfg.probe_epochs, batch_size=128, pos_weight=pos_weight, gen=gen,
                                history=history, phase="probe")
         log.info("probe (frozen encoder) dev macro-F1 %.4f", run.best)
-        epoch, skip = 1, 0
+        first_epoch, skip = 1, 0
     del pooled
-    for epoch in range(epoch, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         _finetune_epoch(run, hidden, lengths, train.targets, dev, cfg, epoch, skip, gen, pos_weight, history)
         skip = 0
     head.load_state_dict(run.best_state["head"])
