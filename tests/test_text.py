@@ -239,6 +239,20 @@ def test_finetune_killed_mid_epoch_resumes_and_ends_where_a_straight_run_ends(wo
     assert [h.get("resumed_after_step") for h in history if h["phase"] == "finetune"] == [None, 10]
 
 
+def test_a_damaged_finetune_checkpoint_is_named_and_left_alone(work, tmp_path):
+    from emovox.text import TextTrainConfig, train_text_model
+    from emovox.text.checkpoints import CHECKPOINT_FILE, TextCheckpointError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    cfg = TextTrainConfig(encoder=str(work["encoder"]), mode="finetune", finetune_layers=1, epochs=1, probe_epochs=1,
+                          max_length=32)
+    with pytest.raises(TextCheckpointError, match="not a readable text fine-tuning checkpoint.*delete it"):
+        train_text_model(work["train"], work["dev"], out, cfg, cache_dir=work["cache"], resume=True)
+    assert (out / CHECKPOINT_FILE).read_bytes() == b"not a checkpoint"
+
+
 # -- grouping ----------------------------------------------------------------------------------
 
 def test_ekman_and_audio7_grouping_by_max():

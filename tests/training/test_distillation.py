@@ -235,3 +235,18 @@ def test_each_clip_in_a_batch_gets_the_teacher_logits_of_the_version_the_epoch_d
     assert torch.equal(got, torch.stack([logits[2, 1], logits[1, 2], logits[0, 4]]))
     clean_only = SimpleNamespace(teacher_logits=logits[:1])
     assert torch.equal(_batch_teacher(clean_only, data, [1, 3], epoch=0), logits[0, [1, 3]])
+
+
+def test_a_probe_teacher_gives_the_same_logits_from_a_pooled_row(clips):
+    """What benchmarks.distill reads from the pooled-state cache: the teacher's head on a clip's pooled row (as the
+    runtime graph pools it) gives the teacher's logits for that clip."""
+    from emovox.audio import load_audio
+    from emovox.degrade.multicondition import PooledEncoder
+    from emovox.inference import resolve_model_path
+    from emovox.training.distillation import Teacher
+
+    teacher = Teacher("default", cache=False)
+    encoder = PooledEncoder(resolve_model_path("default")[1], threads=1)
+    row = encoder.pooled(load_audio(clips[0].path))
+    got = teacher.logits_from_pooled(row[None])[0]
+    assert np.abs(got - teacher.logits(str(clips[0].path))).max() < 1e-2

@@ -52,7 +52,8 @@ def load_checkpoint(out_dir: str | os.PathLike, identity: dict[str, Any]) -> dic
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
-        raise TextCheckpointError(f"{path}: not a readable text fine-tuning checkpoint ({e}); delete it to start "
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch's first line; the rest is advice
+        raise TextCheckpointError(f"{path}: not a readable text fine-tuning checkpoint ({said}); delete it to start "
                                   "over") from e
     if not isinstance(state, dict) or "identity" not in state:
         raise TextCheckpointError(f"{path}: not a text fine-tuning checkpoint; delete it to start over")

@@ -255,7 +255,7 @@ class _FinetuneRun:
     best: float = -1.0
     best_state: dict | None = None
 
-    def save(self, cfg: TextTrainConfig, epoch: int, step: int, gen_state: torch.Tensor, history: list) -> None:
+    def save(self, epoch: int, step: int, gen_state: torch.Tensor, history: list) -> None:
         """Checkpoint: ``epoch`` runs next, its first ``step`` batches done (``gen_state``: its order's seed)."""
         if self.out is None:
             return
@@ -356,7 +356,7 @@ def _finetune_epoch(run: _FinetuneRun, hidden: dict, lengths: np.ndarray, target
             log.info("finetune epoch %d: step %d/%d, loss %.4f, %.0f s", epoch, step, len(batches),
                      total / ((step - skip) * cfg.batch_size), time.time() - t1)
         if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and step < len(batches):
-            run.save(cfg, epoch, step, gen_state, history)
+            run.save(epoch, step, gen_state, history)
     score = _dev_score(_top_probs(run.top, run.head, hidden["dev"], bf16=bf16), dev.targets, cfg.min_support)
     history.append({"phase": "finetune", "epoch": epoch, "train_loss": total / max(1, len(lengths)),
                     "dev_macro_f1_tuned": score, "seconds": round(time.time() - t1, 1),
@@ -367,7 +367,7 @@ def _finetune_epoch(run: _FinetuneRun, hidden: dict, lengths: np.ndarray, target
         run.best = score
         run.best_state = {"head": {k: v.detach().clone() for k, v in run.head.state_dict().items()},
                           "layers": {n: p.detach().clone() for n, p in run.params.items()}}
-    run.save(cfg, epoch + 1, 0, gen.get_state(), history)
+    run.save(epoch + 1, 0, gen.get_state(), history)
 
 
 def _inference_config(cfg: TextTrainConfig, ref, head: MLPHead, labels: list[str], dev, *, num_layers: int,
