@@ -10,6 +10,11 @@
 
     python -m benchmarks.text_runtime                       # about 5 minutes on 2 shared cores
     python -m benchmarks.text_runtime --skip-dev --repeats 3
+    python -m benchmarks.text_runtime --compare default,mpnet,ensemble   # the shipped text models, ONNX Runtime
+    python -m benchmarks.text_runtime --parity-only mpnet                 # 3. alone, for another model
+
+``--compare`` runs only 4. the named models against one another: whole-process ``emovox text --model NAME``
+(the models alternated round by round, medians), then in process at 1 and 2 threads: load, one sentence, a batch.
 """
 
 from __future__ import annotations
@@ -85,11 +90,11 @@ def in_process(texts: list[str]) -> list[dict]:
     return rows
 
 
-def dev_parity(dev_path: Path) -> dict:
+def dev_parity(dev_path: Path, model: str | None = None) -> dict:
     from emovox.text import evaluate_text_model, load_text_model, read_tsv
     from emovox.text.metrics import decide
 
-    onnx_model, torch_model = load_text_model(backend="onnx"), load_text_model(backend="torch")
+    onnx_model, torch_model = load_text_model(model, backend="onnx"), load_text_model(model, backend="torch")
     data = read_tsv(dev_path, len(onnx_model.labels))
     out: dict = {"n_texts": len(data)}
     probs = {}
@@ -107,16 +112,57 @@ def dev_parity(dev_path: Path) -> dict:
     return out
 
 
+def compare(models: list[str], texts: list[str], repeats: int) -> dict:
+    from emovox.text import load_text_model
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = {m: [sys.executable, "-m", "emovox.cli", "text", SENTENCE, "--format", "json", "--model", m] for m in models}
+    for m in models:
+        _wall(cmd[m], env)  # fills each graph's cache
+    times: dict[str, list[float]] = {m: [] for m in models}
+    for r in range(repeats):
+        for m in (models if r % 2 == 0 else models[::-1]):
+            times[m].append(_wall(cmd[m], env))
+    out: dict = {"process": {m: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3)}
+                             for m, t in times.items()}, "in_process": []}
+    for threads in (1, 2):
+        for m in models:
+            t0 = time.perf_counter()
+            model = load_text_model(m, threads=threads)
+            load_s = time.perf_counter() - t0
+            out["in_process"].append({"model": m, "threads": threads, "load_s": round(load_s, 2),
+                                      **_latency(model, texts)})
+            print(json.dumps(out["in_process"][-1]), flush=True)
+            del model
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dev", type=Path, default=DEFAULT_DATA / "goemotions" / "dev.tsv")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--skip-dev", action="store_true", help="leave out the full dev split (the longest part)")
+    ap.add_argument("--parity-only", default=None, metavar="MODEL",
+                    help="only 3. for this shipped name or folder (mpnet, ensemble, a folder)")
+    ap.add_argument("--compare", default=None, help="comma-separated shipped names or folders: only compare them")
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "text-runtime.json")
     args = ap.parse_args(argv)
     from emovox.text import read_tsv
 
     texts = read_tsv(args.dev, 28).texts[:512]
+    if args.parity_only:
+        report = {"model": args.parity_only, "dev": dev_parity(args.dev, args.parity_only)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.compare:
+        report = {"load_average_start": os.getloadavg(),
+                  **compare(args.compare.split(","), texts, args.repeats), "load_average_end": os.getloadavg()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
     report = {"cpus": len(os.sched_getaffinity(0)), "load_average_start": os.getloadavg(),
               "process": process_times(args.repeats)}
     print(json.dumps(report, indent=2), flush=True)

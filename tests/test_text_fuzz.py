@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emovox.text import TextModelError, default_model_path, load_text_model
-from emovox.text.model import read_model_config
+from emovox.text.ensemble import load_ensemble
+from emovox.text.model import read_model_config, shipped_model_path
 from emovox.text.runtime import check_fresh, read_runtime
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
@@ -126,3 +128,37 @@ def _check_raises(folder: Path, blob: str) -> None:
         _load(folder)
     finally:
         (folder / "inference_config.json").write_text(original, encoding="utf-8")
+
+
+# -- an ensemble's config (emovox.text.ensemble): its members are the shipped models, read but not run ----------
+
+
+@pytest.fixture(scope="module")
+def ensemble_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz-ensemble")
+    for name in ("default", "mpnet"):
+        (root / name).symlink_to(shipped_model_path(name), target_is_directory=True)
+    shutil.copytree(shipped_model_path("ensemble"), root / "ensemble")
+    return root / "ensemble"
+
+
+def _member_config(path: Path) -> SimpleNamespace:
+    """A member as the ensemble checks it (its checked config's labels), without loading its weights."""
+    return SimpleNamespace(labels=read_model_config(path)["labels"])
+
+
+@FUZZ
+@given(data=st.data())
+def test_ensemble_config_with_one_changed_value_is_loaded_or_named(ensemble_folder, data):
+    name = "inference_config.json"
+    original = (ensemble_folder / name).read_text(encoding="utf-8")
+    doc = json.loads(original)
+    changed = data.draw(st.one_of(values, st.just(_with(doc, data.draw(st.sampled_from(list(_paths(doc)))),
+                                                         data.draw(values), data.draw(st.booleans())))))
+    (ensemble_folder / name).write_text(json.dumps(changed), encoding="utf-8")
+    try:
+        load_ensemble(ensemble_folder, _member_config)
+    except TextModelError as e:
+        assert str(e).strip()
+    finally:
+        (ensemble_folder / name).write_text(original, encoding="utf-8")

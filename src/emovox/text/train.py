@@ -337,7 +337,7 @@ def _finetune_epoch(run: _FinetuneRun, hidden: dict, lengths: np.ndarray, target
     gen_state = gen.get_state()
     batches = _bucketed(lengths, cfg.batch_size, gen)
     targets_t = torch.from_numpy(targets)
-    t1, total = time.time(), 0.0
+    t1, total, seen = time.time(), 0.0, 0  # a resumed epoch's loss is over the steps run since the resume
     for step, idx in enumerate(batches, 1):
         if step <= skip:
             continue
@@ -351,18 +351,18 @@ def _finetune_epoch(run: _FinetuneRun, hidden: dict, lengths: np.ndarray, target
         torch.nn.utils.clip_grad_norm_(list(run.params.values()) + list(run.head.parameters()), 1.0)
         run.opt.step()
         run.sched.step()
-        total += loss.item() * len(idx)
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
         if step % 200 == 0:
             log.info("finetune epoch %d: step %d/%d, loss %.4f, %.0f s", epoch, step, len(batches),
-                     total / ((step - skip) * cfg.batch_size), time.time() - t1)
+                     total / seen, time.time() - t1)
         if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and step < len(batches):
             run.save(epoch, step, gen_state, history)
     score = _dev_score(_top_probs(run.top, run.head, hidden["dev"], bf16=bf16), dev.targets, cfg.min_support)
-    history.append({"phase": "finetune", "epoch": epoch, "train_loss": total / max(1, len(lengths)),
+    history.append({"phase": "finetune", "epoch": epoch, "train_loss": total / max(1, seen),
                     "dev_macro_f1_tuned": score, "seconds": round(time.time() - t1, 1),
                     **({"resumed_after_step": skip} if skip else {})})
     log.info("finetune epoch %d: loss %.4f, dev macro-F1 (tuned thresholds) %.4f, %.0f s", epoch,
-             total / max(1, len(lengths)), score, time.time() - t1)
+             total / max(1, seen), score, time.time() - t1)
     if score > run.best + 1e-4 or run.best_state is None:
         run.best = score
         run.best_state = {"head": {k: v.detach().clone() for k, v in run.head.state_dict().items()},
