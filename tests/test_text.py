@@ -65,6 +65,14 @@ def _synthetic(n: int, seed: int) -> str:
 
 
 
+def tiny_setup(root: Path, n_train: int = 200, n_dev: int = 80) -> dict:
+    """Synthetic train/dev TSVs and a tiny random BERT in ``root`` (for tests that train small text models)."""
+    (root / "train.tsv").write_text(_synthetic(n_train, 0), encoding="utf-8")
+    (root / "dev.tsv").write_text(_synthetic(n_dev, 1), encoding="utf-8")
+    return {"root": root, "encoder": _tiny_bert(root / "tiny-bert"), "train": root / "train.tsv",
+            "dev": root / "dev.tsv"}
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("text")

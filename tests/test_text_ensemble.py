@@ -30,13 +30,10 @@ TEXTS = ["i am so happy thank you", "why", "sad " * 40, "scared and angry lol"]
 def members(tmp_path_factory) -> dict:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_text import _synthetic, _tiny_bert
+    from test_text import tiny_setup
 
-    root = tmp_path_factory.mktemp("ensemble")
-    (root / "train.tsv").write_text(_synthetic(200, 0), encoding="utf-8")
-    (root / "dev.tsv").write_text(_synthetic(80, 1), encoding="utf-8")
-    encoder = _tiny_bert(root / "tiny-bert")
-    out = {"root": root, "dev": root / "dev.tsv"}
+    out = tiny_setup(tmp_path_factory.mktemp("ensemble"))
+    root, encoder = out["root"], out["encoder"]
     for name, extra in (("a", ["--hidden-dim", "0"]), ("b", ["--hidden-dim", "16", "--seed", "1"])):
         assert main(["text-train", "--train", str(root / "train.tsv"), "--dev", str(root / "dev.tsv"),
                      "--output-dir", str(root / "models" / name), "--encoder", str(encoder), "--max-length", "16",

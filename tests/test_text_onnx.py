@@ -282,12 +282,9 @@ def test_a_damaged_cached_graph_is_built_again(shipped_onnx):
 def trained(tmp_path_factory) -> dict:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_text import _synthetic, _tiny_bert
+    from test_text import tiny_setup
 
-    root = tmp_path_factory.mktemp("trained")
-    (root / "train.tsv").write_text(_synthetic(200, 0), encoding="utf-8")
-    (root / "dev.tsv").write_text(_synthetic(80, 1), encoding="utf-8")
-    return {"root": root, "encoder": _tiny_bert(root / "tiny-bert")}
+    return tiny_setup(tmp_path_factory.mktemp("trained"))
 
 
 def _train(trained: dict, name: str, *extra: str) -> Path:
