@@ -113,6 +113,23 @@ def test_odd_sample_rates_are_resampled():
         assert abs(dominant_hz(y) - 500) < 4
 
 
+def test_a_cheaper_resampling_quality_gives_nearly_the_same_samples_and_others_are_refused():
+    """A model may ask for soxr's MQ (16-bit) instead of HQ: the same length; a tone within 1e-5, full-band noise
+    within 0.1 % RMS (the filters' roll-offs near 8 kHz differ), from a file decoded in blocks and from an array;
+    LQ and QQ (which changed answers) and typos are refused."""
+    rng = np.random.default_rng(0)
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+    noisy = x + (0.05 * rng.standard_normal(48000)).astype(np.float32)
+    for signal, rms_tol in ((x, 1e-5), (noisy, 1e-3)):
+        for source in (encode(signal, 48000, "WAV", "FLOAT"), (signal, 48000)):
+            hq, mq = load_audio(source), load_audio(source, resample_quality="MQ")
+            assert len(hq) == len(mq) == 16000
+            assert np.sqrt(np.mean((hq - mq) ** 2)) < rms_tol * np.sqrt(np.mean(hq ** 2))
+    for bad in ("LQ", "QQ", "hq", None):
+        with pytest.raises(ValueError, match="resample_quality must be one of VHQ, HQ, MQ"):
+            load_audio((x, 48000), resample_quality=bad)
+
+
 def test_silence_is_valid_audio_and_detectable():
     y = load_audio(encode(np.zeros(SR, np.float32), SR, "WAV", "PCM_16"))
     assert len(y) == SR and is_silent(y)

@@ -6,7 +6,8 @@ Every path into emovox (training, evaluation, CLI, HTTP, streaming) goes through
 Decoding is done by libsndfile (through ``soundfile``), which sniffs the container from the
 bytes, not from the file name: AIFF data behind a ``.wav`` name decodes as AIFF. Supported:
 WAV (8/16/24/32-bit int, 32/64-bit float), FLAC, Ogg/Vorbis, Ogg/Opus, MP3, AIFF.
-Resampling uses ``soxr`` (high quality).
+Resampling uses ``soxr``: its high quality (``HQ``, 20-bit) unless the caller (a model whose config says
+``resample_quality``) asks for ``MQ`` (16-bit, the same passband; about 40 % cheaper).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from emovox.defaults import MAX_CLIP_S
 from emovox.errors import AudioError
 
 SAMPLE_RATE_HZ = 16000
+#: soxr's quality for every resampling unless a model's config says otherwise (``resample_quality``).
+RESAMPLE_QUALITY = "HQ"
+#: What a model may ask for. soxr's LQ and QQ are left out: on the `fast` model's validation clips given at
+#: 48 kHz they changed 14-18 % and 0-12 % of the answers that HQ and MQ give (BENCHMARKS.md, "Cheaper resampling").
+RESAMPLE_QUALITIES = ("VHQ", "HQ", "MQ")
 #: Source sample rates emovox accepts (a header claiming 0, 1 or 10**9 Hz is corrupt or hostile).
 SOURCE_RATE_RANGE_HZ = (1000, 768_000)
 #: Peak level (dBFS) under which a clip counts as silent.
@@ -184,6 +190,13 @@ def _check_header_limits(path, desc: str, max_duration_s: float | None) -> None:
                          f"{max_duration_s:g} s")
 
 
+def check_resample_quality(quality: object, where: str = "") -> str:
+    """``quality`` if it is one of :data:`RESAMPLE_QUALITIES`, else a ``ValueError`` naming them."""
+    if quality not in RESAMPLE_QUALITIES:
+        raise ValueError(f"{where}resample_quality must be one of {', '.join(RESAMPLE_QUALITIES)}, got {quality!r}")
+    return str(quality)
+
+
 def check_source_rate(rate: int, desc: str, what: str) -> None:
     low, high = SOURCE_RATE_RANGE_HZ
     if not low <= rate <= high:
@@ -194,7 +207,8 @@ def check_source_rate(rate: int, desc: str, what: str) -> None:
 DECODE_BLOCK_S = 20
 
 
-def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_duration_s: float | None) -> np.ndarray:
+def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_duration_s: float | None,
+            resample_quality: str = RESAMPLE_QUALITY) -> np.ndarray:
     """Decode to mono float32 at ``sample_rate_hz``, ``DECODE_BLOCK_S`` at a time, each block mixed down and
     resampled (soxr's stream gives the same samples as one call) as it comes: memory follows the output, never
     what a header claims, and decoding stops within a block of the clip passing ``max_duration_s``. A typical
@@ -203,7 +217,7 @@ def _decode(data: bytes, info: AudioInfo, desc: str, sample_rate_hz: int, max_du
     sr = info.sample_rate_hz
     limit = None if max_duration_s is None else int(max_duration_s * sr)
     stream = None if sr == sample_rate_hz else soxr.ResampleStream(sr, sample_rate_hz, 1, dtype="float32",
-                                                                  quality="HQ")
+                                                                  quality=resample_quality)
     out, frames, bad = [], 0, 0
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
@@ -265,8 +279,10 @@ def load_audio(
     sample_rate_hz: int = SAMPLE_RATE_HZ,
     source_sample_rate_hz: int | None = None,
     max_duration_s: float | None = MAX_CLIP_S,
+    resample_quality: str = RESAMPLE_QUALITY,
 ) -> np.ndarray:
-    """Decode ``source`` to mono float32 at ``sample_rate_hz``.
+    """Decode ``source`` to mono float32 at ``sample_rate_hz`` (resampled by soxr at ``resample_quality``: one of
+    :data:`RESAMPLE_QUALITIES`).
 
     ``source`` is a path, bytes, a binary file object, or an array (NumPy or torch, 1-D or
     ``(samples, channels)``) with ``source_sample_rate_hz`` (or a ``(array, rate)`` tuple).
@@ -278,6 +294,7 @@ def load_audio(
     desc = describe_source(source)
     if sample_rate_hz <= 0:
         raise AudioError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
+    check_resample_quality(resample_quality)
     is_array = isinstance(source, np.ndarray) or type(source).__module__.startswith("torch") or (
         isinstance(source, tuple) and len(source) == 2
     )
@@ -295,7 +312,7 @@ def load_audio(
                 f"{desc}: too long: {info.duration_s:.1f} s exceeds the maximum of {max_duration_s:g} s"
             )
         _check_truncation(data, info, desc)
-        x, sr = _decode(data, info, desc, sample_rate_hz, max_duration_s), sample_rate_hz
+        x, sr = _decode(data, info, desc, sample_rate_hz, max_duration_s, resample_quality), sample_rate_hz
     if x.size == 0:
         raise AudioError(f"{desc}: contains zero audio samples")
     if not np.isfinite(x).all():
@@ -304,7 +321,7 @@ def load_audio(
     if max_duration_s is not None and x.shape[0] / sr > max_duration_s:
         raise AudioError(f"{desc}: too long: {x.shape[0] / sr:.1f} s exceeds the maximum of {max_duration_s:g} s")
     if sr != sample_rate_hz:
-        x = soxr.resample(x, sr, sample_rate_hz, quality="HQ").astype(np.float32, copy=False)
+        x = soxr.resample(x, sr, sample_rate_hz, quality=resample_quality).astype(np.float32, copy=False)
     peak = float(np.abs(x).max()) if x.size else 0.0
     if peak > 1.0:
         # Float input beyond full scale (or resampling overshoot): clip into [-1, 1].

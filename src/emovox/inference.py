@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from emovox.audio import AudioError, is_silent, load_audio
+from emovox.audio import RESAMPLE_QUALITY, AudioError, check_resample_quality, is_silent, load_audio
 from emovox.data.labels import FOLD_FALLBACKS, LabelMap
 from emovox.defaults import (
     CONFIDENCE_THRESHOLD,
@@ -124,6 +124,8 @@ class EmotionModel:
         try:  # the ONNX backend reads model_config.json as it is: check it here too
             self.quality_temperature = check_quality_temperature(self.config.get("quality_temperature"),
                                                                  f"{path or name}: ")
+            self.resample_quality = check_resample_quality(self.config.get("resample_quality", RESAMPLE_QUALITY),
+                                                           f"{path or name}: ")
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
 
@@ -189,7 +191,7 @@ class EmotionModel:
     # -- audio
     def load(self, source, *, sample_rate_hz: int | None = None) -> np.ndarray:
         return load_audio(source, sample_rate_hz=self.sample_rate_hz, source_sample_rate_hz=sample_rate_hz,
-                          max_duration_s=self.max_duration_s)
+                          max_duration_s=self.max_duration_s, resample_quality=self.resample_quality)
 
     def probabilities(self, waves: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
         """Calibrated probabilities ``(n, n_labels)`` for decoded clips; similar lengths are batched."""

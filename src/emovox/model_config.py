@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from emovox import __version__
+from emovox.audio import check_resample_quality
 from emovox.degrade.quality import check_quality_temperature
 from emovox.errors import ModelLoadError
 from emovox.features import FeatureConfig, FeatureStats
@@ -52,12 +53,15 @@ class ModelConfig:
     #: Calibration under poor input: ``{kind: factor}``, the temperature multiplied by the factor of each of a
     #: recording's quality issues (:mod:`emovox.degrade.quality`); fitted on degraded validation clips.
     quality_temperature: dict[str, float] | None = None
+    #: soxr's quality when input at another rate is resampled for this model (``emovox.audio.RESAMPLE_QUALITIES``;
+    #: None: ``RESAMPLE_QUALITY``). Set where its answers were measured not to depend on it (the `fast` model).
+    resample_quality: str | None = None
     #: Export metadata (Core ML author and licence), when the model sets its own.
     author: str | None = None
     license: str | None = None
 
     #: Written only when set (older files have none of them).
-    _OPTIONAL = ("training", "adaptation", "quality_temperature", "author", "license")
+    _OPTIONAL = ("training", "adaptation", "quality_temperature", "resample_quality", "author", "license")
 
     @classmethod
     def from_dict(cls, d: Any, *, source: Any = None) -> ModelConfig:
@@ -77,6 +81,8 @@ class ModelConfig:
             raise ModelLoadError(f"{where}model config has no labels")
         try:
             check_quality_temperature(d.get("quality_temperature"), where)
+            if d.get("resample_quality") is not None:
+                check_resample_quality(d["resample_quality"], where)
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
         return cls(model=_model_spec(d["model"], where), features=_features(d["features"], where),

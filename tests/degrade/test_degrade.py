@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +228,20 @@ def test_retemper_is_softmax_at_the_multiplied_temperature():
     z = np.random.default_rng(0).normal(size=(5, 7)) * 3
     for f in (0.5, 1.0, 1.7, 4.0):
         np.testing.assert_allclose(retemper(softmax(z, 1.3), f), softmax(z, 1.3 * f), atol=1e-12)
+
+
+def test_a_model_config_names_its_resample_quality_and_an_unknown_one_is_refused(tmp_path):
+    import emovox
+    from emovox.errors import ModelLoadError
+    from emovox.model_config import ModelConfig
+    from emovox.modelio import load_model_dir, save_model
+
+    loaded = load_model_dir(Path(emovox.__file__).parent / "assets" / "models" / "crnn")
+    with pytest.raises(ModelLoadError, match="resample_quality must be one of VHQ, HQ, MQ, got 'QQ'"):
+        ModelConfig.from_dict({**loaded.config, "resample_quality": "QQ"}, source="model_config.json")
+    folder = save_model(tmp_path / "m", loaded.pipeline.model, {**loaded.config, "resample_quality": "MQ"})
+    assert emovox.load_model(folder, backend="torch").resample_quality == "MQ"
+    assert emovox.load_model("crnn", backend="torch").resample_quality == "HQ"
 
 
 def test_quality_temperature_fit_recovers_known_factors():

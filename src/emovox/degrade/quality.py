@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -59,24 +60,27 @@ def _frame_power(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     return np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frame
 
 
-def _snr_db(power: np.ndarray) -> float:
-    """Speech over noise from frame powers: the loudest tenth of frames are speech (plus noise), the quietest
-    tenth the noise floor (a percentile estimate; robust to short clips without a voice activity detector)."""
-    noise = float(np.percentile(power, 10))
-    speech = float(np.percentile(power, 90))
+def _snr_db(noise: float, speech: float) -> float:
+    """Speech over noise from frame powers' percentiles: the loudest tenth of frames are speech (plus noise), the
+    quietest tenth the noise floor (a percentile estimate; robust to short clips without a voice activity
+    detector)."""
     if noise <= 1e-12:
         return SNR_CAP_DB
     return float(np.clip(10 * np.log10(max(speech - noise, 1e-12) / noise), -20.0, SNR_CAP_DB))
 
 
+@lru_cache(maxsize=8)
+def _window(n: int) -> np.ndarray:
+    return np.hanning(n).astype(np.float32)
+
+
 def _bandwidth_hz(wave: np.ndarray, sample_rate_hz: int) -> float:
     """An averaged spectrum (Hann windows of 512, no overlap: enough for a bandwidth) in NumPy: the base install
     has no SciPy."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     n = min(512, len(wave))
-    frames = sliding_window_view(wave.astype(np.float32), n)[::n] * np.hanning(n).astype(np.float32)
-    psd = np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0)
+    frames = wave[: len(wave) // n * n].reshape(-1, n) * _window(n)
+    spectrum = np.fft.rfft(frames, axis=1)
+    psd = np.mean(spectrum.real ** 2 + spectrum.imag ** 2, axis=0)
     freqs = np.fft.rfftfreq(n, 1.0 / sample_rate_hz)
     above = np.nonzero(psd > np.max(psd) * 10 ** (-BANDWIDTH_FLOOR_DB / 10))[0]
     return float(freqs[above[-1]]) if len(above) else 0.0
@@ -85,12 +89,12 @@ def _bandwidth_hz(wave: np.ndarray, sample_rate_hz: int) -> float:
 def measure_quality(wave: np.ndarray, sample_rate_hz: int = 16000) -> InputQuality:
     """The recording's quality measures and, in ``issues``, what in them makes answers less reliable."""
     x = np.asarray(wave, dtype=np.float32)
-    power = _frame_power(x, sample_rate_hz)
-    speech = float(np.percentile(power, 90))
+    noise, speech = (float(v) for v in np.percentile(_frame_power(x, sample_rate_hz), [10, 90]))
     speech_dbfs = float(10 * np.log10(max(speech, 1e-12)))
-    peak = float(np.max(np.abs(x))) if len(x) else 0.0
-    clipped = float(np.mean(np.abs(x) >= 0.999 * peak)) if peak > 0 else 0.0
-    snr = _snr_db(power)
+    magnitude = np.abs(x)
+    peak = float(np.max(magnitude)) if len(x) else 0.0
+    clipped = float(np.count_nonzero(magnitude >= 0.999 * peak) / len(x)) if peak > 0 else 0.0
+    snr = _snr_db(noise, speech)
     bandwidth = _bandwidth_hz(x, sample_rate_hz) if len(x) >= 64 else 0.0
     issues = []
     if snr < POOR_SNR_DB:
