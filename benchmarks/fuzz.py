@@ -6,7 +6,7 @@ anything but the boundary's own error (``AudioError``, ``ModelLoadError``/``Valu
 "hangs" when one call takes longer than ``--hang-s``. Prints a Markdown table (inputs tried, crashes,
 hangs, 5xx answers of the HTTP target, slowest call, peak RSS) and writes every crashing input to
 ``--out`` for a regression test. Targets: audio files, label specs, model folders, text, the text model's JSON
-files (``text-model-folder``), corpus folder
+files (``text-model-folder``), the shipped text ensemble's (``text-ensemble-folder``, needs the mpnet parts), corpus folder
 trees, config files, the HTTP API (schemathesis, from its OpenAPI document) and the WebSocket stream.
 Peak RSS is the process's: run one target per process for per-target figures.
 
@@ -379,10 +379,39 @@ def target_text_model_folder(data: Path):
     return one, (TextModelError,)
 
 
+def target_text_ensemble_folder(data: Path):
+    """The shipped ``ensemble`` text model folder (members: the shipped ``default`` and ``mpnet``, linked beside it)
+    with its inference_config.json or labels.json mutated per input, loaded on ONNX Runtime (needs the mpnet parts)."""
+    import shutil
+    import tempfile
+
+    from emovox.text import TextModelError, load_text_model
+    from emovox.text.model import shipped_model_path
+
+    src = shipped_model_path("ensemble")
+    root = Path(tempfile.mkdtemp(prefix="emovox-fuzz-"))
+    for member in ("default", "mpnet"):
+        (root / member).symlink_to(shipped_model_path(member), target_is_directory=True)
+    work = root / "ensemble"
+    shutil.copytree(src, work)
+
+    def one(rng: random.Random) -> bytes:
+        name = rng.choice(("inference_config.json", "labels.json"))
+        blob = mutate((src / name).read_bytes(), rng)
+        (work / name).write_bytes(blob)
+        try:
+            load_text_model(work, backend="onnx")
+        finally:
+            (work / name).write_bytes((src / name).read_bytes())
+        return blob
+
+    return one, (TextModelError,)
+
+
 STATS: dict[str, int] = {}
 
 TARGETS = {"audio": target_audio, "labels": target_labels, "model-folder": target_model_folder, "text": target_text,
-           "text-model-folder": target_text_model_folder,
+           "text-model-folder": target_text_model_folder, "text-ensemble-folder": target_text_ensemble_folder,
            "corpus": target_corpus, "config": target_config, "http": target_http, "websocket": target_websocket}
 
 
