@@ -352,19 +352,9 @@ def target_websocket(data: Path):
     return one, ()
 
 
-#: Extra counts a target reports (the HTTP target's 5xx answers).
-def target_text_model_folder(data: Path):
-    """The shipped text model folder with one of its JSON files (inference_config.json, labels.json,
-    onnx/runtime.json) mutated per input, loaded on ONNX Runtime."""
-    import shutil
-    import tempfile
-
-    from emovox.text import TextModelError, default_model_path, load_text_model
-
-    src = default_model_path()
-    names = ("inference_config.json", "labels.json", "onnx/runtime.json")
-    work = Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "m"
-    shutil.copytree(src, work)
+def _text_folder_mutant(src: Path, work: Path, names: tuple[str, ...]):
+    """One input: a copy of ``src`` in ``work`` with one of ``names`` mutated, loaded on ONNX Runtime, restored."""
+    from emovox.text import load_text_model
 
     def one(rng: random.Random) -> bytes:
         name = rng.choice(names)
@@ -376,7 +366,22 @@ def target_text_model_folder(data: Path):
             (work / name).write_bytes((src / name).read_bytes())
         return blob
 
-    return one, (TextModelError,)
+    return one
+
+
+def target_text_model_folder(data: Path):
+    """The shipped text model folder with one of its JSON files (inference_config.json, labels.json,
+    onnx/runtime.json) mutated per input, loaded on ONNX Runtime."""
+    import shutil
+    import tempfile
+
+    from emovox.text import TextModelError, default_model_path
+
+    src = default_model_path()
+    work = Path(tempfile.mkdtemp(prefix="emovox-fuzz-")) / "m"
+    shutil.copytree(src, work)
+    return _text_folder_mutant(src, work, ("inference_config.json", "labels.json", "onnx/runtime.json")), \
+        (TextModelError,)
 
 
 def target_text_ensemble_folder(data: Path):
@@ -385,29 +390,18 @@ def target_text_ensemble_folder(data: Path):
     import shutil
     import tempfile
 
-    from emovox.text import TextModelError, load_text_model
+    from emovox.text import TextModelError
     from emovox.text.model import shipped_model_path
 
     src = shipped_model_path("ensemble")
     root = Path(tempfile.mkdtemp(prefix="emovox-fuzz-"))
     for member in ("default", "mpnet"):
         (root / member).symlink_to(shipped_model_path(member), target_is_directory=True)
-    work = root / "ensemble"
-    shutil.copytree(src, work)
-
-    def one(rng: random.Random) -> bytes:
-        name = rng.choice(("inference_config.json", "labels.json"))
-        blob = mutate((src / name).read_bytes(), rng)
-        (work / name).write_bytes(blob)
-        try:
-            load_text_model(work, backend="onnx")
-        finally:
-            (work / name).write_bytes((src / name).read_bytes())
-        return blob
-
-    return one, (TextModelError,)
+    shutil.copytree(src, root / "ensemble")
+    return _text_folder_mutant(src, root / "ensemble", ("inference_config.json", "labels.json")), (TextModelError,)
 
 
+#: Extra counts a target reports (the HTTP target's 5xx answers).
 STATS: dict[str, int] = {}
 
 TARGETS = {"audio": target_audio, "labels": target_labels, "model-folder": target_model_folder, "text": target_text,

@@ -26,6 +26,14 @@ from emovox.text.runtime import check_fresh, read_runtime, runtime_dir
 TEXTS = ["i am so happy thank you", "why", "sad " * 40, "scared and angry lol"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """A cache folder of this module's own, so the members' filled graphs do not land in the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOVOX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> dict:
     pytest.importorskip("torch")
