@@ -245,6 +245,9 @@ def test_finetune_killed_mid_epoch_resumes_and_ends_where_a_straight_run_ends(wo
             torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
     history = json.loads((stopped / "model_meta.json").read_text())["history"]
     assert [h.get("resumed_after_step") for h in history if h["phase"] == "finetune"] == [None, 10]
+    # the resumed epoch's loss is the mean over the 15 batches it ran, not their sum over all 25 batches' texts
+    straight_loss = json.loads((straight / "model_meta.json").read_text())["history"][-1]["train_loss"]
+    assert 0.8 < history[-1]["train_loss"] / straight_loss < 1.1  # 0.94 here; summed over the epoch it was ~0.55
 
 
 def test_a_damaged_finetune_checkpoint_is_named_and_left_alone(work, tmp_path):

@@ -516,6 +516,17 @@ def test_speech_is_served_while_the_default_text_model_loads(model_dir, clip):
             assert after.status_code == 503 and "retry-after" not in after.headers
 
 
+def test_text_model_by_shipped_name(model_dir):
+    """TEXT_MODEL_DIR / --text-model take a shipped text model's name (minilm = default) as well as a folder."""
+    from emovox.server.services import load_text
+    from emovox.text import default_model_path
+
+    model, info = load_text(settings_for(model_dir, text_model="minilm"))
+    assert info["available"] and info["name"] == "default" and str(model.path) == str(default_model_path())
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        load_text(settings_for(model_dir, text_model="no-such-model"))
+
+
 def _tiny_text_model(root):
     """A text model folder on a tiny random BERT (no download), in emovox.text's format."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
