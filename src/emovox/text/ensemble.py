@@ -26,8 +26,8 @@ from .model import (
     LABELS_FILE,
     META_FILE,
     TextModel,
-    is_int_in,
-    is_probability,
+    check_decision_rule,
+    check_format,
     read_json,
     write_json,
 )
@@ -78,14 +78,8 @@ def member_paths(root: Path, cfg: dict) -> list[Path]:
 
 def check_ensemble_config(cfg: Any, path: Path) -> None:
     """Every key :class:`TextEnsemble` reads, with its type and range: a :class:`TextModelError` naming it."""
-    if not isinstance(cfg, dict) or cfg.get("format") != ENSEMBLE_FORMAT:
-        raise TextModelError(f"{path}: not an emovox text ensemble config (format {ENSEMBLE_FORMAT!r} expected)")
-    if not is_int_in(cfg.get("format_version", 0), 0) or cfg.get("format_version", 0) > ENSEMBLE_VERSION:
-        raise TextModelError(f"{path}: format_version must be a whole number <= {ENSEMBLE_VERSION}, "
-                             f"got {cfg.get('format_version')!r}")
-    for key in ("members", "labels", "thresholds", "global_threshold", "max_length"):
-        if key not in cfg:
-            raise TextModelError(f"{path}: missing key {key!r}")
+    check_format(cfg, path, ENSEMBLE_FORMAT, ENSEMBLE_VERSION,
+                 ("members", "labels", "thresholds", "global_threshold", "max_length"))
     members = cfg["members"]
     if not isinstance(members, list) or len(members) < 2 or not all(
             isinstance(m, dict) and isinstance(m.get("path"), str) and m["path"]
@@ -93,19 +87,19 @@ def check_ensemble_config(cfg: Any, path: Path) -> None:
             and np.isfinite(m["weight"]) and m["weight"] > 0 for m in members):
         raise TextModelError(f"{path}: 'members' must list at least two objects with a 'path' (a text model "
                              "folder) and a 'weight' > 0")
-    labels = cfg["labels"]
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
-            or len(set(labels)) != len(labels):
-        raise TextModelError(f"{path}: 'labels' must be a non-empty list of distinct label names")
-    thr = cfg["thresholds"]
-    if not isinstance(thr, dict) or set(thr) != set(labels) or not all(map(is_probability, thr.values())):
-        raise TextModelError(f"{path}: 'thresholds' must give one value in (0, 1) per label")
-    if not is_probability(cfg["global_threshold"]):
-        raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
-    if not is_int_in(cfg["max_length"], 4, 1 << 16) or not is_int_in(cfg.get("top_k", 0), 0) \
-            or not isinstance(cfg.get("always_one", False), bool):
-        raise TextModelError(f"{path}: max_length must be a whole number in [4, 65536], top_k >= 0 and "
-                             "always_one true or false")
+    check_decision_rule(cfg, path)
+
+
+def load_members(paths: Sequence[Path], load_member: Callable[[Path], TextModel], where: Path) -> list[TextModel]:
+    """The members, loaded by ``load_member``: none an ensemble itself, all with the first one's labels."""
+    for path in paths:
+        if is_ensemble_folder(path):
+            raise TextModelError(f"{where}: member {path} is itself an ensemble; list its members")
+    members = [load_member(path) for path in paths]
+    for path, member in zip(paths[1:], members[1:]):
+        if list(member.labels) != list(members[0].labels):
+            raise TextModelError(f"{path}: its labels differ from those of {paths[0]} ({where})")
+    return members
 
 
 def load_ensemble(root: Path, load_member: Callable[[Path], TextModel]) -> TextEnsemble:
@@ -114,14 +108,9 @@ def load_ensemble(root: Path, load_member: Callable[[Path], TextModel]) -> TextE
     check_ensemble_config(cfg, root / CONFIG_FILE)
     if read_json(root / LABELS_FILE) != cfg["labels"]:
         raise TextModelError(f"{root / LABELS_FILE}: labels differ from those in {CONFIG_FILE}")
-    paths = member_paths(root, cfg)
-    for path in paths:
-        if is_ensemble_folder(path):
-            raise TextModelError(f"{root / CONFIG_FILE}: member {path} is itself an ensemble; list its members")
-    members = [load_member(path) for path in paths]
-    for path, member in zip(paths, members):
-        if list(member.labels) != cfg["labels"]:
-            raise TextModelError(f"{path}: its labels differ from the ensemble's ({root / CONFIG_FILE})")
+    members = load_members(member_paths(root, cfg), load_member, root / CONFIG_FILE)
+    if list(members[0].labels) != cfg["labels"]:
+        raise TextModelError(f"{root / CONFIG_FILE}: its labels differ from its members'")
     return TextEnsemble(root, cfg, members)
 
 
@@ -135,7 +124,7 @@ def build_ensemble(members: Sequence[str | os.PathLike], dev: str | os.PathLike,
     weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths):
         raise ValueError(f"{len(weights)} weights for {len(paths)} members")
-    models = [load_member(p) for p in paths]
+    models = load_members(paths, load_member, out)
     data = read_tsv(dev, len(models[0].labels))
     probs = [dataset_probabilities(m, data) for m in models]
     mean = sum(w * p for w, p in zip(weights, probs)) / sum(weights)
@@ -154,7 +143,7 @@ def build_ensemble(members: Sequence[str | os.PathLike], dev: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / LABELS_FILE, cfg["labels"])
     write_json(out / CONFIG_FILE, cfg)
-    model = load_ensemble(out, load_member)
+    model = TextEnsemble(out, cfg, models)  # the members are already loaded and checked
     report = evaluate_text_model(model, data, out_dir=out, probs=mean, crossfit=True, split="dev")
     write_json(out / META_FILE, _meta(out, paths, models, probs, data, report))
     return report

@@ -64,8 +64,7 @@ def load_text_model(path: str | os.PathLike | None = None, *, backend: str = "au
         if encoder is not None:
             raise TextModelError(f"{root}: encoder= moves one model's encoder; an ensemble's members each use their own")
         return load_ensemble(root, lambda member: load_text_model(member, backend=backend, device=device,
-                                                                  encoder=encoder, check_encoder=check_encoder,
-                                                                  threads=threads))
+                                                                  check_encoder=check_encoder, threads=threads))
     torch_only = ("encoder= (a moved encoder) is PyTorch's" if encoder is not None else
                   "check_encoder=False is PyTorch's" if not check_encoder else
                   f"device={device!r} is PyTorch's" if str(device) != "cpu" else None)

@@ -227,21 +227,38 @@ def _is_file_name(v: Any) -> bool:
     return isinstance(v, str) and bool(v) and Path(v).name == v and v not in (".", "..")
 
 
-def _check_config(cfg: Any, path: Path) -> None:
-    """Every key the loaders read, with its type and range: a :class:`TextModelError` naming the key."""
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise TextModelError(f"{path}: not an emovox text model config (format {FORMAT!r} expected)")
+def check_format(cfg: Any, path: Path, fmt: str, latest: int, required: Sequence[str]) -> None:
+    """A config object of format ``fmt`` whose ``format_version`` this emovox reads, with the ``required`` keys."""
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
+        raise TextModelError(f"{path}: not an emovox {fmt.replace('emovox-', '').replace('-', ' ')} config "
+                             f"(format {fmt!r} expected)")
     version = cfg.get("format_version", 0)
     if not is_int_in(version, 0):
         raise TextModelError(f"{path}: format_version must be a whole number, got {version!r}")
-    if version > FORMAT_VERSION:
+    if version > latest:
         raise TextModelError(f"{path}: format_version {version} is newer than this emovox "
-                             f"reads ({FORMAT_VERSION}); upgrade emovox")
-    for key in ("encoder", "max_length", "labels", "head", "thresholds", "global_threshold"):
+                             f"reads ({latest}); upgrade emovox")
+    for key in required:
         if key not in cfg:
             raise TextModelError(f"{path}: missing key {key!r}")
-    _check_parts(cfg, path)
+
+
+def check_decision_rule(cfg: dict, path: Path) -> None:
+    """The keys every text model's decision reads (a single model's and an ensemble's): ``labels``,
+    ``max_length``, ``global_threshold``, ``top_k``, ``always_one``, ``thresholds``."""
     labels = cfg["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise TextModelError(f"{path}: 'labels' must be a non-empty list of distinct label names")
+    if not is_int_in(cfg["max_length"], 4, 1 << 16):
+        raise TextModelError(f"{path}: max_length must be a whole number of tokens in [4, 65536], "
+                             f"got {cfg['max_length']!r}")
+    if not is_probability(cfg["global_threshold"]):
+        raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
+    if not is_int_in(cfg.get("top_k", 0), 0):
+        raise TextModelError(f"{path}: top_k must be a whole number >= 0 (0: no cap), got {cfg.get('top_k')!r}")
+    if not isinstance(cfg.get("always_one", False), bool):
+        raise TextModelError(f"{path}: always_one must be true or false, got {cfg.get('always_one')!r}")
     thr = cfg["thresholds"]
     if not isinstance(thr, dict) or set(thr) != set(labels):
         raise TextModelError(f"{path}: 'thresholds' must give one value per label")
@@ -250,11 +267,15 @@ def _check_config(cfg: Any, path: Path) -> None:
         raise TextModelError(f"{path}: thresholds outside (0, 1) for {', '.join(bad)}")
 
 
+def _check_config(cfg: Any, path: Path) -> None:
+    """Every key the loaders read, with its type and range: a :class:`TextModelError` naming the key."""
+    check_format(cfg, path, FORMAT, FORMAT_VERSION,
+                 ("encoder", "max_length", "labels", "head", "thresholds", "global_threshold"))
+    _check_parts(cfg, path)
+    check_decision_rule(cfg, path)
+
+
 def _check_parts(cfg: dict, path: Path) -> None:
-    labels = cfg["labels"]
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
-            or len(set(labels)) != len(labels):
-        raise TextModelError(f"{path}: 'labels' must be a non-empty list of distinct label names")
     enc = cfg["encoder"]
     if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"] \
             or not isinstance(enc.get("path"), (str, type(None))) or not isinstance(enc.get("fingerprint"), (str, type(None))):
@@ -268,15 +289,6 @@ def _check_parts(cfg: dict, path: Path) -> None:
     delta = cfg.get("encoder_delta")
     if delta is not None and (not isinstance(delta, dict) or not _is_file_name(delta.get("file", DELTA_FILE))):
         raise TextModelError(f"{path}: 'encoder_delta' must be null or an object whose 'file' names a file in the folder")
-    if not is_int_in(cfg["max_length"], 4, 1 << 16):
-        raise TextModelError(f"{path}: max_length must be a whole number of tokens in [4, 65536], "
-                             f"got {cfg['max_length']!r}")
-    if not is_probability(cfg["global_threshold"]):
-        raise TextModelError(f"{path}: global_threshold must be a number in (0, 1), got {cfg['global_threshold']!r}")
-    if not is_int_in(cfg.get("top_k", 0), 0):
-        raise TextModelError(f"{path}: top_k must be a whole number >= 0 (0: no cap), got {cfg.get('top_k')!r}")
-    if not isinstance(cfg.get("always_one", False), bool):
-        raise TextModelError(f"{path}: always_one must be true or false, got {cfg.get('always_one')!r}")
 
 
 def read_model_config(root: Path) -> dict:

